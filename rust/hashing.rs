@@ -1,0 +1,62 @@
+//! Streamed sha256 of files: the manifest records one per tensor file and
+//! `validate --deep` re-checks it, so large trees are hashed without loading files whole.
+
+use std::fs::File;
+use std::io::Read;
+use std::path::Path;
+
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+
+const CHUNK: usize = 1 << 20;
+
+/// Lower-case hex sha256 of the file's bytes.
+pub fn sha256_file(path: &Path) -> Result<String> {
+    let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        let n = file.read(&mut buf).map_err(|e| Error::io(path, e))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(to_hex(&hasher.finalize()))
+}
+
+/// Lower-case hex sha256 of a byte slice.
+pub fn sha256_bytes(bytes: &[u8]) -> String {
+    to_hex(&Sha256::digest(bytes))
+}
+
+fn to_hex(digest: &[u8]) -> String {
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn known_digests() {
+        assert_eq!(
+            sha256_bytes(b""),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(b"abc").unwrap();
+        assert_eq!(
+            sha256_file(f.path()).unwrap(),
+            "ba7816bf8f01cfea414140de5d7ae20015ad36c3f47b61b2b6dcf5c2bd1b7d7d"
+        );
+    }
+
+    #[test]
+    fn missing_file_is_an_io_error() {
+        let err = sha256_file(Path::new("/nonexistent/pvrs")).unwrap_err();
+        assert!(matches!(err, Error::Io { .. }));
+    }
+}

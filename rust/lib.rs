@@ -1,0 +1,10 @@
+//! Rust core of pvrs. Plain Rust: every module is usable and tested without Python;
+//! `py.rs` (behind the `python` feature) is the only file that knows PyO3.
+
+pub mod error;
+pub mod hashing;
+
+#[cfg(feature = "python")]
+mod py;
+
+pub use error::{Error, Result};
