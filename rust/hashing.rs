@@ -50,7 +50,7 @@ mod tests {
         f.write_all(b"abc").unwrap();
         assert_eq!(
             sha256_file(f.path()).unwrap(),
-            "ba7816bf8f01cfea414140de5d7ae20015ad36c3f47b61b2b6dcf5c2bd1b7d7d"
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
     }
 
