@@ -259,7 +259,7 @@ def _train(family: Family) -> Tokenizer:
     return tok
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _build(family_name: str) -> PreTrainedTokenizerFast:
     family = FAMILIES[family_name]
     fast = PreTrainedTokenizerFast(
