@@ -80,7 +80,8 @@ def check_persona_id(persona_id: str) -> str:
     return persona_id
 
 
-def _read_rows(path: Path) -> list[dict[str, Any]]:
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    """Rows of a .jsonl, .json (a list, or {"rows": [...]}) or .parquet file."""
     if not path.exists():
         raise InputError(f"{path}: no such file")
     suffix = path.suffix.lower()
@@ -163,14 +164,14 @@ def load_personas(path: str | Path | None = None) -> list[Persona]:
     """Personas from a file, or the built-in demo set when `path` is None."""
     if path is None:
         return personas_from_rows(_read_builtin("personas.jsonl"), "built-in personas")
-    return personas_from_rows(_read_rows(Path(path)), str(path))
+    return personas_from_rows(read_rows(Path(path)), str(path))
 
 
 def load_qa(path: str | Path | None = None) -> list[QAPair]:
     """QA pairs from a file, or the built-in demo set when `path` is None."""
     if path is None:
         return qa_from_rows(_read_builtin("qa.jsonl"), "built-in QA")
-    return qa_from_rows(_read_rows(Path(path)), str(path))
+    return qa_from_rows(read_rows(Path(path)), str(path))
 
 
 def load_dataset_dir(path: str | Path) -> tuple[list[Persona], list[QAPair]]:
