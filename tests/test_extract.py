@@ -166,7 +166,7 @@ def test_cli_extract_then_bad_inputs_leave_artifacts_untouched(tiny_model_dir: P
 
     cases = [
         ([*base, "--persona-id", "nobody"], "unknown persona id"),
-        ([*base, "--personas", str(bad_personas)], "not a safe file name"),
+        ([*base, "--personas", str(bad_personas)], "persona ids are file names"),
         ([*base, "--qa", str(empty_answer)], "empty answer"),
         ([*base, "--mask-strategy", "answer_middle"], "unknown mask strategy"),
         ([*base, "--model", str(tmp_path / "missing-model")], "cannot load"),
