@@ -76,8 +76,7 @@ def _cmd_extract(args: argparse.Namespace) -> int:
 
 
 def _add_extract(sub: argparse._SubParsersAction) -> None:
-    from pvrs.engine import DEFAULT_BATCH_TOKENS
-    from pvrs.extract import DEFAULT_MIN_SCORE
+    from pvrs.defaults import DEFAULT_BATCH_TOKENS, DEFAULT_MIN_SCORE
     from pvrs.inputs import QA_TYPES, VARIANTS
     from pvrs.models import DEFAULT_MODEL, DTYPES
 
