@@ -3,6 +3,7 @@
 
 pub mod error;
 pub mod hashing;
+pub mod parquet;
 
 #[cfg(feature = "python")]
 mod py;
