@@ -511,7 +511,11 @@ pub fn write_split(
                     read_vector(&source.dir, &row.id, dims, buf, dst)
                 })?;
             let batch = build_batch(&schema, group, dims, values)?;
-            num_bytes += batch.get_array_memory_size() as u64;
+            num_bytes += batch
+                .columns()
+                .iter()
+                .map(|c| c.to_data().get_slice_memory_size().unwrap_or(0) as u64)
+                .sum::<u64>();
             writer
                 .write(&batch)
                 .and_then(|_| writer.flush())
@@ -638,7 +642,7 @@ pub fn render_card(reports: &[SplitReport]) -> String {
     y += "tags:\n- persona-vectors\n- interpretability\n- pvrs\n---\n\n";
     y += "# Persona vectors\n\n";
     y += "Per-persona mean residual-stream activations, one `(num_layers, hidden_size)` float32 \
-          vector per persona, written by [pvrs](https://github.com/) (layout compatible with \
+          vector per persona, written by pvrs (layout compatible with \
           persona-vectors 0.6.x). Row `i` of a vector is the output of decoder block `i`.\n\n";
     y += "Each config is `<model>__<mask_strategy>` (the model id with `/` replaced by `__`); \
           each split is a prompt variant; each row is a persona with columns `persona_id`, \
