@@ -401,7 +401,9 @@ fn writer_properties(rows_per_group: usize) -> WriterProperties {
 /// Rows per row group and per file for rows of `row_bytes` uncompressed bytes.
 pub fn layout(num_rows: usize, row_bytes: u64, opts: &PackageOptions) -> (usize, usize, usize) {
     let row_bytes = row_bytes.max(1);
-    let per_group = ((opts.row_group_bytes / row_bytes).max(1)) as usize;
+    // A file smaller than a row group caps the row group.
+    let group_bytes = opts.row_group_bytes.min(opts.file_bytes);
+    let per_group = ((group_bytes / row_bytes).max(1)) as usize;
     let groups_per_file = (opts.file_bytes / (row_bytes * per_group as u64)).max(1) as usize;
     let per_file = per_group * groups_per_file;
     let files = num_rows.div_ceil(per_file).max(1);
@@ -894,5 +896,11 @@ mod tests {
         assert_eq!(layout(0, 30, &opts), (3, 6, 1));
         // Rows larger than a row group: one row per group.
         assert_eq!(layout(3, 1000, &opts), (1, 1, 3));
+        // Files smaller than a row group: one row group per file.
+        let small_files = PackageOptions {
+            row_group_bytes: 1000,
+            file_bytes: 60,
+        };
+        assert_eq!(layout(5, 30, &small_files), (2, 2, 3));
     }
 }
