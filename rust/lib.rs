@@ -4,6 +4,7 @@
 pub mod error;
 pub mod hashing;
 pub mod parquet;
+pub mod spans;
 
 #[cfg(feature = "python")]
 mod py;

@@ -208,12 +208,11 @@ fn listing(names: &[String]) -> String {
     }
 }
 
-/// Rejects names that could escape their folder or break a dataset path.
+/// Rejects names that could escape their folder (the store's persona-id rules).
 fn check_component(what: &str, name: &str, origin: &Path) -> Result<()> {
     let bad = name.is_empty()
         || name.len() > 200
-        || name == "."
-        || name == ".."
+        || name.contains("..")
         || name.contains(['/', '\\'])
         || name.chars().any(char::is_control);
     if bad {
