@@ -319,3 +319,24 @@ def test_rust_writer_matches_pyarrow_reference(
             == min(group_rows, t.num_rows)
             for f, t in zip(split.files, tables, strict=True)
         )
+
+
+def test_progress_reports_rows_and_its_exceptions_abort(root: Path, tmp_path: Path) -> None:
+    from pvrs import _core
+
+    calls: list[tuple[int, int]] = []
+    _core.package_store(root, tmp_path / "a", None, ["answer_mean"], 2 * L * H * 4, 1 << 30, lambda a, t: calls.append((a, t)))
+    assert calls == [(2, 10), (2, 10), (1, 10)] * 2
+
+    class Stop(Exception):
+        pass
+
+    def stop(advance: int, total: int) -> None:
+        raise Stop(f"{advance}/{total}")
+
+    with pytest.raises(Stop, match="1/20"):
+        _core.package_store(root, tmp_path / "b", None, None, L * H * 4, 1 << 30, stop)
+    # The rich progress bar path produces the same package as the silent one.
+    shown = hub.package(MODEL, tmp_path / "c", root_dir=root, progress=True)
+    silent = package(root, tmp_path / "d")
+    assert shown.files == silent.files
