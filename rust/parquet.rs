@@ -886,6 +886,29 @@ mod tests {
     }
 
     #[test]
+    fn empty_split_writes_one_loadable_file() {
+        let (_tmp, src) = tree(0);
+        let out = tempfile::tempdir().unwrap();
+        let r = write_split(
+            &src,
+            out.path(),
+            &PackageOptions::default(),
+            &mut |_| Ok(()),
+        )
+        .unwrap();
+        assert_eq!(
+            r.files,
+            vec!["m__x__answer_mean/templated-00000-of-00001.parquet"]
+        );
+        assert_eq!(r.num_rows, 0);
+        let rows: usize = read_all(&out.path().join(&r.files[0]))
+            .iter()
+            .map(|b| b.num_rows())
+            .sum();
+        assert_eq!(rows, 0);
+    }
+
+    #[test]
     fn layout_never_splits_a_row_and_counts_files() {
         let opts = PackageOptions {
             row_group_bytes: 100,
