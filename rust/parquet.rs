@@ -35,6 +35,8 @@ pub const TENSOR_NAME: &str = "activations";
 const MANIFEST: &str = "manifest.json";
 /// Arrow's list item name as `pyarrow`/`datasets` write it (parquet-compliant nesting).
 const ITEM: &str = "element";
+/// Decoded bytes handed to the parquet writer per call (a few personas).
+const BATCH_BYTES: u64 = 4 << 20;
 
 /// Sizing of the written files (uncompressed bytes; a persona is never split).
 #[derive(Clone, Copy, Debug)]
@@ -484,6 +486,7 @@ pub fn write_split(
     fs::create_dir_all(&config_dir).map_err(|e| Error::io(&config_dir, e))?;
     let schema = Arc::new(arrow_schema(dims.0, dims.1));
     let props = writer_properties(per_group);
+    let batch_rows = ((BATCH_BYTES / row_bytes.max(1)).max(1) as usize).min(per_group);
     let mut files = Vec::with_capacity(n_files);
     let mut written_bytes = 0u64;
     let mut num_bytes = 0u64;
@@ -504,24 +507,29 @@ pub fn write_split(
             ArrowWriter::try_new(BufWriter::new(file), schema.clone(), Some(props.clone()))
                 .map_err(|e| Error::Packaging(format!("{}: {e}", path.display())))?;
         for group in file_rows.chunks(per_group) {
-            let mut values = vec![0f32; group.len() * row_values];
-            values
-                .par_chunks_mut(row_values)
-                .zip(group.par_iter())
-                .try_for_each_init(Vec::new, |buf, (dst, row)| {
-                    read_vector(&source.dir, &row.id, dims, buf, dst)
-                })?;
-            let batch = build_batch(&schema, group, dims, values)?;
-            num_bytes += batch
-                .columns()
-                .iter()
-                .map(|c| c.to_data().get_slice_memory_size().unwrap_or(0) as u64)
-                .sum::<u64>();
+            // The row group is fed to the writer in small batches: only the encoded row
+            // group and one batch of decoded vectors are in memory at once.
+            for batch_rows in group.chunks(batch_rows) {
+                let mut values = vec![0f32; batch_rows.len() * row_values];
+                values
+                    .par_chunks_mut(row_values)
+                    .zip(batch_rows.par_iter())
+                    .try_for_each_init(Vec::new, |buf, (dst, row)| {
+                        read_vector(&source.dir, &row.id, dims, buf, dst)
+                    })?;
+                let batch = build_batch(&schema, batch_rows, dims, values)?;
+                num_bytes += batch
+                    .columns()
+                    .iter()
+                    .map(|c| c.to_data().get_slice_memory_size().unwrap_or(0) as u64)
+                    .sum::<u64>();
+                writer
+                    .write(&batch)
+                    .map_err(|e| Error::Packaging(format!("{}: {e}", path.display())))?;
+            }
             writer
-                .write(&batch)
-                .and_then(|_| writer.flush())
+                .flush()
                 .map_err(|e| Error::Packaging(format!("{}: {e}", path.display())))?;
-            drop(batch);
             progress(group.len())?;
         }
         if file_rows.is_empty() {
