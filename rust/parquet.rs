@@ -17,6 +17,7 @@ use arrow_array::builder::{ListBuilder, StringBuilder};
 use arrow_array::{ArrayRef, Float32Array, ListArray, RecordBatch, StringArray};
 use arrow_buffer::OffsetBuffer;
 use arrow_schema::{DataType, Field, Schema};
+use parquet::arrow::arrow_writer::{compute_leaves, ArrowColumnChunk, ArrowColumnWriter};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
@@ -37,6 +38,8 @@ const MANIFEST: &str = "manifest.json";
 const ITEM: &str = "element";
 /// Decoded bytes handed to the parquet writer per call (a few personas).
 const BATCH_BYTES: u64 = 4 << 20;
+/// Row groups encoded at once (one per thread): peak memory is about this many row groups.
+const MAX_PARALLEL_ROW_GROUPS: usize = 4;
 
 /// Sizing of the written files (uncompressed bytes; a persona is never split).
 #[derive(Clone, Copy, Debug)]
@@ -462,6 +465,67 @@ fn build_batch(
         .map_err(|e| Error::Internal(format!("building a record batch: {e}")))
 }
 
+enum EncodeError {
+    Pvrs(Error),
+    Parquet(parquet::errors::ParquetError),
+}
+
+impl From<Error> for EncodeError {
+    fn from(e: Error) -> Self {
+        EncodeError::Pvrs(e)
+    }
+}
+
+impl From<parquet::errors::ParquetError> for EncodeError {
+    fn from(e: parquet::errors::ParquetError) -> Self {
+        EncodeError::Parquet(e)
+    }
+}
+
+/// Reads, checks and encodes one row group, `batch_rows` personas at a time, so only the
+/// encoded (compressed) row group and one batch of vectors are in memory. Returns the
+/// column chunks and the group's arrow size.
+fn encode_row_group(
+    source: &SplitSource,
+    schema: &Arc<Schema>,
+    group: &[Row],
+    dims: (usize, usize),
+    batch_rows: usize,
+    mut writers: Vec<ArrowColumnWriter>,
+) -> std::result::Result<(Vec<ArrowColumnChunk>, u64), EncodeError> {
+    let row_values = dims.0 * dims.1;
+    let mut arrow_bytes = 0u64;
+    for rows in group.chunks(batch_rows.max(1)) {
+        let mut values = vec![0f32; rows.len() * row_values];
+        values
+            .par_chunks_mut(row_values)
+            .zip(rows.par_iter())
+            .try_for_each_init(Vec::new, |buf, (dst, row)| {
+                read_vector(&source.dir, &row.id, dims, buf, dst)
+            })?;
+        let batch = build_batch(schema, rows, dims, values)?;
+        arrow_bytes += batch
+            .columns()
+            .iter()
+            .map(|c| c.to_data().get_slice_memory_size().unwrap_or(0) as u64)
+            .sum::<u64>();
+        let mut leaf_writers = writers.iter_mut();
+        for (field, column) in schema.fields().iter().zip(batch.columns()) {
+            for leaf in compute_leaves(field, column)? {
+                let writer = leaf_writers.next().ok_or_else(|| {
+                    Error::Internal("parquet leaf columns and writers disagree".to_string())
+                })?;
+                writer.write(&leaf)?;
+            }
+        }
+    }
+    let chunks = writers
+        .into_iter()
+        .map(|w| w.close())
+        .collect::<parquet::errors::Result<Vec<_>>>()?;
+    Ok((chunks, arrow_bytes))
+}
+
 /// Writes one split to `<out>/<config>/<split>-NNNNN-of-NNNNN.parquet`. `progress` is told
 /// how many rows each finished row group held; an error from it aborts the packaging.
 pub fn write_split(
@@ -496,51 +560,51 @@ pub fn write_split(
     } else {
         rows.chunks(per_file).collect()
     };
+    let window = rayon::current_num_threads().clamp(1, MAX_PARALLEL_ROW_GROUPS);
     for (index, file_rows) in shards.into_iter().enumerate() {
         let rel = format!(
             "{config}/{}-{index:05}-of-{n_files:05}.parquet",
             source.variant
         );
         let path = out.join(&rel);
+        let fail =
+            |e: parquet::errors::ParquetError| Error::Packaging(format!("{}: {e}", path.display()));
         let file = File::create(&path).map_err(|e| Error::io(&path, e))?;
-        let mut writer =
+        // ArrowWriter sets up the file (schema, arrow metadata); its lower-level parts let
+        // row groups be encoded in parallel and appended in order, giving the same bytes as
+        // a sequential write.
+        let (mut file_writer, factory) =
             ArrowWriter::try_new(BufWriter::new(file), schema.clone(), Some(props.clone()))
-                .map_err(|e| Error::Packaging(format!("{}: {e}", path.display())))?;
-        for group in file_rows.chunks(per_group) {
-            // The row group is fed to the writer in small batches: only the encoded row
-            // group and one batch of decoded vectors are in memory at once.
-            for batch_rows in group.chunks(batch_rows) {
-                let mut values = vec![0f32; batch_rows.len() * row_values];
-                values
-                    .par_chunks_mut(row_values)
-                    .zip(batch_rows.par_iter())
-                    .try_for_each_init(Vec::new, |buf, (dst, row)| {
-                        read_vector(&source.dir, &row.id, dims, buf, dst)
-                    })?;
-                let batch = build_batch(&schema, batch_rows, dims, values)?;
-                num_bytes += batch
-                    .columns()
-                    .iter()
-                    .map(|c| c.to_data().get_slice_memory_size().unwrap_or(0) as u64)
-                    .sum::<u64>();
-                writer
-                    .write(&batch)
-                    .map_err(|e| Error::Packaging(format!("{}: {e}", path.display())))?;
+                .and_then(|w| w.into_serialized_writer())
+                .map_err(fail)?;
+        let groups: Vec<&[Row]> = file_rows.chunks(per_group).collect();
+        for (w, window_groups) in groups.chunks(window).enumerate() {
+            let encoded = window_groups
+                .par_iter()
+                .enumerate()
+                .map(|(i, group)| {
+                    let writers = factory
+                        .create_column_writers(w * window + i)
+                        .map_err(fail)?;
+                    encode_row_group(source, &schema, group, dims, batch_rows, writers).map_err(
+                        |e| match e {
+                            EncodeError::Pvrs(e) => e,
+                            EncodeError::Parquet(e) => fail(e),
+                        },
+                    )
+                })
+                .collect::<Result<Vec<_>>>()?;
+            for (group, (chunks, bytes)) in window_groups.iter().zip(encoded) {
+                num_bytes += bytes;
+                let mut row_group = file_writer.next_row_group().map_err(fail)?;
+                for chunk in chunks {
+                    chunk.append_to_row_group(&mut row_group).map_err(fail)?;
+                }
+                row_group.close().map_err(fail)?;
+                progress(group.len())?;
             }
-            writer
-                .flush()
-                .map_err(|e| Error::Packaging(format!("{}: {e}", path.display())))?;
-            progress(group.len())?;
         }
-        if file_rows.is_empty() {
-            let batch = build_batch(&schema, &[], dims, Vec::new())?;
-            writer
-                .write(&batch)
-                .map_err(|e| Error::Packaging(format!("{}: {e}", path.display())))?;
-        }
-        let mut sink = writer
-            .into_inner()
-            .map_err(|e| Error::Packaging(format!("{}: {e}", path.display())))?;
+        let mut sink = file_writer.into_inner().map_err(fail)?;
         sink.flush().map_err(|e| Error::io(&path, e))?;
         let file = sink
             .into_inner()
