@@ -30,6 +30,10 @@ import json, resource, sys, time
 from pathlib import Path
 root, out, params = Path(sys.argv[1]), Path(sys.argv[2]), json.loads(sys.argv[3])
 
+def cpu_seconds():
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
 def rss_mib():
     for line in open("/proc/self/status"):
         if line.startswith("VmRSS:"):
@@ -39,10 +43,12 @@ def rss_mib():
 PVRS_WORKER = """
 from pvrs import hub
 before_mib = rss_mib()
+cpu_start = cpu_seconds()
 start = time.perf_counter()
 hub.package(params["model"], out, root_dir=root, progress=False,
             row_group_bytes=params["row_group_bytes"])
 elapsed = time.perf_counter() - start
+cpu = cpu_seconds() - cpu_start
 """
 
 DATASETS_WORKER = """
@@ -50,6 +56,7 @@ import datasets
 from safetensors.numpy import load_file
 datasets.disable_progress_bars()
 before_mib = rss_mib()
+cpu_start = cpu_seconds()
 start = time.perf_counter()
 folder = root / params["model"].replace("/", "__") / params["mask"] / params["variant"]
 manifest = json.loads((folder / "manifest.json").read_text())
@@ -70,12 +77,13 @@ ds = datasets.Dataset.from_dict({
 out.mkdir(parents=True)
 ds.to_parquet(str(out / "templated.parquet"))  # datasets picks snappy itself
 elapsed = time.perf_counter() - start
+cpu = cpu_seconds() - cpu_start
 """
 
 WORKER_EPILOGUE = """
 peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 written = sum(f.stat().st_size for f in out.rglob("*.parquet"))
-print(json.dumps({"seconds": elapsed, "peak_rss_mib": peak_mib, "work_rss_mib": peak_mib - before_mib, "bytes": written}))
+print(json.dumps({"seconds": elapsed, "cpu_seconds": cpu, "peak_rss_mib": peak_mib, "work_rss_mib": peak_mib - before_mib, "bytes": written}))
 """
 
 def build_store(root: Path, personas: int, layers: int, hidden: int) -> None:
@@ -120,7 +128,7 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=42)
     parser.add_argument("--hidden", type=int, default=3584)
     parser.add_argument("--row-group-mb", type=float, default=64.0)
-    parser.add_argument("--repeats", type=int, default=2, help="runs per contender (best time, max RSS)")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per contender (best time, max RSS)")
     parser.add_argument("--workdir", type=Path, default=None, help="where to build the store (default: a temp dir)")
     args = parser.parse_args()
 
@@ -151,18 +159,25 @@ def main() -> None:
                 shutil.rmtree(out)
             results[name] = {
                 "seconds": min(x["seconds"] for x in runs),
+                "cpu_seconds": min(x["cpu_seconds"] for x in runs),
                 "peak_rss_mib": max(x["peak_rss_mib"] for x in runs),
                 "work_rss_mib": max(x["work_rss_mib"] for x in runs),
                 "bytes": runs[0]["bytes"],
             }
-        print(f"{'contender':10s} {'time (s)':>9s} {'peak RSS (MiB)':>15s} {'peak - after imports':>21s} {'output (MB)':>12s}")
+        print(
+            f"{'contender':10s} {'time (s)':>9s} {'CPU (s)':>8s} {'peak RSS (MiB)':>15s} "
+            f"{'peak - after imports':>21s} {'output (MB)':>12s}"
+        )
         for name, r in results.items():
             print(
-                f"{name:10s} {r['seconds']:9.2f} {r['peak_rss_mib']:15.0f} "
+                f"{name:10s} {r['seconds']:9.2f} {r['cpu_seconds']:8.2f} {r['peak_rss_mib']:15.0f} "
                 f"{r['work_rss_mib']:21.0f} {r['bytes'] / 1e6:12.1f}"
             )
         pv, ds = results["pvrs"], results["datasets"]
-        print(f"speed-up pvrs vs datasets: {ds['seconds'] / pv['seconds']:.1f}x")
+        print(
+            f"speed-up pvrs vs datasets: {ds['seconds'] / pv['seconds']:.1f}x wall, "
+            f"{ds['cpu_seconds'] / pv['cpu_seconds']:.1f}x CPU"
+        )
         print(f"peak RSS ratio datasets / pvrs: {ds['peak_rss_mib'] / pv['peak_rss_mib']:.1f}x")
         print(
             f"memory for the work: pvrs {pv['work_rss_mib']:.0f} MiB (row group {args.row_group_mb:.0f} MiB), "

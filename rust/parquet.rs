@@ -2,10 +2,13 @@
 //! DESIGN.md ("Hub dataset layout"): one config per `<model_dir>__<mask_strategy>`, one
 //! split per variant, one parquet row per persona, plus the `README.md` dataset card.
 //!
-//! Memory stays bounded by one row group: each row group's tensors are read, checked and
-//! converted to f32, written, and dropped before the next. Output bytes depend only on the
-//! input tree and the size options (sorted order, no timestamps), so re-packaging an
-//! unchanged tree gives identical files.
+//! Memory stays bounded by the row group size, whatever the number of personas: a row group's
+//! tensors are read, checked and converted to f32 a few personas at a time and encoded, and
+//! only the encoded row group is held until it is appended to the file. Row groups are
+//! encoded in parallel (one per thread, at most `MAX_PARALLEL_ROW_GROUPS`, so peak memory is
+//! about that many row groups) and appended in order. Output bytes depend only on the input
+//! tree and the size options (sorted order, no timestamps, no thread-dependent layout), so
+//! re-packaging an unchanged tree gives identical files.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
@@ -606,10 +609,10 @@ pub fn write_split(
         }
         let mut sink = file_writer.into_inner().map_err(fail)?;
         sink.flush().map_err(|e| Error::io(&path, e))?;
+        // No fsync: the package is a staging folder, rebuilt from the store if lost.
         let file = sink
             .into_inner()
             .map_err(|e| Error::io(&path, e.into_error()))?;
-        file.sync_all().map_err(|e| Error::io(&path, e))?;
         written_bytes += file.metadata().map_err(|e| Error::io(&path, e))?.len();
         files.push(rel);
     }
