@@ -340,3 +340,37 @@ def test_progress_reports_rows_and_its_exceptions_abort(root: Path, tmp_path: Pa
     shown = hub.package(MODEL, tmp_path / "c", root_dir=root, progress=True)
     silent = package(root, tmp_path / "d")
     assert shown.files == silent.files
+
+
+def test_reads_a_dataset_written_by_datasets_itself(tmp_path: Path) -> None:
+    """A folder as `datasets` writes it (Array2D extension type, snappy, no card): found by
+    its file names and read like pvrs' own output."""
+    import datasets
+
+    features = datasets.Features(
+        {
+            "persona_id": datasets.Value("string"),
+            "name": datasets.Value("string"),
+            "sample_ids": datasets.Sequence(datasets.Value("string")),
+            "vector": datasets.Array2D(shape=(L, H), dtype="float32"),
+        }
+    )
+    vectors = [vec(i) for i in range(3)]
+    ds = datasets.Dataset.from_dict(
+        {
+            "persona_id": ["a", "baseline_assistant", "b"],
+            "name": ["A", "Assistant", "B"],
+            "sample_ids": [["q1"], [], ["q2", "q3"]],
+            "vector": vectors,
+        },
+        features=features,
+    )
+    (tmp_path / CONFIG).mkdir()
+    ds.to_parquet(str(tmp_path / CONFIG / "biography-00000-of-00001.parquet"))
+    store = hub.HFPersonaVectorStore(tmp_path, MODEL, variants=("biography",))
+    assert store.list_personas() == ["a", "b"]
+    assert store.persona_names(["b"]) == {"b": "B"}
+    assert store.list_layers() == list(range(L))
+    np.testing.assert_array_equal(store.load("b", "biography"), vectors[2])
+    assert store.sample_ids("b", "biography") == ["q2", "q3"]
+    assert [c.config_name for c in hub.list_hub_vector_models(tmp_path)] == [CONFIG]
