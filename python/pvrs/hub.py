@@ -299,7 +299,9 @@ def push(
 
     Creates the repo (and the `revision` branch) when missing. Files of the pushed configs
     that the new package no longer has are deleted in the same commit, and other configs in
-    an existing card are kept. `dry_run=True` only writes the folder to `out_dir`."""
+    an existing card are kept. `dry_run=True` only writes the folder to `out_dir`; without a
+    dry run, `out_dir` keeps the uploaded folder (default: a temporary folder, removed after
+    the upload). The token is `token`, else `HF_TOKEN` or the one `hf auth login` saved."""
     if dry_run:
         if out_dir is None:
             raise InputError("a dry run writes the dataset folder only: pass --out DIR")
