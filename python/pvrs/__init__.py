@@ -22,6 +22,11 @@ from pvrs.errors import (
     SpanError,
     TemplateError,
 )
+from pvrs.hub import (
+    HFPersonaVectorStore,
+    list_hub_vector_models,
+    parse_vector_config_name,
+)
 from pvrs.store import (
     ActivationStore,
     AnalysisDataset,
@@ -38,6 +43,7 @@ __all__ = [
     "ActivationStore",
     "AnalysisDataset",
     "ArtifactError",
+    "HFPersonaVectorStore",
     "InputError",
     "InternalError",
     "InvalidArgumentError",
@@ -56,5 +62,7 @@ __all__ = [
     "VectorRecord",
     "__version__",
     "discover_activation_models",
+    "list_hub_vector_models",
     "load_analysis_dataset",
+    "parse_vector_config_name",
 ]
