@@ -178,7 +178,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"pvrs {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print(
-            f"pvrs {args.command}: interrupted; artifacts saved so far are intact", file=sys.stderr
-        )
+        print(f"pvrs {args.command}: interrupted; artifacts saved so far are intact", file=sys.stderr)
         return 130
