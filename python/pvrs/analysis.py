@@ -141,13 +141,15 @@ def similarity_by_layer(
 @dataclass(frozen=True)
 class AgreementResult:
     """Per persona and layer, the cosine between two versions of its vector (two prompt
-    variants, or two mask strategies). `cosine` is `(P, L)`."""
+    variants, or two mask strategies). `cosine` is `(P, L)`; `centered` tells whether
+    each side had its mean over personas removed first."""
 
     label_a: str
     label_b: str
     persona_ids: list[str]
     layers: list[int]
     cosine: np.ndarray
+    centered: bool = False
 
     @property
     def mean_by_layer(self) -> np.ndarray:
@@ -189,7 +191,7 @@ def agreement(
     if centered:
         va, vb = center(va), center(vb)
     cos = np.clip((unit_rows(va) * unit_rows(vb)).sum(axis=-1), -1.0, 1.0)
-    return AgreementResult(labels[0], labels[1], shared, list(layers), cos)
+    return AgreementResult(labels[0], labels[1], shared, list(layers), cos, centered)
 
 
 # ---- PCA -------------------------------------------------------------------------------

@@ -114,8 +114,7 @@ def scree_figure(pca: PCAResult, layer: int) -> go.Figure:
     )
     fig.update_yaxes(range=[0, 1.02], tickformat=".0%")
     fig.update_xaxes(title_text="layer", row=1, col=2)
-    fig.update_layout(title="PCA of persona vectors (centered)", width=1100, height=450)
-    return fig
+    return _finish(fig, "PCA of persona vectors (centered)", 1100, 500)
 
 
 def pca_scatter_figure(
@@ -160,10 +159,7 @@ def pca_scatter_figure(
                 "zaxis_title": axis_titles[2],
             }
         )
-    fig.update_layout(
-        title=f"Personas on the principal components, layer {layer}", width=900, height=700
-    )
-    return fig
+    return _finish(fig, f"Personas on the principal components, layer {layer}", 900, 700)
 
 
 def axis_projection_figure(axis: AxisResult, names: Sequence[str], layer: int) -> go.Figure:
@@ -210,8 +206,8 @@ def axis_layers_figure(axis: AxisResult) -> go.Figure:
         )
         fig.update_yaxes(range=[0, 1.02], row=1, col=2)
     fig.update_xaxes(title_text="layer")
-    fig.update_layout(title="The assistant axis by layer", width=1100, height=450, showlegend=False)
-    return fig
+    fig.update_layout(showlegend=False)
+    return _finish(fig, "The assistant axis by layer", 1100, 450)
 
 
 def layer_curves_figure(curves: LayerCurves) -> go.Figure:
@@ -248,63 +244,99 @@ def layer_curves_figure(curves: LayerCurves) -> go.Figure:
         col=2,
     )
     fig.update_xaxes(title_text="layer")
-    fig.update_layout(title="Layer curves", width=1100, height=450)
-    return fig
+    return _finish(fig, "Layer curves", 1100, 500)
 
 
 def agreement_figure(results: Sequence[AgreementResult], title: str) -> go.Figure:
-    """Mean cosine (band: min to max over personas) between two versions of each persona's
-    vector, by layer, one line per pair."""
+    """Cosine between two versions of each persona's vector by layer, raw (left) and
+    centered (right): line, the mean over personas; band, min to max. One colour per pair."""
+    from plotly.subplots import make_subplots
+
     go = _go()
-    fig = go.Figure()
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("raw cosine", "centered cosine"))
+    pairs = list(dict.fromkeys((r.label_a, r.label_b) for r in results))
     for res in results:
-        label = f"{res.label_a} vs {res.label_b}"
+        pair = (res.label_a, res.label_b)
+        color = _color(pairs.index(pair))
+        col = 2 if res.centered else 1
         lo, hi = res.cosine.min(axis=0), res.cosine.max(axis=0)
         fig.add_trace(
             go.Scatter(
                 x=[*res.layers, *res.layers[::-1]],
                 y=[*hi, *lo[::-1]],
+                mode="lines",
                 fill="toself",
+                fillcolor=color,
                 opacity=0.2,
                 line={"width": 0},
                 hoverinfo="skip",
                 showlegend=False,
-            )
+            ),
+            row=1,
+            col=col,
         )
         fig.add_trace(
-            go.Scatter(x=res.layers, y=res.mean_by_layer, mode="lines+markers", name=label)
+            go.Scatter(
+                x=res.layers,
+                y=res.mean_by_layer,
+                mode="lines+markers",
+                line={"color": color},
+                name=f"{pair[0]} vs {pair[1]}",
+                legendgroup=str(pair),
+                showlegend=not res.centered,
+            ),
+            row=1,
+            col=col,
         )
-    fig.update_layout(
-        title=title, xaxis_title="layer", yaxis_title="cosine", width=1000, height=450
-    )
-    return fig
+    fig.update_xaxes(title_text="layer")
+    return _finish(fig, title, 1100, 480)
 
 
 def probe_figure(curves: Sequence[ProbeCurve]) -> go.Figure:
     """Cross-validated probe score by layer, one line per attribute and method; dotted:
-    chance (majority class) for classification probes."""
+    chance (majority class) of each categorical attribute."""
     go = _go()
     fig = go.Figure()
-    for c in curves:
-        label = f"{c.attribute} / {c.method} ({c.primary})"
-        fig.add_trace(go.Scatter(x=c.layers, y=c.scores, mode="lines+markers", name=label))
-        if c.task == "classification":
-            chance = [m["chance"] for m in c.metrics]
+    chance_drawn: set[str] = set()
+    for i, c in enumerate(curves):
+        fig.add_trace(
+            go.Scatter(
+                x=c.layers,
+                y=c.scores,
+                mode="lines+markers",
+                line={"color": _color(i)},
+                name=f"{c.attribute} / {c.method} ({c.primary})",
+            )
+        )
+        if c.task == "classification" and c.attribute not in chance_drawn:
+            chance_drawn.add(c.attribute)
             fig.add_trace(
                 go.Scatter(
                     x=c.layers,
-                    y=chance,
+                    y=[m["chance"] for m in c.metrics],
                     mode="lines",
-                    line={"dash": "dot"},
-                    name=f"{c.attribute} chance",
+                    line={"dash": "dot", "color": "grey"},
+                    name=f"{c.attribute}: chance",
                 )
             )
+    fig.update_layout(xaxis_title="layer", yaxis_title="score")
+    return _finish(fig, "Linear probes: cross-validated score by layer", 1000, 500)
+
+
+def _color(i: int) -> str:
+    from plotly.colors import qualitative
+
+    return qualitative.Plotly[i % len(qualitative.Plotly)]
+
+
+def _finish(fig: go.Figure, title: str, width: int, height: int) -> go.Figure:
+    """Common layout: title, size, legend below the plot so it never squeezes it."""
     fig.update_layout(
-        title="Linear probes: cross-validated score by layer",
-        xaxis_title="layer",
-        yaxis_title="score",
-        width=1000,
-        height=450,
+        title=title,
+        width=width,
+        height=height,
+        legend={"orientation": "h", "yanchor": "top", "y": -0.18, "xanchor": "left", "x": 0},
+        margin={"b": 120},
     )
     return fig
 

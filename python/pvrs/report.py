@@ -218,17 +218,19 @@ def run_analysis(
         notes.append(f"assistant axis skipped: {exc}")
 
     step("agreement between variants and strategies")
-    variant_agreements = [
-        an.agreement(a.samples, a.persona_ids, b.samples, b.persona_ids, layers, (a.label, b.label))
+    variant_pairs = [
+        (a, b)
         for i, a in enumerate(sets)
         for b in sets[i + 1 :]
         if a.mask_strategy == b.mask_strategy
     ]
-    strategy_agreements = [
-        an.agreement(main.samples, ids, s.samples, s.persona_ids, layers, (main.label, s.label))
+    strategy_pairs = [
+        (main, s)
         for s in sets[1:]
         if s.variant == main.variant and s.mask_strategy != main.mask_strategy
     ]
+    variant_agreements = _agreements(variant_pairs, layers)
+    strategy_agreements = _agreements(strategy_pairs, layers)
 
     probe_curves, probe_dirs = _run_probes(main, opts, out / "probes", notes, step)
 
@@ -290,6 +292,25 @@ def run_analysis(
     links = [(p.relative_to(out).as_posix(), p.relative_to(out).as_posix()) for p in tables]
     html = plots.write_html(sections, out / "report.html", opts.title, facts, links)
     return ReportResult(out, html, pngs, tables, probe_dirs, summary, notes)
+
+
+def _agreements(
+    pairs: Sequence[tuple[VectorSet, VectorSet]], layers: list[int]
+) -> list[an.AgreementResult]:
+    """Raw and centered agreement of every pair."""
+    return [
+        an.agreement(
+            a.samples,
+            a.persona_ids,
+            b.samples,
+            b.persona_ids,
+            layers,
+            (a.label, b.label),
+            centered=c,
+        )
+        for a, b in pairs
+        for c in (False, True)
+    ]
 
 
 def _run_probes(
@@ -553,11 +574,12 @@ def _layer_table(
 def _agreement_table(results: list[an.AgreementResult], path: Path) -> Path:
     layers = results[0].layers
     rows = [
-        [r.label_a, r.label_b, pid, *cos]
+        [r.label_a, r.label_b, r.centered, pid, *cos]
         for r in results
         for pid, cos in [("(mean)", r.mean_by_layer), *zip(r.persona_ids, r.cosine, strict=True)]
     ]
-    return _write_csv(path, ["a", "b", "persona_id", *[f"layer_{layer}" for layer in layers]], rows)
+    header = ["a", "b", "centered", "persona_id", *[f"layer_{layer}" for layer in layers]]
+    return _write_csv(path, header, rows)
 
 
 def _axis_tables(axis: an.AxisResult, names: list[str], out: Path) -> list[Path]:
@@ -656,6 +678,7 @@ def _summary(
         {
             "a": r.label_a,
             "b": r.label_b,
+            "centered": r.centered,
             "n_personas": len(r.persona_ids),
             "mean_by_layer": r.mean_by_layer.round(6).tolist(),
         }
