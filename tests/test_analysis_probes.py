@@ -142,23 +142,9 @@ def test_probe_input_errors(planted, tmp_path):
 
 def test_load_persona_attributes(tmp_path):
     rows = [
-        {
-            "id": "pirate",
-            "name": "Pirate",
-            "templated": "t",
-            "biography": "b",
-            "kind": "villain",
-            "age": 40,
-        },
-        {
-            "id": "nurse",
-            "name": "Nurse",
-            "templated": "t",
-            "biography": "b",
-            "kind": "hero",
-            "tags": ["x"],
-        },
-    ]
+        {"id": "pirate", "name": "Pirate", "templated": "t", "biography": "b", "kind": "villain", "age": 40},
+        {"id": "nurse", "name": "Nurse", "templated": "t", "biography": "b", "kind": "hero", "tags": ["x"]},
+    ]  # fmt: skip
     path = tmp_path / "personas.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     attrs = load_persona_attributes(path)
@@ -166,11 +152,10 @@ def test_load_persona_attributes(tmp_path):
         "pirate": {"kind": "villain", "age": 40},
         "nurse": {"kind": "hero", "tags": ["x"]},
     }
-    assert attribute_names(attrs) == ["age", "kind"]
+    assert attribute_names(attrs) == ["age", "kind"]  # lists are not probe targets
     (tmp_path / "p.json").write_text(json.dumps(rows))
     assert load_persona_attributes(tmp_path / "p.json") == attrs
-    (tmp_path / "bad.jsonl").write_text("{not json\n")
-    with pytest.raises(InputError, match="not valid jsonl"):
-        load_persona_attributes(tmp_path / "bad.jsonl")
-    with pytest.raises(InputError, match="not found"):
+    builtin = load_persona_attributes()  # the demo personas carry 'kind' and 'tone'
+    assert {"kind", "tone"} <= set(attribute_names(builtin))
+    with pytest.raises(InputError, match="no such file"):
         load_persona_attributes(tmp_path / "missing.jsonl")

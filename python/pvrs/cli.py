@@ -56,7 +56,9 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         options = report.ReportOptions(
             default_ids=args.default_persona or report.ReportOptions.default_ids,
             focus_layer=args.focus_layer,
-            attributes=load_persona_attributes(args.persona_file) if args.persona_file else None,
+            attributes=load_persona_attributes(args.persona_file)
+            if args.persona_file
+            else report.builtin_attributes_for(sets[0].persona_ids),
             probe_attributes=args.attribute,
             probe_methods=args.probe_method or report.PROBE_METHODS,
             folds=args.folds,

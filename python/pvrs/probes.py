@@ -20,17 +20,13 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 
 from pvrs.analysis import check_layers, check_samples, layer_position, require_personas
-from pvrs.errors import ArtifactError, InputError, InvalidArgumentError, PvrsIOError
+from pvrs.errors import ArtifactError, InputError, InvalidArgumentError
 
 METHODS = ("logistic", "ridge", "diffmeans")
 SCHEMA_VERSION = 1
 PROBE_JSON = "probe.json"
 RIDGE_ALPHAS = tuple(10.0**k for k in range(-3, 5))
 WEIGHTS_FILE = "weights.safetensors"
-# Columns of a persona file that are prompts or identity, not attributes.
-PERSONA_CORE_COLUMNS = frozenset(
-    {"id", "persona_id", "name", "templated", "biography", "sample_ids"}
-)
 
 Task = Literal["classification", "regression"]
 
@@ -38,40 +34,12 @@ Task = Literal["classification", "regression"]
 # ---- reading attributes ----------------------------------------------------------------
 
 
-def load_persona_attributes(path: str | Path) -> dict[str, dict[str, Any]]:
-    """Read a persona file (JSONL, JSON list or parquet) into `{id: {attribute: value}}`,
-    keeping only the extra columns (not id, name, templated, biography)."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(
-            f"persona file {str(path)!r} not found; pass --persona-file with an existing file"
-        )
-    suffix = path.suffix.lower()
-    try:
-        if suffix == ".parquet":
-            import pyarrow.parquet as pq
+def load_persona_attributes(path: str | Path | None = None) -> dict[str, dict[str, Any]]:
+    """`{persona id: {attribute: value}}` from a persona file's extra columns (anything but
+    id, name, templated, biography), or from the built-in demo personas when `path` is None."""
+    from pvrs.inputs import load_personas
 
-            rows = pq.read_table(path).to_pylist()
-        elif suffix == ".jsonl":
-            with path.open(encoding="utf-8") as f:
-                rows = [json.loads(line) for line in f if line.strip()]
-        elif suffix == ".json":
-            rows = json.loads(path.read_text(encoding="utf-8"))
-        else:
-            raise InputError(f"persona file {str(path)!r}: use .jsonl, .json or .parquet")
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"persona file {str(path)!r} is not valid {suffix[1:]}: {exc}") from None
-    except OSError as exc:
-        raise PvrsIOError(f"cannot read persona file {str(path)!r}: {exc}") from None
-    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
-        raise InputError(f"persona file {str(path)!r}: expected a list of objects, one per persona")
-    out: dict[str, dict[str, Any]] = {}
-    for n, row in enumerate(rows):
-        pid = row.get("id", row.get("persona_id"))
-        if not isinstance(pid, str) or not pid:
-            raise InputError(f"persona file {str(path)!r}: row {n} has no string 'id'")
-        out[pid] = {k: v for k, v in row.items() if k not in PERSONA_CORE_COLUMNS}
-    return out
+    return {p.id: dict(p.attributes) for p in load_personas(path)}
 
 
 def attribute_names(attributes: Mapping[str, Mapping[str, Any]]) -> list[str]:

@@ -156,6 +156,16 @@ def _empty_store_message(
     return msg + f"; run `pvrs extract --model {model}` first, or pass --source"
 
 
+def builtin_attributes_for(persona_ids: Sequence[str]) -> dict[str, dict[str, Any]] | None:
+    """The built-in demo personas' attributes when the vectors are of those personas (the
+    demo artifacts of `pvrs extract` with no arguments), else None."""
+    from pvrs.probes import load_persona_attributes
+
+    builtin = load_persona_attributes()
+    roles = [p for p in persona_ids if p != an.BASELINE_ID]
+    return builtin if roles and all(p in builtin for p in roles) else None
+
+
 # ---- running ---------------------------------------------------------------------------
 
 
