@@ -211,3 +211,28 @@ def test_hub_source_without_hub_reader(tmp_path, monkeypatch):
         open_store(MODEL, "some-org/some-dataset", "answer_mean")
     with pytest.raises(InputError, match="not a Hub dataset id"):
         open_store(MODEL, str(tmp_path / "missing" / "x" / "y"), "answer_mean")
+
+
+def test_hub_sources_use_the_hub_reader(store_root, tmp_path, monkeypatch, capsys):
+    # A Hub id or a folder of parquet files goes through pvrs.hub.HFPersonaVectorStore, which
+    # has the local store's read methods; a stand-in backed by the local store checks the wiring.
+    import sys
+    import types
+
+    opened: list[str] = []
+
+    def fake_store(source: str, model: str, mask_strategy: str = "answer_mean"):
+        opened.append(source)
+        return PersonaVectorStore(model, root_dir=store_root, mask_strategy=mask_strategy)
+
+    monkeypatch.setitem(
+        sys.modules, "pvrs.hub", types.SimpleNamespace(HFPersonaVectorStore=fake_store)
+    )
+    packaged = tmp_path / "packaged"
+    (packaged / "cfg").mkdir(parents=True)
+    (packaged / "cfg" / "templated-00000-of-00001.parquet").write_bytes(b"")
+    for source in ("some-org/persona-vectors", str(packaged)):
+        rc = main(["analyze", "--model", MODEL, "--source", source, "--no-png",
+                   "--out", str(tmp_path / "o")])  # fmt: skip
+        assert rc == 0, capsys.readouterr().err
+    assert opened == ["some-org/persona-vectors", str(packaged)]

@@ -38,21 +38,22 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from pvrs import report
-    from pvrs.masks import ALL_STRATEGIES, parse_strategies
+    from pvrs.masks import ALL_STRATEGIES, DEFAULT_STRATEGY, parse_strategies
     from pvrs.models import canonical_model_name, model_dir_name
     from pvrs.probes import load_persona_attributes
 
     model = canonical_model_name(args.model)
     every = any(s.lower() == "all" for s in args.mask_strategy)
-    strategies = [
-        str(s) for s in (ALL_STRATEGIES if every else parse_strategies(args.mask_strategy))
-    ]
-    out = Path(args.out) if args.out else Path("reports") / model_dir_name(model) / strategies[0]
+    # With `all`, the default strategy (when saved) is the one analysed in full.
+    chosen = [DEFAULT_STRATEGY, *ALL_STRATEGIES] if every else args.mask_strategy
+    strategies = [str(s) for s in parse_strategies(chosen)]
     console = Console(stderr=True)
     with console.status("reading persona vectors") as status:
         sets = report.read_vector_sets(
             model, args.source, strategies, args.variant, args.layers, skip_missing=every
         )
+        primary = sets[0].mask_strategy
+        out = Path(args.out) if args.out else Path("reports") / model_dir_name(model) / primary
         options = report.ReportOptions(
             default_ids=args.default_persona or report.ReportOptions.default_ids,
             focus_layer=args.focus_layer,
@@ -138,7 +139,7 @@ def _add_analyze(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--focus-layer",
         type=int,
-        help="layer for heatmaps, projections and tables (default: most between-persona spread)",
+        help="layer for heatmaps, projections and tables (default: the middle analysed layer)",
     )
     p.add_argument(
         "--neighbours",

@@ -218,7 +218,9 @@ def run_analysis(
     sim = an.similarity_by_layer(x, ids, layers)
     pca = an.pca_by_layer(x, ids, layers)
     curves = an.layer_curves(x, ids, layers)
-    focus = curves.best_layer if opts.focus_layer is None else opts.focus_layer
+    # The middle layer, as in the persona-vector and assistant-axis papers; the layer
+    # curves, PC1 and the summary point at others worth a look.
+    focus = layers[len(layers) // 2] if opts.focus_layer is None else opts.focus_layer
     an.layer_position(layers, focus)
 
     axis = None
@@ -294,7 +296,8 @@ def run_analysis(
         ("layers", _layer_span(layers)),
         (
             "focus layer",
-            f"{focus} ({'most between-persona spread' if opts.focus_layer is None else 'chosen'})",
+            f"{focus} ({'middle layer' if opts.focus_layer is None else 'chosen'}; "
+            f"most between-persona spread at layer {curves.best_layer})",
         ),
         ("PC1 explains most at layer", f"{pca.best_layer} ({pca.explained_ratio[:, 0].max():.0%})"),
         *(("note", n) for n in notes),
