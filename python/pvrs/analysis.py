@@ -77,7 +77,8 @@ def cosine_matrix(x: np.ndarray) -> np.ndarray:
 
 
 def center(samples: np.ndarray) -> np.ndarray:
-    """Subtract the mean over personas (axis 0) at every layer."""
+    """Subtract the mean over personas (axis 0), in float64. Analyses call it one layer at
+    a time so that peak memory stays near one float32 copy of the input."""
     x = np.asarray(samples, dtype=np.float64)
     return x - x.mean(axis=0, keepdims=True)
 
@@ -128,9 +129,8 @@ def similarity_by_layer(
     x = check_samples(samples, persona_ids)
     check_layers(x, layers)
     require_personas(x.shape[0], 2, "similarity")
-    xc = center(x)
     raw = np.stack([cosine_matrix(x[:, i]) for i in range(x.shape[1])])
-    cen = np.stack([cosine_matrix(xc[:, i]) for i in range(x.shape[1])])
+    cen = np.stack([cosine_matrix(center(x[:, i])) for i in range(x.shape[1])])
     order = np.stack([hierarchical_order(c) for c in cen])
     return SimilarityResult(list(persona_ids), list(layers), raw, cen, order)
 
@@ -186,11 +186,13 @@ def agreement(
             f"{labels[0]} and {labels[1]} share no persona; extract the same personas for both"
         )
     pos_a = {pid: i for i, pid in enumerate(ids_a)}
-    va = xa[[pos_a[p] for p in shared]].astype(np.float64)
-    vb = xb[[pos_b[p] for p in shared]].astype(np.float64)
-    if centered:
-        va, vb = center(va), center(vb)
-    cos = np.clip((unit_rows(va) * unit_rows(vb)).sum(axis=-1), -1.0, 1.0)
+    rows_a, rows_b = [pos_a[p] for p in shared], [pos_b[p] for p in shared]
+    cos = np.empty((len(shared), xa.shape[1]))
+    for i in range(xa.shape[1]):
+        va, vb = xa[rows_a, i].astype(np.float64), xb[rows_b, i].astype(np.float64)
+        if centered:
+            va, vb = center(va), center(vb)
+        cos[:, i] = np.clip((unit_rows(va) * unit_rows(vb)).sum(axis=-1), -1.0, 1.0)
     return AgreementResult(labels[0], labels[1], shared, list(layers), cos, centered)
 
 
@@ -236,9 +238,8 @@ def pca_by_layer(
     ratios = np.zeros((n_layers, k))
     projs = np.zeros((n_layers, p, k))
     comps = np.zeros((n_layers, k, h))
-    xc = center(x)
     for i in range(n_layers):
-        u, s, vt = np.linalg.svd(xc[:, i], full_matrices=False)
+        u, s, vt = np.linalg.svd(center(x[:, i]), full_matrices=False)
         # Fix the arbitrary SVD signs (as scikit-learn's svd_flip) so results are stable.
         signs = np.sign(u[np.argmax(np.abs(u), axis=0), np.arange(u.shape[1])])
         signs[signs == 0] = 1.0
@@ -296,13 +297,14 @@ def assistant_axis(
         )
     if is_default.all():
         raise InputError("assistant axis: every persona is a default persona; no role persona left")
-    xd = x[is_default].astype(np.float64)
-    xr = x[~is_default].astype(np.float64)
-    role_mean = xr.mean(axis=0)
-    diff = xd.mean(axis=0) - role_mean
+    role_mean = x[~is_default].mean(axis=0, dtype=np.float64)
+    diff = x[is_default].mean(axis=0, dtype=np.float64) - role_mean
     norm = np.linalg.norm(diff, axis=-1)
     axis = unit_rows(diff)
-    projections = np.einsum("plh,lh->pl", x.astype(np.float64) - role_mean, axis)
+    projections = np.stack(
+        [(x[:, i].astype(np.float64) - role_mean[i]) @ axis[i] for i in range(x.shape[1])],
+        axis=1,
+    )
     cos_pc1 = None
     if pca is not None:
         if list(pca.layers) != list(layers):
@@ -347,8 +349,11 @@ def layer_curves(
     """Norm and between-persona spread by layer, to help pick a layer."""
     x = check_samples(samples, persona_ids)
     check_layers(x, layers)
-    norms = np.linalg.norm(x.astype(np.float64), axis=-1)
-    spread = np.linalg.norm(center(x), axis=-1).mean(axis=0)
+    n_layers = x.shape[1]
+    norms = np.stack(
+        [np.linalg.norm(x[:, i].astype(np.float64), axis=-1) for i in range(n_layers)], axis=1
+    )
+    spread = np.array([np.linalg.norm(center(x[:, i]), axis=-1).mean() for i in range(n_layers)])
     norm_mean = norms.mean(axis=0)
     return LayerCurves(
         list(layers),
