@@ -18,6 +18,7 @@ from pvrs.errors import InputError, InvalidArgumentError, NonFiniteError
 BASELINE_ID = "baseline_assistant"
 # A norm below this is treated as zero: cosines with it are 0, not NaN.
 _EPS = 1e-12
+OPTIMAL_ORDER_MAX = 256
 
 
 # ---- input checks -------------------------------------------------------------------
@@ -84,8 +85,9 @@ def center(samples: np.ndarray) -> np.ndarray:
 
 
 def hierarchical_order(similarity: np.ndarray) -> np.ndarray:
-    """Leaf order of an average-linkage clustering on `1 - similarity`, optimally ordered
-    so that neighbouring rows of a heatmap are alike."""
+    """Leaf order of an average-linkage clustering on `1 - similarity`, so that
+    neighbouring rows of a heatmap are alike. Up to `OPTIMAL_ORDER_MAX` personas the
+    leaves are also optimally ordered (scipy's cost grows ~n^3 beyond that)."""
     n = similarity.shape[0]
     if n < 3:
         return np.arange(n)
@@ -97,42 +99,44 @@ def hierarchical_order(similarity: np.ndarray) -> np.ndarray:
     np.fill_diagonal(dist, 0.0)
     condensed = squareform(dist, checks=False)
     tree = linkage(condensed, method="average")
-    return leaves_list(optimal_leaf_ordering(tree, condensed))
+    if n <= OPTIMAL_ORDER_MAX:
+        tree = optimal_leaf_ordering(tree, condensed)
+    return leaves_list(tree)
 
 
 @dataclass(frozen=True)
 class SimilarityResult:
     """Cosine similarity between personas at every layer.
 
-    `raw[i]` and `centered[i]` are `(P, P)` for layer `layers[i]`; `order[i]` is the
-    hierarchical order of the centered matrix at that layer."""
+    `raw[i]` and `centered[i]` are `(P, P)` for layer `layers[i]`."""
 
     persona_ids: list[str]
     layers: list[int]
     raw: np.ndarray
     centered: np.ndarray
-    order: np.ndarray
 
     def at(self, layer: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(raw, centered, order) at a layer index (a value of `layers`)."""
+        """(raw, centered, order) at a layer index (a value of `layers`); `order` is the
+        hierarchical order of the centered matrix, computed on demand (it costs seconds
+        for a thousand personas, so it is not done for every layer)."""
         i = layer_position(self.layers, layer)
-        return self.raw[i], self.centered[i], self.order[i]
+        return self.raw[i], self.centered[i], hierarchical_order(self.centered[i])
 
 
 def similarity_by_layer(
     samples: np.ndarray, persona_ids: Sequence[str], layers: Sequence[int]
 ) -> SimilarityResult:
-    """Raw and centered cosine similarity per layer, with a hierarchical order per layer.
+    """Raw and centered cosine similarity per layer.
 
     Centering removes what all personas share (the large common component of residual
     streams), which otherwise makes every raw cosine close to 1."""
     x = check_samples(samples, persona_ids)
     check_layers(x, layers)
     require_personas(x.shape[0], 2, "similarity")
-    raw = np.stack([cosine_matrix(x[:, i]) for i in range(x.shape[1])])
-    cen = np.stack([cosine_matrix(center(x[:, i])) for i in range(x.shape[1])])
-    order = np.stack([hierarchical_order(c) for c in cen])
-    return SimilarityResult(list(persona_ids), list(layers), raw, cen, order)
+    # float32 storage: L x P x P of them add up for a thousand personas.
+    raw = np.stack([cosine_matrix(x[:, i]).astype(np.float32) for i in range(x.shape[1])])
+    cen = np.stack([cosine_matrix(center(x[:, i])).astype(np.float32) for i in range(x.shape[1])])
+    return SimilarityResult(list(persona_ids), list(layers), raw, cen)
 
 
 # ---- agreement between variants / strategies ------------------------------------------

@@ -20,6 +20,9 @@ from pvrs.errors import InputError
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 PROBE_METHODS = ("logistic", "ridge", "diffmeans")
+# Past this many values (personas^2 x layers, e.g. 700 personas x 40 layers) the all-layer
+# similarity file is skipped: the focus layer's CSVs remain.
+ALL_LAYER_SIMILARITY_MAX = 20_000_000
 
 
 # ---- reading ---------------------------------------------------------------------------
@@ -248,6 +251,11 @@ def run_analysis(
 
     step("writing tables")
     tables += _similarity_tables(sim, focus, tables_dir)
+    if sim.raw.size > ALL_LAYER_SIMILARITY_MAX:
+        notes.append(
+            "similarity for every layer not saved (too large); tables hold the focus layer, "
+            "and pvrs.analysis.similarity_by_layer computes the others"
+        )
     tables += _neighbour_tables(
         x[:, an.layer_position(layers, focus)], ids, opts.neighbours, tables_dir
     )
@@ -517,15 +525,16 @@ def _similarity_tables(sim: an.SimilarityResult, focus: int, d: Path) -> list[Pa
                 [[pid, *row] for pid, row in zip(ids, m, strict=True)],
             )
         )
-    npz = d / "similarity_all_layers.npz"
-    np.savez_compressed(
-        npz,
-        layers=np.array(sim.layers),
-        persona_ids=np.array(sim.persona_ids),
-        raw=sim.raw.astype(np.float32),
-        centered=sim.centered.astype(np.float32),
-    )
-    out.append(npz)
+    if sim.raw.size <= ALL_LAYER_SIMILARITY_MAX:
+        npz = d / "similarity_all_layers.npz"
+        np.savez_compressed(
+            npz,
+            layers=np.array(sim.layers),
+            persona_ids=np.array(sim.persona_ids),
+            raw=sim.raw,
+            centered=sim.centered,
+        )
+        out.append(npz)
     return out
 
 
