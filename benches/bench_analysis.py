@@ -45,7 +45,8 @@ def bench(p: int, n_layers: int, h: int) -> None:
     base = _time(sk_pca)
     rows = [
         ("pca_by_layer (K=10)", _time(lambda: an.pca_by_layer(x, ids, layers, k))),
-        ("similarity_by_layer (raw+centered+order)", _time(lambda: an.similarity_by_layer(x, ids, layers))),
+        ("similarity_by_layer (raw + centered)", _time(lambda: an.similarity_by_layer(x, ids, layers))),
+        ("hierarchical order, one layer", _time(lambda: an.hierarchical_order(an.cosine_matrix(x[:, 0])))),
         ("assistant_axis", _time(lambda: an.assistant_axis(x, ids, layers))),
         ("layer_curves", _time(lambda: an.layer_curves(x, ids, layers))),
         ("agreement (raw)", _time(lambda: an.agreement(x, ids, x, ids, layers, ("a", "b")))),

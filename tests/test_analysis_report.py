@@ -236,3 +236,21 @@ def test_hub_sources_use_the_hub_reader(store_root, tmp_path, monkeypatch, capsy
                    "--out", str(tmp_path / "o")])  # fmt: skip
         assert rc == 0, capsys.readouterr().err
     assert opened == ["some-org/persona-vectors", str(packaged)]
+
+
+def test_axis_needs_its_default_personas(tmp_path, capsys):
+    root = tmp_path / "store"
+    _fill(root, baseline=False)
+    out = tmp_path / "o"
+    rc = main(["analyze", "--model", MODEL, "--source", str(root), "--no-png", "--out", str(out)])
+    assert rc == 0  # no baseline extracted: the axis is skipped, with a note
+    assert "assistant axis skipped" in capsys.readouterr().err
+    assert "assistant_axis" not in json.loads((out / "summary.json").read_text())
+    rc = main(["analyze", "--model", MODEL, "--source", str(root), "--no-png", "--out", str(out),
+               "--default-persona", "helper"])  # fmt: skip
+    assert rc == 2  # named explicitly: it must exist
+    assert "none of the default personas ['helper']" in _error_line(capsys)
+    rc = main(["analyze", "--model", MODEL, "--source", str(root), "--no-png", "--out", str(out),
+               "--default-persona", "pirate", "poet", "--focus-layer", "9"])  # fmt: skip
+    assert rc == 2
+    assert "layer 9 is not among the analysed layers" in _error_line(capsys)

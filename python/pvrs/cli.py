@@ -55,7 +55,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         primary = sets[0].mask_strategy
         out = Path(args.out) if args.out else Path("reports") / model_dir_name(model) / primary
         options = report.ReportOptions(
-            default_ids=args.default_persona or report.ReportOptions.default_ids,
+            default_ids=args.default_persona,
             focus_layer=args.focus_layer,
             attributes=load_persona_attributes(args.persona_file)
             if args.persona_file

@@ -174,7 +174,9 @@ def builtin_attributes_for(persona_ids: Sequence[str]) -> dict[str, dict[str, An
 
 @dataclass
 class ReportOptions:
-    default_ids: Sequence[str] = (an.BASELINE_ID,)
+    # None: the baseline when it was extracted (else the axis is skipped with a note);
+    # ids given explicitly must exist.
+    default_ids: Sequence[str] | None = None
     focus_layer: int | None = None
     attributes: dict[str, dict[str, Any]] | None = None
     probe_attributes: Sequence[str] | None = None
@@ -214,6 +216,10 @@ def run_analysis(
     x, ids, names, layers = main.samples, main.persona_ids, main.names, main.layers
     an.check_samples(x, ids, main.label)
     an.require_personas(len(ids), 2, f"analysing {main.label} (similarity, PCA)")
+    # The middle layer, as in the persona-vector and assistant-axis papers; the layer
+    # curves, PC1 and the summary point at others worth a look.
+    focus = layers[len(layers) // 2] if opts.focus_layer is None else opts.focus_layer
+    an.layer_position(layers, focus)
     notes: list[str] = []
     tables: list[Path] = []
 
@@ -221,15 +227,13 @@ def run_analysis(
     sim = an.similarity_by_layer(x, ids, layers)
     pca = an.pca_by_layer(x, ids, layers)
     curves = an.layer_curves(x, ids, layers)
-    # The middle layer, as in the persona-vector and assistant-axis papers; the layer
-    # curves, PC1 and the summary point at others worth a look.
-    focus = layers[len(layers) // 2] if opts.focus_layer is None else opts.focus_layer
-    an.layer_position(layers, focus)
 
     axis = None
     try:
-        axis = an.assistant_axis(x, ids, layers, opts.default_ids, pca=pca)
+        axis = an.assistant_axis(x, ids, layers, opts.default_ids or (an.BASELINE_ID,), pca=pca)
     except InputError as exc:
+        if opts.default_ids:
+            raise
         notes.append(f"assistant axis skipped: {exc}")
 
     step("agreement between variants and strategies")
