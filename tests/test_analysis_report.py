@@ -10,11 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from pvrs.analyze import parse_layers
 from pvrs.cli import main
 from pvrs.errors import InputError, NonFiniteError
 from pvrs.plots import png_browser
 from pvrs.probes import load_probe_artifact
-from pvrs.report import parse_layers
 from pvrs.store import PersonaVectorStore, VectorRecord
 
 MODEL = "tiny/test-model"
@@ -169,7 +169,7 @@ def test_analyze_single_persona_errors_cleanly(tmp_path, capsys):
 
 
 def test_run_analysis_rejects_nan_and_disjoint_variants(tmp_path):
-    from pvrs.report import VectorSet, run_analysis
+    from pvrs.analyze import VectorSet, run_analysis
 
     x = np.ones((3, 2, 4), np.float32)
     x[2, 0, 0] = np.nan
@@ -204,7 +204,7 @@ def test_parse_layers():
 def test_hub_source_without_hub_reader(tmp_path, monkeypatch):
     import sys
 
-    from pvrs.report import open_store
+    from pvrs.analyze import open_store
 
     monkeypatch.setitem(sys.modules, "pvrs.hub", None)  # as if this build had no Hub reader
     with pytest.raises(InputError, match="no Hub reader"):
