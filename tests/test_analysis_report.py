@@ -254,3 +254,13 @@ def test_axis_needs_its_default_personas(tmp_path, capsys):
                "--default-persona", "pirate", "poet", "--focus-layer", "9"])  # fmt: skip
     assert rc == 2
     assert "layer 9 is not among the analysed layers" in _error_line(capsys)
+
+
+def test_requested_variant_must_exist(tmp_path, capsys):
+    store = PersonaVectorStore(MODEL, root_dir=tmp_path, mask_strategy="answer_mean")
+    for pid in ("a", "b"):
+        store.save(pid, "templated", np.ones((L, H), np.float32), name=pid, sample_ids=["q"])
+    rc = main(["analyze", "--model", MODEL, "--source", str(tmp_path), "--no-png",
+               "--variant", "templated", "biography", "--out", str(tmp_path / "o")])  # fmt: skip
+    assert rc == 2
+    assert "--variant biography: no answer_mean vectors for it (saved: templated)" in _error_line(capsys)

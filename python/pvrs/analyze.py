@@ -124,6 +124,11 @@ def read_vector_sets(
             if skip_missing:
                 continue
             raise InputError(_empty_store_message(model, source, strategy, variants))
+        missing = [v for v in variants or () if v not in have]
+        if missing:
+            raise InputError(
+                f"--variant {missing[0]}: no {strategy} vectors for it (saved: {', '.join(have)})"
+            )
         for variant in have:
             ds = load_analysis_dataset(store, [variant], include_baseline=True)
             if chosen_layers is None:
