@@ -89,6 +89,23 @@ def test_pca_recovers_planted_direction():
     np.testing.assert_allclose(two.explained_ratio[:, 0], 1.0)
 
 
+@pytest.mark.parametrize("shape", [(12, 40), (30, 8)])  # fewer and more personas than dims
+def test_pca_matches_scikit_learn(shape):
+    from sklearn.decomposition import PCA
+
+    p, h = shape
+    rng = np.random.default_rng(4)
+    x = (rng.standard_normal((p, 1, h)) * np.linspace(3, 0.1, h) + 7).astype(np.float32)
+    res = pca_by_layer(x, [f"p{i}" for i in range(p)], [0], n_components=5)
+    ref = PCA(n_components=5, svd_solver="full").fit(x[:, 0].astype(np.float64))
+    np.testing.assert_allclose(res.explained_ratio[0], ref.explained_variance_ratio_, rtol=1e-6)
+    # Same directions up to sign; projections are the data in those coordinates.
+    np.testing.assert_allclose(np.abs(res.components[0]), np.abs(ref.components_), atol=1e-6)
+    np.testing.assert_allclose(
+        np.abs(res.projections[0]), np.abs(ref.transform(x[:, 0].astype(np.float64))), atol=1e-5
+    )
+
+
 def test_pca_needs_two_personas():
     with pytest.raises(InputError, match="at least 2 personas"):
         pca_by_layer(np.ones((1, 2, 4), np.float32), ["only"], [0, 1])
