@@ -213,6 +213,8 @@ def run_analysis(
     """Analyse `sets[0]` in full, compare it with the other sets (variant and strategy
     agreement), and write everything under `out_dir`."""
     opts = options or ReportOptions()
+    if opts.neighbours < 1 or opts.folds < 2:
+        raise InputError("--neighbours must be >= 1 and --folds >= 2")
     step = progress or (lambda _msg: None)
     out = Path(out_dir)
     tables_dir = out / "tables"

@@ -102,7 +102,7 @@ def _add_analyze(sub: argparse._SubParsersAction) -> None:
         nargs="+",
         default=[str(DEFAULT_STRATEGY)],
         metavar="S",
-        help="mask strategies; `all` compares every saved one (default: %(default)s)",
+        help=f"mask strategies; `all` compares every saved one (default: {DEFAULT_STRATEGY})",
     )
     p.add_argument(
         "--layers",
