@@ -263,4 +263,29 @@ def test_requested_variant_must_exist(tmp_path, capsys):
     rc = main(["analyze", "--model", MODEL, "--source", str(tmp_path), "--no-png",
                "--variant", "templated", "biography", "--out", str(tmp_path / "o")])  # fmt: skip
     assert rc == 2
-    assert "--variant biography: no answer_mean vectors for it (saved: templated)" in _error_line(capsys)
+    assert "--variant biography: no answer_mean vectors for it (saved: templated)" in _error_line(
+        capsys
+    )
+
+
+def test_probes_leave_out_single_member_classes(tmp_path):
+    from pvrs.analyze import ReportOptions, VectorSet, run_analysis
+
+    rng = np.random.default_rng(1)
+    ids = [f"p{i}" for i in range(7)]
+    x = rng.standard_normal((7, 2, 8)).astype(np.float32)
+    kinds = ["a", "b", "a", "b", "a", "b", "lonely"]
+    x[:, :, 0] += np.array([3.0 if k == "a" else -3.0 for k in kinds])[:, None]
+    attrs = {
+        p: {"kind": k, "tone": f"t{i}"} for i, (p, k) in enumerate(zip(ids, kinds, strict=True))
+    }
+    vs = VectorSet("answer_mean", "templated", ids, ids, [0, 1], x, "tiny/m")
+    opts = ReportOptions(attributes=attrs, png=False, probe_methods=["diffmeans"], folds=3)
+    res = run_analysis([vs], tmp_path / "o", opts)
+    assert any("left out 1 persona(s)" in n and "p6" in n for n in res.notes)
+    assert any("'tone' skipped" in n for n in res.notes)  # every class has one member
+    (probe,) = res.summary["probes"]
+    assert probe["attribute"] == "kind" and probe["score"] == 1.0
+    art = load_probe_artifact(probe["artifact"])
+    assert art.classes == ["a", "b"] and art.meta["model"] == "tiny/m"
+    assert art.meta["n_personas"] == 6

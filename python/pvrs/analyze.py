@@ -38,6 +38,7 @@ class VectorSet:
     names: list[str]
     layers: list[int]
     samples: np.ndarray
+    model: str = ""
 
     @property
     def label(self) -> str:
@@ -140,7 +141,9 @@ def read_vector_sets(
                 )
             samples = ds.samples(variant, chosen_layers)
             sets.append(
-                VectorSet(strategy, variant, ds.persona_ids, ds.names, chosen_layers, samples)
+                VectorSet(
+                    strategy, variant, ds.persona_ids, ds.names, chosen_layers, samples, model
+                )
             )
     if not sets:
         raise InputError(_empty_store_message(model, source, "any", variants))
@@ -377,6 +380,9 @@ def _run_probes(
     for attribute in wanted:
         try:
             task = probe_labels(main.persona_ids, opts.attributes, attribute)[2]
+            attrs = opts.attributes
+            if task == "classification":
+                attrs = _drop_rare_classes(attrs, main.persona_ids, attribute, notes)
             for method in opts.probe_methods:
                 if task == "regression" and method != "ridge":
                     continue  # logistic and difference of means need categories
@@ -385,13 +391,13 @@ def _run_probes(
                     main.samples,
                     main.persona_ids,
                     main.layers,
-                    opts.attributes,
+                    attrs,
                     attribute,
                     method,
                     folds=opts.folds,
                 )
-                art = fit_probe(main.samples, main.persona_ids, main.layers, opts.attributes, curve)
-                art.meta |= {"vectors": main.label}
+                art = fit_probe(main.samples, main.persona_ids, main.layers, attrs, curve)
+                art.meta |= {"model": main.model, "vectors": main.label}
                 dirs.append(save_probe_artifact(art, probes_dir / f"{_slug(attribute)}-{method}"))
                 curves.append(curve)
         except InputError as exc:
@@ -401,6 +407,38 @@ def _run_probes(
     if wanted and not curves:
         notes.append("no attribute could be probed")
     return curves, dirs
+
+
+def _drop_rare_classes(
+    attributes: dict[str, dict[str, Any]],
+    persona_ids: Sequence[str],
+    attribute: str,
+    notes: list[str],
+) -> dict[str, dict[str, Any]]:
+    """Leave out personas whose class of `attribute` has a single member among
+    `persona_ids` (cross-validation cannot score it), saying so in `notes`; `InputError`
+    when fewer than two classes are left."""
+    values = {p: attributes.get(p, {}).get(attribute) for p in persona_ids}
+    counts: dict[str, int] = {}
+    for v in values.values():
+        if v is not None:
+            counts[str(v)] = counts.get(str(v), 0) + 1
+    rare = {p for p, v in values.items() if v is not None and counts[str(v)] < 2}
+    if not rare:
+        return attributes
+    if sum(c >= 2 for c in counts.values()) < 2:
+        raise InputError(
+            f"attribute {attribute!r}: fewer than two of its classes have 2+ personas, "
+            "so there is nothing to cross-validate"
+        )
+    notes.append(
+        f"probe on {attribute!r}: left out {len(rare)} persona(s) whose class has a single "
+        f"member ({', '.join(sorted(rare))})"
+    )
+    return {
+        p: {k: v for k, v in a.items() if k != attribute} if p in rare else a
+        for p, a in attributes.items()
+    }
 
 
 # ---- sections ---------------------------------------------------------------------------
@@ -684,6 +722,7 @@ def _summary(
 ) -> dict[str, Any]:
     fi = an.layer_position(main.layers, focus)
     summary: dict[str, Any] = {
+        "model": main.model,
         "vectors": main.label,
         "mask_strategy": main.mask_strategy,
         "variant": main.variant,
