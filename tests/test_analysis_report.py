@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import struct
 from pathlib import Path
 
@@ -89,6 +90,7 @@ def test_analyze_writes_everything(store_root, persona_file, tmp_path, capsys):
     assert str(out / "report.html") in printed
     html = (out / "report.html").read_text()
     assert "Plotly.newPlot" in html and "plotly.js" in html.lower()  # JS inlined: offline
+    assert not re.findall(r"<script[^>]*\bsrc=", html)  # nothing fetched when opened
     pngs = sorted((out / "png").glob("*.png"))
     slugs = {p.stem for p in pngs}
     assert {"layer_curves", "similarity", "pca_scree", "pca_2d", "pca_3d", "axis_projection",
@@ -289,3 +291,13 @@ def test_probes_leave_out_single_member_classes(tmp_path):
     art = load_probe_artifact(probe["artifact"])
     assert art.classes == ["a", "b"] and art.meta["model"] == "tiny/m"
     assert art.meta["n_personas"] == 6
+
+
+def test_png_export_without_a_browser_is_one_clear_line(store_root, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("pvrs.plots.png_browser", lambda: None)
+    rc = main(
+        ["analyze", "--model", MODEL, "--source", str(store_root), "--out", str(tmp_path / "o")]
+    )
+    assert rc == 2
+    line = _error_line(capsys)
+    assert "PNG export needs Chrome or Chromium" in line and "--no-png" in line
