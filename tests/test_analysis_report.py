@@ -301,3 +301,19 @@ def test_png_export_without_a_browser_is_one_clear_line(store_root, tmp_path, mo
     assert rc == 2
     line = _error_line(capsys)
     assert "PNG export needs Chrome or Chromium" in line and "--no-png" in line
+
+
+def test_neighbours_of_a_persona_are_printed(store_root, tmp_path, capsys):
+    args = ["analyze", "--model", MODEL, "--source", str(store_root), "--no-png",
+            "--out", str(tmp_path / "o"), "--neighbours", "2"]  # fmt: skip
+    assert main([*args, "--neighbours-of", "pirate"]) == 0
+    out = capsys.readouterr().out
+    line = next(x for x in out.splitlines() if x.startswith("nearest to pirate"))
+    assert line.split(": ", 1)[1].count("(") == 2  # two neighbours with their cosines
+    with (tmp_path / "o" / "tables" / "neighbours.csv").open() as f:
+        rows = [r for r in csv.DictReader(f) if r["persona_id"] == "pirate"]
+    assert [r["neighbour_id"] for r in rows] == [
+        part.split(" (")[0] for part in line.split(": ", 1)[1].split(", ")
+    ]
+    assert main([*args, "--neighbours-of", "zz"]) == 2
+    assert "--neighbours-of zz: no such persona" in _error_line(capsys)

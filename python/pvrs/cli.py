@@ -39,6 +39,8 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from pvrs import analyze
+    from pvrs.analysis import nearest_neighbours
+    from pvrs.errors import InputError
     from pvrs.masks import ALL_STRATEGIES, DEFAULT_STRATEGY, parse_strategies
     from pvrs.models import canonical_model_name, model_dir_name
     from pvrs.probes import load_persona_attributes
@@ -54,6 +56,12 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
             model, args.source, strategies, args.variant, args.layers, skip_missing=every
         )
         primary = sets[0].mask_strategy
+        unknown = [p for p in args.neighbours_of or () if p not in sets[0].persona_ids]
+        if unknown:
+            raise InputError(
+                f"--neighbours-of {unknown[0]}: no such persona in {sets[0].label} "
+                f"(have {', '.join(sets[0].persona_ids[:10])})"
+            )
         out = Path(args.out) if args.out else Path("reports") / model_dir_name(model) / primary
         options = analyze.ReportOptions(
             default_ids=args.default_persona,
@@ -78,6 +86,13 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     print(f"tables: {result.out_dir / 'tables'}/ and {result.out_dir / 'summary.json'}")
     for probe_dir in result.probes:
         print(f"probe:  {probe_dir}")
+    focus = result.summary["focus_layer"]
+    main_set = sets[0]
+    for pid in args.neighbours_of or ():
+        x = main_set.samples[:, main_set.layers.index(focus)]
+        found = nearest_neighbours(x, main_set.persona_ids, pid, options.neighbours)
+        listed = ", ".join(f"{n.persona_id} ({n.cosine:+.3f})" for n in found)
+        print(f"nearest to {pid} at layer {focus} (centered cosine): {listed}")
     return 0
 
 
@@ -147,6 +162,12 @@ def _add_analyze(sub: argparse._SubParsersAction) -> None:
         type=int,
         default=5,
         help="nearest neighbours listed per persona (default: %(default)s)",
+    )
+    p.add_argument(
+        "--neighbours-of",
+        nargs="+",
+        metavar="ID",
+        help="also print these personas' nearest neighbours at the focus layer",
     )
     p.add_argument(
         "--no-png", action="store_true", help="skip PNG export (it needs Chrome/Chromium)"
