@@ -467,7 +467,7 @@ def _sections(
         S(
             "similarity",
             "Persona similarity",
-            "Cosine similarity between personas at the focus layer, raw and centered (the mean over personas subtracted, which removes what every persona shares). Rows are in hierarchical-clustering order.",
+            "Cosine similarity between personas at the focus layer, raw (own colour range: they crowd near 1) and centered (the mean over personas subtracted, which removes what every persona shares). Rows are in hierarchical-clustering order.",
             plots.similarity_figure(sim, names, focus),
         ),
         S(

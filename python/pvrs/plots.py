@@ -67,19 +67,33 @@ def similarity_figure(sim: SimilarityResult, names: Sequence[str], layer: int) -
     raw, centered, order = sim.at(layer)
     labels = [names[i] for i in order]
     fig = make_subplots(
-        rows=1, cols=2, subplot_titles=("raw cosine", "centered cosine"), horizontal_spacing=0.04
+        rows=1, cols=2, subplot_titles=("raw cosine", "centered cosine"), horizontal_spacing=0.2
     )
-    for col, mat in ((1, raw), (2, centered)):
+    # Raw cosines of residual streams crowd near 1: give them their own colour range so
+    # their structure shows; centered ones use the full symmetric [-1, 1].
+    off_diagonal = raw[~np.eye(len(raw), dtype=bool)]
+    raw_min = float(off_diagonal.min()) if off_diagonal.size else -1.0
+    panels = (
+        (
+            1,
+            raw,
+            {
+                "zmin": raw_min,
+                "zmax": 1.0,
+                "colorscale": "Viridis",
+                "colorbar": {"x": 0.41, "thickness": 15},
+            },
+        ),
+        (2, centered, {"zmin": -1.0, "zmax": 1.0, "colorscale": "RdBu_r"}),
+    )
+    for col, mat, style in panels:
         fig.add_trace(
             go.Heatmap(
                 z=mat[np.ix_(order, order)],
                 x=labels,
                 y=labels,
-                zmin=-1,
-                zmax=1,
-                colorscale="RdBu_r",
-                showscale=col == 2,
                 hovertemplate="%{y} vs %{x}: %{z:.3f}<extra></extra>",
+                **style,
             ),
             row=1,
             col=col,
