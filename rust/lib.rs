@@ -8,3 +8,6 @@ pub mod hashing;
 mod py;
 
 pub use error::{Error, Result};
+pub mod aggregate;
+pub mod header;
+pub mod manifest;

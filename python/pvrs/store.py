@@ -513,12 +513,7 @@ class PersonaVectorStore:
         ids = self.list_personas([variant]) if persona_ids is None else list(persona_ids)
         if not ids:
             raise InvalidArgumentError(f"no personas to average in {self.variant_dir(variant)}")
-        return (
-            _stack_files(self.paths(ids, variant), layers)
-            .astype(np.float64)
-            .mean(axis=0)
-            .astype(np.float32)
-        )
+        return _mean_files(self.paths(ids, variant), layers)
 
     # ---- queries (persona-vectors 0.6.x semantics) -------------------------------------
 
@@ -692,30 +687,36 @@ def load_analysis_dataset(
 
 
 def _read_tensor(path: Path) -> tuple[np.ndarray, dict[str, str]]:
-    """The "activations" tensor of one file as float32, and the file's metadata."""
+    """The "activations" tensor of one float32 file (per-sample vectors) and its metadata."""
     from safetensors import SafetensorError, safe_open
 
     try:
-        with safe_open(str(path), framework="pt") as handle:
+        with safe_open(str(path), framework="np") as handle:
             metadata = handle.metadata() or {}
             if TENSOR_KEY not in handle.keys():  # noqa: SIM118 (safe_open is not a mapping)
                 raise ArtifactError(
                     f"{path}: no {TENSOR_KEY!r} tensor; run `pvrs validate {path.parent}`"
                 )
-            tensor = handle.get_tensor(TENSOR_KEY)
-    except (SafetensorError, OSError) as exc:
+            array = handle.get_tensor(TENSOR_KEY)
+    except (SafetensorError, OSError, TypeError) as exc:
         raise ArtifactError(
             f"{path}: unreadable safetensors file ({exc}); run `pvrs validate {path.parent}`"
         ) from None
-    import torch
-
-    return tensor.to(torch.float32).numpy(), metadata
+    return np.asarray(array, dtype=np.float32), metadata
 
 
 def _stack_files(paths: Sequence[Path], layers: Sequence[int] | None) -> np.ndarray:
-    arrays = [_read_tensor(p)[0] for p in paths]
-    shapes = {a.shape for a in arrays}
-    if len(shapes) > 1:
-        raise ArtifactError(f"tensors have different shapes {sorted(shapes)}; run `pvrs validate`")
-    stacked = np.stack(arrays)
-    return stacked if layers is None else np.ascontiguousarray(stacked[:, list(layers)])
+    """Rust: memory-mapped, parallel, GIL released; reads only the requested layers."""
+    from pvrs import _core
+
+    return _core.stack_files(
+        [str(p) for p in paths], None if layers is None else [int(i) for i in layers]
+    )
+
+
+def _mean_files(paths: Sequence[Path], layers: Sequence[int] | None) -> np.ndarray:
+    from pvrs import _core
+
+    return _core.aggregate_files(
+        [str(p) for p in paths], "mean", None if layers is None else [int(i) for i in layers]
+    )
