@@ -641,11 +641,16 @@ fn check_file(task: &FileTask, root: &Path, deep: bool) -> Vec<Problem> {
         }
     };
     let Some(info) = header.tensor(TENSOR_KEY) else {
-        let names: Vec<&String> = header.tensors.keys().collect();
+        let names: Vec<&String> = header.tensors.keys().take(5).collect();
+        let more = if header.tensors.len() > 5 {
+            ", ..."
+        } else {
+            ""
+        };
         out.push(error(
             path,
             "missing_activations",
-            format!("no \"activations\" tensor (has {names:?})"),
+            format!("no \"activations\" tensor (has {names:?}{more}); not a persona vector file"),
         ));
         return out;
     };
