@@ -208,7 +208,7 @@ class PersonaVectorStore:
         self.root_dir = Path(root_dir).expanduser() if root_dir is not None else activations_dir()
         self.mask_strategy = _strategy_name(mask_strategy)
         self.variants = tuple(variants)
-        self._manifest_cache: dict[str, tuple[tuple[int, int, int], dict[str, Any]]] = {}
+        self._manifest_cache: dict[str, tuple[bytes, dict[str, Any]]] = {}
 
     def __repr__(self) -> str:
         return (
@@ -240,15 +240,23 @@ class PersonaVectorStore:
 
     # ---- manifest ----------------------------------------------------------------------
 
-    def _parse_manifest(self, path: Path) -> dict[str, Any]:
+    @staticmethod
+    def _read_manifest_bytes(path: Path) -> bytes | None:
         try:
-            manifest = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
+            return path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise ManifestError(f"{path}: cannot read the manifest ({exc.strerror})") from None
+
+    @staticmethod
+    def _parse_manifest(path: Path, raw: bytes) -> dict[str, Any]:
+        try:
+            manifest = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ManifestError(
                 f"{path}: not valid JSON ({exc}); run `pvrs validate {path.parent}`"
             ) from None
-        except OSError as exc:
-            raise ManifestError(f"{path}: cannot read the manifest ({exc.strerror})") from None
         if not isinstance(manifest, dict) or not isinstance(manifest.get("personas"), dict):
             raise ManifestError(
                 f"{path}: the manifest has no 'personas' mapping; run `pvrs validate {path.parent}`"
@@ -257,18 +265,17 @@ class PersonaVectorStore:
 
     def read_manifest(self, variant: str) -> dict[str, Any] | None:
         """The variant's manifest (None when the folder has none). Treat it as read-only:
-        it is cached until the file changes on disk."""
+        the parsed manifest is reused while the file's bytes are unchanged (comparing bytes,
+        not timestamps, so another process's write is never missed)."""
         path = self.manifest_path(variant)
-        try:
-            st = path.stat()
-        except FileNotFoundError:
+        raw = self._read_manifest_bytes(path)
+        if raw is None:
             return None
-        key = (st.st_ino, st.st_mtime_ns, st.st_size)
         cached = self._manifest_cache.get(variant)
-        if cached is not None and cached[0] == key:
+        if cached is not None and cached[0] == raw:
             return cached[1]
-        manifest = self._parse_manifest(path)
-        self._manifest_cache[variant] = (key, manifest)
+        manifest = self._parse_manifest(path, raw)
+        self._manifest_cache[variant] = (raw, manifest)
         return manifest
 
     def _provenance(self, variant: str, provenance: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -389,10 +396,11 @@ class PersonaVectorStore:
         # The lock covers tensor writes too: a save that fails its manifest checks must not
         # have replaced a vector that is already recorded.
         with FileLock(str(directory / LOCK_FILENAME), timeout=LOCK_TIMEOUT_S):
+            raw = self._read_manifest_bytes(manifest_path)
             manifest = (
-                self._parse_manifest(manifest_path)
-                if manifest_path.exists()
-                else {"num_layers": None, "hidden_size": None, "personas": {}}
+                {"num_layers": None, "hidden_size": None, "personas": {}}
+                if raw is None
+                else self._parse_manifest(manifest_path, raw)
             )
             self._merge_header(manifest, manifest_path, shape, header)
             for record, _, data in prepared:
