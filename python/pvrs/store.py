@@ -122,7 +122,10 @@ def _as_float32(activations: Any, what: str, ndim: int) -> np.ndarray:
         import torch
 
         activations = activations.detach().to("cpu", torch.float32).numpy()
-    array = np.ascontiguousarray(np.asarray(activations, dtype=np.float32))
+    try:
+        array = np.ascontiguousarray(np.asarray(activations, dtype=np.float32))
+    except (TypeError, ValueError) as exc:
+        raise InvalidArgumentError(f"{what}: activations are not numeric ({exc})") from None
     if array.ndim != ndim or 0 in array.shape:
         expected = (
             "(num_layers, hidden_size)" if ndim == 2 else "(n_samples, num_layers, hidden_size)"
@@ -633,9 +636,7 @@ class AnalysisDataset:
     persona_ids: list[str]
     names: list[str]
     layers: list[int]
-    _cache: dict[tuple[str, tuple[int, ...] | None], np.ndarray] = field(
-        default_factory=dict, repr=False
-    )
+    _cache: dict[str, dict[tuple[int, ...], np.ndarray]] = field(default_factory=dict, repr=False)
 
     def samples(self, variant: str, layers: Sequence[int] | None = None) -> np.ndarray:
         """`(P, L, H)` float32: one row per persona (in `persona_ids` order) for `variant`,
@@ -644,12 +645,14 @@ class AnalysisDataset:
             raise InvalidArgumentError(
                 f"variant {variant!r} is not in this dataset (have {list(self.variants)})"
             )
-        chosen = list(self.layers if layers is None else layers)
-        full = chosen == list(range(len(chosen))) and layers is None
-        key = (variant, None if full else tuple(chosen))
-        if key not in self._cache:
-            self._cache[key] = self.store.stack(self.persona_ids, variant, None if full else chosen)
-        return self._cache[key]
+        chosen = tuple(int(i) for i in (self.layers if layers is None else layers))
+        if chosen not in self._cache.setdefault(variant, {}):
+            manifest = self.store.read_manifest(variant) or {}
+            every_layer = chosen == tuple(range(manifest.get("num_layers") or 0))
+            self._cache[variant][chosen] = self.store.stack(
+                self.persona_ids, variant, None if every_layer else chosen
+            )
+        return self._cache[variant][chosen]
 
     def __len__(self) -> int:
         return len(self.persona_ids)
