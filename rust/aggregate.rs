@@ -77,12 +77,21 @@ pub struct MappedTensor {
 }
 
 impl MappedTensor {
-    /// Map `path` and locate the 2-D tensor `name`.
-    pub fn open(path: &Path, name: &str) -> Result<Self> {
+    /// Map `path` and locate the 2-D tensor `name`. `whole`: all rows will be read
+    /// (sequential read-ahead); otherwise only a few rows (no read-ahead, so the other
+    /// layers' bytes are never fetched).
+    pub fn open(path: &Path, name: &str, whole: bool) -> Result<Self> {
         let file = File::open(path).map_err(|e| Error::io(path, e))?;
         // SAFETY: the map is read-only; pvrs replaces files by rename, never in place, so a
         // concurrent pvrs writer cannot change mapped bytes. Every offset is bounds-checked.
         let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+        // Advise before the first access: the header read faults the first page in.
+        // Advice is only a hint; failing to give it changes nothing but speed.
+        let _ = map.advise(if whole {
+            Advice::Sequential
+        } else {
+            Advice::Random
+        });
         let header: Header =
             parse_header(&map, map.len() as u64).map_err(|r| artifact(path, &r))?;
         let info = header
@@ -124,15 +133,6 @@ impl MappedTensor {
         let start = self.info.begin as usize + layer * width;
         &self.map[start..start + width]
     }
-
-    fn advise(&self, whole: bool) {
-        // Advice is only a hint; failing to give it changes nothing but speed.
-        let _ = self.map.advise(if whole {
-            Advice::Sequential
-        } else {
-            Advice::Random
-        });
-    }
 }
 
 /// Decode little-endian `src` of `dtype` into `dst` (same element count).
@@ -168,7 +168,7 @@ fn plan(paths: &[PathBuf], tensor: &str, layers: Option<&[usize]>) -> Result<Pla
     let first = paths.first().ok_or_else(|| {
         Error::InvalidArgument("no files to aggregate; pass at least one path".into())
     })?;
-    let probe = MappedTensor::open(first, tensor)?;
+    let probe = MappedTensor::open(first, tensor, false)?;
     let layers: Vec<usize> = match layers {
         Some(chosen) => {
             if chosen.is_empty() {
@@ -198,7 +198,7 @@ fn plan(paths: &[PathBuf], tensor: &str, layers: Option<&[usize]>) -> Result<Pla
 }
 
 fn open_checked(path: &Path, tensor: &str, plan: &Plan) -> Result<MappedTensor> {
-    let mapped = MappedTensor::open(path, tensor)?;
+    let mapped = MappedTensor::open(path, tensor, plan.whole)?;
     if (mapped.rows, mapped.cols) != (plan.rows, plan.cols) {
         return Err(artifact(
             path,
@@ -208,7 +208,6 @@ fn open_checked(path: &Path, tensor: &str, plan: &Plan) -> Result<MappedTensor> 
             ),
         ));
     }
-    mapped.advise(plan.whole);
     Ok(mapped)
 }
 
