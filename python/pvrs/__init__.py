@@ -31,6 +31,7 @@ from pvrs.store import (
     discover_activation_models,
     load_analysis_dataset,
 )
+from pvrs.validation import ValidationReport, validate
 
 __version__ = _core.__version__
 
@@ -52,9 +53,11 @@ __all__ = [
     "PvrsIOError",
     "SpanError",
     "TemplateError",
+    "ValidationReport",
     "VectorNotFoundError",
     "VectorRecord",
     "__version__",
     "discover_activation_models",
     "load_analysis_dataset",
+    "validate",
 ]
