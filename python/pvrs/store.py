@@ -373,7 +373,7 @@ class PersonaVectorStore:
         records = list(records)
         if not records:
             return []
-        prepared: list[tuple[VectorRecord, np.ndarray, bytes]] = []
+        prepared: list[tuple[VectorRecord, np.ndarray]] = []
         seen: set[str] = set()
         for record in records:
             pid = validate_persona_id(record.persona_id)
@@ -383,8 +383,8 @@ class PersonaVectorStore:
                 )
             seen.add(pid)
             array = _as_float32(record.activations, f"persona {pid!r} ({variant})", ndim=2)
-            prepared.append((record, array, _safetensors_bytes(array)))
-        shapes = {array.shape for _, array, _ in prepared}
+            prepared.append((record, array))
+        shapes = {array.shape for _, array in prepared}
         if len(shapes) > 1:
             raise InvalidArgumentError(
                 f"save_many({variant!r}): records have different shapes {sorted(shapes)}"
@@ -406,7 +406,10 @@ class PersonaVectorStore:
                 else self._parse_manifest(manifest_path, raw)
             )
             self._merge_header(manifest, manifest_path, shape, header)
-            for record, _, data in prepared:
+            # A crash inside this loop leaves the manifest as it was: new tensors are then
+            # unrecorded (resume recomputes them), never recorded-but-missing.
+            for record, array in prepared:
+                data = _safetensors_bytes(array)  # one file's bytes at a time
                 path = directory / f"{record.persona_id}{TENSOR_SUFFIX}"
                 atomic_write_bytes(path, data)
                 paths.append(path)
