@@ -172,6 +172,35 @@ def bench_validation(root: Path, n_files: int, layers: int, hidden: int, repeat:
     return out
 
 
+def bench_saving(root: Path, n: int, layers: int, hidden: int) -> dict:
+    """`save_many` (one manifest write) vs a `save` loop (a manifest rewrite per persona)."""
+    from pvrs.store import PersonaVectorStore, VectorRecord
+
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((n, layers, hidden)).astype(np.float32)
+    sample_ids = [f"question-{k:03d}" for k in range(20)]
+    batch = PersonaVectorStore("org/model", root_dir=root / "batch")
+    start = time.perf_counter()
+    batch.save_many(
+        "templated", [VectorRecord(f"p{i:05d}", vectors[i], f"P{i}", sample_ids) for i in range(n)]
+    )
+    many = time.perf_counter() - start
+    loop = PersonaVectorStore("org/model", root_dir=root / "loop")
+    start = time.perf_counter()
+    for i in range(n):
+        loop.save(f"p{i:05d}", "templated", vectors[i], name=f"P{i}", sample_ids=sample_ids)
+    single = time.perf_counter() - start
+    out = {
+        "personas": n,
+        "shape": [layers, hidden],
+        "save_many_s": round(many, 3),
+        "save_loop_s": round(single, 3),
+        "ratio": round(single / many, 2),
+    }
+    print(json.dumps({"saving": out}, indent=2), flush=True)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=1000, help="vectors to aggregate (default 1000)")
@@ -180,14 +209,22 @@ def main() -> None:
     parser.add_argument("--validate-files", type=int, default=10_000)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--dir", default=None, help="scratch folder (default: a temporary one)")
+    parser.add_argument(
+        "--sections", default="aggregate,validate,save", help="comma-separated subset to run"
+    )
     args = parser.parse_args()
     info = _core.build_info()
     print(
         f"pvrs native build: {info['profile']}, rayon threads {info['rayon_threads']}, cpus {os.cpu_count()}"
     )
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
-        bench_aggregation(Path(tmp), args.n, args.layers, args.hidden, args.repeat)
-        bench_validation(Path(tmp), args.validate_files, 30, 576, args.repeat)
+        sections = set(args.sections.split(","))
+        if "aggregate" in sections:
+            bench_aggregation(Path(tmp), args.n, args.layers, args.hidden, args.repeat)
+        if "validate" in sections:
+            bench_validation(Path(tmp), args.validate_files, 30, 576, args.repeat)
+        if "save" in sections:
+            bench_saving(Path(tmp), args.n, 30, 576)
 
 
 if __name__ == "__main__":
