@@ -490,16 +490,19 @@ fn read_manifest(path: &Path, dir: &Path, problems: &mut Vec<Problem>) -> Option
             );
         }
     }
-    // The folder a manifest lives in must agree with what it says it holds.
+    // Readers find vectors by folder name, so a manifest filed under another variant or
+    // strategy than it records is misleading (a warning: the data itself is intact).
     for (key, folder) in [
         ("variant", dir.file_name()),
         ("mask_strategy", dir.parent().and_then(Path::file_name)),
     ] {
         if let (Some(Value::String(said)), Some(folder)) = (top.get(key), folder) {
-            if said.as_str() != folder.to_string_lossy() {
-                bad(problems, format!(
-                    "says {key}={said:?} but lives in folder {:?}; it was moved or copied to the wrong place",
-                    folder.to_string_lossy()
+            let folder = folder.to_string_lossy();
+            if said.as_str() != folder {
+                problems.push(warning(
+                    path,
+                    "misplaced_manifest",
+                    format!("records {key}={said:?} but lives in folder {folder:?}; move it back"),
                 ));
             }
         }
@@ -969,6 +972,20 @@ mod tests {
             "{}",
             nan.message
         );
+    }
+
+    #[test]
+    fn a_moved_variant_folder_is_a_warning() {
+        let (tmp, dir) = tree();
+        let moved = tmp
+            .path()
+            .join("org__m")
+            .join("answer_mean")
+            .join("biography");
+        fs::rename(&dir, &moved).unwrap();
+        let report = validate(&moved, false).unwrap();
+        assert!(report.is_clean());
+        assert_eq!(kinds(&report), vec!["misplaced_manifest"]);
     }
 
     #[test]
