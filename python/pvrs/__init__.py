@@ -45,6 +45,7 @@ from pvrs.store import (
     discover_activation_models,
     load_analysis_dataset,
 )
+from pvrs.validation import ValidationReport, validate
 
 __version__ = _core.__version__
 
@@ -68,6 +69,7 @@ __all__ = [
     "RenderError",
     "SpanError",
     "TemplateError",
+    "ValidationReport",
     "VectorNotFoundError",
     "VectorRecord",
     "__version__",
@@ -82,6 +84,7 @@ __all__ = [
     "parse_vector_config_name",
     "pca_by_layer",
     "similarity_by_layer",
+    "validate",
 ]
 
 
