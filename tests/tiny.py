@@ -103,6 +103,13 @@ QWEN3 = (
     "{%- endif %}"
 )
 
+# Qwen3-Instruct-2507 style: the same turns with no `<think>` block.
+QWEN3_INSTRUCT = QWEN3.replace(
+    "'\\n<think>\\n' + reasoning_content.strip('\\n') + '\\n</think>\\n\\n' + content.lstrip('\\n')",
+    "'\\n' + content",
+)
+assert QWEN3_INSTRUCT != QWEN3
+
 LLAMA3 = (
     "{% set loop_messages = messages %}{% for message in loop_messages %}"
     "{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'"
@@ -209,6 +216,9 @@ FAMILIES: dict[str, Family] = {
     ),
     "qwen3": Family(
         QWEN3, ("<|im_start|>", "<|im_end|>", "<|endoftext|>", "<think>", "</think>"), None, "<|im_end|>"
+    ),
+    "qwen3-instruct": Family(
+        QWEN3_INSTRUCT, ("<|im_start|>", "<|im_end|>", "<|endoftext|>", "<think>", "</think>"), None, "<|im_end|>"
     ),
     "llama3": Family(
         LLAMA3,
