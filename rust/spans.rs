@@ -198,7 +198,7 @@ impl BatchMasks {
 impl<'a, T: Offset> Batch<'a, T> {
     fn sample_name(&self, i: usize) -> String {
         match self.sample_ids.get(i) {
-            Some(id) => format!("sample {id:?}"),
+            Some(id) => format!("sample '{id}'"),
             None => format!("sample #{i}"),
         }
     }
@@ -368,7 +368,7 @@ impl<'a, T: Offset> Batch<'a, T> {
             Strategy::QuestionLastSpecial if tokens.question_special.is_none() => {
                 return Err(Error::Mask(format!(
                     "{}: question_last_special needs a special token right after the question, \
-                     but the chat template {:?} puts {} there; use question_last instead",
+                     but the chat template '{}' puts {} there; use question_last instead",
                     self.sample_name(i),
                     self.template,
                     if tokens.question.is_some() {
@@ -384,7 +384,7 @@ impl<'a, T: Offset> Batch<'a, T> {
             _ => return Ok(()),
         };
         Err(Error::Mask(format!(
-            "{}: mask strategy {} selects no token under chat template {:?}: {why}",
+            "{}: mask strategy {} selects no token under chat template '{}': {why}",
             self.sample_name(i),
             strategy.name(),
             self.template
@@ -653,7 +653,7 @@ mod tests {
         let e = error_of(&offsets, empty, &[Strategy::AnswerMean]);
         assert!(
             matches!(e, Error::Span(_))
-                && e.to_string().contains("\"q-7\"")
+                && e.to_string().contains("'q-7'")
                 && e.to_string().contains("empty")
         );
 
