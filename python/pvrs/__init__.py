@@ -22,10 +22,21 @@ from pvrs.errors import (
     SpanError,
     TemplateError,
 )
+from pvrs.store import (
+    ActivationStore,
+    AnalysisDataset,
+    PersonaVectorStore,
+    VectorNotFoundError,
+    VectorRecord,
+    discover_activation_models,
+    load_analysis_dataset,
+)
 
 __version__ = _core.__version__
 
 __all__ = [
+    "ActivationStore",
+    "AnalysisDataset",
     "ArtifactError",
     "InputError",
     "InternalError",
@@ -36,9 +47,14 @@ __all__ = [
     "NonFiniteError",
     "PackagingError",
     "PersonaIdError",
+    "PersonaVectorStore",
     "PvrsError",
     "PvrsIOError",
     "SpanError",
     "TemplateError",
+    "VectorNotFoundError",
+    "VectorRecord",
     "__version__",
+    "discover_activation_models",
+    "load_analysis_dataset",
 ]
