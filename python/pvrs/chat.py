@@ -417,27 +417,40 @@ def print_preview(
     tokenizer: PreTrainedTokenizerBase,
     prepared: PreparedInput,
     strategies: Sequence[MaskStrategy | str] | None = None,
+    *,
+    context: int = 60,
 ) -> None:
-    """Print the rendered prompt once per strategy with the averaged tokens highlighted."""
+    """Print which tokens each strategy averages: `*_mean` strategies over the whole rendered
+    prompt, single-token strategies as the token in `context` characters either side."""
     from rich.markup import escape
     from rich.text import Text
 
     chosen = parse_strategies(tuple(strategies)) if strategies else list(prepared.token_masks)
-    n = len(prepared.input_ids)
-    console.rule(f"[bold]{escape(prepared.sample_id)}[/] · {n} tokens · {escape(template_name(tokenizer))}")
+    text_all = prepared.prompt_text
+    console.rule(
+        f"[bold]{escape(prepared.sample_id)}[/] · {len(prepared.input_ids)} tokens · "
+        f"{escape(template_name(tokenizer))}"
+    )
     for k, strategy in enumerate(chosen):
         mask = prepared.token_masks.get(strategy)
         if mask is None:
             raise MaskError(f"mask strategy {strategy.value} was not prepared for sample {prepared.sample_id!r}")
         style = _STYLES[k % len(_STYLES)]
-        text = Text(prepared.prompt_text)
         picked = np.flatnonzero(mask)
+        pieces = tokenizer.convert_ids_to_tokens([int(prepared.input_ids[t]) for t in picked])
+        shown = ", ".join(repr(p) for p in pieces[:6]) + (", ..." if len(pieces) > 6 else "")
+        console.print(Text.assemble((f" {strategy.value} ", style), f"  {len(picked)} token(s): {shown}"))
+        lo, hi = 0, len(text_all)
+        if len(picked) == 1:  # a window around the one token, newlines made visible
+            s, e = (int(v) for v in prepared.offsets[picked[0]])
+            lo, hi = max(0, s - context), min(len(text_all), e + context)
+        text = Text(text_all[lo:hi])
         for t in picked:
             s, e = (int(v) for v in prepared.offsets[t])
             if s < e:
-                text.stylize(style, s, e)
-        tokens = tokenizer.convert_ids_to_tokens([int(prepared.input_ids[t]) for t in picked])
-        shown = ", ".join(repr(tok) for tok in tokens[:6]) + (", ..." if len(tokens) > 6 else "")
-        console.print(Text.assemble((f"{strategy.value}", style), f"  {len(picked)} token(s): {shown}"))
+                text.stylize(style, s - lo, e - lo)
+        if len(picked) == 1:
+            text = Text("…" if lo else "") + text + Text("…" if hi < len(text_all) else "")
+            text = Text("⏎").join(text.split("\n", allow_blank=True))
         console.print(text)
         console.print()

@@ -12,7 +12,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pvrs.engine import DEFAULT_BATCH_TOKENS, EngineConfig, SampleMeans, resolve_layers, sample_means
+from pvrs.engine import (
+    DEFAULT_BATCH_TOKENS,
+    EngineConfig,
+    SampleMeans,
+    resolve_layers,
+    sample_means,
+)
 from pvrs.errors import InvalidArgumentError, PvrsError
 from pvrs.hooks import decoder_layers
 from pvrs.inputs import VARIANTS, Persona, QAPair, qa_for_persona
