@@ -355,7 +355,8 @@ def prepare_inputs(
 
     lengths = np.fromiter((len(ids) for ids in ids_per_sample), dtype=np.int64, count=len(rows))
     flat_ids = np.fromiter(itertools.chain.from_iterable(ids_per_sample), dtype=np.int64, count=int(lengths.sum()))
-    offsets = np.array(list(itertools.chain.from_iterable(offsets_per_sample)), dtype=np.int64).reshape(-1, 2)
+    chain = itertools.chain.from_iterable
+    offsets = np.fromiter(chain(chain(offsets_per_sample)), dtype=np.int64, count=2 * len(flat_ids)).reshape(-1, 2)
     special = np.isin(flat_ids, np.fromiter(special_token_ids(tokenizer), dtype=np.int64))
     span_rows = np.array(
         [[*(r.spans.system or (-1, -1)), *r.spans.question, *r.spans.answer] for r in rendered],
