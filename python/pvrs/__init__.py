@@ -6,6 +6,7 @@ steer models with them and publish them as Hugging Face datasets."""
 from __future__ import annotations
 
 from pvrs import _core
+from pvrs.chat import PreparedInput, prepare_inputs, render
 from pvrs.errors import (
     ArtifactError,
     InputError,
@@ -58,3 +59,6 @@ __all__ = [
     "discover_activation_models",
     "load_analysis_dataset",
 ]
+
+# ---- spans ----
+__all__ += ["PreparedInput", "prepare_inputs", "render"]
