@@ -206,3 +206,13 @@ def test_print_preview_highlights_every_strategy() -> None:
     for strategy in ALL_STRATEGIES:
         assert strategy.value in out
     assert "<|eot_id|>" in out
+
+
+def test_a_slow_tokenizer_is_refused() -> None:
+    from types import SimpleNamespace
+
+    from pvrs import ModelError
+
+    slow = SimpleNamespace(is_fast=False, name_or_path="slow-tok")
+    with pytest.raises(ModelError, match=r"slow-tok.*fast"):
+        prepare_inputs(slow, [("s", QUESTION, ANSWER)], system_prompt=SYSTEM)

@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from pvrs import _core
-from pvrs.errors import InputError, MaskError, SpanError, TemplateError
+from pvrs.errors import InputError, MaskError, ModelError, SpanError, TemplateError
 from pvrs.masks import ALL_STRATEGIES, MaskStrategy, parse_strategies
 
 if TYPE_CHECKING:
@@ -325,6 +325,11 @@ def prepare_inputs(
     Raises `MaskError` naming the strategy and template when a strategy cannot be served,
     `SpanError` naming the sample when a content cannot be located or is empty."""
     _check_system(system_prompt)
+    if not getattr(tokenizer, "is_fast", False):
+        raise ModelError(
+            f"tokenizer {template_name(tokenizer)!r} is a slow (Python) tokenizer without offset "
+            "mappings; load the fast one (AutoTokenizer.from_pretrained(..., use_fast=True))"
+        )
     chosen = parse_strategies(tuple(strategies))
     rows = [_sample_fields(s) for s in samples]
     if not rows:
