@@ -24,6 +24,7 @@ TURN_END = {
     "qwen3": "<|im_end|>",
     "qwen3-instruct": "<|im_end|>",
     "llama3": "<|eot_id|>",
+    "llama3.1": "<|eot_id|>",
     "gemma2": "<end_of_turn>",
     "gemma3": "<end_of_turn>",
     "mistral": "[/INST]",

@@ -4,7 +4,7 @@
 second) on a built-in corpus, registers the family's special tokens and attaches a chat
 template written in the same structure as the family's published template (same turn
 markers, same whitespace handling: Llama 3 and Gemma trim contents, Qwen 2.5 and SmolLM2
-inject a default system prompt, Gemma 2 refuses a system role, Mistral only shows the
+inject a default system prompt, Llama 3.1 always writes a dated system turn, Gemma 2 refuses a system role, Mistral only shows the
 system prompt with the last user turn, Qwen 3 emits a `<think>` block in the final
 assistant turn). Results are cached per family; the returned tokenizer is a fresh copy
 so tests may mutate it.
@@ -119,6 +119,25 @@ LLAMA3 = (
     "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
 )
 
+# Llama 3.1+: a system turn is always written (knowledge/date header), the persona after it.
+LLAMA31 = (
+    "{{- bos_token }}"
+    "{%- if not date_string is defined %}{%- set date_string = '26 Jul 2024' %}{%- endif %}"
+    "{%- if messages[0]['role'] == 'system' %}"
+    "{%- set system_message = messages[0]['content']|trim %}"
+    "{%- set messages = messages[1:] %}"
+    "{%- else %}{%- set system_message = '' %}{%- endif %}"
+    "{{- '<|start_header_id|>system<|end_header_id|>\\n\\n' }}"
+    "{{- 'Cutting Knowledge Date: December 2023\\n' }}"
+    "{{- 'Today Date: ' + date_string + '\\n\\n' }}"
+    "{{- system_message }}"
+    "{{- '<|eot_id|>' }}"
+    "{%- for message in messages %}"
+    "{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + message['content'] | trim + '<|eot_id|>' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{%- endif %}"
+)
+
 GEMMA2 = (
     "{{ bos_token }}{% if messages[0]['role'] == 'system' %}"
     "{{ raise_exception('System role not supported') }}{% endif %}"
@@ -222,6 +241,12 @@ FAMILIES: dict[str, Family] = {
     ),
     "llama3": Family(
         LLAMA3,
+        ("<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<|end_of_text|>"),
+        "<|begin_of_text|>",
+        "<|eot_id|>",
+    ),
+    "llama3.1": Family(
+        LLAMA31,
         ("<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<|end_of_text|>"),
         "<|begin_of_text|>",
         "<|eot_id|>",
