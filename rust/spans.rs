@@ -722,6 +722,31 @@ mod tests {
     }
 
     #[test]
+    fn negative_offsets_are_an_error_not_a_wrap() {
+        let spans = SampleSpans {
+            system: None,
+            question: CharSpan::new(0, 2),
+            answer: CharSpan::new(2, 4),
+            text_len: 4,
+        };
+        let offsets = [0i64, 2, -1, 4];
+        let ids = vec!["neg".to_string()];
+        let batch = Batch {
+            offsets: &offsets,
+            lengths: &[2],
+            spans: &[spans],
+            special: None,
+            sample_ids: &ids,
+            template: "t",
+        };
+        let e = build_masks(&batch, &[Strategy::AnswerMean]).unwrap_err();
+        assert!(
+            matches!(e, Error::Span(_)) && e.to_string().contains("negative"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn parse_round_trips() {
         for s in Strategy::ALL {
             assert_eq!(Strategy::parse(s.name()).unwrap(), s);
