@@ -14,6 +14,7 @@ from pvrs.analysis import (
     pca_by_layer,
     similarity_by_layer,
 )
+from pvrs.chat import PreparedInput, prepare_inputs, render
 from pvrs.errors import (
     ArtifactError,
     InputError,
@@ -64,6 +65,7 @@ __all__ = [
     "PackagingError",
     "PersonaIdError",
     "PersonaVectorStore",
+    "PreparedInput",
     "PvrsError",
     "PvrsIOError",
     "RenderError",
@@ -83,6 +85,8 @@ __all__ = [
     "nearest_neighbours",
     "parse_vector_config_name",
     "pca_by_layer",
+    "prepare_inputs",
+    "render",
     "similarity_by_layer",
     "validate",
 ]
