@@ -3,6 +3,7 @@
 
 pub mod error;
 pub mod hashing;
+pub mod parquet;
 pub mod spans;
 
 #[cfg(feature = "python")]

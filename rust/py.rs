@@ -10,6 +10,7 @@ use pyo3::types::{PyDict, PyType};
 
 use crate::error::Error;
 use crate::hashing;
+use crate::parquet;
 use crate::spans;
 use numpy::{
     PyArray1, PyArray2, PyArray3, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2,
@@ -369,6 +370,68 @@ fn build_token_masks<'py>(
     Ok((masks, token_spans, PyArray1::from_vec(py, special_index)))
 }
 
+// ---- hub packaging ----
+
+/// Package a local activation store into the Hub dataset layout (see `rust/parquet.rs`).
+/// `progress(advance, total)` is called after each row group with the GIL held; an
+/// exception it raises (e.g. KeyboardInterrupt) aborts packaging and is re-raised.
+#[pyfunction]
+#[pyo3(signature = (root, out, model_dirs=None, mask_strategies=None, row_group_bytes=parquet::DEFAULT_ROW_GROUP_BYTES, file_bytes=parquet::DEFAULT_FILE_BYTES, progress=None))]
+#[allow(clippy::too_many_arguments)]
+fn package_store(
+    py: Python<'_>,
+    root: PathBuf,
+    out: PathBuf,
+    model_dirs: Option<Vec<String>>,
+    mask_strategies: Option<Vec<String>>,
+    row_group_bytes: u64,
+    file_bytes: u64,
+    progress: Option<Py<PyAny>>,
+) -> PyResult<Vec<Bound<'_, PyDict>>> {
+    let raised: std::sync::Mutex<Option<PyErr>> = std::sync::Mutex::new(None);
+    let opts = parquet::PackageOptions {
+        row_group_bytes,
+        file_bytes,
+    };
+    let result = run_detached(py, || {
+        let sources = parquet::discover(&root, model_dirs.as_deref(), mask_strategies.as_deref())?;
+        let total = parquet::count_rows(&sources)?;
+        let mut report = |advance: usize| -> crate::Result<()> {
+            let Some(callback) = &progress else {
+                return Ok(());
+            };
+            Python::attach(|py| callback.call1(py, (advance, total)).map(|_| ())).map_err(|err| {
+                let message = err.to_string();
+                if let Ok(mut slot) = raised.lock() {
+                    *slot = Some(err);
+                }
+                Error::Internal(format!(
+                    "packaging aborted by the progress callback: {message}"
+                ))
+            })
+        };
+        parquet::package(&sources, &out, &opts, &mut report)
+    });
+    if let Some(err) = raised.into_inner().ok().flatten() {
+        return Err(err);
+    }
+    result?
+        .into_iter()
+        .map(|r| {
+            let d = PyDict::new(py);
+            d.set_item("config", r.config)?;
+            d.set_item("split", r.split)?;
+            d.set_item("files", r.files)?;
+            d.set_item("num_rows", r.num_rows)?;
+            d.set_item("num_layers", r.num_layers)?;
+            d.set_item("hidden_size", r.hidden_size)?;
+            d.set_item("num_bytes", r.num_bytes)?;
+            d.set_item("written_bytes", r.written_bytes)?;
+            Ok(d)
+        })
+        .collect()
+}
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
@@ -383,5 +446,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(persona_id_problem, m)?)?;
     // spans
     m.add_function(wrap_pyfunction!(build_token_masks, m)?)?;
+    // hub packaging
+    m.add_function(wrap_pyfunction!(package_store, m)?)?;
     Ok(())
 }

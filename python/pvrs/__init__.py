@@ -6,6 +6,14 @@ steer models with them and publish them as Hugging Face datasets."""
 from __future__ import annotations
 
 from pvrs import _core
+from pvrs.analysis import (
+    agreement,
+    assistant_axis,
+    layer_curves,
+    nearest_neighbours,
+    pca_by_layer,
+    similarity_by_layer,
+)
 from pvrs.errors import (
     ArtifactError,
     InputError,
@@ -19,8 +27,14 @@ from pvrs.errors import (
     PersonaIdError,
     PvrsError,
     PvrsIOError,
+    RenderError,
     SpanError,
     TemplateError,
+)
+from pvrs.hub import (
+    HFPersonaVectorStore,
+    list_hub_vector_models,
+    parse_vector_config_name,
 )
 from pvrs.store import (
     ActivationStore,
@@ -39,6 +53,7 @@ __all__ = [
     "ActivationStore",
     "AnalysisDataset",
     "ArtifactError",
+    "HFPersonaVectorStore",
     "InputError",
     "InternalError",
     "InvalidArgumentError",
@@ -51,13 +66,32 @@ __all__ = [
     "PersonaVectorStore",
     "PvrsError",
     "PvrsIOError",
+    "RenderError",
     "SpanError",
     "TemplateError",
     "ValidationReport",
     "VectorNotFoundError",
     "VectorRecord",
     "__version__",
+    "agreement",
+    "assistant_axis",
     "discover_activation_models",
+    "layer_curves",
+    "list_hub_vector_models",
     "load_analysis_dataset",
+    "load_probe_artifact",
+    "nearest_neighbours",
+    "parse_vector_config_name",
+    "pca_by_layer",
+    "similarity_by_layer",
     "validate",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # Probes need scikit-learn: import them on first use, not with the package.
+    if name == "load_probe_artifact":
+        from pvrs.probes import load_probe_artifact
+
+        return load_probe_artifact
+    raise AttributeError(f"module 'pvrs' has no attribute {name!r}")

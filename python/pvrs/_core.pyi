@@ -3,8 +3,9 @@
 Kept honest by `tests/test_stub.py`, which compares these names and signatures with the
 compiled module."""
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from os import PathLike
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -72,3 +73,19 @@ def build_token_masks(
     ranges of system/question/answer (`-1, -1` when absent) and `question_special`
     `(n_samples,)` (the special token after the question, `-1` when none). Releases the GIL.
     Raises `SpanError`/`MaskError` naming the sample, `InvalidArgumentError` for bad shapes."""
+
+# ---- hub packaging ----
+
+def package_store(
+    root: str | PathLike[str],
+    out: str | PathLike[str],
+    model_dirs: list[str] | None = None,
+    mask_strategies: list[str] | None = None,
+    row_group_bytes: int = 67108864,
+    file_bytes: int = 524288000,
+    progress: Callable[[int, int], object] | None = None,
+) -> list[dict[str, Any]]:
+    """Write `<out>/<model_dir>__<mask>/<variant>-NNNNN-of-NNNNN.parquet` and `<out>/README.md`
+    from the store at `root` (all models/masks when None); one dict per split with `config`,
+    `split`, `files`, `num_rows`, `num_layers`, `hidden_size`, `num_bytes`, `written_bytes`.
+    `progress(advance, total)` is called with the GIL after each row group. Releases the GIL."""

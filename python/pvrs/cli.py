@@ -96,6 +96,151 @@ def _add_import(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--num-layers", type=int, default=None, help="the model's decoder layers (auto layout without a config)")
     p.set_defaults(handler=_cmd_import)
+
+
+def _cmd_analyze(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from rich.console import Console
+
+    from pvrs import analyze
+    from pvrs.analysis import nearest_neighbours
+    from pvrs.errors import InputError
+    from pvrs.masks import ALL_STRATEGIES, DEFAULT_STRATEGY, parse_strategies
+    from pvrs.models import canonical_model_name, model_dir_name
+    from pvrs.probes import load_persona_attributes
+
+    model = canonical_model_name(args.model)
+    every = any(s.lower() == "all" for s in args.mask_strategy)
+    # With `all`, the default strategy (when saved) is the one analysed in full.
+    chosen = [DEFAULT_STRATEGY, *ALL_STRATEGIES] if every else args.mask_strategy
+    strategies = [str(s) for s in parse_strategies(chosen)]
+    console = Console(stderr=True)
+    with console.status("reading persona vectors") as status:
+        sets = analyze.read_vector_sets(
+            model, args.source, strategies, args.variant, args.layers, skip_missing=every
+        )
+        primary = sets[0].mask_strategy
+        unknown = [p for p in args.neighbours_of or () if p not in sets[0].persona_ids]
+        if unknown:
+            raise InputError(
+                f"--neighbours-of {unknown[0]}: no such persona in {sets[0].label} "
+                f"(have {', '.join(sets[0].persona_ids[:10])})"
+            )
+        out = Path(args.out) if args.out else Path("reports") / model_dir_name(model) / primary
+        options = analyze.ReportOptions(
+            default_ids=args.default_persona,
+            focus_layer=args.focus_layer,
+            attributes=load_persona_attributes(args.persona_file)
+            if args.persona_file
+            else analyze.builtin_attributes_for(sets[0].persona_ids),
+            probe_attributes=args.attribute,
+            probe_methods=args.probe_method or analyze.PROBE_METHODS,
+            folds=args.folds,
+            neighbours=args.neighbours,
+            png=not args.no_png,
+            title=f"pvrs analysis: {model}",
+            facts=[("model", model), ("source", str(args.source or "local store"))],
+        )
+        result = analyze.run_analysis(sets, out, options, progress=status.update)
+    for note in result.notes:
+        console.print(f"[yellow]note:[/] {note}")
+    print(f"report: {result.html}")
+    if result.pngs:
+        print(f"PNGs:   {result.pngs[0].parent}/ ({len(result.pngs)} figures)")
+    print(f"tables: {result.out_dir / 'tables'}/ and {result.out_dir / 'summary.json'}")
+    for probe_dir in result.probes:
+        print(f"probe:  {probe_dir}")
+    focus = result.summary["focus_layer"]
+    main_set = sets[0]
+    for pid in args.neighbours_of or ():
+        x = main_set.samples[:, main_set.layers.index(focus)]
+        found = nearest_neighbours(x, main_set.persona_ids, pid, options.neighbours)
+        listed = ", ".join(f"{n.persona_id} ({n.cosine:+.3f})" for n in found)
+        print(f"nearest to {pid} at layer {focus} (centered cosine): {listed}")
+    return 0
+
+
+def _add_analyze(sub: argparse._SubParsersAction) -> None:
+    from pvrs.masks import DEFAULT_STRATEGY
+    from pvrs.models import DEFAULT_MODEL
+
+    p = sub.add_parser(
+        "analyze",
+        help="similarity, PCA, the assistant axis, layer curves and probes: HTML, PNGs, tables",
+        description="Analyse saved persona vectors. The first variant and mask strategy are "
+        "analysed in full; further ones are compared with it (agreement by layer).",
+    )
+    p.add_argument(
+        "--model", default=DEFAULT_MODEL, help="model id or built-in name (default: %(default)s)"
+    )
+    p.add_argument(
+        "--variant", nargs="+", metavar="V", help="prompt variants (default: every one saved)"
+    )
+    p.add_argument(
+        "--mask-strategy",
+        nargs="+",
+        default=[str(DEFAULT_STRATEGY)],
+        metavar="S",
+        help=f"mask strategies; `all` compares every saved one (default: {DEFAULT_STRATEGY})",
+    )
+    p.add_argument(
+        "--layers",
+        nargs="+",
+        metavar="L",
+        help="layers to analyse: numbers or ranges like 4-12 (default: all)",
+    )
+    p.add_argument(
+        "--source",
+        help="local store folder, packaged dataset folder or Hub dataset ORG/NAME "
+        "(default: $ARTIFACTS_DIR/activations)",
+    )
+    p.add_argument(
+        "--persona-file", help="persona file (JSONL/JSON/parquet) whose extra columns are probed"
+    )
+    p.add_argument(
+        "--attribute", nargs="+", metavar="A", help="attributes to probe (default: every one)"
+    )
+    p.add_argument(
+        "--probe-method",
+        nargs="+",
+        choices=("logistic", "ridge", "diffmeans"),
+        metavar="M",
+        help="probe methods: logistic, ridge, diffmeans (default: all that fit the attribute)",
+    )
+    p.add_argument(
+        "--folds", type=int, default=5, help="cross-validation folds (default: %(default)s)"
+    )
+    p.add_argument(
+        "--default-persona",
+        nargs="+",
+        metavar="ID",
+        help="personas that define the assistant end of the axis (default: baseline_assistant)",
+    )
+    p.add_argument(
+        "--focus-layer",
+        type=int,
+        help="layer for heatmaps, projections and tables (default: the middle analysed layer)",
+    )
+    p.add_argument(
+        "--neighbours",
+        type=int,
+        default=5,
+        help="nearest neighbours listed per persona (default: %(default)s)",
+    )
+    p.add_argument(
+        "--neighbours-of",
+        nargs="+",
+        metavar="ID",
+        help="also print these personas' nearest neighbours at the focus layer",
+    )
+    p.add_argument(
+        "--no-png", action="store_true", help="skip PNG export (it needs Chrome/Chromium)"
+    )
+    p.add_argument("--out", help="output folder (default: reports/<model>/<strategy>)")
+    p.set_defaults(handler=_cmd_analyze)
+
+
 def _cmd_extract(args: argparse.Namespace) -> int:
     from rich.console import Console
 
@@ -139,8 +284,7 @@ def _cmd_extract(args: argparse.Namespace) -> int:
 
 
 def _add_extract(sub: argparse._SubParsersAction) -> None:
-    from pvrs.engine import DEFAULT_BATCH_TOKENS
-    from pvrs.extract import DEFAULT_MIN_SCORE
+    from pvrs.defaults import DEFAULT_BATCH_TOKENS, DEFAULT_MIN_SCORE
     from pvrs.inputs import QA_TYPES, VARIANTS
     from pvrs.models import DEFAULT_MODEL, DTYPES
 
@@ -188,6 +332,62 @@ def _add_extract(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_cmd_extract)
 
 
+def _cmd_push(args: argparse.Namespace) -> int:
+    from pvrs import hub
+    from pvrs.errors import InputError
+
+    if args.dry_run and args.out is None:
+        raise InputError("--dry-run writes the dataset folder only: pass --out DIR")
+    if not args.dry_run and args.repo is None:
+        raise InputError("--repo ORG/NAME is required (or use --dry-run --out DIR)")
+    result = hub.push(
+        args.model,
+        args.repo,
+        mask_strategies=args.mask_strategy,
+        root_dir=args.root,
+        private=args.private,
+        revision=args.revision,
+        dry_run=args.dry_run,
+        out_dir=args.out,
+        overwrite=True,
+        commit_message=args.message,
+        row_group_bytes=int(args.row_group_mb * (1 << 20)),
+        file_bytes=int(args.file_mb * (1 << 20)),
+    )
+    pkg = result.package
+    for s in pkg.splits:
+        print(f"{s.config} / {s.split}: {s.num_rows} personas x ({s.num_layers}, {s.hidden_size}), {len(s.files)} file(s), {s.written_bytes / 1e6:.1f} MB")
+    if result.commit_url is None:
+        print(f"wrote {pkg.out_dir} (dry run, nothing uploaded)")
+    else:
+        print(f"pushed to https://huggingface.co/datasets/{result.repo_id}: {result.commit_url}")
+        if result.deleted:
+            print(f"removed {len(result.deleted)} stale file(s)")
+    return 0
+
+
+def _add_push(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "push",
+        help="publish persona vectors as a Hugging Face dataset (parquet, one commit)",
+        description="Package the local persona vectors of one or more models into the Hub "
+        "dataset layout (one config per model and mask strategy, one split per variant) "
+        "and upload it in one commit. The token comes from `hf auth login` or HF_TOKEN.",
+    )
+    p.add_argument("--model", action="append", required=True, metavar="M", help="model id or folder name in the store (repeatable)")
+    p.add_argument("--mask-strategy", nargs="+", metavar="S", help="mask strategies to publish, or 'all' (default: every one present)")
+    p.add_argument("--repo", metavar="ORG/NAME", help="dataset repo id (created if missing)")
+    p.add_argument("--private", action="store_true", help="create the repo as private")
+    p.add_argument("--revision", metavar="BRANCH", help="branch to commit to (created if missing; default main)")
+    p.add_argument("--dry-run", action="store_true", help="only write the dataset folder to --out")
+    p.add_argument("--out", metavar="DIR", help="where to write the dataset folder (required with --dry-run; replaced if it holds an earlier package)")
+    p.add_argument("--root", metavar="DIR", help="activation store root (default: $ARTIFACTS_DIR/activations)")
+    p.add_argument("--message", metavar="TEXT", help="commit message")
+    p.add_argument("--row-group-mb", type=float, default=64.0, metavar="MB", help="uncompressed row group size, the memory bound (default: 64)")
+    p.add_argument("--file-mb", type=float, default=500.0, metavar="MB", help="uncompressed size of one parquet file (default: 500)")
+    p.set_defaults(handler=_cmd_push)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from pvrs.doctor import pvrs_version
 
@@ -197,7 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"pvrs {pvrs_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_add_doctor, _add_extract, _add_validate, _add_import):
+    for add in (_add_doctor, _add_extract, _add_push, _add_analyze, _add_validate, _add_import):
         add(sub)
     return parser
 
