@@ -25,6 +25,25 @@ from pvrs.errors import (
 
 __version__ = _core.__version__
 
+# Torch-heavy names load on first use, so `import pvrs` stays fast.
+_LAZY = {
+    "steer": "pvrs.steering",
+    "ablate": "pvrs.steering",
+    "cap": "pvrs.steering",
+    "suggested_alpha": "pvrs.steering",
+    "calibrate_tau": "pvrs.residuals",
+}
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'pvrs' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)
+
+
 __all__ = [
     "ArtifactError",
     "InputError",
@@ -41,4 +60,9 @@ __all__ = [
     "SpanError",
     "TemplateError",
     "__version__",
+    "ablate",
+    "calibrate_tau",
+    "cap",
+    "steer",
+    "suggested_alpha",
 ]
