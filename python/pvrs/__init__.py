@@ -22,6 +22,15 @@ from pvrs.errors import (
     SpanError,
     TemplateError,
 )
+from pvrs.store import (
+    ActivationStore,
+    AnalysisDataset,
+    PersonaVectorStore,
+    VectorNotFoundError,
+    VectorRecord,
+    discover_activation_models,
+    load_analysis_dataset,
+)
 
 __version__ = _core.__version__
 
@@ -45,6 +54,8 @@ def __getattr__(name: str) -> object:
 
 
 __all__ = [
+    "ActivationStore",
+    "AnalysisDataset",
     "ArtifactError",
     "InputError",
     "InternalError",
@@ -55,14 +66,19 @@ __all__ = [
     "NonFiniteError",
     "PackagingError",
     "PersonaIdError",
+    "PersonaVectorStore",
     "PvrsError",
     "PvrsIOError",
     "SpanError",
     "TemplateError",
+    "VectorNotFoundError",
+    "VectorRecord",
     "__version__",
     "ablate",
     "calibrate_tau",
     "cap",
+    "discover_activation_models",
+    "load_analysis_dataset",
     "steer",
     "suggested_alpha",
 ]
