@@ -40,6 +40,7 @@ _LAZY = {
     "ablate": "pvrs.steering",
     "cap": "pvrs.steering",
     "suggested_alpha": "pvrs.steering",
+    "suggested_alphas": "pvrs.steering",
     "calibrate_tau": "pvrs.residuals",
 }
 
@@ -81,4 +82,5 @@ __all__ = [
     "load_analysis_dataset",
     "steer",
     "suggested_alpha",
+    "suggested_alphas",
 ]

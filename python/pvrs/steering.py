@@ -168,21 +168,41 @@ class _OnDevice:
         return self._moved[key]
 
 
+def _per_layer(
+    value: float | Mapping[int, float] | Sequence[float], layers: list[int], name: str
+) -> dict[int, float]:
+    """One number for every layer, a `{layer: value}` mapping, or one value per layer."""
+    if isinstance(value, (int, float)):
+        return dict.fromkeys(layers, float(value))
+    if isinstance(value, Mapping):
+        missing = [i for i in layers if i not in value]
+        if missing:
+            raise InvalidArgumentError(f"{name} has no value for layer(s) {missing}")
+        return {i: float(value[i]) for i in layers}
+    values = list(value)
+    if len(values) != len(layers):
+        raise InvalidArgumentError(
+            f"{name} has {len(values)} values for {len(layers)} layers; give one per layer"
+        )
+    return {i: float(v) for i, v in zip(layers, values, strict=True)}
+
+
 @contextmanager
 def steer(
     model: nn.Module,
     vector: VectorLike,
     layers: int | Sequence[int],
-    alpha: float = 1.0,
+    alpha: float | Mapping[int, float] = 1.0,
     positions: Positions = "all",
 ) -> Iterator[None]:
     """Add `alpha * v` to the output of each block in `layers` while the block is active.
 
     `vector` is `(hidden_size,)` or `(num_layers, hidden_size)` (row `i` at block `i`);
-    see the module docstring for `positions` and for choosing `alpha`
-    (`suggested_alpha`)."""
+    `alpha` is one number or a `{layer: alpha}` mapping (as `suggested_alphas` returns).
+    See the module docstring for `positions` and for choosing `alpha`."""
     chosen = resolve_layers(model, layers)
-    scaled = {i: float(alpha) * v for i, v in layer_vectors(model, vector, chosen).items()}
+    alphas = _per_layer(alpha, chosen, "alpha")
+    scaled = {i: alphas[i] * v for i, v in layer_vectors(model, vector, chosen).items()}
     vectors = _OnDevice(scaled)
 
     def add(hidden: torch.Tensor, layer: int) -> torch.Tensor:
@@ -220,24 +240,6 @@ def ablate(
         yield
 
 
-def _per_layer_tau(
-    tau: float | Mapping[int, float] | Sequence[float], layers: list[int]
-) -> dict[int, float]:
-    if isinstance(tau, (int, float)):
-        return dict.fromkeys(layers, float(tau))
-    if isinstance(tau, Mapping):
-        missing = [i for i in layers if i not in tau]
-        if missing:
-            raise InvalidArgumentError(f"tau has no threshold for layer(s) {missing}")
-        return {i: float(tau[i]) for i in layers}
-    values = list(tau)
-    if len(values) != len(layers):
-        raise InvalidArgumentError(
-            f"tau has {len(values)} values for {len(layers)} layers; give one per layer"
-        )
-    return {i: float(t) for i, t in zip(layers, values, strict=True)}
-
-
 @contextmanager
 def cap(
     model: nn.Module,
@@ -273,7 +275,7 @@ def cap(
             )
         q = quantile if quantile is not None else (0.99 if side == "upper" else 0.01)
         tau = calibrate_tau(model, tokenizer, axis, chosen, calibration, q)
-    thresholds = _per_layer_tau(tau, chosen)
+    thresholds = _per_layer(tau, chosen, "tau")
     units = _OnDevice(
         {i: unit(v, "axis") for i, v in layer_vectors(model, axis, chosen, "axis").items()}
     )
@@ -288,6 +290,32 @@ def cap(
         yield thresholds
 
 
+def suggested_alphas(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase | None,
+    vector: VectorLike,
+    layers: int | Sequence[int],
+    fraction: float = 0.2,
+    inputs: Sequence[TextLike] | None = None,
+) -> dict[int, float]:
+    """Per layer, the alpha for which `alpha * v` has `fraction` times the median residual
+    norm of ordinary tokens there: `alpha = fraction * median_norm(layer) / ||v_layer||`.
+
+    `inputs` are the texts the median is taken over (default: a few neutral chat prompts,
+    `pvrs.generation.DEFAULT_PROMPTS`, rendered with the model's chat template). Pass the
+    result as `steer(..., alpha=alphas)`."""
+    from pvrs.generation import DEFAULT_PROMPTS, as_chat
+
+    chosen = resolve_layers(model, layers)
+    vectors = layer_vectors(model, vector, chosen)
+    zero = [i for i in chosen if float(torch.linalg.vector_norm(vectors[i])) == 0.0]
+    if zero:
+        raise InvalidArgumentError(f"the vector is zero at layer(s) {zero}; no strength steers")
+    texts = list(inputs) if inputs is not None else [as_chat(p) for p in DEFAULT_PROMPTS]
+    norms = residual_norms(model, tokenizer, texts, chosen)
+    return {i: fraction * norms[i] / float(torch.linalg.vector_norm(vectors[i])) for i in chosen}
+
+
 def suggested_alpha(
     model: nn.Module,
     tokenizer: PreTrainedTokenizerBase | None,
@@ -296,17 +324,5 @@ def suggested_alpha(
     fraction: float = 0.2,
     inputs: Sequence[TextLike] | None = None,
 ) -> float:
-    """The alpha for which `alpha * v` at `layer` has `fraction` times the median residual
-    norm of ordinary tokens there: `alpha = fraction * median_norm / ||v_layer||`.
-
-    `inputs` are the texts the median is taken over (default: a few neutral chat prompts,
-    `pvrs.generation.DEFAULT_PROMPTS`, rendered with the model's chat template)."""
-    from pvrs.generation import DEFAULT_PROMPTS, as_chat
-
-    (index,) = resolve_layers(model, layer)
-    v = layer_vectors(model, vector, [index])[index]
-    norm_v = float(torch.linalg.vector_norm(v))
-    if norm_v == 0.0:
-        raise InvalidArgumentError("the vector is zero at this layer; no strength makes it steer")
-    texts = list(inputs) if inputs is not None else [as_chat(p) for p in DEFAULT_PROMPTS]
-    return fraction * residual_norms(model, tokenizer, texts, [index])[index] / norm_v
+    """`suggested_alphas` for one layer."""
+    return next(iter(suggested_alphas(model, tokenizer, vector, layer, fraction, inputs).values()))
