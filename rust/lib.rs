@@ -3,6 +3,7 @@
 
 pub mod error;
 pub mod hashing;
+pub mod spans;
 
 #[cfg(feature = "python")]
 mod py;

@@ -4,9 +4,8 @@ import json
 import subprocess
 import sys
 
-import pytest
-
 import pvrs
+import pytest
 from pvrs.cli import main
 
 

@@ -7,9 +7,8 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
-
 import pvrs
+import pytest
 from pvrs import _core
 
 
@@ -23,7 +22,7 @@ def test_sha256_matches_hashlib(tmp_path: Path) -> None:
 
 def test_rust_io_error_is_a_typed_pvrs_exception(tmp_path: Path) -> None:
     missing = tmp_path / "nope.safetensors"
-    with pytest.raises(pvrs.PvrsIOError, match="nope.safetensors") as info:
+    with pytest.raises(pvrs.PvrsIOError, match=r"nope\.safetensors") as info:
         _core.sha256_file(missing)
     assert isinstance(info.value, pvrs.PvrsError)
     assert isinstance(info.value, OSError)

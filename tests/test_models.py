@@ -4,9 +4,8 @@ import importlib.util
 import time
 from pathlib import Path
 
-import pytest
-
 import pvrs
+import pytest
 from pvrs import models
 
 

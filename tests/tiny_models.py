@@ -1,0 +1,47 @@
+"""Tiny random-initialised causal LMs built from real architecture configs (no downloads)."""
+
+from __future__ import annotations
+
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    Gemma2Config,
+    GPT2Config,
+    GPTNeoXConfig,
+    LlamaConfig,
+    MistralConfig,
+    Phi3Config,
+    PretrainedConfig,
+    Qwen2Config,
+)
+
+VOCAB = 256
+_COMMON = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512)
+
+
+def tiny_config(arch: str) -> PretrainedConfig:
+    if arch == "llama":
+        return LlamaConfig(**_COMMON)
+    if arch == "qwen2":
+        return Qwen2Config(**_COMMON)
+    if arch == "mistral":
+        return MistralConfig(**_COMMON)
+    if arch == "gemma2":
+        return Gemma2Config(**_COMMON, head_dim=16, sliding_window=8, query_pre_attn_scalar=16)
+    if arch == "phi3":
+        return Phi3Config(**_COMMON, pad_token_id=0)
+    if arch == "gpt_neox":
+        return GPTNeoXConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                             num_attention_heads=4, max_position_embeddings=512)
+    if arch == "gpt2":
+        return GPT2Config(vocab_size=VOCAB, n_embd=64, n_layer=4, n_head=4, n_positions=512)
+    raise ValueError(arch)
+
+
+ARCHS = ("llama", "qwen2", "mistral", "gemma2", "phi3", "gpt_neox", "gpt2")
+
+
+def tiny_model(arch: str = "llama", seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(tiny_config(arch)).eval()
