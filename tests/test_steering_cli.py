@@ -16,62 +16,19 @@ from pvrs.directions import assistant_axis, direction, from_spec, load_vector, p
 from pvrs.errors import ArtifactError, InputError, InvalidArgumentError
 from pvrs.generation import GenerationConfig, as_chat, generate
 from pvrs.monitor import load_conversation, turn_projections
+from pvrs.residuals import capture
 from pvrs.store import PersonaVectorStore
 from safetensors.numpy import save_file
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-try:  # the shared tiny tokenizers (tests/tiny.py), when present
-    from tiny import make_tokenizer
-except ImportError:  # pragma: no cover - a word-level stand-in until tests/tiny.py lands
-    make_tokenizer = None
+from tiny import make_tokenizer
+from transformers import LlamaConfig, LlamaForCausalLM
 
 NUM_LAYERS, HIDDEN = 3, 32
 PERSONAS = ("baseline_assistant", "pirate_captain", "stoic_philosopher")
-WORDS = [
-    "you",
-    "are",
-    "a",
-    "helpful",
-    "assistant",
-    "what",
-    "is",
-    "the",
-    "capital",
-    "of",
-    "france",
-    "paris",
-    "tell",
-    "me",
-    "about",
-    "yourself",
-]
-
-
-def _word_tokenizer() -> PreTrainedTokenizerFast:
-    from tokenizers import Tokenizer, models, pre_tokenizers
-
-    special = ["<unk>", "<|im_start|>", "<|im_end|>", "<eos>"]
-    words = dict.fromkeys([*special, *WORDS, "system", "user", "assistant"])
-    vocab = {w: i for i, w in enumerate(words)}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        unk_token="<unk>",
-        eos_token="<eos>",
-        additional_special_tokens=["<|im_start|>", "<|im_end|>"],
-    )
-    fast.chat_template = (
-        "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + "
-        "'<|im_end|>\n' }}{% endfor %}{% if add_generation_prompt %}"
-        "{{ '<|im_start|>assistant\n' }}{% endif %}"
-    )
-    return fast
 
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    tokenizer = make_tokenizer("chatml") if make_tokenizer else _word_tokenizer()
+    tokenizer = make_tokenizer("chatml")
     torch.manual_seed(0)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
@@ -340,3 +297,92 @@ def test_cli_mistakes_are_one_line_errors(tiny_dir, store, argv, message, capsys
     code, _, err = run_cli([*argv, "--model", str(tiny_dir), "--device", "cpu"], capsys)
     assert code == 2
     assert err.endswith("\n") and message in err.splitlines()[-1]
+
+
+def _answer_mean(model, tokenizer, system, question, answer, layer):
+    """Reference: block `layer`'s output averaged over the answer's tokens, located by
+    tokenizing the rendered text before and through the answer."""
+    messages = [{"role": "system", "content": system}] if system else []
+    messages += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+    text = tokenizer.apply_chat_template(messages, tokenize=False)
+    start = text.rindex(answer)
+    ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    lo = len(tokenizer(text[:start], add_special_tokens=False)["input_ids"])
+    hi = len(tokenizer(text[: start + len(answer)], add_special_tokens=False)["input_ids"])
+    with torch.no_grad(), capture(model, [layer]) as captured:  # hidden_states[-1] is normed
+        model(ids)
+    return captured[layer][0][0, lo:hi].mean(0).numpy()
+
+
+def test_contrast_is_mean_of_positive_minus_negative_answer_means(tiny, tiny_dir, tmp_path, capsys):
+    from pvrs.contrast import contrast_vector, load_responses
+
+    model, tokenizer = tiny
+    pos_rows = [
+        {
+            "question": "What is the capital of France?",
+            "answer": "Arr, Paris be the port!",
+            "system": "You are a pirate captain.",
+        },
+        {"question": "Tell me about yourself.", "answer": "I sail the sea with my crew."},
+    ]
+    neg_rows = [
+        {"question": "What is the capital of France?", "answer": "The capital of France is Paris."}
+    ]
+    (tmp_path / "pos.jsonl").write_text("\n".join(json.dumps(r) for r in pos_rows))
+    (tmp_path / "neg.json").write_text(json.dumps(neg_rows))
+    positive, negative = (
+        load_responses(tmp_path / "pos.jsonl"),
+        load_responses(tmp_path / "neg.json"),
+    )
+    vector = contrast_vector(model, tokenizer, positive, negative)
+    assert vector.shape == (NUM_LAYERS, HIDDEN)
+    for layer in range(NUM_LAYERS):
+        pos = np.mean(
+            [
+                _answer_mean(model, tokenizer, r.get("system"), r["question"], r["answer"], layer)
+                for r in pos_rows
+            ],
+            axis=0,
+        )
+        neg = _answer_mean(
+            model, tokenizer, None, neg_rows[0]["question"], neg_rows[0]["answer"], layer
+        )
+        np.testing.assert_allclose(vector[layer], pos - neg, rtol=1e-4, atol=1e-5)
+
+    out = tmp_path / "vec" / "pirate.safetensors"
+    code, stdout, err = run_cli(
+        [
+            "contrast",
+            "--model",
+            str(tiny_dir),
+            "--device",
+            "cpu",
+            "--positive",
+            str(tmp_path / "pos.jsonl"),
+            "--negative",
+            str(tmp_path / "neg.json"),
+            "--out",
+            str(out),
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    np.testing.assert_allclose(load_vector(out), vector, rtol=1e-5, atol=1e-6)
+    assert "pvrs steer --vector" in stdout
+    (tmp_path / "bad.jsonl").write_text('{"question": "q"}\n')
+    code, _, err = run_cli(
+        [
+            "contrast",
+            "--model",
+            str(tiny_dir),
+            "--positive",
+            str(tmp_path / "bad.jsonl"),
+            "--negative",
+            str(tmp_path / "neg.json"),
+            "--out",
+            str(out),
+        ],
+        capsys,
+    )
+    assert code == 2 and "row 0 needs string 'question' and 'answer'" in err

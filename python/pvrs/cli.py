@@ -35,7 +35,7 @@ def _add_doctor(sub: argparse._SubParsersAction) -> None:
 # ---- steering: steer, chat, monitor, export ------------------------------------------------
 
 
-def _add_model_and_store_args(p: argparse.ArgumentParser) -> None:
+def _add_model_args(p: argparse.ArgumentParser) -> None:
     from pvrs.models import DEFAULT_MODEL, DTYPES
 
     p.add_argument(
@@ -47,6 +47,10 @@ def _add_model_and_store_args(p: argparse.ArgumentParser) -> None:
         "--device", default="auto", help="auto (cuda when visible), cpu, cuda, cuda:1, ..."
     )
     p.add_argument("--dtype", default="auto", choices=DTYPES)
+
+
+def _add_model_and_store_args(p: argparse.ArgumentParser) -> None:
+    _add_model_args(p)
     p.add_argument(
         "--variant",
         default="templated",
@@ -190,6 +194,30 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_cmd_export)
 
 
+def _cmd_contrast(args: argparse.Namespace) -> int:
+    from pvrs.steer_commands import run_contrast
+
+    return run_contrast(args)
+
+
+def _add_contrast(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "contrast",
+        help="contrastive vector: mean activation of positive minus negative responses",
+        description="Per layer, the mean over positive responses of each response's mean "
+        "activation over its tokens (--mask-strategy), minus the same for the negative ones. "
+        "Files are JSON/JSONL rows {question, answer, system?}.",
+    )
+    _add_model_args(p)
+    p.add_argument("--positive", required=True, help="responses showing the trait")
+    p.add_argument("--negative", required=True, help="responses without it")
+    p.add_argument("--mask-strategy", default="answer_mean", help="tokens averaged per response")
+    p.add_argument(
+        "--out", required=True, help="output .safetensors (tensor 'activations', (L, H))"
+    )
+    p.set_defaults(handler=_cmd_contrast)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from pvrs.doctor import pvrs_version
 
@@ -199,7 +227,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"pvrs {pvrs_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_add_doctor, _add_steer, _add_chat, _add_monitor, _add_export):
+    for add in (
+        _add_doctor,
+        _add_steer,
+        _add_chat,
+        _add_monitor,
+        _add_export,
+        _add_contrast,
+    ):
         add(sub)
     return parser
 
@@ -217,7 +252,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"pvrs {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print(
-            f"pvrs {args.command}: interrupted; artifacts saved so far are intact", file=sys.stderr
-        )
+        print(f"pvrs {args.command}: interrupted; artifacts saved so far are intact", file=sys.stderr)
         return 130

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from pvrs.engine import resolve_layers as engine_resolve_layers
 from pvrs.errors import InvalidArgumentError, NonFiniteError
 from pvrs.hooks import decoder_layers, forward_hooks, hidden_of
 
@@ -32,25 +33,14 @@ def hidden_size(model: nn.Module) -> int:
 
 
 def resolve_layers(model: nn.Module, layers: int | Sequence[int]) -> list[int]:
-    """Layer indices as non-negative block indices (negative ones count from the end),
-    in the given order without duplicates; out of range is an error naming the range."""
-    num_layers = len(decoder_layers(model))
-    items = [layers] if isinstance(layers, int) else list(layers)
-    if not items:
+    """Sorted non-negative block indices (negative ones count from the end); one int is
+    one layer. Out of range is an error naming the valid range."""
+    if isinstance(layers, bool) or not isinstance(layers, (int, np.integer, Sequence)):
+        raise InvalidArgumentError(f"layers={layers!r}: pass a block index or a list of them")
+    chosen = [int(layers)] if isinstance(layers, (int, np.integer)) else list(layers)
+    if not chosen:
         raise InvalidArgumentError("layers is empty; pass at least one decoder block index")
-    out: list[int] = []
-    for item in items:
-        if isinstance(item, bool) or not isinstance(item, (int, np.integer)):
-            raise InvalidArgumentError(f"layer {item!r} is not an integer block index")
-        index = int(item) + num_layers if item < 0 else int(item)
-        if not 0 <= index < num_layers:
-            raise InvalidArgumentError(
-                f"layer {item} is out of range; this model has {num_layers} decoder blocks "
-                f"(0..{num_layers - 1}, or negative indices from the end)"
-            )
-        if index not in out:
-            out.append(index)
-    return out
+    return engine_resolve_layers(model, chosen)
 
 
 def as_tensor(vector: VectorLike, what: str = "vector") -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Bodies of the steering commands (`pvrs steer`, `chat`, `monitor`, `export`): resolving
+"""Bodies of the steering commands (`pvrs steer`, `chat`, `monitor`, `export`, `contrast`): resolving
 vector specs and layers, running the model, and printing rich tables. `pvrs.cli` only
 declares their arguments."""
 
@@ -374,5 +374,41 @@ def run_export(args: argparse.Namespace) -> int:
     print(
         f"wrote {path}: {len(layers)} direction(s) at layers {layers}, scale {args.alpha:g}, "
         f"model hint {hint!r}; use it with llama.cpp --control-vector {path}"
+    )
+    return 0
+
+
+# ---- contrast ------------------------------------------------------------------------------
+
+
+def run_contrast(args: argparse.Namespace) -> int:
+    from pvrs.contrast import FORMAT, contrast_vector, load_responses, save_vector
+    from pvrs.masks import parse_strategies
+    from pvrs.models import canonical_model_name
+    from pvrs.store import LAYER_CONVENTION, POOLING
+
+    (strategy,) = parse_strategies(args.mask_strategy)
+    positive = load_responses(args.positive)
+    negative = load_responses(args.negative)
+    model, tokenizer = load_model(args)
+    vector = contrast_vector(model, tokenizer, positive, negative, strategy)
+    path = save_vector(
+        args.out,
+        vector,
+        {
+            "format": FORMAT,
+            "model": canonical_model_name(args.model),
+            "mask_strategy": strategy.value,
+            "layer_convention": LAYER_CONVENTION,
+            "pooling": POOLING,
+            "n_positive": len(positive),
+            "n_negative": len(negative),
+        },
+    )
+    norms = np.linalg.norm(vector, axis=1)
+    print(
+        f"wrote {path}: ({vector.shape[0]}, {vector.shape[1]}) from {len(positive)} positive and "
+        f"{len(negative)} negative responses; largest norm at layer {int(norms.argmax())} "
+        f"({norms.max():.3g}). Steer with: pvrs steer --vector {path} --layer L --alpha A"
     )
     return 0
