@@ -20,7 +20,13 @@ _COMMON = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidd
                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512)
 
 
-def tiny_config(arch: str) -> PretrainedConfig:
+def tiny_config(arch: str, vocab_size: int = VOCAB) -> PretrainedConfig:
+    config = _tiny_config(arch)
+    config.vocab_size = vocab_size
+    return config
+
+
+def _tiny_config(arch: str) -> PretrainedConfig:
     if arch == "llama":
         return LlamaConfig(**_COMMON)
     if arch == "qwen2":
@@ -42,6 +48,6 @@ def tiny_config(arch: str) -> PretrainedConfig:
 ARCHS = ("llama", "qwen2", "mistral", "gemma2", "phi3", "gpt_neox", "gpt2")
 
 
-def tiny_model(arch: str = "llama", seed: int = 0) -> torch.nn.Module:
+def tiny_model(arch: str = "llama", seed: int = 0, vocab_size: int = VOCAB) -> torch.nn.Module:
     torch.manual_seed(seed)
-    return AutoModelForCausalLM.from_config(tiny_config(arch)).eval()
+    return AutoModelForCausalLM.from_config(tiny_config(arch, vocab_size)).eval()

