@@ -17,11 +17,12 @@ are edited again. The prompt is the first forward on an empty cache, or, without
 the first forward whose tokens do not continue the previous prompt.
 
 Strength. `steer` adds `alpha * v` with `v` as given (a raw persona-minus-baseline
-difference, like the reference tool's coefficient). `suggested_alpha` turns a relative
-strength into an alpha: `alpha = fraction * median_norm(layer) / ||v_layer||`, so that
-`alpha * v` has `fraction` times the median residual-stream norm of ordinary tokens at that
-layer (`pvrs.residuals.residual_norms`); fractions of 0.1 to 0.3 nudge, around 0.5 and up
-usually dominate and degrade fluency on small models."""
+difference, like the reference tool's coefficient). `suggested_alphas` turns a relative
+strength into an alpha per layer: `alpha = fraction * median_norm(layer) / ||v_layer||`,
+so that `alpha * v` has `fraction` times the median residual-stream norm of ordinary
+tokens at that layer (`pvrs.residuals.residual_norms`, first token of each text excluded).
+On SmolLM2-135M with a persona-minus-baseline direction at layers 12-18, 0.4 (the default)
+gives clearly in-character but fluent replies and 0.8 breaks fluency."""
 
 from __future__ import annotations
 
@@ -295,7 +296,7 @@ def suggested_alphas(
     tokenizer: PreTrainedTokenizerBase | None,
     vector: VectorLike,
     layers: int | Sequence[int],
-    fraction: float = 0.2,
+    fraction: float = 0.4,
     inputs: Sequence[TextLike] | None = None,
 ) -> dict[int, float]:
     """Per layer, the alpha for which `alpha * v` has `fraction` times the median residual
@@ -321,7 +322,7 @@ def suggested_alpha(
     tokenizer: PreTrainedTokenizerBase | None,
     vector: VectorLike,
     layer: int,
-    fraction: float = 0.2,
+    fraction: float = 0.4,
     inputs: Sequence[TextLike] | None = None,
 ) -> float:
     """`suggested_alphas` for one layer."""
