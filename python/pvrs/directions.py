@@ -25,6 +25,7 @@ from pvrs.store import BASELINE_PERSONA_ID, PersonaVectorStore
 DEFAULT_VARIANT = "templated"
 ASSISTANT_AXIS_SPECS = ("assistant-axis", "assistant_axis", "assistant")
 # Tensor names tried, in order, in a multi-tensor safetensors file.
+PROBE_WEIGHTS_FILE = "weights.safetensors"  # inside a saved probe artifact folder
 _TENSOR_NAMES = ("activations", "direction", "vector", "weight", "weights", "coef", "coef_")
 
 
@@ -131,12 +132,24 @@ def load_vector(path: str | Path, layer: int | None = None) -> np.ndarray:
 
 def probe_direction(weights: Any, layer: int | None = None) -> np.ndarray:
     """A linear probe's weights as a direction: an array, a fitted scikit-learn linear model
-    (its `coef_`), or a file readable by `load_vector`. Projections on it grow with the
-    probe's score."""
+    (its `coef_`), a `pvrs.probes.ProbeArtifact` (its `weight`), a probe artifact folder
+    (its `weights.safetensors`), or a file readable by `load_vector`. Projections on it
+    grow with the probe's score (for a two-class probe, towards its second class)."""
     if isinstance(weights, (str, Path)):
-        return load_vector(weights, layer)
-    coef = getattr(weights, "coef_", weights)
-    array = np.asarray(coef, dtype=np.float32)
+        path = Path(weights)
+        return load_vector(path / PROBE_WEIGHTS_FILE if path.is_dir() else path, layer)
+    fitted = getattr(weights, "coef_", None)
+    if fitted is None:
+        fitted = getattr(weights, "weight", None)
+    if fitted is not None:  # a fitted probe: one row per class, one row for two classes
+        rows = np.atleast_2d(np.asarray(fitted, dtype=np.float32))
+        if rows.shape[0] != 1:
+            raise InvalidArgumentError(
+                f"the probe has {rows.shape[0]} weight rows (one per class); pass the row "
+                "you want, e.g. probe_direction(probe.coef_[k])"
+            )
+        return _finite(rows[0], "the probe weights")
+    array = np.asarray(weights, dtype=np.float32)
     if array.ndim == 2 and array.shape[0] == 1:
         array = array[0]
     return _select_layer(_finite(array, "the probe weights"), layer, "the probe weights")
