@@ -9,6 +9,8 @@ import torch
 from pvrs.errors import InvalidArgumentError, NonFiniteError
 from pvrs.residuals import calibrate_tau, capture, residual_norms
 from pvrs.steering import ablate, cap, steer, suggested_alpha
+from tiny_models import ARCHS, tiny_model
+from tiny_models import VOCAB as VOCAB_TINY
 from transformers import LlamaConfig, LlamaForCausalLM
 
 NUM_LAYERS, HIDDEN, VOCAB = 4, 64, 97
@@ -246,3 +248,27 @@ def test_bad_arguments_raise_one_line_errors(model):
 
 def test_public_names():
     assert pvrs.steer is steer and pvrs.ablate is ablate and pvrs.cap is cap
+    from pvrs import directions, steering
+
+    assert steering.direction is directions.direction
+    assert steering.assistant_axis is directions.assistant_axis
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("arch", ARCHS)
+def test_every_architecture_steers_block_outputs_and_agrees_with_and_without_cache(arch):
+    model = tiny_model(arch, seed=2)
+    size = model.config.get_text_config().hidden_size
+    v = torch.randn(size, generator=torch.Generator().manual_seed(6)) * 3
+    ids = torch.randint(0, VOCAB_TINY, (1, 7), generator=torch.Generator().manual_seed(7))
+    with capture(model, [1]) as plain:
+        model(ids)
+    with steer(model, v, layers=[1], alpha=2.0), capture(model, [1]) as steered:
+        model(ids)
+    torch.testing.assert_close(steered[1][0], plain[1][0] + 2.0 * v, atol=1e-5, rtol=0)
+    for positions in ("all", "generated"):
+        kwargs = {"vector": v, "layers": [1, 2], "alpha": 1.0, "positions": positions}
+        assert torch.equal(
+            _greedy(model, ids, True, **kwargs), _greedy(model, ids, False, **kwargs)
+        )
+    assert hook_count(model) == 0
