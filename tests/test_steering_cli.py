@@ -396,3 +396,51 @@ def test_contrast_is_mean_of_positive_minus_negative_answer_means(tiny, tiny_dir
         capsys,
     )
     assert code == 2 and "row 0 needs string 'question' and 'answer'" in err
+
+
+@pytest.mark.parametrize(
+    "family", ["chatml", "smollm2", "qwen3", "llama3", "gemma2", "mistral", "phi3"]
+)
+def test_monitor_finds_every_turn_under_each_template_family(family):
+    from tiny import FAMILIES
+
+    assert family in FAMILIES
+    tokenizer = make_tokenizer(family)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=HIDDEN,
+            intermediate_size=64,
+            num_hidden_layers=NUM_LAYERS,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+        )
+    ).eval()
+    convo = [
+        {"role": "user", "content": "What is the capital of France?"},
+        {"role": "assistant", "content": "The capital of France is Paris."},
+        {"role": "user", "content": "Tell me about yourself."},
+    ]
+    turns = turn_projections(model, tokenizer, convo, torch.randn(HIDDEN), [0, 2])
+    assert [t.role for t in turns] == ["user", "assistant", "user"]
+    assert all(t.n_tokens > 0 and np.isfinite(list(t.projection.values())).all() for t in turns)
+
+
+def test_monitor_reports_a_template_that_rejects_the_conversation():
+    from pvrs.errors import TemplateError
+
+    tokenizer = make_tokenizer("gemma2")  # raises on a system role
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=HIDDEN,
+            intermediate_size=64,
+            num_hidden_layers=NUM_LAYERS,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+        )
+    ).eval()
+    convo = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+    with pytest.raises(TemplateError, match="chat template"):
+        turn_projections(model, tokenizer, convo, torch.randn(HIDDEN), [0])

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from pvrs.errors import InputError, ModelError, SpanError
+from pvrs.errors import InputError, ModelError, SpanError, TemplateError
 from pvrs.residuals import VectorLike, capture, layer_vectors, resolve_layers, unit
 
 if TYPE_CHECKING:
@@ -103,7 +103,15 @@ def turn_projections(
         raise ModelError("monitoring needs a fast tokenizer (offset mappings)")
     chosen = resolve_layers(model, layers)
     directions = {i: unit(v, "axis") for i, v in layer_vectors(model, axis, chosen, "axis").items()}
-    text = tokenizer.apply_chat_template([dict(m) for m in messages], tokenize=False)
+    from jinja2 import TemplateError as JinjaTemplateError
+
+    try:
+        text = tokenizer.apply_chat_template([dict(m) for m in messages], tokenize=False)
+    except (JinjaTemplateError, ValueError) as exc:  # templates raise_exception() on bad input
+        raise TemplateError(
+            f"the chat template rejects this conversation ({exc}); merge system prompts into "
+            "the first user turn for templates without a system role"
+        ) from None
     encoded = tokenizer(
         text, add_special_tokens=False, return_offsets_mapping=True, return_tensors="pt"
     )
