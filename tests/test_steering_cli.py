@@ -444,3 +444,27 @@ def test_monitor_reports_a_template_that_rejects_the_conversation():
     convo = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
     with pytest.raises(TemplateError, match="chat template"):
         turn_projections(model, tokenizer, convo, torch.randn(HIDDEN), [0])
+
+
+def test_prompt_files_and_layer_ranges(tmp_path):
+    import argparse
+
+    from pvrs.generation import DEFAULT_PROMPTS
+    from pvrs.steer_commands import parse_layers, read_prompts
+
+    def ns(**kw):
+        return argparse.Namespace(**{"prompt": None, "prompts": None, **kw})
+
+    (tmp_path / "p.txt").write_text("first question\n\n  second question  \n")
+    (tmp_path / "p.jsonl").write_text('{"question": "q1"}\n{"prompt": "q2"}\n')
+    (tmp_path / "bad.jsonl").write_text('{"answer": "a"}\n')
+    assert read_prompts(ns(prompts=str(tmp_path / "p.txt"))) == [
+        "first question",
+        "second question",
+    ]
+    assert read_prompts(ns(prompts=str(tmp_path / "p.jsonl"))) == ["q1", "q2"]
+    assert read_prompts(ns(prompt=["hi"])) == ["hi"]
+    assert read_prompts(ns()) == list(DEFAULT_PROMPTS[:3])
+    with pytest.raises(InputError, match="'question' or 'prompt'"):
+        read_prompts(ns(prompts=str(tmp_path / "bad.jsonl")))
+    assert parse_layers(["3", "5-7", "6", "9,10"]) == [3, 5, 6, 7, 9, 10]
