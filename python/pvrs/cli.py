@@ -186,7 +186,7 @@ def _add_steer(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--relative",
         action="store_true",
-        help="read each alpha as a fraction of the layer's median residual norm (0.1-0.5 is typical)",
+        help="read each alpha as a fraction of the layer's median residual norm (start at 0.4)",
     )
     p.add_argument("--positions", choices=("all", "prompt", "generated"), default="all")
     group = p.add_mutually_exclusive_group()
