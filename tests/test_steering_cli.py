@@ -14,7 +14,8 @@ from pvrs.cli import main
 from pvrs.controlvector import read_control_vector, write_control_vector
 from pvrs.directions import assistant_axis, direction, from_spec, load_vector, probe_direction
 from pvrs.errors import ArtifactError, InputError, InvalidArgumentError
-from pvrs.generation import GenerationConfig, as_chat, generate
+from pvrs.generate import SamplingConfig
+from pvrs.generation import as_chat, generate
 from pvrs.monitor import load_conversation, turn_projections
 from pvrs.residuals import capture
 from pvrs.store import PersonaVectorStore
@@ -190,7 +191,7 @@ def test_steer_command_sweeps_alphas_side_by_side(tiny_dir, tiny, store, capsys)
     result = json.loads(out)
     assert result["columns"] == ["unsteered", "alpha 0", "alpha 40"]
     outputs = result["rows"][0]["outputs"]
-    config = GenerationConfig(max_new_tokens=6)
+    config = SamplingConfig(max_new_tokens=6, temperature=0.0)
     assert outputs["unsteered"] == generate(
         model, tokenizer, as_chat("what is the capital of france"), config
     )
@@ -219,6 +220,8 @@ def test_chat_reads_stdin_with_steering_and_capping(tiny_dir, store, capsys, mon
             "assistant-axis:2",
             "--cap-side",
             "lower",
+            "--system",
+            "You are a pirate.",
         ],
         capsys,
     )

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 from pvrs.extract import extract
-from pvrs.generation import DEFAULT_PROMPTS, GenerationConfig, as_chat, generate, render
+from pvrs.generate import SamplingConfig
+from pvrs.generation import DEFAULT_PROMPTS, as_chat, generate, render
 from pvrs.inputs import load_personas, load_qa
 from pvrs.models import SMOLLM2, load
 from pvrs.residuals import capture
@@ -48,7 +49,7 @@ def test_steering_towards_a_persona_moves_generated_text_along_its_vector():
     d_layer = torch.from_numpy(d[LAYER])
     d_hat = d_layer / d_layer.norm()
     alphas = suggested_alphas(model, tokenizer, d, [LAYER], FRACTION)
-    config = GenerationConfig(max_new_tokens=24)
+    config = SamplingConfig(max_new_tokens=24, temperature=0.0)
 
     shifts = []
     for prompt in DEFAULT_PROMPTS[:2]:

@@ -156,6 +156,7 @@ def _add_generation_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--temperature", type=float, default=0.0, help="0 (default) decodes greedily")
     p.add_argument("--seed", type=int, default=0, help="seed for sampling (with --temperature > 0)")
+    p.add_argument("--top-p", type=float, default=0.9, help="nucleus sampling (with --temperature > 0)")
     p.add_argument("--system", default=None, help="system prompt (default: the template's own)")
 
 

@@ -1,15 +1,16 @@
 """Chat generation for the steering commands: render a conversation with the model's chat
-template, generate (greedy by default, seeded sampling on request), decode the reply."""
+template, generate (greedy or seeded sampling, `pvrs.generate.SamplingConfig`), decode the
+reply."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 
 from pvrs.errors import ModelError
+from pvrs.generate import SamplingConfig
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -28,18 +29,13 @@ DEFAULT_PROMPTS: tuple[str, ...] = (
 )
 
 
-def as_chat(prompt: str, system: str | None = None) -> list[dict[str, str]]:
-    """A one-question conversation, with an optional system prompt."""
-    messages = [{"role": "system", "content": system}] if system else []
-    return [*messages, {"role": "user", "content": prompt}]
+def as_chat(prompt: str) -> list[dict[str, str]]:
+    """A one-question conversation with no system prompt (see
+    `pvrs.generate.prompt_messages` for one with a persona)."""
+    return [{"role": "user", "content": prompt}]
 
 
-@dataclass(frozen=True)
-class GenerationConfig:
-    max_new_tokens: int = 64
-    temperature: float = 0.0  # 0 means greedy decoding
-    top_p: float = 1.0
-    seed: int = 0
+GREEDY = SamplingConfig(max_new_tokens=64, temperature=0.0)
 
 
 def render(tokenizer: PreTrainedTokenizerBase, messages: Sequence[Mapping[str, str]]) -> str:
@@ -59,14 +55,14 @@ def generate(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     messages: Sequence[Mapping[str, str]],
-    config: GenerationConfig = GenerationConfig(),
+    config: SamplingConfig = GREEDY,
 ) -> str:
     """The model's reply to `messages` (decoded without special tokens, stripped)."""
     text = render(tokenizer, messages)
     device = next(model.parameters()).device
     ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"].to(device)
     torch.manual_seed(config.seed)
-    sampling = config.temperature > 0
+    sampling = not config.greedy
     kwargs = {"temperature": config.temperature, "top_p": config.top_p} if sampling else {}
     out = model.generate(
         input_ids=ids,

@@ -93,11 +93,11 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
 
 
 def _generation_config(args: argparse.Namespace) -> Any:
-    from pvrs.generation import GenerationConfig
+    from pvrs.generate import SamplingConfig
 
     if args.max_new_tokens < 1:
         raise InputError("--max-new-tokens must be at least 1")
-    return GenerationConfig(args.max_new_tokens, args.temperature, 1.0, args.seed)
+    return SamplingConfig(args.max_new_tokens, args.temperature, args.top_p, args.seed)
 
 
 def _print_json(payload: object) -> None:
@@ -112,7 +112,8 @@ def run_steer(args: argparse.Namespace) -> int:
     from rich.progress import Progress
     from rich.table import Table
 
-    from pvrs.generation import as_chat, generate
+    from pvrs.generate import prompt_messages
+    from pvrs.generation import generate
     from pvrs.steering import steer, suggested_alphas
 
     if (args.persona_id is None) == (args.vector is None):
@@ -136,7 +137,7 @@ def run_steer(args: argparse.Namespace) -> int:
     with Progress(console=Console(stderr=True), transient=True) as progress:
         task = progress.add_task("generating", total=len(prompts) * len(columns))
         for prompt in prompts:
-            messages = as_chat(prompt, args.system)
+            messages = prompt_messages(tokenizer, args.system, prompt)
             outputs = {}
             for label, alpha in columns:
                 with ExitStack() as stack:
@@ -248,6 +249,7 @@ def interventions(
 def run_chat(args: argparse.Namespace) -> int:
     from rich.console import Console
 
+    from pvrs.generate import prompt_messages
     from pvrs.generation import generate
 
     config = _generation_config(args)
@@ -255,9 +257,13 @@ def run_chat(args: argparse.Namespace) -> int:
     model, tokenizer = load_model(args)
     err = Console(stderr=True)
     interactive = sys.stdin.isatty()
-    history: list[dict[str, str]] = (
-        [{"role": "system", "content": args.system}] if args.system else []
-    )
+    history: list[dict[str, str]] = []  # user and assistant turns
+
+    def conversation() -> list[dict[str, str]]:
+        # The system prompt goes where the template wants it (merged into the first user
+        # turn for templates without a system role).
+        return [*prompt_messages(tokenizer, args.system, history[0]["content"]), *history[1:]]
+
     with interventions(model, tokenizer, args, steers, caps) as described:
         for line in described:
             err.print(f"[dim]{line}[/dim]")
@@ -275,10 +281,10 @@ def run_chat(args: argparse.Namespace) -> int:
             if message == "/exit":
                 break
             if message == "/reset":
-                del history[1 if args.system else 0 :]
+                history.clear()
                 continue
             history.append({"role": "user", "content": message})
-            reply = generate(model, tokenizer, history, config)
+            reply = generate(model, tokenizer, conversation(), config)
             history.append({"role": "assistant", "content": reply})
             print(f"assistant> {reply}", flush=True)
     return 0
