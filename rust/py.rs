@@ -10,11 +10,16 @@ use pyo3::types::{PyDict, PyType};
 
 use crate::error::Error;
 use crate::hashing;
+use crate::parquet;
 use crate::spans;
+use crate::{aggregate, header, manifest};
+use numpy::ndarray::{ArrayD, IxDyn};
+use numpy::{IntoPyArray, PyArrayDyn};
 use numpy::{
     PyArray1, PyArray2, PyArray3, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2,
     PyUntypedArrayMethods,
 };
+use pyo3::types::PyList;
 
 /// Raise the `pvrs.errors` class that matches `err`, with its message.
 fn to_py_err(py: Python<'_>, err: Error) -> PyErr {
@@ -256,6 +261,175 @@ fn build_token_masks<'py>(
     Ok((masks, token_spans, PyArray1::from_vec(py, special_index)))
 }
 
+// ---- hub packaging ----
+
+/// Package a local activation store into the Hub dataset layout (see `rust/parquet.rs`).
+/// `progress(advance, total)` is called after each row group with the GIL held; an
+/// exception it raises (e.g. KeyboardInterrupt) aborts packaging and is re-raised.
+#[pyfunction]
+#[pyo3(signature = (root, out, model_dirs=None, mask_strategies=None, row_group_bytes=parquet::DEFAULT_ROW_GROUP_BYTES, file_bytes=parquet::DEFAULT_FILE_BYTES, progress=None))]
+#[allow(clippy::too_many_arguments)]
+fn package_store(
+    py: Python<'_>,
+    root: PathBuf,
+    out: PathBuf,
+    model_dirs: Option<Vec<String>>,
+    mask_strategies: Option<Vec<String>>,
+    row_group_bytes: u64,
+    file_bytes: u64,
+    progress: Option<Py<PyAny>>,
+) -> PyResult<Vec<Bound<'_, PyDict>>> {
+    let raised: std::sync::Mutex<Option<PyErr>> = std::sync::Mutex::new(None);
+    let opts = parquet::PackageOptions {
+        row_group_bytes,
+        file_bytes,
+    };
+    let result = run_detached(py, || {
+        let sources = parquet::discover(&root, model_dirs.as_deref(), mask_strategies.as_deref())?;
+        let total = parquet::count_rows(&sources)?;
+        let mut report = |advance: usize| -> crate::Result<()> {
+            let Some(callback) = &progress else {
+                return Ok(());
+            };
+            Python::attach(|py| callback.call1(py, (advance, total)).map(|_| ())).map_err(|err| {
+                let message = err.to_string();
+                if let Ok(mut slot) = raised.lock() {
+                    *slot = Some(err);
+                }
+                Error::Internal(format!(
+                    "packaging aborted by the progress callback: {message}"
+                ))
+            })
+        };
+        parquet::package(&sources, &out, &opts, &mut report)
+    });
+    if let Some(err) = raised.into_inner().ok().flatten() {
+        return Err(err);
+    }
+    result?
+        .into_iter()
+        .map(|r| {
+            let d = PyDict::new(py);
+            d.set_item("config", r.config)?;
+            d.set_item("split", r.split)?;
+            d.set_item("files", r.files)?;
+            d.set_item("num_rows", r.num_rows)?;
+            d.set_item("num_layers", r.num_layers)?;
+            d.set_item("hidden_size", r.hidden_size)?;
+            d.set_item("num_bytes", r.num_bytes)?;
+            d.set_item("written_bytes", r.written_bytes)?;
+            Ok(d)
+        })
+        .collect()
+}
+
+// ---- store: safetensors headers, aggregation, validation ----
+
+fn to_array<'py>(
+    py: Python<'py>,
+    data: Vec<f32>,
+    shape: &[usize],
+) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
+    let array = ArrayD::from_shape_vec(IxDyn(shape), data)
+        .map_err(|e| to_py_err(py, Error::Internal(format!("output shape: {e}"))))?;
+    Ok(array.into_pyarray(py))
+}
+
+/// Parsed, bounds-checked header of a safetensors file (offsets relative to the data, as
+/// in the file); raises `pvrs.ArtifactError` naming the file when it is malformed.
+#[pyfunction]
+fn read_safetensors_header(py: Python<'_>, path: PathBuf) -> PyResult<Bound<'_, PyDict>> {
+    let parsed = run_detached(py, move || header::read_header(&path))?;
+    let out = PyDict::new(py);
+    out.set_item("header_len", parsed.header_len)?;
+    out.set_item("metadata", parsed.metadata.clone())?;
+    let tensors = PyDict::new(py);
+    for (name, info) in &parsed.tensors {
+        let entry = PyDict::new(py);
+        entry.set_item("dtype", &info.dtype)?;
+        entry.set_item("shape", info.shape.clone())?;
+        let base = parsed.data_start();
+        entry.set_item("data_offsets", (info.begin - base, info.end - base))?;
+        tensors.set_item(name, entry)?;
+    }
+    out.set_item("tensors", tensors)?;
+    Ok(out)
+}
+
+/// Element-wise `op` ("sum", "mean", "var") over the files' 2-D `tensor`, float64
+/// accumulation, optional layer subset; returns float32 `(n_layers, hidden)`.
+#[pyfunction]
+#[pyo3(signature = (paths, op="mean", layers=None, tensor="activations", ddof=0))]
+fn aggregate_files<'py>(
+    py: Python<'py>,
+    paths: Vec<PathBuf>,
+    op: &str,
+    layers: Option<Vec<usize>>,
+    tensor: &str,
+    ddof: u32,
+) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
+    let reduction = aggregate::Reduction::parse(op, ddof).map_err(|e| to_py_err(py, e))?;
+    let tensor = tensor.to_string();
+    let (data, shape) = run_detached(py, move || {
+        aggregate::reduce(&paths, &tensor, layers.as_deref(), reduction)
+    })?;
+    to_array(py, data, &shape)
+}
+
+/// Stack the files' 2-D `tensor` (optionally only `layers`) into float32 `(n_files, n_layers, hidden)`.
+#[pyfunction]
+#[pyo3(signature = (paths, layers=None, tensor="activations"))]
+fn stack_files<'py>(
+    py: Python<'py>,
+    paths: Vec<PathBuf>,
+    layers: Option<Vec<usize>>,
+    tensor: &str,
+) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
+    let tensor = tensor.to_string();
+    let (data, shape) = run_detached(py, move || {
+        aggregate::stack(&paths, &tensor, layers.as_deref())
+    })?;
+    to_array(py, data, &shape)
+}
+
+/// Check an artifacts tree or variant folder; returns the report as a dict
+/// (`root`, `deep`, `variant_dirs`, `personas`, `files_checked`, `problems`: list of
+/// {path, severity, kind, message}).
+#[pyfunction]
+#[pyo3(signature = (path, deep=false))]
+fn validate_tree(py: Python<'_>, path: PathBuf, deep: bool) -> PyResult<Bound<'_, PyDict>> {
+    let report = run_detached(py, move || manifest::validate(&path, deep))?;
+    let out = PyDict::new(py);
+    out.set_item("root", &report.root)?;
+    out.set_item("deep", report.deep)?;
+    out.set_item("variant_dirs", report.variant_dirs)?;
+    out.set_item("personas", report.personas)?;
+    out.set_item("files_checked", report.files_checked)?;
+    let problems = PyList::empty(py);
+    for p in &report.problems {
+        let item = PyDict::new(py);
+        item.set_item("path", &p.path)?;
+        item.set_item(
+            "severity",
+            match p.severity {
+                manifest::Severity::Error => "error",
+                manifest::Severity::Warning => "warning",
+            },
+        )?;
+        item.set_item("kind", p.kind)?;
+        item.set_item("message", &p.message)?;
+        problems.append(item)?;
+    }
+    out.set_item("problems", problems)?;
+    Ok(out)
+}
+
+/// Why `persona_id` is not a safe file name, or None when it is.
+#[pyfunction]
+fn persona_id_problem(persona_id: &str) -> Option<String> {
+    manifest::persona_id_problem(persona_id)
+}
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
@@ -264,5 +438,13 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(_panic_for_tests, m)?)?;
     // spans
     m.add_function(wrap_pyfunction!(build_token_masks, m)?)?;
+    // hub packaging
+    m.add_function(wrap_pyfunction!(package_store, m)?)?;
+    // store
+    m.add_function(wrap_pyfunction!(read_safetensors_header, m)?)?;
+    m.add_function(wrap_pyfunction!(aggregate_files, m)?)?;
+    m.add_function(wrap_pyfunction!(stack_files, m)?)?;
+    m.add_function(wrap_pyfunction!(validate_tree, m)?)?;
+    m.add_function(wrap_pyfunction!(persona_id_problem, m)?)?;
     Ok(())
 }

@@ -198,7 +198,7 @@ impl BatchMasks {
 impl<'a, T: Offset> Batch<'a, T> {
     fn sample_name(&self, i: usize) -> String {
         match self.sample_ids.get(i) {
-            Some(id) => format!("sample {id:?}"),
+            Some(id) => format!("sample '{id}'"),
             None => format!("sample #{i}"),
         }
     }
@@ -368,7 +368,7 @@ impl<'a, T: Offset> Batch<'a, T> {
             Strategy::QuestionLastSpecial if tokens.question_special.is_none() => {
                 return Err(Error::Mask(format!(
                     "{}: question_last_special needs a special token right after the question, \
-                     but the chat template {:?} puts {} there; use question_last instead",
+                     but the chat template '{}' puts {} there; use question_last instead",
                     self.sample_name(i),
                     self.template,
                     if tokens.question.is_some() {
@@ -384,7 +384,7 @@ impl<'a, T: Offset> Batch<'a, T> {
             _ => return Ok(()),
         };
         Err(Error::Mask(format!(
-            "{}: mask strategy {} selects no token under chat template {:?}: {why}",
+            "{}: mask strategy {} selects no token under chat template '{}': {why}",
             self.sample_name(i),
             strategy.name(),
             self.template
@@ -653,7 +653,7 @@ mod tests {
         let e = error_of(&offsets, empty, &[Strategy::AnswerMean]);
         assert!(
             matches!(e, Error::Span(_))
-                && e.to_string().contains("\"q-7\"")
+                && e.to_string().contains("'q-7'")
                 && e.to_string().contains("empty")
         );
 
@@ -719,6 +719,31 @@ mod tests {
         }
         let e = run(&flat, &all, &vec![11; n], Some(&flags)).unwrap_err();
         assert!(e.to_string().contains("#37"), "{e}");
+    }
+
+    #[test]
+    fn negative_offsets_are_an_error_not_a_wrap() {
+        let spans = SampleSpans {
+            system: None,
+            question: CharSpan::new(0, 2),
+            answer: CharSpan::new(2, 4),
+            text_len: 4,
+        };
+        let offsets = [0i64, 2, -1, 4];
+        let ids = vec!["neg".to_string()];
+        let batch = Batch {
+            offsets: &offsets,
+            lengths: &[2],
+            spans: &[spans],
+            special: None,
+            sample_ids: &ids,
+            template: "t",
+        };
+        let e = build_masks(&batch, &[Strategy::AnswerMean]).unwrap_err();
+        assert!(
+            matches!(e, Error::Span(_)) && e.to_string().contains("negative"),
+            "{e}"
+        );
     }
 
     #[test]

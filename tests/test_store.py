@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -301,29 +302,39 @@ def test_analysis_dataset_errors(store: PersonaVectorStore) -> None:
         ds.samples("biography")
 
 
-def _worker(root: str, prefix: str, n: int, batch: bool) -> None:
-    store = PersonaVectorStore(MODEL, root_dir=root)
-    if batch:
-        store.save_many(
-            "templated", [VectorRecord(f"{prefix}{i}", vec(i), prefix, ["q"]) for i in range(n)]
-        )
-    else:
-        for i in range(n):
-            store.save(f"{prefix}{i}", "templated", vec(i), name=prefix, sample_ids=["q"])
+# Writers are separate Python processes that import only pvrs.store (not this test module,
+# which imports torch), so the test measures the store, not interpreter start-up.
+WRITER = """
+import sys
+import numpy as np
+from pvrs.store import PersonaVectorStore, VectorRecord
+root, prefix, n, mode = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+store = PersonaVectorStore("org/tiny-model", root_dir=root)
+vec = lambda i: np.random.default_rng(i).standard_normal((4, 8)).astype(np.float32)
+if mode == "batch":
+    store.save_many("templated", [VectorRecord(f"{prefix}{i}", vec(i), prefix, ["q"]) for i in range(n)])
+elif mode == "single":
+    for i in range(n):
+        store.save(f"{prefix}{i}", "templated", vec(i), name=prefix, sample_ids=["q"])
+else:  # crash: die after writing the temp file, before the rename
+    import os
+    os.replace = lambda src, dst: os._exit(3)
+    store.save("victim", "templated", vec(7), name="V", sample_ids=["q"])
+"""
 
 
-@pytest.mark.parametrize("batch", [False, True])
-def test_concurrent_processes_lose_nothing(tmp_path: Path, batch: bool) -> None:
-    ctx = multiprocessing.get_context("spawn")
+def writer(root: Path, prefix: str, n: int, mode: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    return subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(root), prefix, str(n), mode], env=env
+    )
+
+
+@pytest.mark.parametrize("mode", ["single", "batch"])
+def test_concurrent_processes_lose_nothing(tmp_path: Path, mode: str) -> None:
     n = 25
-    procs = [
-        ctx.Process(target=_worker, args=(str(tmp_path), p, n, batch)) for p in ("x", "y", "z")
-    ]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(120)
-        assert p.exitcode == 0
+    procs = [writer(tmp_path, prefix, n, mode) for prefix in ("x", "y", "z")]
+    assert [p.wait(120) for p in procs] == [0, 0, 0]
     store = PersonaVectorStore(MODEL, root_dir=tmp_path)
     assert len(store.list_personas(["templated"])) == 3 * n
     for pid in ("x0", "y24", "z13"):
@@ -332,28 +343,11 @@ def test_concurrent_processes_lose_nothing(tmp_path: Path, batch: bool) -> None:
     assert leftovers == []
 
 
-def _crash_mid_write(root: str) -> None:
-    import pvrs.store as mod
-
-    store = mod.PersonaVectorStore(MODEL, root_dir=root)
-
-    def dying_replace(src: str, dst: str) -> None:
-        os._exit(3)  # the process dies after writing the temp file, before the rename
-
-    os.replace = dying_replace  # type: ignore[assignment]
-    store.save("victim", "templated", vec(7), name="V", sample_ids=["q"])
-
-
 def test_a_killed_writer_leaves_the_previous_state(tmp_path: Path) -> None:
     store = PersonaVectorStore(MODEL, root_dir=tmp_path)
     store.save("victim", "templated", vec(0), name="V", sample_ids=["q"])
     before = store.manifest_path("templated").read_bytes()
-    proc = multiprocessing.get_context("spawn").Process(
-        target=_crash_mid_write, args=(str(tmp_path),)
-    )
-    proc.start()
-    proc.join(60)
-    assert proc.exitcode == 3
+    assert writer(tmp_path, "", 0, "crash").wait(60) == 3
     assert store.manifest_path("templated").read_bytes() == before
     np.testing.assert_array_equal(store.load("victim", "templated"), vec(0))
     # The lock was released by the dying process, so the next writer is not blocked.

@@ -4,7 +4,7 @@
 second) on a built-in corpus, registers the family's special tokens and attaches a chat
 template written in the same structure as the family's published template (same turn
 markers, same whitespace handling: Llama 3 and Gemma trim contents, Qwen 2.5 and SmolLM2
-inject a default system prompt, Gemma 2 refuses a system role, Mistral only shows the
+inject a default system prompt, Llama 3.1 always writes a dated system turn, Gemma 2 refuses a system role, Mistral only shows the
 system prompt with the last user turn, Qwen 3 emits a `<think>` block in the final
 assistant turn). Results are cached per family; the returned tokenizer is a fresh copy
 so tests may mutate it.
@@ -103,6 +103,13 @@ QWEN3 = (
     "{%- endif %}"
 )
 
+# Qwen3-Instruct-2507 style: the same turns with no `<think>` block.
+QWEN3_INSTRUCT = QWEN3.replace(
+    "'\\n<think>\\n' + reasoning_content.strip('\\n') + '\\n</think>\\n\\n' + content.lstrip('\\n')",
+    "'\\n' + content",
+)
+assert QWEN3_INSTRUCT != QWEN3
+
 LLAMA3 = (
     "{% set loop_messages = messages %}{% for message in loop_messages %}"
     "{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'"
@@ -110,6 +117,25 @@ LLAMA3 = (
     "{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}"
     "{{ content }}{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
+)
+
+# Llama 3.1+: a system turn is always written (knowledge/date header), the persona after it.
+LLAMA31 = (
+    "{{- bos_token }}"
+    "{%- if not date_string is defined %}{%- set date_string = '26 Jul 2024' %}{%- endif %}"
+    "{%- if messages[0]['role'] == 'system' %}"
+    "{%- set system_message = messages[0]['content']|trim %}"
+    "{%- set messages = messages[1:] %}"
+    "{%- else %}{%- set system_message = '' %}{%- endif %}"
+    "{{- '<|start_header_id|>system<|end_header_id|>\\n\\n' }}"
+    "{{- 'Cutting Knowledge Date: December 2023\\n' }}"
+    "{{- 'Today Date: ' + date_string + '\\n\\n' }}"
+    "{{- system_message }}"
+    "{{- '<|eot_id|>' }}"
+    "{%- for message in messages %}"
+    "{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + message['content'] | trim + '<|eot_id|>' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{%- endif %}"
 )
 
 GEMMA2 = (
@@ -210,8 +236,17 @@ FAMILIES: dict[str, Family] = {
     "qwen3": Family(
         QWEN3, ("<|im_start|>", "<|im_end|>", "<|endoftext|>", "<think>", "</think>"), None, "<|im_end|>"
     ),
+    "qwen3-instruct": Family(
+        QWEN3_INSTRUCT, ("<|im_start|>", "<|im_end|>", "<|endoftext|>", "<think>", "</think>"), None, "<|im_end|>"
+    ),
     "llama3": Family(
         LLAMA3,
+        ("<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<|end_of_text|>"),
+        "<|begin_of_text|>",
+        "<|eot_id|>",
+    ),
+    "llama3.1": Family(
+        LLAMA31,
         ("<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<|end_of_text|>"),
         "<|begin_of_text|>",
         "<|eot_id|>",

@@ -6,6 +6,15 @@ steer models with them and publish them as Hugging Face datasets."""
 from __future__ import annotations
 
 from pvrs import _core
+from pvrs.analysis import (
+    agreement,
+    assistant_axis,
+    layer_curves,
+    nearest_neighbours,
+    pca_by_layer,
+    similarity_by_layer,
+)
+from pvrs.chat import PreparedInput, prepare_inputs, render
 from pvrs.errors import (
     ArtifactError,
     InputError,
@@ -19,8 +28,14 @@ from pvrs.errors import (
     PersonaIdError,
     PvrsError,
     PvrsIOError,
+    RenderError,
     SpanError,
     TemplateError,
+)
+from pvrs.hub import (
+    HFPersonaVectorStore,
+    list_hub_vector_models,
+    parse_vector_config_name,
 )
 from pvrs.store import (
     ActivationStore,
@@ -31,11 +46,13 @@ from pvrs.store import (
     discover_activation_models,
     load_analysis_dataset,
 )
+from pvrs.validation import ValidationReport, validate
 
 __version__ = _core.__version__
 
-# Torch-heavy names load on first use, so `import pvrs` stays fast.
+# Torch- and scikit-learn-heavy names load on first use, so `import pvrs` stays fast.
 _LAZY = {
+    "load_probe_artifact": "pvrs.probes",
     "steer": "pvrs.steering",
     "ablate": "pvrs.steering",
     "cap": "pvrs.steering",
@@ -58,6 +75,7 @@ __all__ = [
     "ActivationStore",
     "AnalysisDataset",
     "ArtifactError",
+    "HFPersonaVectorStore",
     "InputError",
     "InternalError",
     "InvalidArgumentError",
@@ -68,19 +86,34 @@ __all__ = [
     "PackagingError",
     "PersonaIdError",
     "PersonaVectorStore",
+    "PreparedInput",
     "PvrsError",
     "PvrsIOError",
+    "RenderError",
     "SpanError",
     "TemplateError",
+    "ValidationReport",
     "VectorNotFoundError",
     "VectorRecord",
     "__version__",
     "ablate",
+    "agreement",
+    "assistant_axis",
     "calibrate_tau",
     "cap",
     "discover_activation_models",
+    "layer_curves",
+    "list_hub_vector_models",
     "load_analysis_dataset",
+    "load_probe_artifact",
+    "nearest_neighbours",
+    "parse_vector_config_name",
+    "pca_by_layer",
+    "prepare_inputs",
+    "render",
+    "similarity_by_layer",
     "steer",
     "suggested_alpha",
     "suggested_alphas",
+    "validate",
 ]

@@ -3,10 +3,12 @@
 Kept honest by `tests/test_stub.py`, which compares these names and signatures with the
 compiled module."""
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from os import PathLike
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 from numpy.typing import NDArray
 
 __version__: str
@@ -43,3 +45,49 @@ def build_token_masks(
     ranges of system/question/answer (`-1, -1` when absent) and `question_special`
     `(n_samples,)` (the special token after the question, `-1` when none). Releases the GIL.
     Raises `SpanError`/`MaskError` naming the sample, `InvalidArgumentError` for bad shapes."""
+
+# ---- hub packaging ----
+
+def package_store(
+    root: str | PathLike[str],
+    out: str | PathLike[str],
+    model_dirs: list[str] | None = None,
+    mask_strategies: list[str] | None = None,
+    row_group_bytes: int = 67108864,
+    file_bytes: int = 524288000,
+    progress: Callable[[int, int], object] | None = None,
+) -> list[dict[str, Any]]:
+    """Write `<out>/<model_dir>__<mask>/<variant>-NNNNN-of-NNNNN.parquet` and `<out>/README.md`
+    from the store at `root` (all models/masks when None); one dict per split with `config`,
+    `split`, `files`, `num_rows`, `num_layers`, `hidden_size`, `num_bytes`, `written_bytes`.
+    `progress(advance, total)` is called with the GIL after each row group. Releases the GIL."""
+
+# ---- store ----
+
+def read_safetensors_header(path: str | PathLike[str]) -> dict[str, object]:
+    """Bounds-checked header: {header_len, metadata, tensors: {name: {dtype, shape, data_offsets}}}.
+    Raises `pvrs.ArtifactError` naming the file when it is malformed. Releases the GIL."""
+
+def aggregate_files(
+    paths: list[str | PathLike[str]],
+    op: str = "mean",
+    layers: list[int] | None = None,
+    tensor: str = "activations",
+    ddof: int = 0,
+) -> npt.NDArray[np.float32]:
+    """Element-wise sum/mean/var over files' (L, H) tensors (F32/BF16/F16), float64
+    accumulation, memory-mapped, parallel; returns float32 (len(layers) or L, H)."""
+
+def stack_files(
+    paths: list[str | PathLike[str]],
+    layers: list[int] | None = None,
+    tensor: str = "activations",
+) -> npt.NDArray[np.float32]:
+    """float32 (n_files, len(layers) or L, H); with `layers` only those rows are read."""
+
+def validate_tree(path: str | PathLike[str], deep: bool = False) -> dict[str, object]:
+    """Report of `pvrs validate`: {root, deep, variant_dirs, personas, files_checked,
+    problems: [{path, severity, kind, message}]}."""
+
+def persona_id_problem(persona_id: str) -> str | None:
+    """Why `persona_id` is not a safe file name, or None when it is."""

@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from pvrs import _core
-from pvrs.errors import InputError, MaskError, SpanError, TemplateError
+from pvrs.errors import InputError, MaskError, ModelError, SpanError, TemplateError
 from pvrs.masks import ALL_STRATEGIES, MaskStrategy, parse_strategies
 
 if TYPE_CHECKING:
@@ -325,6 +325,11 @@ def prepare_inputs(
     Raises `MaskError` naming the strategy and template when a strategy cannot be served,
     `SpanError` naming the sample when a content cannot be located or is empty."""
     _check_system(system_prompt)
+    if not getattr(tokenizer, "is_fast", False):
+        raise ModelError(
+            f"tokenizer {template_name(tokenizer)!r} is a slow (Python) tokenizer without offset "
+            "mappings; load the fast one (AutoTokenizer.from_pretrained(..., use_fast=True))"
+        )
     chosen = parse_strategies(tuple(strategies))
     rows = [_sample_fields(s) for s in samples]
     if not rows:
@@ -355,7 +360,8 @@ def prepare_inputs(
 
     lengths = np.fromiter((len(ids) for ids in ids_per_sample), dtype=np.int64, count=len(rows))
     flat_ids = np.fromiter(itertools.chain.from_iterable(ids_per_sample), dtype=np.int64, count=int(lengths.sum()))
-    offsets = np.array(list(itertools.chain.from_iterable(offsets_per_sample)), dtype=np.int64).reshape(-1, 2)
+    chain = itertools.chain.from_iterable
+    offsets = np.fromiter(chain(chain(offsets_per_sample)), dtype=np.int64, count=2 * len(flat_ids)).reshape(-1, 2)
     special = np.isin(flat_ids, np.fromiter(special_token_ids(tokenizer), dtype=np.int64))
     span_rows = np.array(
         [[*(r.spans.system or (-1, -1)), *r.spans.question, *r.spans.answer] for r in rendered],
@@ -417,27 +423,40 @@ def print_preview(
     tokenizer: PreTrainedTokenizerBase,
     prepared: PreparedInput,
     strategies: Sequence[MaskStrategy | str] | None = None,
+    *,
+    context: int = 60,
 ) -> None:
-    """Print the rendered prompt once per strategy with the averaged tokens highlighted."""
+    """Print which tokens each strategy averages: `*_mean` strategies over the whole rendered
+    prompt, single-token strategies as the token in `context` characters either side."""
     from rich.markup import escape
     from rich.text import Text
 
     chosen = parse_strategies(tuple(strategies)) if strategies else list(prepared.token_masks)
-    n = len(prepared.input_ids)
-    console.rule(f"[bold]{escape(prepared.sample_id)}[/] · {n} tokens · {escape(template_name(tokenizer))}")
+    text_all = prepared.prompt_text
+    console.rule(
+        f"[bold]{escape(prepared.sample_id)}[/] · {len(prepared.input_ids)} tokens · "
+        f"{escape(template_name(tokenizer))}"
+    )
     for k, strategy in enumerate(chosen):
         mask = prepared.token_masks.get(strategy)
         if mask is None:
             raise MaskError(f"mask strategy {strategy.value} was not prepared for sample {prepared.sample_id!r}")
         style = _STYLES[k % len(_STYLES)]
-        text = Text(prepared.prompt_text)
         picked = np.flatnonzero(mask)
+        pieces = tokenizer.convert_ids_to_tokens([int(prepared.input_ids[t]) for t in picked])
+        shown = ", ".join(repr(p) for p in pieces[:6]) + (", ..." if len(pieces) > 6 else "")
+        console.print(Text.assemble((f" {strategy.value} ", style), f"  {len(picked)} token(s): {shown}"))
+        lo, hi = 0, len(text_all)
+        if len(picked) == 1:  # a window around the one token, newlines made visible
+            s, e = (int(v) for v in prepared.offsets[picked[0]])
+            lo, hi = max(0, s - context), min(len(text_all), e + context)
+        text = Text(text_all[lo:hi])
         for t in picked:
             s, e = (int(v) for v in prepared.offsets[t])
             if s < e:
-                text.stylize(style, s, e)
-        tokens = tokenizer.convert_ids_to_tokens([int(prepared.input_ids[t]) for t in picked])
-        shown = ", ".join(repr(tok) for tok in tokens[:6]) + (", ..." if len(tokens) > 6 else "")
-        console.print(Text.assemble((f"{strategy.value}", style), f"  {len(picked)} token(s): {shown}"))
+                text.stylize(style, s - lo, e - lo)
+        if len(picked) == 1:
+            text = Text("…" if lo else "") + text + Text("…" if hi < len(text_all) else "")
+            text = Text("⏎").join(text.split("\n", allow_blank=True))
         console.print(text)
         console.print()

@@ -68,18 +68,24 @@ def assistant_axis(
     variant: str = DEFAULT_VARIANT,
     baseline: str = BASELINE_PERSONA_ID,
 ) -> np.ndarray:
-    """`baseline - mean(roles)` (default roles: every saved persona except the baseline).
+    """`baseline - mean(roles)` (default roles: every saved persona except the baseline),
+    the `pvrs.analysis.assistant_axis` definition, unnormalised.
     Projections grow towards the assistant; a conversation drifting into a role shows as
     falling projections, and `cap(..., side="lower")` keeps them from falling too far."""
+    from pvrs.analysis import assistant_axis as axis_of
+
     ids = store.list_personas([variant]) if roles is None else list(roles)
-    ids = [pid for pid in ids if pid != baseline]
-    if not ids:
+    ids = [baseline, *(pid for pid in ids if pid != baseline)]
+    if len(ids) < 2:
         raise InvalidArgumentError(
             f"the assistant axis needs role personas besides {baseline!r} in "
             f"{store.variant_dir(variant)}; extract some personas first"
         )
-    axis = store.load(baseline, variant).astype(np.float64) - store.mean(variant, ids)
-    return _select_layer(_finite(axis.astype(np.float32), "the assistant axis"), layer, "the axis")
+    vectors = store.stack(ids, variant)
+    result = axis_of(vectors, ids, list(range(vectors.shape[1])), default_ids=(baseline,))
+    # `pvrs.analysis` gives unit rows and their lengths; steering wants the raw difference.
+    axis = (result.axis * result.norm[:, None]).astype(np.float32)
+    return _select_layer(_finite(axis, "the assistant axis"), layer, "the axis")
 
 
 def _read_safetensors(path: Path) -> np.ndarray:

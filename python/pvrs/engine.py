@@ -16,10 +16,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from pvrs.defaults import DEFAULT_BATCH_TOKENS
 from pvrs.errors import InvalidArgumentError, MaskError
 from pvrs.hooks import decoder_layers, forward_hooks, hidden_of
 
-DEFAULT_BATCH_TOKENS = 8192
 # A shared prefix shorter than this is cheaper to recompute than to copy a KV cache for.
 MIN_PREFIX_REUSE = 16
 

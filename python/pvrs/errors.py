@@ -56,6 +56,10 @@ class PvrsIOError(PvrsError, OSError):
     """A file could not be read or written (the message names the path)."""
 
 
+class RenderError(PvrsError):
+    """A figure cannot be drawn or exported (plotly missing, no browser for PNG export)."""
+
+
 class InternalError(PvrsError):
     """A bug in pvrs (for example a contained panic in the Rust core). Please report it."""
 
@@ -73,6 +77,7 @@ __all__ = [
     "PersonaIdError",
     "PvrsError",
     "PvrsIOError",
+    "RenderError",
     "SpanError",
     "TemplateError",
 ]

@@ -12,20 +12,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pvrs.engine import (
-    DEFAULT_BATCH_TOKENS,
-    EngineConfig,
-    SampleMeans,
-    resolve_layers,
-    sample_means,
-)
+from pvrs.defaults import DEFAULT_BATCH_TOKENS, DEFAULT_MIN_SCORE
+from pvrs.engine import EngineConfig, SampleMeans, resolve_layers, sample_means
 from pvrs.errors import InvalidArgumentError, PvrsError
 from pvrs.generate import SamplingConfig, filter_by_score, generate_answers, save_generations
 from pvrs.hooks import decoder_layers
 from pvrs.inputs import VARIANTS, Persona, QAPair, qa_for_persona
 from pvrs.masks import DEFAULT_STRATEGY, MaskStrategy, parse_strategies
-
-DEFAULT_MIN_SCORE = 50.0  # judge scores are on the reference tool's 0-100 scale
 
 if TYPE_CHECKING:
     from rich.console import Console

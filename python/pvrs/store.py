@@ -122,7 +122,10 @@ def _as_float32(activations: Any, what: str, ndim: int) -> np.ndarray:
         import torch
 
         activations = activations.detach().to("cpu", torch.float32).numpy()
-    array = np.ascontiguousarray(np.asarray(activations, dtype=np.float32))
+    try:
+        array = np.ascontiguousarray(np.asarray(activations, dtype=np.float32))
+    except (TypeError, ValueError) as exc:
+        raise InvalidArgumentError(f"{what}: activations are not numeric ({exc})") from None
     if array.ndim != ndim or 0 in array.shape:
         expected = (
             "(num_layers, hidden_size)" if ndim == 2 else "(n_samples, num_layers, hidden_size)"
@@ -208,7 +211,7 @@ class PersonaVectorStore:
         self.root_dir = Path(root_dir).expanduser() if root_dir is not None else activations_dir()
         self.mask_strategy = _strategy_name(mask_strategy)
         self.variants = tuple(variants)
-        self._manifest_cache: dict[str, tuple[tuple[int, int, int], dict[str, Any]]] = {}
+        self._manifest_cache: dict[str, tuple[bytes, dict[str, Any]]] = {}
 
     def __repr__(self) -> str:
         return (
@@ -240,15 +243,23 @@ class PersonaVectorStore:
 
     # ---- manifest ----------------------------------------------------------------------
 
-    def _parse_manifest(self, path: Path) -> dict[str, Any]:
+    @staticmethod
+    def _read_manifest_bytes(path: Path) -> bytes | None:
         try:
-            manifest = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
+            return path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise ManifestError(f"{path}: cannot read the manifest ({exc.strerror})") from None
+
+    @staticmethod
+    def _parse_manifest(path: Path, raw: bytes) -> dict[str, Any]:
+        try:
+            manifest = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ManifestError(
                 f"{path}: not valid JSON ({exc}); run `pvrs validate {path.parent}`"
             ) from None
-        except OSError as exc:
-            raise ManifestError(f"{path}: cannot read the manifest ({exc.strerror})") from None
         if not isinstance(manifest, dict) or not isinstance(manifest.get("personas"), dict):
             raise ManifestError(
                 f"{path}: the manifest has no 'personas' mapping; run `pvrs validate {path.parent}`"
@@ -257,18 +268,17 @@ class PersonaVectorStore:
 
     def read_manifest(self, variant: str) -> dict[str, Any] | None:
         """The variant's manifest (None when the folder has none). Treat it as read-only:
-        it is cached until the file changes on disk."""
+        the parsed manifest is reused while the file's bytes are unchanged (comparing bytes,
+        not timestamps, so another process's write is never missed)."""
         path = self.manifest_path(variant)
-        try:
-            st = path.stat()
-        except FileNotFoundError:
+        raw = self._read_manifest_bytes(path)
+        if raw is None:
             return None
-        key = (st.st_ino, st.st_mtime_ns, st.st_size)
         cached = self._manifest_cache.get(variant)
-        if cached is not None and cached[0] == key:
+        if cached is not None and cached[0] == raw:
             return cached[1]
-        manifest = self._parse_manifest(path)
-        self._manifest_cache[variant] = (key, manifest)
+        manifest = self._parse_manifest(path, raw)
+        self._manifest_cache[variant] = (raw, manifest)
         return manifest
 
     def _provenance(self, variant: str, provenance: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -363,7 +373,7 @@ class PersonaVectorStore:
         records = list(records)
         if not records:
             return []
-        prepared: list[tuple[VectorRecord, np.ndarray, bytes]] = []
+        prepared: list[tuple[VectorRecord, np.ndarray]] = []
         seen: set[str] = set()
         for record in records:
             pid = validate_persona_id(record.persona_id)
@@ -373,8 +383,8 @@ class PersonaVectorStore:
                 )
             seen.add(pid)
             array = _as_float32(record.activations, f"persona {pid!r} ({variant})", ndim=2)
-            prepared.append((record, array, _safetensors_bytes(array)))
-        shapes = {array.shape for _, array, _ in prepared}
+            prepared.append((record, array))
+        shapes = {array.shape for _, array in prepared}
         if len(shapes) > 1:
             raise InvalidArgumentError(
                 f"save_many({variant!r}): records have different shapes {sorted(shapes)}"
@@ -389,13 +399,17 @@ class PersonaVectorStore:
         # The lock covers tensor writes too: a save that fails its manifest checks must not
         # have replaced a vector that is already recorded.
         with FileLock(str(directory / LOCK_FILENAME), timeout=LOCK_TIMEOUT_S):
+            raw = self._read_manifest_bytes(manifest_path)
             manifest = (
-                self._parse_manifest(manifest_path)
-                if manifest_path.exists()
-                else {"num_layers": None, "hidden_size": None, "personas": {}}
+                {"num_layers": None, "hidden_size": None, "personas": {}}
+                if raw is None
+                else self._parse_manifest(manifest_path, raw)
             )
             self._merge_header(manifest, manifest_path, shape, header)
-            for record, _, data in prepared:
+            # A crash inside this loop leaves the manifest as it was: new tensors are then
+            # unrecorded (resume recomputes them), never recorded-but-missing.
+            for record, array in prepared:
+                data = _safetensors_bytes(array)  # one file's bytes at a time
                 path = directory / f"{record.persona_id}{TENSOR_SUFFIX}"
                 atomic_write_bytes(path, data)
                 paths.append(path)
@@ -513,12 +527,7 @@ class PersonaVectorStore:
         ids = self.list_personas([variant]) if persona_ids is None else list(persona_ids)
         if not ids:
             raise InvalidArgumentError(f"no personas to average in {self.variant_dir(variant)}")
-        return (
-            _stack_files(self.paths(ids, variant), layers)
-            .astype(np.float64)
-            .mean(axis=0)
-            .astype(np.float32)
-        )
+        return _mean_files(self.paths(ids, variant), layers)
 
     # ---- queries (persona-vectors 0.6.x semantics) -------------------------------------
 
@@ -630,9 +639,7 @@ class AnalysisDataset:
     persona_ids: list[str]
     names: list[str]
     layers: list[int]
-    _cache: dict[tuple[str, tuple[int, ...] | None], np.ndarray] = field(
-        default_factory=dict, repr=False
-    )
+    _cache: dict[str, dict[tuple[int, ...], np.ndarray]] = field(default_factory=dict, repr=False)
 
     def samples(self, variant: str, layers: Sequence[int] | None = None) -> np.ndarray:
         """`(P, L, H)` float32: one row per persona (in `persona_ids` order) for `variant`,
@@ -641,12 +648,14 @@ class AnalysisDataset:
             raise InvalidArgumentError(
                 f"variant {variant!r} is not in this dataset (have {list(self.variants)})"
             )
-        chosen = list(self.layers if layers is None else layers)
-        full = chosen == list(range(len(chosen))) and layers is None
-        key = (variant, None if full else tuple(chosen))
-        if key not in self._cache:
-            self._cache[key] = self.store.stack(self.persona_ids, variant, None if full else chosen)
-        return self._cache[key]
+        chosen = tuple(int(i) for i in (self.layers if layers is None else layers))
+        if chosen not in self._cache.setdefault(variant, {}):
+            manifest = self.store.read_manifest(variant) or {}
+            every_layer = chosen == tuple(range(manifest.get("num_layers") or 0))
+            self._cache[variant][chosen] = self.store.stack(
+                self.persona_ids, variant, None if every_layer else chosen
+            )
+        return self._cache[variant][chosen]
 
     def __len__(self) -> int:
         return len(self.persona_ids)
@@ -692,30 +701,36 @@ def load_analysis_dataset(
 
 
 def _read_tensor(path: Path) -> tuple[np.ndarray, dict[str, str]]:
-    """The "activations" tensor of one file as float32, and the file's metadata."""
+    """The "activations" tensor of one float32 file (per-sample vectors) and its metadata."""
     from safetensors import SafetensorError, safe_open
 
     try:
-        with safe_open(str(path), framework="pt") as handle:
+        with safe_open(str(path), framework="np") as handle:
             metadata = handle.metadata() or {}
             if TENSOR_KEY not in handle.keys():  # noqa: SIM118 (safe_open is not a mapping)
                 raise ArtifactError(
                     f"{path}: no {TENSOR_KEY!r} tensor; run `pvrs validate {path.parent}`"
                 )
-            tensor = handle.get_tensor(TENSOR_KEY)
-    except (SafetensorError, OSError) as exc:
+            array = handle.get_tensor(TENSOR_KEY)
+    except (SafetensorError, OSError, TypeError) as exc:
         raise ArtifactError(
             f"{path}: unreadable safetensors file ({exc}); run `pvrs validate {path.parent}`"
         ) from None
-    import torch
-
-    return tensor.to(torch.float32).numpy(), metadata
+    return np.asarray(array, dtype=np.float32), metadata
 
 
 def _stack_files(paths: Sequence[Path], layers: Sequence[int] | None) -> np.ndarray:
-    arrays = [_read_tensor(p)[0] for p in paths]
-    shapes = {a.shape for a in arrays}
-    if len(shapes) > 1:
-        raise ArtifactError(f"tensors have different shapes {sorted(shapes)}; run `pvrs validate`")
-    stacked = np.stack(arrays)
-    return stacked if layers is None else np.ascontiguousarray(stacked[:, list(layers)])
+    """Rust: memory-mapped, parallel, GIL released; reads only the requested layers."""
+    from pvrs import _core
+
+    return _core.stack_files(
+        [str(p) for p in paths], None if layers is None else [int(i) for i in layers]
+    )
+
+
+def _mean_files(paths: Sequence[Path], layers: Sequence[int] | None) -> np.ndarray:
+    from pvrs import _core
+
+    return _core.aggregate_files(
+        [str(p) for p in paths], "mean", None if layers is None else [int(i) for i in layers]
+    )

@@ -1,0 +1,161 @@
+"""pvrs.probes: planted attributes are recovered at the right layer; artifacts round-trip."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from pvrs.errors import ArtifactError, InputError
+from pvrs.probes import (
+    DiffMeansClassifier,
+    attribute_names,
+    cross_validate_probe,
+    fit_probe,
+    load_persona_attributes,
+    load_probe_artifact,
+    save_probe_artifact,
+)
+
+P, H = 40, 24
+LAYERS = [2, 5, 9]
+
+
+@pytest.fixture(scope="module")
+def planted():
+    """Layer 5 carries a binary 'kind' along one direction, layer 9 a numeric 'age' along
+    another; the other layers are noise for each. Every vector also has a large shared offset."""
+    rng = np.random.default_rng(0)
+    d_kind, d_age = np.eye(H)[3], np.eye(H)[7]
+    kind = np.array(["villain", "hero"] * (P // 2))
+    age = rng.uniform(20, 80, size=P)
+    noise = rng.standard_normal((P, len(LAYERS), H))
+    samples = noise + 30.0
+    samples[:, 1] += 4.0 * np.where(kind == "hero", 1.0, -1.0)[:, None] * d_kind
+    samples[:, 2] += 0.5 * age[:, None] * d_age
+    ids = [f"p{i:02d}" for i in range(P)]
+    attrs = {
+        pid: {"kind": str(k), "age": float(a)} for pid, k, a in zip(ids, kind, age, strict=True)
+    }
+    attrs["baseline_assistant"] = {}
+    ids_all = [*ids, "baseline_assistant"]
+    samples_all = np.concatenate([samples, 30.0 + rng.standard_normal((1, len(LAYERS), H))])
+    return samples_all.astype(np.float32), ids_all, attrs
+
+
+@pytest.mark.parametrize("method", ["logistic", "ridge", "diffmeans"])
+def test_classification_probe_finds_planted_layer(planted, method):
+    samples, ids, attrs = planted
+    curve = cross_validate_probe(samples, ids, LAYERS, attrs, "kind", method)
+    assert curve.task == "classification"
+    assert curve.classes == ["hero", "villain"]
+    assert "baseline_assistant" not in curve.persona_ids  # no attribute: left out
+    assert curve.best_layer == 5
+    acc = {layer: m["accuracy"] for layer, m in zip(curve.layers, curve.metrics, strict=True)}
+    assert acc[5] >= 0.95
+    assert acc[2] < 0.85 and acc[9] < 0.85
+    assert curve.metrics[0]["chance"] == 0.5
+
+
+def test_ridge_regression_probe_on_numeric_attribute(planted):
+    samples, ids, attrs = planted
+    curve = cross_validate_probe(samples, ids, LAYERS, attrs, "age", "ridge")
+    assert curve.task == "regression" and curve.primary == "r2"
+    assert curve.best_layer == 9
+    assert curve.metrics[2]["r2"] > 0.9
+    assert curve.metrics[0]["r2"] < 0.3
+    with pytest.raises(InputError, match="categorical"):
+        cross_validate_probe(samples, ids, LAYERS, attrs, "age", "logistic")
+
+
+@pytest.mark.parametrize("method", ["logistic", "ridge", "diffmeans"])
+def test_probe_artifact_round_trip(planted, tmp_path, method):
+    samples, ids, attrs = planted
+    curve = cross_validate_probe(samples, ids, LAYERS, attrs, "kind", method)
+    art = fit_probe(samples, ids, LAYERS, attrs, curve)
+    assert art.layer == 5 and art.weight.shape == (1, H)
+    save_probe_artifact(art, tmp_path / "probe")
+    doc = json.loads((tmp_path / "probe" / "probe.json").read_text())
+    assert {"schema_version", "attribute", "layer", "method", "metrics", "classes"} <= doc.keys()
+    back = load_probe_artifact(tmp_path / "probe")
+    assert (back.attribute, back.method, back.layer, back.classes) == (
+        "kind",
+        method,
+        5,
+        ["hero", "villain"],
+    )
+    np.testing.assert_array_equal(back.weight, art.weight)
+    x = samples[:P, 1]
+    truth = np.array([attrs[p]["kind"] for p in ids[:P]])
+    assert (back.predict(x) == truth).mean() >= 0.95
+    np.testing.assert_array_equal(back.predict(x), art.predict(x))
+    assert back.predict(x[0]).shape == (1,)
+
+
+def test_artifact_matches_the_fitted_estimator(planted):
+    # The saved linear map must reproduce scikit-learn's own predictions.
+    from pvrs.probes import RIDGE_ALPHAS, _make_estimator
+    from sklearn.linear_model import RidgeCV
+
+    samples, ids, attrs = planted
+    curve = cross_validate_probe(samples, ids, LAYERS, attrs, "age", "ridge")
+    art = fit_probe(samples, ids, LAYERS, attrs, curve, layer=5)
+    assert art.layer == 5 and art.metrics == curve.metrics[1]
+    x = samples[:P, 1]
+    y = np.array([attrs[p]["age"] for p in ids[:P]])
+    ref = RidgeCV(alphas=RIDGE_ALPHAS).fit(x, y)
+    np.testing.assert_allclose(art.predict(x), ref.predict(x), rtol=1e-4, atol=1e-3)
+    # Logistic inputs are centered before fitting; the saved bias must absorb that shift.
+    curve = cross_validate_probe(samples, ids, LAYERS, attrs, "kind", "logistic")
+    art = fit_probe(samples, ids, LAYERS, attrs, curve)
+    labels = np.array([attrs[p]["kind"] for p in ids[:P]])
+    pipe = _make_estimator("logistic", "classification", 0).fit(samples[:P, 1], labels)
+    np.testing.assert_allclose(
+        art.decision_function(samples[:P, 1]),
+        pipe.decision_function(samples[:P, 1]),
+        rtol=1e-3,
+        atol=1e-3,
+    )
+
+
+def test_diffmeans_by_hand():
+    x = np.array([[0.0, 0.0], [2.0, 0.0], [0.0, 4.0], [2.0, 4.0]])
+    y = np.array(["a", "a", "b", "b"])
+    clf = DiffMeansClassifier().fit(x, y)
+    np.testing.assert_allclose(clf.coef_, [[0.0, 4.0]])
+    np.testing.assert_allclose(clf.intercept_, [-8.0])  # threshold at y = 2
+    assert clf.predict(np.array([[5.0, 1.9], [0.0, 2.1]])).tolist() == ["a", "b"]
+    three = DiffMeansClassifier().fit(np.eye(3).repeat(2, axis=0), np.repeat(["x", "y", "z"], 2))
+    assert three.predict(np.eye(3)).tolist() == ["x", "y", "z"]
+
+
+def test_probe_input_errors(planted, tmp_path):
+    samples, ids, attrs = planted
+    with pytest.raises(InputError, match="no persona has attribute 'colour'"):
+        cross_validate_probe(samples, ids, LAYERS, attrs, "colour")
+    lonely = {**attrs, "p00": {"kind": "wizard"}}
+    with pytest.raises(InputError, match="'wizard' has one persona"):
+        cross_validate_probe(samples, ids, LAYERS, lonely, "kind")
+    with pytest.raises(ArtifactError, match=r"probe\.json is missing"):
+        load_probe_artifact(tmp_path)
+
+
+def test_load_persona_attributes(tmp_path):
+    rows = [
+        {"id": "pirate", "name": "Pirate", "templated": "t", "biography": "b", "kind": "villain", "age": 40},
+        {"id": "nurse", "name": "Nurse", "templated": "t", "biography": "b", "kind": "hero", "tags": ["x"]},
+    ]  # fmt: skip
+    path = tmp_path / "personas.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    attrs = load_persona_attributes(path)
+    assert attrs == {
+        "pirate": {"kind": "villain", "age": 40},
+        "nurse": {"kind": "hero", "tags": ["x"]},
+    }
+    assert attribute_names(attrs) == ["age", "kind"]  # lists are not probe targets
+    (tmp_path / "p.json").write_text(json.dumps(rows))
+    assert load_persona_attributes(tmp_path / "p.json") == attrs
+    builtin = load_persona_attributes()  # the demo personas carry 'kind' and 'tone'
+    assert {"kind", "tone"} <= set(attribute_names(builtin))
+    with pytest.raises(InputError, match="no such file"):
+        load_persona_attributes(tmp_path / "missing.jsonl")

@@ -1,0 +1,376 @@
+"""Hub packaging (Rust) and reading back: real clients (`datasets`, pyarrow) read what pvrs
+wrote, the layout is deterministic and sized by bytes, the Rust writer agrees with a plain
+pyarrow reference, and `HFPersonaVectorStore` round-trips the local store."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import _hub_reference as reference
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pvrs import hub
+from pvrs.errors import (
+    ArtifactError,
+    InputError,
+    InvalidArgumentError,
+    NonFiniteError,
+)
+from pvrs.store import PersonaVectorStore, VectorNotFoundError, validate_persona_id
+from safetensors.torch import save_file
+
+MODEL = "org/tiny-model"
+CONFIG = "org__tiny-model__answer_mean"
+L, H = 4, 6
+PERSONAS = {
+    "baseline_assistant": ("Assistant", ["q1", "q2"]),
+    "pirate": ("Pirate ☠", ["q1", "q2", "q3"]),
+    "chef 🍳": ("Chef 🍳", []),
+    "書道家": ("書道家 (calligrapher)", ["質問-1", "q2"]),
+    "Zed": ("", ["q1"]),
+}
+
+
+def vec(seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((L, H)).astype(np.float32) * 10
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    """A store with two masks x two variants written by the real local store."""
+    root = tmp_path / "activations"
+    for mi, mask in enumerate(("answer_mean", "persona_last")):
+        store = PersonaVectorStore(MODEL, root_dir=root, mask_strategy=mask)
+        for vi, variant in enumerate(("templated", "biography")):
+            for pi, (pid, (name, sids)) in enumerate(PERSONAS.items()):
+                store.save(pid, variant, vec(100 * mi + 10 * vi + pi), name=name, sample_ids=sids)
+    return root
+
+
+def package(root: Path, out: Path, **kw: object) -> hub.PackageResult:
+    return hub.package(MODEL, out, root_dir=root, progress=False, **kw)  # type: ignore[arg-type]
+
+
+def test_datasets_load_dataset_reads_exact_float32(root: Path, tmp_path: Path) -> None:
+    import datasets
+
+    out = tmp_path / "pkg"
+    package(root, out)
+    local = PersonaVectorStore(MODEL, root_dir=root)
+    for variant in ("templated", "biography"):
+        ds = datasets.load_dataset(str(out), CONFIG, split=variant, cache_dir=str(tmp_path / "c"))
+        assert isinstance(ds.features["vector"], datasets.Array2D)
+        assert ds.features["vector"].shape == (L, H)
+        assert ds.features["vector"].dtype == "float32"
+        assert ds["persona_id"] == sorted(PERSONAS, key=str.encode)
+        rows = ds.with_format("numpy")
+        for i, pid in enumerate(ds["persona_id"]):
+            got = rows[i]["vector"]
+            assert got.dtype == np.float32 and got.shape == (L, H)
+            np.testing.assert_array_equal(got, local.load(pid, variant))
+            assert ds[i]["name"] == PERSONAS[pid][0]
+            assert ds[i]["sample_ids"] == PERSONAS[pid][1]
+
+
+def test_pyarrow_schema_compression_and_card(root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "pkg"
+    result = package(root, out)
+    assert result.configs == [CONFIG, "org__tiny-model__persona_last"]
+    path = out / CONFIG / "templated-00000-of-00001.parquet"
+    pf = pq.ParquetFile(path)
+    schema = pf.schema_arrow
+    assert schema.field("persona_id").type == pa.string()
+    assert schema.field("sample_ids").type == pa.list_(pa.string())
+    assert schema.field("vector").type == pa.list_(pa.list_(pa.float32()))
+    features = json.loads(schema.metadata[b"huggingface"])["info"]["features"]
+    assert features["vector"] == {"shape": [L, H], "dtype": "float32", "_type": "Array2D"}
+    md = pf.metadata
+    assert all(
+        md.row_group(0).column(c).compression == "ZSTD" for c in range(md.num_columns)
+    )
+
+    card = (out / "README.md").read_text(encoding="utf-8")
+    meta = yaml.safe_load(card.split("---\n")[1])
+    by_name = {c["config_name"]: c for c in meta["configs"]}
+    assert by_name[CONFIG]["data_files"] == [
+        {"split": "biography", "path": [f"{CONFIG}/biography-00000-of-00001.parquet"]},
+        {"split": "templated", "path": [f"{CONFIG}/templated-00000-of-00001.parquet"]},
+    ]
+    info = {i["config_name"]: i for i in meta["dataset_info"]}[CONFIG]
+    vector = next(f for f in info["features"] if f["name"] == "vector")
+    assert vector["dtype"] == {"array2_d": {"shape": [L, H], "dtype": "float32"}}
+    assert {s["name"]: s["num_examples"] for s in info["splits"]} == {
+        "biography": len(PERSONAS),
+        "templated": len(PERSONAS),
+    }
+    # The Hub's own card parser accepts it.
+    from huggingface_hub import DatasetCard
+
+    assert {c["config_name"] for c in DatasetCard(card).data.configs} == set(by_name)
+
+
+def test_packaging_is_deterministic(root: Path, tmp_path: Path) -> None:
+    a = package(root, tmp_path / "a")
+    package(root, tmp_path / "b")
+    assert a.files
+    for f in a.files:
+        assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
+
+
+def test_row_groups_and_files_are_sized_by_bytes(root: Path, tmp_path: Path) -> None:
+    import datasets
+
+    row = L * H * 4
+    out = tmp_path / "pkg"
+    result = package(root, out, mask_strategies="answer_mean", row_group_bytes=2 * row, file_bytes=4 * row)
+    templated = next(s for s in result.splits if s.split == "templated")
+    assert templated.files == (
+        f"{CONFIG}/templated-00000-of-00002.parquet",
+        f"{CONFIG}/templated-00001-of-00002.parquet",
+    )
+    first, second = (pq.ParquetFile(out / f).metadata for f in templated.files)
+    assert [first.row_group(i).num_rows for i in range(first.num_row_groups)] == [2, 2]
+    assert second.num_rows == 1
+    ds = datasets.load_dataset(str(out), CONFIG, split="templated", cache_dir=str(tmp_path / "c"))
+    assert ds.num_rows == len(PERSONAS)
+    assert ds["persona_id"] == sorted(PERSONAS, key=str.encode)
+
+
+def test_round_trip_through_hf_store(root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "pkg"
+    package(root, out, row_group_bytes=L * H * 4 * 2)
+    for mask in ("answer_mean", "persona_last"):
+        local = PersonaVectorStore(MODEL, root_dir=root, mask_strategy=mask)
+        remote = hub.HFPersonaVectorStore(out, MODEL, mask)
+        assert remote.available_variants() == local.available_variants()
+        assert remote.list_personas() == local.list_personas()
+        assert remote.list_personas(["templated"], include_baseline=True) == local.list_personas(
+            ["templated"], include_baseline=True
+        )
+        assert remote.persona_names() == local.persona_names()
+        assert remote.list_layers() == local.list_layers() == list(range(L))
+        for variant in ("templated", "biography"):
+            ids = local.list_personas([variant], include_baseline=True)
+            for pid in ids:
+                np.testing.assert_array_equal(remote.load(pid, variant), local.load(pid, variant))
+                assert remote.sample_ids(pid, variant) == PERSONAS[pid][1]
+            np.testing.assert_array_equal(remote.stack(ids[::-1], variant), local.stack(ids[::-1], variant))
+            np.testing.assert_array_equal(
+                remote.stack(ids, variant, layers=[3, 0]), local.stack(ids, variant, layers=[3, 0])
+            )
+        remote.release_cache()
+        assert remote.list_personas() == local.list_personas()
+    with pytest.raises(VectorNotFoundError, match="known personas"):
+        hub.HFPersonaVectorStore(out, MODEL).load("nobody", "templated")
+    missing = hub.HFPersonaVectorStore(out, MODEL, variants=("templated", "other"))
+    assert missing.list_personas() == [] and missing.list_layers() == []
+    assert missing.available_variants() == ["templated"]
+
+
+def test_discovery(root: Path, tmp_path: Path) -> None:
+    package(root, tmp_path / "pkg")
+    found = hub.list_hub_vector_models(tmp_path / "pkg")
+    assert [(c.model_dir, c.mask_strategy) for c in found] == [
+        ("org__tiny-model", "answer_mean"),
+        ("org__tiny-model", "persona_last"),
+    ]
+    assert found[0].model_name == MODEL
+    parsed = hub.parse_vector_config_name("a__b__c__answer_last")
+    assert (parsed.model_dir, parsed.mask_strategy) == ("a__b__c", "answer_last")
+    for bad in ("answer_mean", "model__unknown_mask", "__answer_mean"):
+        with pytest.raises(InputError):
+            hub.parse_vector_config_name(bad)
+    with pytest.raises(InputError, match="neither a local dataset folder"):
+        hub.HFPersonaVectorStore(tmp_path / "does-not-exist", MODEL)
+
+
+def test_half_precision_tensors_are_converted(root: Path, tmp_path: Path) -> None:
+    folder = root / "org__tiny-model" / "answer_mean" / "templated"
+    t = torch.randn(L, H) * 3
+    save_file({"activations": t.to(torch.bfloat16)}, str(folder / "pirate.safetensors"))
+    save_file({"activations": t.to(torch.float16)}, str(folder / "Zed.safetensors"))
+    package(root, tmp_path / "pkg")
+    remote = hub.HFPersonaVectorStore(tmp_path / "pkg", MODEL)
+    np.testing.assert_array_equal(remote.load("pirate", "templated"), t.bfloat16().float().numpy())
+    np.testing.assert_array_equal(remote.load("Zed", "templated"), t.half().float().numpy())
+
+
+def test_bad_inputs_raise_typed_errors_and_leave_no_package(root: Path, tmp_path: Path) -> None:
+    folder = root / "org__tiny-model" / "answer_mean" / "biography"
+    out = tmp_path / "pkg"
+    nan = vec(0)
+    nan[2, 1] = np.nan
+    save_file({"activations": torch.from_numpy(nan)}, str(folder / "pirate.safetensors"))
+    with pytest.raises(NonFiniteError, match=r"pirate\.safetensors: layer 2 dimension 1"):
+        package(root, out)
+    assert not out.exists()
+    (folder / "pirate.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{}")
+    with pytest.raises(ArtifactError, match="not a valid safetensors file"):
+        package(root, out)
+    (folder / "pirate.safetensors").unlink()
+    with pytest.raises(ArtifactError, match="missing"):
+        package(root, out)
+    with pytest.raises(InvalidArgumentError, match="no activations for model folder"):
+        hub.package("org/other", out, root_dir=root, progress=False)
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(InputError, match="not empty"):
+        package(root, out, overwrite=True)
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_overwrite_replaces_an_earlier_package(root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "pkg"
+    package(root, out, file_bytes=L * H * 4)
+    assert len(list((out / CONFIG).glob("templated-*"))) == len(PERSONAS)
+    with pytest.raises(InputError, match="not empty"):
+        package(root, out)
+    package(root, out, overwrite=True)
+    assert sorted(p.name for p in (out / CONFIG).iterdir()) == [
+        "biography-00000-of-00001.parquet",
+        "templated-00000-of-00001.parquet",
+    ]
+
+
+# ---- Rust writer == plain pyarrow reference -------------------------------------------
+
+
+def _safe_id(text: str) -> bool:
+    try:
+        validate_persona_id(text)
+    except Exception:
+        return False
+    return True
+
+
+persona_ids = st.text(
+    alphabet=st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=12
+).filter(_safe_id)
+texts = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=10)
+floats = st.floats(width=32, allow_nan=False, allow_infinity=False)
+
+
+@st.composite
+def split_contents(draw: st.DrawFn) -> tuple[int, int, dict[str, tuple[str, list[str], np.ndarray]]]:
+    layers = draw(st.integers(1, 4))
+    hidden = draw(st.integers(1, 5))
+    ids = draw(st.lists(persona_ids, min_size=1, max_size=6, unique=True))
+    rows = {}
+    for pid in ids:
+        values = draw(st.lists(floats, min_size=layers * hidden, max_size=layers * hidden))
+        rows[pid] = (
+            draw(texts),
+            draw(st.lists(texts, max_size=4)),
+            np.array(values, dtype=np.float32).reshape(layers, hidden),
+        )
+    return layers, hidden, rows
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(content=split_contents(), group_rows=st.integers(1, 4), groups_per_file=st.integers(1, 3))
+def test_rust_writer_matches_pyarrow_reference(
+    content: tuple[int, int, dict[str, tuple[str, list[str], np.ndarray]]],
+    group_rows: int,
+    groups_per_file: int,
+) -> None:
+    layers, hidden, rows = content
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "root"
+        store = PersonaVectorStore(MODEL, root_dir=root)
+        for pid, (name, sids, array) in rows.items():
+            store.save(pid, "templated", array, name=name, sample_ids=sids)
+        row_bytes = layers * hidden * 4
+        result = hub.package(
+            MODEL,
+            Path(tmp) / "rust",
+            root_dir=root,
+            row_group_bytes=group_rows * row_bytes,
+            file_bytes=group_rows * groups_per_file * row_bytes,
+            progress=False,
+        )
+        (split,) = result.splits
+        tables = [pq.read_table(result.out_dir / f) for f in split.files]
+        got = pa.concat_tables(tables)
+        ref_path = Path(tmp) / "ref.parquet"
+        reference.write_split(store.variant_dir("templated"), ref_path, group_rows)
+        want = pq.read_table(ref_path)
+        assert got.schema.equals(want.schema)
+        assert json.loads(got.schema.metadata[b"huggingface"]) == json.loads(
+            want.schema.metadata[b"huggingface"]
+        )
+        assert got.column("persona_id").to_pylist() == want.column("persona_id").to_pylist()
+        assert got.column("name").to_pylist() == want.column("name").to_pylist()
+        assert got.column("sample_ids").to_pylist() == want.column("sample_ids").to_pylist()
+        # Bitwise equality of the floats (-0.0 and subnormals included).
+        got_bits = np.asarray(got.column("vector").combine_chunks().flatten().flatten()).view(np.uint32)
+        want_bits = np.asarray(want.column("vector").combine_chunks().flatten().flatten()).view(np.uint32)
+        np.testing.assert_array_equal(got_bits, want_bits)
+        assert len(split.files) == -(-len(rows) // (group_rows * groups_per_file))
+        assert all(
+            pq.ParquetFile(result.out_dir / f).metadata.row_group(0).num_rows
+            == min(group_rows, t.num_rows)
+            for f, t in zip(split.files, tables, strict=True)
+        )
+
+
+def test_progress_reports_rows_and_its_exceptions_abort(root: Path, tmp_path: Path) -> None:
+    from pvrs import _core
+
+    calls: list[tuple[int, int]] = []
+    _core.package_store(root, tmp_path / "a", None, ["answer_mean"], 2 * L * H * 4, 1 << 30, lambda a, t: calls.append((a, t)))
+    assert calls == [(2, 10), (2, 10), (1, 10)] * 2
+
+    class Stop(Exception):
+        pass
+
+    def stop(advance: int, total: int) -> None:
+        raise Stop(f"{advance}/{total}")
+
+    with pytest.raises(Stop, match="1/20"):
+        _core.package_store(root, tmp_path / "b", None, None, L * H * 4, 1 << 30, stop)
+    # The rich progress bar path produces the same package as the silent one.
+    shown = hub.package(MODEL, tmp_path / "c", root_dir=root, progress=True)
+    silent = package(root, tmp_path / "d")
+    assert shown.files == silent.files
+
+
+def test_reads_a_dataset_written_by_datasets_itself(tmp_path: Path) -> None:
+    """A folder as `datasets` writes it (Array2D extension type, snappy, no card): found by
+    its file names and read like pvrs' own output."""
+    import datasets
+
+    features = datasets.Features(
+        {
+            "persona_id": datasets.Value("string"),
+            "name": datasets.Value("string"),
+            "sample_ids": datasets.Sequence(datasets.Value("string")),
+            "vector": datasets.Array2D(shape=(L, H), dtype="float32"),
+        }
+    )
+    vectors = [vec(i) for i in range(3)]
+    ds = datasets.Dataset.from_dict(
+        {
+            "persona_id": ["a", "baseline_assistant", "b"],
+            "name": ["A", "Assistant", "B"],
+            "sample_ids": [["q1"], [], ["q2", "q3"]],
+            "vector": vectors,
+        },
+        features=features,
+    )
+    (tmp_path / CONFIG).mkdir()
+    ds.to_parquet(str(tmp_path / CONFIG / "biography-00000-of-00001.parquet"))
+    store = hub.HFPersonaVectorStore(tmp_path, MODEL, variants=("biography",))
+    assert store.list_personas() == ["a", "b"]
+    assert store.persona_names(["b"]) == {"b": "B"}
+    assert store.list_layers() == list(range(L))
+    np.testing.assert_array_equal(store.load("b", "biography"), vectors[2])
+    assert store.sample_ids("b", "biography") == ["q2", "q3"]
+    assert [c.config_name for c in hub.list_hub_vector_models(tmp_path)] == [CONFIG]

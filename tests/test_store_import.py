@@ -1,0 +1,88 @@
+"""`pvrs import`: .pt vectors from other tools, with and without the embedding row."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from pvrs.cli import main
+from pvrs.errors import InputError
+from pvrs.importers import import_pt
+from pvrs.store import PersonaVectorStore
+
+L, H = 4, 6
+
+
+def write_pt(folder: Path, name: str, rows: int, seed: int = 0, wrap: bool = False) -> torch.Tensor:
+    folder.mkdir(parents=True, exist_ok=True)
+    t = torch.randn(rows, H, generator=torch.Generator().manual_seed(seed))
+    torch.save({"vector": t} if wrap else t, folder / f"{name}.pt")
+    return t
+
+
+def test_with_embedding_row_is_dropped_and_recorded(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src = tmp_path / "src"
+    a = write_pt(src, "pirate", L + 1, 0)
+    b = write_pt(src, "chef", L + 1, 1, wrap=True)
+    root = tmp_path / "store"
+    rc = main(
+        ["import", str(src), "--model", "org/x", "--num-layers", str(L), "--output", str(root)]
+    )
+    assert rc == 0 and "dropped the embedding row" in capsys.readouterr().out
+    store = PersonaVectorStore("org/x", root_dir=root)
+    assert store.list_personas(["templated"]) == ["chef", "pirate"]
+    np.testing.assert_array_equal(store.load("pirate", "templated"), a[1:].numpy())
+    np.testing.assert_array_equal(store.load("chef", "templated"), b[1:].numpy())
+    manifest = json.loads(store.manifest_path("templated").read_text())
+    assert manifest["num_layers"] == L
+    assert manifest["layer_convention"] == "decoder_block_outputs"
+    assert manifest["source_layer_convention"] == "embedding_then_decoder_blocks"
+    assert main(["validate", str(root), "--deep"]) == 0
+
+
+def test_blocks_only_files_and_model_config(tmp_path: Path) -> None:
+    from transformers import LlamaConfig
+
+    model_dir = tmp_path / "tiny"
+    LlamaConfig(
+        hidden_size=H, num_hidden_layers=L, num_attention_heads=2, intermediate_size=8
+    ).save_pretrained(model_dir)
+    t = write_pt(tmp_path / "src", "diver", L)
+    store = PersonaVectorStore(str(model_dir), root_dir=tmp_path / "store")
+    result = import_pt([tmp_path / "src" / "diver.pt"], store, "biography")
+    assert result.source_layer_convention == "decoder_block_outputs" and result.num_layers == L
+    np.testing.assert_array_equal(store.load("diver", "biography"), t.numpy())
+
+
+def test_bad_inputs_name_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("pvrs.importers.model_num_layers", lambda model: None)  # no Hub lookup
+    store = PersonaVectorStore("org/x", root_dir=tmp_path / "store")
+    src = tmp_path / "src"
+    write_pt(src, "a", L + 1)
+    write_pt(src, "b", L)
+    with pytest.raises(InputError, match="mix"):
+        import_pt([src], store, "templated", num_layers=L)
+    with pytest.raises(InputError, match=r"b\.pt: 4 rows, but the model has 2 layers"):
+        import_pt([src / "b.pt"], store, "templated", num_layers=2)
+    with pytest.raises(InputError, match="--num-layers"):
+        import_pt([src / "b.pt"], store, "templated")  # unknown model: cannot tell the layout
+    torch.save(torch.zeros(2, 3, 4), src / "c.pt")
+    with pytest.raises(InputError, match=r"c\.pt: expected a 2-D"):
+        import_pt([src / "c.pt"], store, "templated", layout="blocks")
+
+    class Evil:
+        def __reduce__(self):  # a pickle that would run code
+            return (print, ("pwned",))
+
+    torch.save({"x": Evil()}, src / "evil.pt")
+    with pytest.raises(
+        InputError, match=r"evil\.pt: cannot load with torch\.load\(weights_only=True\)"
+    ):
+        import_pt([src / "evil.pt"], store, "templated", layout="blocks")
+    assert not store.variant_dir("templated").exists()  # nothing written by failed imports
+    assert main(["import", str(tmp_path / "missing"), "--model", "org/x"]) == 2
