@@ -190,6 +190,7 @@ def test_steer_command_sweeps_alphas_side_by_side(tiny_dir, tiny, store, capsys)
     assert code == 0, err
     result = json.loads(out)
     assert result["columns"] == ["unsteered", "alpha 0", "alpha 40"]
+    assert result["alphas"] == {"unsteered": None, "alpha 0": {"1": 0.0}, "alpha 40": {"1": 40.0}}
     outputs = result["rows"][0]["outputs"]
     config = SamplingConfig(max_new_tokens=6, temperature=0.0)
     assert outputs["unsteered"] == generate(

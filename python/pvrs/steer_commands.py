@@ -8,7 +8,7 @@ import argparse
 import json
 import sys
 from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -140,16 +140,20 @@ def run_steer(args: argparse.Namespace) -> int:
             messages = prompt_messages(tokenizer, args.system, prompt)
             outputs = {}
             for label, alpha in columns:
-                with ExitStack() as stack:
-                    if alpha is not None:
-                        stack.enter_context(
-                            steer(model, vector, layers, alpha=alpha, positions=args.positions)
-                        )
+                intervention = (
+                    nullcontext()
+                    if alpha is None
+                    else steer(model, vector, layers, alpha=alpha, positions=args.positions)
+                )
+                with intervention:
                     outputs[label] = generate(model, tokenizer, messages, config)
                 progress.advance(task)
             rows.append({"prompt": prompt, "outputs": outputs})
     if args.json:
-        _print_json({"layers": layers, "columns": [c for c, _ in columns], "rows": rows})
+        alphas = {c: {str(i): v for i, v in a.items()} if a else None for c, a in columns}
+        _print_json(
+            {"layers": layers, "columns": [c for c, _ in columns], "alphas": alphas, "rows": rows}
+        )
         return 0
     table = Table(
         title=f"steering {args.persona_id or args.vector} at layers {layers}", show_lines=True
