@@ -50,6 +50,27 @@ from pvrs.validation import ValidationReport, validate
 
 __version__ = _core.__version__
 
+# Torch- and scikit-learn-heavy names load on first use, so `import pvrs` stays fast.
+_LAZY = {
+    "load_probe_artifact": "pvrs.probes",
+    "steer": "pvrs.steering",
+    "ablate": "pvrs.steering",
+    "cap": "pvrs.steering",
+    "suggested_alpha": "pvrs.steering",
+    "suggested_alphas": "pvrs.steering",
+    "calibrate_tau": "pvrs.residuals",
+}
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'pvrs' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)
+
+
 __all__ = [
     "ActivationStore",
     "AnalysisDataset",
@@ -75,8 +96,11 @@ __all__ = [
     "VectorNotFoundError",
     "VectorRecord",
     "__version__",
+    "ablate",
     "agreement",
     "assistant_axis",
+    "calibrate_tau",
+    "cap",
     "discover_activation_models",
     "layer_curves",
     "list_hub_vector_models",
@@ -88,14 +112,8 @@ __all__ = [
     "prepare_inputs",
     "render",
     "similarity_by_layer",
+    "steer",
+    "suggested_alpha",
+    "suggested_alphas",
     "validate",
 ]
-
-
-def __getattr__(name: str) -> object:
-    # Probes need scikit-learn: import them on first use, not with the package.
-    if name == "load_probe_artifact":
-        from pvrs.probes import load_probe_artifact
-
-        return load_probe_artifact
-    raise AttributeError(f"module 'pvrs' has no attribute {name!r}")

@@ -61,14 +61,26 @@ def replace_hidden(output: Any, hidden: torch.Tensor) -> Any:
 
 
 ForwardHook = Callable[[nn.Module, tuple[Any, ...], Any], Any]
+ForwardPreHook = Callable[[nn.Module, tuple[Any, ...], dict[str, Any]], Any]
 
 
 @contextmanager
-def forward_hooks(modules: Sequence[nn.Module], hooks: Sequence[ForwardHook]) -> Iterator[None]:
+def forward_hooks(
+    modules: Sequence[nn.Module],
+    hooks: Sequence[ForwardHook],
+    *,
+    pre_hooks: Sequence[tuple[nn.Module, ForwardPreHook]] = (),
+) -> Iterator[None]:
     """Register `hooks[i]` on `modules[i]` for the duration of the block, removing every
-    handle on exit, including on exceptions."""
+    handle on exit, including on exceptions.
+
+    `pre_hooks` are `(module, hook)` pairs run before the module's forward; they are
+    registered with `with_kwargs=True` so they see the call's keyword arguments (the
+    input ids, the KV cache), and are registered before the forward hooks."""
     handles = []
     try:
+        for module, pre_hook in pre_hooks:
+            handles.append(module.register_forward_pre_hook(pre_hook, with_kwargs=True))
         for module, hook in zip(modules, hooks, strict=True):
             handles.append(module.register_forward_hook(hook))
         yield

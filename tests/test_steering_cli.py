@@ -1,0 +1,474 @@
+"""Directions, control-vector export, drift monitoring and the steering commands, on a
+tiny random Llama saved to a folder with a tiny chat tokenizer."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from pvrs.cli import main
+from pvrs.controlvector import read_control_vector, write_control_vector
+from pvrs.directions import assistant_axis, direction, from_spec, load_vector, probe_direction
+from pvrs.errors import ArtifactError, InputError, InvalidArgumentError
+from pvrs.generate import SamplingConfig
+from pvrs.generation import as_chat, generate
+from pvrs.monitor import load_conversation, turn_projections
+from pvrs.residuals import capture
+from pvrs.store import PersonaVectorStore
+from safetensors.numpy import save_file
+from tiny import make_tokenizer
+from transformers import LlamaConfig, LlamaForCausalLM
+
+NUM_LAYERS, HIDDEN = 3, 32
+PERSONAS = ("baseline_assistant", "pirate_captain", "stoic_philosopher")
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tokenizer = make_tokenizer("chatml")
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=HIDDEN,
+        intermediate_size=64,
+        num_hidden_layers=NUM_LAYERS,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    folder = tmp_path_factory.mktemp("tiny-model")
+    LlamaForCausalLM(config).eval().save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_dir: Path):
+    from pvrs.models import load
+
+    return load(str(tiny_dir), device="cpu")
+
+
+@pytest.fixture
+def vectors() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    return {pid: rng.standard_normal((NUM_LAYERS, HIDDEN)).astype(np.float32) for pid in PERSONAS}
+
+
+@pytest.fixture
+def store(tiny_dir: Path, vectors: dict[str, np.ndarray]) -> PersonaVectorStore:
+    store = PersonaVectorStore(str(tiny_dir))
+    for pid, vec in vectors.items():
+        store.save(pid, "templated", vec, name=pid, sample_ids=["q1"])
+    return store
+
+
+def test_direction_and_assistant_axis(store, vectors):
+    np.testing.assert_allclose(
+        direction(store, "pirate_captain"),
+        vectors["pirate_captain"] - vectors["baseline_assistant"],
+    )
+    np.testing.assert_allclose(
+        direction(store, "pirate_captain", against="stoic_philosopher", layer=1),
+        vectors["pirate_captain"][1] - vectors["stoic_philosopher"][1],
+    )
+    roles = (vectors["pirate_captain"] + vectors["stoic_philosopher"]) / 2
+    np.testing.assert_allclose(
+        assistant_axis(store), vectors["baseline_assistant"] - roles, atol=1e-6
+    )
+    np.testing.assert_allclose(from_spec("assistant-axis", store), assistant_axis(store))
+    with pytest.raises(InputError, match="neither a vector file nor a persona"):
+        from_spec("nobody", store)
+
+
+def test_probe_and_vector_files(tmp_path):
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((40, HIDDEN))
+    probe = LogisticRegression().fit(x, x[:, 0] > 0)
+    np.testing.assert_allclose(probe_direction(probe), probe.coef_[0].astype(np.float32))
+    np.save(tmp_path / "w.npy", probe.coef_)
+    assert probe_direction(tmp_path / "w.npy").shape == (HIDDEN,)
+    # A saved probe artifact folder: weights.safetensors with `weight` (1, H) and `bias`.
+    (tmp_path / "probe").mkdir()
+    save_file(
+        {"weight": probe.coef_.astype(np.float32), "bias": probe.intercept_.astype(np.float32)},
+        str(tmp_path / "probe" / "weights.safetensors"),
+    )
+    np.testing.assert_allclose(probe_direction(tmp_path / "probe"), probe.coef_[0], rtol=1e-6)
+    multiclass = LogisticRegression().fit(x, np.digitize(x[:, 0], [-0.5, 0.5]))
+    with pytest.raises(InvalidArgumentError, match="3 weight rows"):
+        probe_direction(multiclass)
+    matrix = rng.standard_normal((NUM_LAYERS, HIDDEN)).astype(np.float32)
+    save_file({"activations": matrix, "other": matrix[:1]}, str(tmp_path / "v.safetensors"))
+    np.testing.assert_array_equal(load_vector(tmp_path / "v.safetensors", layer=2), matrix[2])
+    (tmp_path / "bad.safetensors").write_bytes(b"\x00" * 7)
+    with pytest.raises(ArtifactError):
+        load_vector(tmp_path / "bad.safetensors")
+    np.save(tmp_path / "nan.npy", np.full(HIDDEN, np.nan))
+    with pytest.raises(Exception, match="NaN"):
+        load_vector(tmp_path / "nan.npy")
+
+
+def test_control_vector_gguf_round_trip_and_llama_cpp_conventions(tmp_path):
+    import gguf
+
+    matrix = np.random.default_rng(2).standard_normal((NUM_LAYERS + 2, HIDDEN)).astype(np.float32)
+    path = write_control_vector(matrix, tmp_path / "cv.gguf", [1, 3], scale=2.0, model_hint="llama")
+    reader = gguf.GGUFReader(str(path))
+    assert reader.get_field("general.architecture").contents() == "controlvector"
+    assert reader.get_field("controlvector.model_hint").contents() == "llama"
+    assert reader.get_field("controlvector.layer_count").contents() == 2
+    assert sorted(t.name for t in reader.tensors) == ["direction.1", "direction.3"]
+    assert all(t.tensor_type == gguf.GGMLQuantizationType.F32 for t in reader.tensors)
+    back = read_control_vector(path, num_layers=NUM_LAYERS + 2)
+    np.testing.assert_allclose(back[[1, 3]], 2.0 * matrix[[1, 3]])
+    assert not back[[0, 2, 4]].any()
+    with pytest.raises(InvalidArgumentError, match="block 0"):
+        write_control_vector(matrix, tmp_path / "zero.gguf", [0, 1])
+    assert not (tmp_path / "zero.gguf").exists()
+
+
+def test_monitor_projects_each_turns_content_tokens(tiny, tmp_path):
+    model, tokenizer = tiny
+    convo = [
+        {"role": "user", "content": "what is the capital of france"},
+        {"role": "assistant", "content": "paris"},
+        {"role": "user", "content": "tell me about yourself"},
+    ]
+    (tmp_path / "c.jsonl").write_text("\n".join(json.dumps(m) for m in convo))
+    assert load_conversation(tmp_path / "c.jsonl") == convo
+    axis = torch.randn(HIDDEN)
+    turns = turn_projections(model, tokenizer, convo, axis, [1])
+    # Reference: the turn's tokens found by tokenizing the rendered prefix before it.
+    text = tokenizer.apply_chat_template(convo, tokenize=False)
+    ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        hidden = model(ids, output_hidden_states=True).hidden_states[2][0]  # block 1's output
+    start = text.index("paris")
+    n_before = len(tokenizer(text[:start], add_special_tokens=False)["input_ids"])
+    n_turn = len(tokenizer("paris", add_special_tokens=False)["input_ids"])
+    expected = float((hidden[n_before : n_before + n_turn] @ (axis / axis.norm())).mean())
+    assert turns[1].n_tokens == n_turn
+    assert turns[1].projection[1] == pytest.approx(expected, rel=1e-4, abs=1e-5)
+    assert [t.role for t in turns] == ["user", "assistant", "user"]
+
+
+def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
+    code = main(args)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_steer_command_sweeps_alphas_side_by_side(tiny_dir, tiny, store, capsys):
+    model, tokenizer = tiny
+    args = [
+        "steer",
+        "--model",
+        str(tiny_dir),
+        "--device",
+        "cpu",
+        "--persona-id",
+        "pirate_captain",
+        "--layer",
+        "1",
+        "--alpha",
+        "0",
+        "40",
+        "--prompt",
+        "what is the capital of france",
+        "--max-new-tokens",
+        "6",
+        "--json",
+    ]
+    code, out, err = run_cli(args, capsys)
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["columns"] == ["unsteered", "alpha 0", "alpha 40"]
+    assert result["alphas"] == {"unsteered": None, "alpha 0": {"1": 0.0}, "alpha 40": {"1": 40.0}}
+    outputs = result["rows"][0]["outputs"]
+    config = SamplingConfig(max_new_tokens=6, temperature=0.0)
+    assert outputs["unsteered"] == generate(
+        model, tokenizer, as_chat("what is the capital of france"), config
+    )
+    assert outputs["alpha 0"] == outputs["unsteered"]
+    assert outputs["alpha 40"] != outputs["unsteered"]
+    code, out, _ = run_cli([*args[:-1], "--relative"], capsys)  # rich table path
+    assert code == 0 and "x norm" in out
+
+
+def test_chat_reads_stdin_with_steering_and_capping(tiny_dir, store, capsys, monkeypatch):
+    monkeypatch.setattr(
+        "sys.stdin", io.StringIO("what is paris\n/reset\n\ntell me about yourself\n")
+    )
+    code, out, err = run_cli(
+        [
+            "chat",
+            "--model",
+            str(tiny_dir),
+            "--device",
+            "cpu",
+            "--max-new-tokens",
+            "4",
+            "--steer",
+            "pirate_captain:1:3",
+            "--cap",
+            "assistant-axis:2",
+            "--cap-side",
+            "lower",
+            "--system",
+            "You are a pirate.",
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    assert out.count("assistant> ") == 2
+    assert (
+        "steer pirate_captain at layer 1" in err and "cap (lower) assistant-axis at layer 2" in err
+    )
+
+
+def test_monitor_and_export_commands(tiny_dir, store, tmp_path, capsys):
+    convo = tmp_path / "convo.json"
+    convo.write_text(
+        json.dumps(
+            {
+                "messages": [
+                    {"role": "user", "content": "tell me about yourself"},
+                    {"role": "assistant", "content": "you are a helpful assistant"},
+                ]
+            }
+        )
+    )
+    code, out, err = run_cli(
+        [
+            "monitor",
+            "--model",
+            str(tiny_dir),
+            "--device",
+            "cpu",
+            "--axis",
+            "assistant-axis",
+            "--conversation",
+            str(convo),
+            "--layer",
+            "0",
+            "2",
+            "--json",
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    report = json.loads(out)
+    assert [t["role"] for t in report["turns"]] == ["user", "assistant"]
+    assert set(report["turns"][0]["projection"]) == {"0", "2"}
+    assert Path(report["plot"]).is_file()
+
+    out_file = tmp_path / "pirate.gguf"
+    code, out, err = run_cli(
+        [
+            "export",
+            "--model",
+            str(tiny_dir),
+            "--persona-id",
+            "pirate_captain",
+            "--layer",
+            "1-2",
+            "--alpha",
+            "0.5",
+            "--out",
+            str(out_file),
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    back = read_control_vector(out_file)
+    expected = 0.5 * direction(store, "pirate_captain")
+    np.testing.assert_allclose(back[1:], expected[1:], rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["chat", "--steer", "pirate_captain:one:2"], "VECTOR:LAYER:ALPHA"),
+        (
+            ["steer", "--vector", "missing.npy", "--layer", "1", "--alpha", "1"],
+            "neither a vector file",
+        ),
+        (
+            ["export", "--vector", "x.npy", "--persona-id", "p", "--layer", "1", "--out", "o.gguf"],
+            "exactly one",
+        ),
+        (["steer", "--vector", "assistant-axis", "--layer", "x", "--alpha", "1"], "--layer"),
+    ],
+)
+def test_cli_mistakes_are_one_line_errors(tiny_dir, store, argv, message, capsys):
+    code, _, err = run_cli([*argv, "--model", str(tiny_dir), "--device", "cpu"], capsys)
+    assert code == 2
+    assert err.endswith("\n") and message in err.splitlines()[-1]
+
+
+def _answer_mean(model, tokenizer, system, question, answer, layer):
+    """Reference: block `layer`'s output averaged over the answer's tokens, located by
+    tokenizing the rendered text before and through the answer."""
+    messages = [{"role": "system", "content": system}] if system else []
+    messages += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+    text = tokenizer.apply_chat_template(messages, tokenize=False)
+    start = text.rindex(answer)
+    ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    lo = len(tokenizer(text[:start], add_special_tokens=False)["input_ids"])
+    hi = len(tokenizer(text[: start + len(answer)], add_special_tokens=False)["input_ids"])
+    with torch.no_grad(), capture(model, [layer]) as captured:  # hidden_states[-1] is normed
+        model(ids)
+    return captured[layer][0][0, lo:hi].mean(0).numpy()
+
+
+def test_contrast_is_mean_of_positive_minus_negative_answer_means(tiny, tiny_dir, tmp_path, capsys):
+    from pvrs.contrast import contrast_vector, load_responses
+
+    model, tokenizer = tiny
+    pos_rows = [
+        {
+            "question": "What is the capital of France?",
+            "answer": "Arr, Paris be the port!",
+            "system": "You are a pirate captain.",
+        },
+        {"question": "Tell me about yourself.", "answer": "I sail the sea with my crew."},
+    ]
+    neg_rows = [
+        {"question": "What is the capital of France?", "answer": "The capital of France is Paris."}
+    ]
+    (tmp_path / "pos.jsonl").write_text("\n".join(json.dumps(r) for r in pos_rows))
+    (tmp_path / "neg.json").write_text(json.dumps(neg_rows))
+    positive, negative = (
+        load_responses(tmp_path / "pos.jsonl"),
+        load_responses(tmp_path / "neg.json"),
+    )
+    vector = contrast_vector(model, tokenizer, positive, negative)
+    assert vector.shape == (NUM_LAYERS, HIDDEN)
+    for layer in range(NUM_LAYERS):
+        pos = np.mean(
+            [
+                _answer_mean(model, tokenizer, r.get("system"), r["question"], r["answer"], layer)
+                for r in pos_rows
+            ],
+            axis=0,
+        )
+        neg = _answer_mean(
+            model, tokenizer, None, neg_rows[0]["question"], neg_rows[0]["answer"], layer
+        )
+        np.testing.assert_allclose(vector[layer], pos - neg, rtol=1e-4, atol=1e-5)
+
+    out = tmp_path / "vec" / "pirate.safetensors"
+    code, stdout, err = run_cli(
+        [
+            "contrast",
+            "--model",
+            str(tiny_dir),
+            "--device",
+            "cpu",
+            "--positive",
+            str(tmp_path / "pos.jsonl"),
+            "--negative",
+            str(tmp_path / "neg.json"),
+            "--out",
+            str(out),
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    np.testing.assert_allclose(load_vector(out), vector, rtol=1e-5, atol=1e-6)
+    assert "pvrs steer --vector" in stdout
+    (tmp_path / "bad.jsonl").write_text('{"question": "q"}\n')
+    code, _, err = run_cli(
+        [
+            "contrast",
+            "--model",
+            str(tiny_dir),
+            "--positive",
+            str(tmp_path / "bad.jsonl"),
+            "--negative",
+            str(tmp_path / "neg.json"),
+            "--out",
+            str(out),
+        ],
+        capsys,
+    )
+    assert code == 2 and "row 0 needs string 'question' and 'answer'" in err
+
+
+@pytest.mark.parametrize(
+    "family", ["chatml", "smollm2", "qwen3", "llama3", "gemma2", "mistral", "phi3"]
+)
+def test_monitor_finds_every_turn_under_each_template_family(family):
+    from tiny import FAMILIES
+
+    assert family in FAMILIES
+    tokenizer = make_tokenizer(family)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=HIDDEN,
+            intermediate_size=64,
+            num_hidden_layers=NUM_LAYERS,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+        )
+    ).eval()
+    convo = [
+        {"role": "user", "content": "What is the capital of France?"},
+        {"role": "assistant", "content": "The capital of France is Paris."},
+        {"role": "user", "content": "Tell me about yourself."},
+    ]
+    turns = turn_projections(model, tokenizer, convo, torch.randn(HIDDEN), [0, 2])
+    assert [t.role for t in turns] == ["user", "assistant", "user"]
+    assert all(t.n_tokens > 0 and np.isfinite(list(t.projection.values())).all() for t in turns)
+
+
+def test_monitor_reports_a_template_that_rejects_the_conversation():
+    from pvrs.errors import TemplateError
+
+    tokenizer = make_tokenizer("gemma2")  # raises on a system role
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=HIDDEN,
+            intermediate_size=64,
+            num_hidden_layers=NUM_LAYERS,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+        )
+    ).eval()
+    convo = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+    with pytest.raises(TemplateError, match="chat template"):
+        turn_projections(model, tokenizer, convo, torch.randn(HIDDEN), [0])
+
+
+def test_prompt_files_and_layer_ranges(tmp_path):
+    import argparse
+
+    from pvrs.generation import DEFAULT_PROMPTS
+    from pvrs.steer_commands import parse_layers, read_prompts
+
+    def ns(**kw):
+        return argparse.Namespace(**{"prompt": None, "prompts": None, **kw})
+
+    (tmp_path / "p.txt").write_text("first question\n\n  second question  \n")
+    (tmp_path / "p.jsonl").write_text('{"question": "q1"}\n{"prompt": "q2"}\n')
+    (tmp_path / "bad.jsonl").write_text('{"answer": "a"}\n')
+    assert read_prompts(ns(prompts=str(tmp_path / "p.txt"))) == [
+        "first question",
+        "second question",
+    ]
+    assert read_prompts(ns(prompts=str(tmp_path / "p.jsonl"))) == ["q1", "q2"]
+    assert read_prompts(ns(prompt=["hi"])) == ["hi"]
+    assert read_prompts(ns()) == list(DEFAULT_PROMPTS[:3])
+    with pytest.raises(InputError, match="'question' or 'prompt'"):
+        read_prompts(ns(prompts=str(tmp_path / "bad.jsonl")))
+    assert parse_layers(["3", "5-7", "6", "9,10"]) == [3, 5, 6, 7, 9, 10]
