@@ -5,7 +5,7 @@ steer models with them and publish them as Hugging Face datasets."""
 
 from __future__ import annotations
 
-from pvrs import _core
+from pvrs import _core, errors
 from pvrs.analysis import (
     agreement,
     assistant_axis,
@@ -15,23 +15,9 @@ from pvrs.analysis import (
     similarity_by_layer,
 )
 from pvrs.chat import PreparedInput, prepare_inputs, render
-from pvrs.errors import (
-    ArtifactError,
-    InputError,
-    InternalError,
-    InvalidArgumentError,
-    ManifestError,
-    MaskError,
-    ModelError,
-    NonFiniteError,
-    PackagingError,
-    PersonaIdError,
-    PvrsError,
-    PvrsIOError,
-    RenderError,
-    SpanError,
-    TemplateError,
-)
+
+# The error classes, listed once in pvrs.errors.__all__ (added to ours below).
+from pvrs.errors import *  # noqa: F403
 from pvrs.hub import (
     HFPersonaVectorStore,
     list_hub_vector_models,
@@ -53,24 +39,9 @@ __version__ = _core.__version__
 __all__ = [
     "ActivationStore",
     "AnalysisDataset",
-    "ArtifactError",
     "HFPersonaVectorStore",
-    "InputError",
-    "InternalError",
-    "InvalidArgumentError",
-    "ManifestError",
-    "MaskError",
-    "ModelError",
-    "NonFiniteError",
-    "PackagingError",
-    "PersonaIdError",
     "PersonaVectorStore",
     "PreparedInput",
-    "PvrsError",
-    "PvrsIOError",
-    "RenderError",
-    "SpanError",
-    "TemplateError",
     "ValidationReport",
     "VectorNotFoundError",
     "VectorRecord",
@@ -81,7 +52,7 @@ __all__ = [
     "layer_curves",
     "list_hub_vector_models",
     "load_analysis_dataset",
-    "load_probe_artifact",
+    "load_probe_artifact",  # noqa: F405 (imported lazily by __getattr__)
     "nearest_neighbours",
     "parse_vector_config_name",
     "pca_by_layer",
@@ -90,6 +61,7 @@ __all__ = [
     "similarity_by_layer",
     "validate",
 ]
+__all__ += errors.__all__
 
 
 def __getattr__(name: str) -> object:
