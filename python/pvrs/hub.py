@@ -302,12 +302,11 @@ def push(
     an existing card are kept. `dry_run=True` only writes the folder to `out_dir`; without a
     dry run, `out_dir` keeps the uploaded folder (default: a temporary folder, removed after
     the upload). The token is `token`, else `HF_TOKEN` or the one `hf auth login` saved."""
-    if dry_run:
-        if out_dir is None:
-            raise InputError("a dry run writes the dataset folder only: pass --out DIR")
-        result = package(
+
+    def package_into(folder: str | os.PathLike[str]) -> PackageResult:
+        return package(
             model_names,
-            out_dir,
+            folder,
             mask_strategies=mask_strategies,
             root_dir=root_dir,
             row_group_bytes=row_group_bytes,
@@ -315,7 +314,11 @@ def push(
             overwrite=overwrite,
             progress=progress,
         )
-        return PushResult(repo_id=repo_id, package=result)
+
+    if dry_run:
+        if out_dir is None:
+            raise InputError("a dry run writes the dataset folder only: pass --out DIR")
+        return PushResult(repo_id=repo_id, package=package_into(out_dir))
     if not repo_id or repo_id.count("/") != 1 or "" in repo_id.split("/"):
         raise InputError(f"--repo must look like ORG/NAME, got {repo_id!r}")
     from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
@@ -323,16 +326,7 @@ def push(
 
     api = HfApi(token=_resolve_token(token))
     with tempfile.TemporaryDirectory(prefix="pvrs-push-") as tmp:
-        result = package(
-            model_names,
-            Path(out_dir) if out_dir is not None else Path(tmp) / "dataset",
-            mask_strategies=mask_strategies,
-            root_dir=root_dir,
-            row_group_bytes=row_group_bytes,
-            file_bytes=file_bytes,
-            overwrite=overwrite,
-            progress=progress,
-        )
+        result = package_into(Path(out_dir) if out_dir is not None else Path(tmp) / "dataset")
         try:
             api.create_repo(repo_id, repo_type=REPO_TYPE, private=private, exist_ok=True)
             if revision:
