@@ -28,7 +28,9 @@ use parquet::schema::types::ColumnPath;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use crate::aggregate::{decode_into, Dtype};
 use crate::error::{Error, Result};
+use crate::header::parse_header;
 
 /// Default uncompressed size of one row group (the packager's memory bound).
 pub const DEFAULT_ROW_GROUP_BYTES: u64 = 64 << 20;
@@ -306,45 +308,30 @@ fn read_vector(
             path.display()
         ))
     };
-    // `deserialize` bounds-checks the header length, the JSON and every tensor's offsets.
-    let tensors = safetensors::SafeTensors::deserialize(buf)
-        .map_err(|e| corrupt(format!("not a valid safetensors file ({e})")))?;
-    let view = tensors
+    // The store's parser bounds-checks the header length, the JSON, every tensor's offsets
+    // and their exact tiling of the data, as `pvrs validate` and aggregation do.
+    let header = parse_header(buf, buf.len() as u64)
+        .map_err(|why| corrupt(format!("not a valid safetensors file ({why})")))?;
+    let info = header
         .tensor(TENSOR_NAME)
-        .map_err(|_| corrupt(format!("has no tensor named {TENSOR_NAME:?}")))?;
-    if view.shape() != [dims.0, dims.1] {
+        .ok_or_else(|| corrupt(format!("has no tensor named {TENSOR_NAME:?}")))?;
+    if info.shape != [dims.0 as u64, dims.1 as u64] {
         return Err(Error::Manifest(format!(
             "{}: tensor shape {:?} disagrees with the manifest's ({}, {}); re-run the extraction",
             path.display(),
-            view.shape(),
+            info.shape,
             dims.0,
             dims.1
         )));
     }
-    let data = view.data();
-    use safetensors::Dtype;
-    match view.dtype() {
-        Dtype::F32 => {
-            for (d, c) in dst.iter_mut().zip(data.chunks_exact(4)) {
-                *d = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-            }
-        }
-        Dtype::BF16 => {
-            for (d, c) in dst.iter_mut().zip(data.chunks_exact(2)) {
-                *d = half::bf16::from_le_bytes([c[0], c[1]]).to_f32();
-            }
-        }
-        Dtype::F16 => {
-            for (d, c) in dst.iter_mut().zip(data.chunks_exact(2)) {
-                *d = half::f16::from_le_bytes([c[0], c[1]]).to_f32();
-            }
-        }
-        other => {
-            return Err(corrupt(format!(
-                "tensor {TENSOR_NAME:?} has dtype {other:?}; expected F32, BF16 or F16"
-            )))
-        }
-    }
+    let dtype = Dtype::parse(&info.dtype).ok_or_else(|| {
+        corrupt(format!(
+            "tensor {TENSOR_NAME:?} has dtype {}; expected F32, BF16 or F16",
+            info.dtype
+        ))
+    })?;
+    // In range: parse_header checked `end <= file length` for every tensor.
+    decode_into(dtype, &buf[info.begin as usize..info.end as usize], dst);
     if let Some(pos) = dst.iter().position(|v| !v.is_finite()) {
         return Err(Error::NonFinite(format!(
             "{}: layer {} dimension {} is {}; fix or re-extract persona {id:?} before publishing",

@@ -538,6 +538,32 @@ mod tests {
         build_masks(&batch, &Strategy::ALL)
     }
 
+    /// `sample()` repeated `n` times: flat offsets, spans and special-token flags.
+    fn tiled(n: usize) -> (Vec<u32>, Vec<SampleSpans>, Vec<bool>) {
+        let (offsets, spans, special) = sample();
+        let flat = offsets.iter().copied().cycle().take(offsets.len() * n);
+        let flags = special.iter().copied().cycle().take(special.len() * n);
+        (flat.collect(), vec![spans; n], flags.collect())
+    }
+
+    /// Masks of one sample (id "q-7", `offsets.len() / 2` tokens, no special-token flags).
+    fn one_sample<T: Offset>(
+        offsets: &[T],
+        spans: SampleSpans,
+        strategies: &[Strategy],
+    ) -> Result<BatchMasks> {
+        let ids = ["q-7".to_string()];
+        let batch = Batch {
+            offsets,
+            lengths: &[offsets.len() / 2],
+            spans: &[spans],
+            special: None,
+            sample_ids: &ids,
+            template: "tiny-chatml",
+        };
+        build_masks(&batch, strategies)
+    }
+
     #[test]
     fn all_strategies_on_one_sample() {
         let (offsets, spans, special) = sample();
@@ -553,19 +579,8 @@ mod tests {
     fn batch_rows_are_per_sample_and_parallel_matches_serial() {
         let (offsets, spans, special) = sample();
         let n = 200; // above PARALLEL_MIN_SAMPLES
-        let flat: Vec<u32> = offsets
-            .iter()
-            .copied()
-            .cycle()
-            .take(offsets.len() * n)
-            .collect();
-        let flags: Vec<bool> = special
-            .iter()
-            .copied()
-            .cycle()
-            .take(special.len() * n)
-            .collect();
-        let m = run(&flat, &vec![spans; n], &vec![11; n], Some(&flags)).unwrap();
+        let (flat, all, flags) = tiled(n);
+        let m = run(&flat, &all, &vec![11; n], Some(&flags)).unwrap();
         let single = run(&offsets, &[spans], &[11], Some(&special)).unwrap();
         for k in 0..8 {
             for i in 0..n {
@@ -583,17 +598,10 @@ mod tests {
             answer: CharSpan::new(0, 4),
             text_len: 4,
         };
-        let batch = Batch {
-            offsets: &offsets,
-            lengths: &[3],
-            spans: &[spans],
-            special: None,
-            sample_ids: &[],
-            template: "t",
-        };
         // 5 > text_len would be an error if the token were not zero-width.
-        let m = build_masks(
-            &batch,
+        let m = one_sample(
+            &offsets,
+            spans,
             &[Strategy::AnswerMean, Strategy::QuestionLastSpecial],
         )
         .unwrap();
@@ -611,30 +619,18 @@ mod tests {
             answer: CharSpan::new(1, 2),
             text_len: 3,
         };
-        let batch = Batch {
-            offsets: &offsets,
-            lengths: &[4],
-            spans: &[spans],
-            special: None,
-            sample_ids: &[],
-            template: "t",
-        };
-        let m = build_masks(&batch, &[Strategy::AnswerMean, Strategy::AnswerPrevious]).unwrap();
+        let m = one_sample(
+            &offsets,
+            spans,
+            &[Strategy::AnswerMean, Strategy::AnswerPrevious],
+        )
+        .unwrap();
         assert_eq!(selected(&m, 0), vec![1, 2]);
         assert_eq!(selected(&m, 1), vec![0]);
     }
 
     fn error_of(offsets: &[u32], spans: SampleSpans, strategies: &[Strategy]) -> Error {
-        let ids = vec!["q-7".to_string()];
-        let batch = Batch {
-            offsets,
-            lengths: &[offsets.len() / 2],
-            spans: &[spans],
-            special: None,
-            sample_ids: &ids,
-            template: "tiny-chatml",
-        };
-        build_masks(&batch, strategies).unwrap_err()
+        one_sample(offsets, spans, strategies).unwrap_err()
     }
 
     #[test]
@@ -699,21 +695,8 @@ mod tests {
 
     #[test]
     fn first_failing_sample_is_reported() {
-        let (offsets, spans, special) = sample();
         let n = 100;
-        let flat: Vec<u32> = offsets
-            .iter()
-            .copied()
-            .cycle()
-            .take(offsets.len() * n)
-            .collect();
-        let flags: Vec<bool> = special
-            .iter()
-            .copied()
-            .cycle()
-            .take(special.len() * n)
-            .collect();
-        let mut all = vec![spans; n];
+        let (flat, mut all, flags) = tiled(n);
         for bad in [37, 80] {
             all[bad].answer = CharSpan::new(20, 20);
         }
@@ -730,16 +713,7 @@ mod tests {
             text_len: 4,
         };
         let offsets = [0i64, 2, -1, 4];
-        let ids = vec!["neg".to_string()];
-        let batch = Batch {
-            offsets: &offsets,
-            lengths: &[2],
-            spans: &[spans],
-            special: None,
-            sample_ids: &ids,
-            template: "t",
-        };
-        let e = build_masks(&batch, &[Strategy::AnswerMean]).unwrap_err();
+        let e = one_sample(&offsets, spans, &[Strategy::AnswerMean]).unwrap_err();
         assert!(
             matches!(e, Error::Span(_)) && e.to_string().contains("negative"),
             "{e}"

@@ -173,6 +173,9 @@ def test_round_trip_through_hf_store(root: Path, tmp_path: Path) -> None:
     missing = hub.HFPersonaVectorStore(out, MODEL, variants=("templated", "other"))
     assert missing.list_personas() == [] and missing.list_layers() == []
     assert missing.available_variants() == ["templated"]
+    # A missing requested variant gives no names, as in the local store.
+    assert missing.persona_names(list(PERSONAS)) == {}
+    assert local.persona_names(list(PERSONAS), ["templated", "other"]) == {}
 
 
 def test_discovery(root: Path, tmp_path: Path) -> None:

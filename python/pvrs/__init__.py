@@ -5,7 +5,7 @@ steer models with them and publish them as Hugging Face datasets."""
 
 from __future__ import annotations
 
-from pvrs import _core
+from pvrs import _core, errors
 from pvrs.analysis import (
     agreement,
     assistant_axis,
@@ -15,23 +15,9 @@ from pvrs.analysis import (
     similarity_by_layer,
 )
 from pvrs.chat import PreparedInput, prepare_inputs, render
-from pvrs.errors import (
-    ArtifactError,
-    InputError,
-    InternalError,
-    InvalidArgumentError,
-    ManifestError,
-    MaskError,
-    ModelError,
-    NonFiniteError,
-    PackagingError,
-    PersonaIdError,
-    PvrsError,
-    PvrsIOError,
-    RenderError,
-    SpanError,
-    TemplateError,
-)
+
+# The error classes, listed once in pvrs.errors.__all__ (added to ours below).
+from pvrs.errors import *  # noqa: F403
 from pvrs.hub import (
     HFPersonaVectorStore,
     list_hub_vector_models,
@@ -74,46 +60,26 @@ def __getattr__(name: str) -> object:
 __all__ = [
     "ActivationStore",
     "AnalysisDataset",
-    "ArtifactError",
     "HFPersonaVectorStore",
-    "InputError",
-    "InternalError",
-    "InvalidArgumentError",
-    "ManifestError",
-    "MaskError",
-    "ModelError",
-    "NonFiniteError",
-    "PackagingError",
-    "PersonaIdError",
     "PersonaVectorStore",
     "PreparedInput",
-    "PvrsError",
-    "PvrsIOError",
-    "RenderError",
-    "SpanError",
-    "TemplateError",
     "ValidationReport",
     "VectorNotFoundError",
     "VectorRecord",
     "__version__",
-    "ablate",
     "agreement",
     "assistant_axis",
-    "calibrate_tau",
-    "cap",
     "discover_activation_models",
     "layer_curves",
     "list_hub_vector_models",
     "load_analysis_dataset",
-    "load_probe_artifact",
     "nearest_neighbours",
     "parse_vector_config_name",
     "pca_by_layer",
     "prepare_inputs",
     "render",
     "similarity_by_layer",
-    "steer",
-    "suggested_alpha",
-    "suggested_alphas",
     "validate",
+    *_LAZY,
+    *errors.__all__,
 ]

@@ -286,22 +286,11 @@ def run_analysis(
     if probe_curves:
         tables.append(_probe_table(probe_curves, tables_dir / "probe_scores.csv"))
 
-    sections = _sections(
-        main, sim, pca, curves, axis, variant_agreements, strategy_agreements, probe_curves, focus
+    findings = _Findings(
+        main, focus, sim, pca, curves, axis, variant_agreements, strategy_agreements, probe_curves
     )
-    summary = _summary(
-        main,
-        focus,
-        sim,
-        pca,
-        curves,
-        axis,
-        variant_agreements,
-        strategy_agreements,
-        probe_curves,
-        probe_dirs,
-        notes,
-    )
+    sections = _sections(findings)
+    summary = _summary(findings, probe_dirs, notes)
     summary_path = out / "summary.json"
     summary_path.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     tables.append(summary_path)
@@ -444,25 +433,30 @@ def _drop_rare_classes(
 # ---- sections ---------------------------------------------------------------------------
 
 
-def _sections(
-    main: VectorSet,
-    sim: an.SimilarityResult,
-    pca: an.PCAResult,
-    curves: an.LayerCurves,
-    axis: an.AxisResult | None,
-    variant_agreements: list[an.AgreementResult],
-    strategy_agreements: list[an.AgreementResult],
-    probe_curves: list[Any],
-    focus: int,
-) -> list[plots.Section]:
-    names = main.names
+@dataclass(frozen=True)
+class _Findings:
+    """What the analysis found, as the report's figures and summary use it."""
+
+    main: VectorSet
+    focus: int
+    sim: an.SimilarityResult
+    pca: an.PCAResult
+    curves: an.LayerCurves
+    axis: an.AxisResult | None
+    variant_agreements: list[an.AgreementResult]
+    strategy_agreements: list[an.AgreementResult]
+    probe_curves: list[Any]
+
+
+def _sections(f: _Findings) -> list[plots.Section]:
+    names, focus, sim, pca, axis = f.main.names, f.focus, f.sim, f.pca, f.axis
     S = plots.Section
     out = [
         S(
             "layer_curves",
             "Layer curves",
             "Vector norm by layer (mean ± std over personas) and how far personas sit from their centroid, relative to the norm: a high relative spread marks a layer where personas differ most.",
-            plots.layer_curves_figure(curves),
+            plots.layer_curves_figure(f.curves),
         ),
         S(
             "similarity",
@@ -514,31 +508,31 @@ def _sections(
                 plots.axis_layers_figure(axis),
             )
         )
-    if variant_agreements:
+    if f.variant_agreements:
         out.append(
             S(
                 "variant_agreement",
                 "Agreement between prompt variants",
                 "Cosine between a persona's vectors from two prompt variants (line: mean over personas; band: min to max).",
-                plots.agreement_figure(variant_agreements, "Variant agreement by layer"),
+                plots.agreement_figure(f.variant_agreements, "Variant agreement by layer"),
             )
         )
-    if strategy_agreements:
+    if f.strategy_agreements:
         out.append(
             S(
                 "strategy_agreement",
                 "Agreement between mask strategies",
                 "Cosine between a persona's vectors from two mask strategies (line: mean; band: min to max).",
-                plots.agreement_figure(strategy_agreements, "Strategy agreement by layer"),
+                plots.agreement_figure(f.strategy_agreements, "Strategy agreement by layer"),
             )
         )
-    if probe_curves:
+    if f.probe_curves:
         out.append(
             S(
                 "probes",
                 "Linear probes",
                 "Cross-validated score of linear probes from persona vectors to persona attributes, by layer (balanced accuracy for categories, R² for numbers).",
-                plots.probe_figure(probe_curves),
+                plots.probe_figure(f.probe_curves),
             )
         )
     return out
@@ -707,19 +701,8 @@ def _probe_table(curves: list[Any], path: Path) -> Path:
     )
 
 
-def _summary(
-    main: VectorSet,
-    focus: int,
-    sim: an.SimilarityResult,
-    pca: an.PCAResult,
-    curves: an.LayerCurves,
-    axis: an.AxisResult | None,
-    variant_agreements: list[an.AgreementResult],
-    strategy_agreements: list[an.AgreementResult],
-    probe_curves: list[Any],
-    probe_dirs: list[Path],
-    notes: list[str],
-) -> dict[str, Any]:
+def _summary(f: _Findings, probe_dirs: list[Path], notes: list[str]) -> dict[str, Any]:
+    main, focus, sim, pca, axis = f.main, f.focus, f.sim, f.pca, f.axis
     fi = an.layer_position(main.layers, focus)
     summary: dict[str, Any] = {
         "model": main.model,
@@ -731,7 +714,7 @@ def _summary(
         "layers": main.layers,
         "hidden_size": int(main.samples.shape[2]),
         "focus_layer": focus,
-        "most_spread_layer": curves.best_layer,
+        "most_spread_layer": f.curves.best_layer,
         "pc1_best_layer": pca.best_layer,
         "pc1_ratio_at_focus": float(pca.explained_ratio[fi, 0]),
         "mean_centered_cosine_at_focus": float(_off_diagonal_mean(sim.centered[fi])),
@@ -754,7 +737,7 @@ def _summary(
             "n_personas": len(r.persona_ids),
             "mean_by_layer": r.mean_by_layer.round(6).tolist(),
         }
-        for r in (*variant_agreements, *strategy_agreements)
+        for r in (*f.variant_agreements, *f.strategy_agreements)
     ]
     summary["probes"] = [
         {
@@ -765,7 +748,7 @@ def _summary(
             "score": float(np.nanmax(c.scores)),
             "artifact": str(d),
         }
-        for c, d in zip(probe_curves, probe_dirs, strict=True)
+        for c, d in zip(f.probe_curves, probe_dirs, strict=True)
     ]
     return summary
 

@@ -28,10 +28,10 @@ from pvrs.masks import ALL_STRATEGIES, parse_strategies
 from pvrs.models import model_dir_name
 from pvrs.paths import activations_dir
 from pvrs.store import (
-    BASELINE_PERSONA_ID,
     DEFAULT_MASK_STRATEGY,
     SUPPORTED_VARIANTS,
     VectorNotFoundError,
+    _PersonaQueries,
     _strategy_name,
 )
 
@@ -302,12 +302,11 @@ def push(
     an existing card are kept. `dry_run=True` only writes the folder to `out_dir`; without a
     dry run, `out_dir` keeps the uploaded folder (default: a temporary folder, removed after
     the upload). The token is `token`, else `HF_TOKEN` or the one `hf auth login` saved."""
-    if dry_run:
-        if out_dir is None:
-            raise InputError("a dry run writes the dataset folder only: pass --out DIR")
-        result = package(
+
+    def package_into(folder: str | os.PathLike[str]) -> PackageResult:
+        return package(
             model_names,
-            out_dir,
+            folder,
             mask_strategies=mask_strategies,
             root_dir=root_dir,
             row_group_bytes=row_group_bytes,
@@ -315,7 +314,11 @@ def push(
             overwrite=overwrite,
             progress=progress,
         )
-        return PushResult(repo_id=repo_id, package=result)
+
+    if dry_run:
+        if out_dir is None:
+            raise InputError("a dry run writes the dataset folder only: pass --out DIR")
+        return PushResult(repo_id=repo_id, package=package_into(out_dir))
     if not repo_id or repo_id.count("/") != 1 or "" in repo_id.split("/"):
         raise InputError(f"--repo must look like ORG/NAME, got {repo_id!r}")
     from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
@@ -323,16 +326,7 @@ def push(
 
     api = HfApi(token=_resolve_token(token))
     with tempfile.TemporaryDirectory(prefix="pvrs-push-") as tmp:
-        result = package(
-            model_names,
-            Path(out_dir) if out_dir is not None else Path(tmp) / "dataset",
-            mask_strategies=mask_strategies,
-            root_dir=root_dir,
-            row_group_bytes=row_group_bytes,
-            file_bytes=file_bytes,
-            overwrite=overwrite,
-            progress=progress,
-        )
+        result = package_into(Path(out_dir) if out_dir is not None else Path(tmp) / "dataset")
         try:
             api.create_repo(repo_id, repo_type=REPO_TYPE, private=private, exist_ok=True)
             if revision:
@@ -573,7 +567,7 @@ def _vector_values(column: Any, n_rows: int, where: str) -> np.ndarray:
     return values.astype(np.float32, copy=False).reshape(n_rows, layers, hidden)
 
 
-class HFPersonaVectorStore:
+class HFPersonaVectorStore(_PersonaQueries):
     """Read-only persona vectors of one model and mask strategy from a packaged dataset: a
     local folder (as written by `package` / `pvrs push --dry-run`) or a Hub dataset repo.
 
@@ -716,73 +710,27 @@ class HFPersonaVectorStore:
             return np.zeros((0, width, shape[1]), dtype=np.float32)
         return np.stack([r for r in rows if r is not None])
 
-    # ---- queries (same semantics as the local store) -------------------------------------
+    # ---- queries: `_PersonaQueries` (shared with the local store) over the split indexes --
 
     def sample_ids(self, persona_id: str, variant: str) -> list[str]:
         """The QA sample ids the persona's vector was averaged over."""
         index, _ = self._require(persona_id, variant)
         return list(index.sample_ids[persona_id])
 
-    def list_personas(
-        self, variants: Sequence[str] | None = None, *, include_baseline: bool = False
-    ) -> list[str]:
-        """Sorted persona ids present in every requested variant (default: the store's)."""
-        requested = self.variants if variants is None else tuple(variants)
-        indexes = [self._index(v) for v in requested]
-        if not indexes or any(i is None for i in indexes):
-            return []
-        shared = set.intersection(*(set(i.where) for i in indexes if i is not None))
-        if not include_baseline:
-            shared.discard(BASELINE_PERSONA_ID)
-        return sorted(shared)
+    def _persona_table(self, variant: str) -> dict[str, str] | None:
+        index = self._index(variant)
+        return None if index is None else index.names
 
-    def persona_names(
-        self, persona_ids: Sequence[str] | None = None, variants: Sequence[str] | None = None
-    ) -> dict[str, str]:
-        """Display names (the first non-empty one across variants), in `persona_ids` order
-        (default: `list_personas(variants, include_baseline=True)`)."""
-        requested = self.variants if variants is None else tuple(variants)
-        indexes = [i for i in (self._index(v) for v in requested) if i is not None]
-        ids = (
-            self.list_personas(requested, include_baseline=True)
-            if persona_ids is None
-            else persona_ids
-        )
-        names: dict[str, str] = {}
-        for pid in ids:
-            for index in indexes:
-                name = index.names.get(pid)
-                if name:
-                    names[pid] = name
-                    break
-        return names
-
-    def available_variants(self, variants: Sequence[str] | None = None) -> list[str]:
-        """Requested variants (default: the store's) with at least one persona."""
-        candidates = self.variants if variants is None else tuple(variants)
-        return [v for v in candidates if self.list_personas([v], include_baseline=True)]
-
-    def list_layers(
-        self, variants: Sequence[str] | None = None, persona_ids: Sequence[str] | None = None
-    ) -> list[int]:
-        """Layer indices shared by the requested variants ([] when a variant or persona is missing)."""
-        requested = self.variants if variants is None else tuple(variants)
-        indexes = [self._index(v) for v in requested]
-        if not indexes or any(i is None for i in indexes):
-            return []
-        present = set.intersection(*(set(i.where) for i in indexes if i is not None))
-        if persona_ids and not set(persona_ids) <= present:
-            return []
-        counts = []
-        for variant, index in zip(requested, indexes, strict=True):
-            assert index is not None
-            if index.shape is None:
-                if not index.where:
-                    return []
-                first = min(index.where.values())
-                index.shape = self._row_group(variant, index, first[0], first[1]).shape[1:]  # type: ignore[assignment]
-            counts.append(index.shape[0])  # type: ignore[index]
-        return list(range(min(counts)))
+    def _num_layers(self, variant: str) -> int | None:
+        index = self._index(variant)
+        if index is None:
+            return None
+        if index.shape is None:
+            if not index.where:
+                return None
+            first = min(index.where.values())
+            index.shape = self._row_group(variant, index, first[0], first[1]).shape[1:]  # type: ignore[assignment]
+        return index.shape[0]  # type: ignore[index]
 
 
 def _declared_shape(metadata: dict[bytes, bytes] | None) -> tuple[int, int] | None:

@@ -193,7 +193,89 @@ class VectorRecord:
     n_tokens: int | None = None
 
 
-class PersonaVectorStore:
+class _PersonaQueries:
+    """The persona-vectors 0.6.x query semantics, shared by the local store and
+    `pvrs.hub.HFPersonaVectorStore` so both answer alike. A store provides `variants` and
+    two lookups; everything else is defined here once."""
+
+    variants: tuple[str, ...]
+
+    def _persona_table(self, variant: str) -> Mapping[str, str] | None:
+        """Persona id -> display name ("" when it has none) of `variant`; None when the
+        variant has no saved vectors."""
+        raise NotImplementedError
+
+    def _num_layers(self, variant: str) -> int | None:
+        """Layer count of a present `variant`; None when unknown (then no layer is shared)."""
+        raise NotImplementedError
+
+    def _tables(self, variants: Sequence[str]) -> list[Mapping[str, str]]:
+        """Persona tables of `variants`, or [] when any of them is missing."""
+        tables = [self._persona_table(v) for v in variants]
+        if not tables or any(t is None for t in tables):
+            return []
+        return [t for t in tables if t is not None]
+
+    def list_personas(
+        self, variants: Sequence[str] | None = None, *, include_baseline: bool = False
+    ) -> list[str]:
+        """Sorted persona ids present in every requested variant (default: the store's)."""
+        requested = self.variants if variants is None else tuple(variants)
+        tables = self._tables(requested)
+        if not tables:
+            return []
+        shared = set.intersection(*(set(t) for t in tables))
+        if not include_baseline:
+            shared.discard(BASELINE_PERSONA_ID)
+        return sorted(shared)
+
+    def persona_names(
+        self, persona_ids: Sequence[str] | None = None, variants: Sequence[str] | None = None
+    ) -> dict[str, str]:
+        """Display names (the first non-empty one across variants), in `persona_ids` order
+        (default: `list_personas(variants, include_baseline=True)`); {} when a requested
+        variant is missing."""
+        requested = self.variants if variants is None else tuple(variants)
+        tables = self._tables(requested)
+        ids = (
+            self.list_personas(requested, include_baseline=True)
+            if persona_ids is None
+            else persona_ids
+        )
+        names: dict[str, str] = {}
+        for pid in ids:
+            for table in tables:
+                name = table.get(pid)
+                if name:
+                    names[pid] = name
+                    break
+        return names
+
+    def available_variants(self, variants: Sequence[str] | None = None) -> list[str]:
+        """Requested variants (default: the store's) with at least one saved persona."""
+        candidates = self.variants if variants is None else tuple(variants)
+        return [v for v in candidates if self.list_personas([v], include_baseline=True)]
+
+    def list_layers(
+        self, variants: Sequence[str] | None = None, persona_ids: Sequence[str] | None = None
+    ) -> list[int]:
+        """Layer indices shared by the requested variants ([] when a variant or persona is missing)."""
+        requested = self.variants if variants is None else tuple(variants)
+        tables = self._tables(requested)
+        if not tables:
+            return []
+        if persona_ids and not set(persona_ids) <= set.intersection(*(set(t) for t in tables)):
+            return []
+        counts = []
+        for variant in requested:
+            count = self._num_layers(variant)
+            if count is None:
+                return []
+            counts.append(count)
+        return list(range(min(counts)))
+
+
+class PersonaVectorStore(_PersonaQueries):
     """Local persona-vector artifacts of one model and mask strategy.
 
     `root_dir` defaults to `$ARTIFACTS_DIR/activations`, else `artifacts/activations`.
@@ -529,71 +611,22 @@ class PersonaVectorStore:
             raise InvalidArgumentError(f"no personas to average in {self.variant_dir(variant)}")
         return _mean_files(self.paths(ids, variant), layers)
 
-    # ---- queries (persona-vectors 0.6.x semantics) -------------------------------------
+    # ---- queries: `_PersonaQueries` over the manifests ----------------------------------
 
-    def _manifests(self, variants: Sequence[str]) -> list[dict[str, Any]]:
-        """Manifests of `variants`, or [] when any of them is missing."""
-        manifests = [self.read_manifest(v) for v in variants]
-        if not manifests or any(m is None for m in manifests):
-            return []
-        return [m for m in manifests if m is not None]
+    def _persona_table(self, variant: str) -> dict[str, str] | None:
+        manifest = self.read_manifest(variant)
+        if manifest is None:
+            return None
+        table = {}
+        for pid, entry in manifest["personas"].items():
+            name = entry.get("name") if isinstance(entry, dict) else None
+            table[pid] = name if isinstance(name, str) else ""
+        return table
 
-    def list_personas(
-        self, variants: Sequence[str] | None = None, *, include_baseline: bool = False
-    ) -> list[str]:
-        """Sorted persona ids present in every requested variant (default: the store's)."""
-        requested = self.variants if variants is None else tuple(variants)
-        manifests = self._manifests(requested)
-        if not manifests:
-            return []
-        shared = set.intersection(*(set(m["personas"]) for m in manifests))
-        if not include_baseline:
-            shared.discard(BASELINE_PERSONA_ID)
-        return sorted(shared)
-
-    def persona_names(
-        self, persona_ids: Sequence[str] | None = None, variants: Sequence[str] | None = None
-    ) -> dict[str, str]:
-        """Display names (the first non-empty one across variants), in `persona_ids` order
-        (default: `list_personas(variants, include_baseline=True)`)."""
-        requested = self.variants if variants is None else tuple(variants)
-        manifests = self._manifests(requested)
-        ids = (
-            self.list_personas(requested, include_baseline=True)
-            if persona_ids is None
-            else persona_ids
-        )
-        names: dict[str, str] = {}
-        for pid in ids:
-            for manifest in manifests:
-                entry = manifest["personas"].get(pid)
-                name = entry.get("name") if isinstance(entry, dict) else None
-                if isinstance(name, str) and name:
-                    names[pid] = name
-                    break
-        return names
-
-    def available_variants(self, variants: Sequence[str] | None = None) -> list[str]:
-        """Requested variants (default: the store's) with at least one saved persona."""
-        candidates = self.variants if variants is None else tuple(variants)
-        return [v for v in candidates if self.list_personas([v], include_baseline=True)]
-
-    def list_layers(
-        self, variants: Sequence[str] | None = None, persona_ids: Sequence[str] | None = None
-    ) -> list[int]:
-        """Layer indices shared by the requested variants ([] when a variant or persona is missing)."""
-        requested = self.variants if variants is None else tuple(variants)
-        manifests = self._manifests(requested)
-        if not manifests:
-            return []
-        if persona_ids and not set(persona_ids) <= set.intersection(
-            *(set(m["personas"]) for m in manifests)
-        ):
-            return []
-        counts = [m.get("num_layers") for m in manifests]
-        if not all(isinstance(c, int) and c >= 0 for c in counts):
-            return []
-        return list(range(min(counts)))
+    def _num_layers(self, variant: str) -> int | None:
+        manifest = self.read_manifest(variant)
+        count = None if manifest is None else manifest.get("num_layers")
+        return count if isinstance(count, int) and count >= 0 else None
 
     @staticmethod
     def discover_activation_models(
