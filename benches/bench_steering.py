@@ -18,7 +18,7 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 
 import torch
-from pvrs.generation import DEFAULT_PROMPTS, as_chat, render
+from pvrs.generate import DEFAULT_PROMPTS, as_chat, render
 from pvrs.hooks import decoder_layers
 from pvrs.models import load
 from pvrs.steering import cap, steer

@@ -14,8 +14,7 @@ from pvrs.cli import main
 from pvrs.controlvector import read_control_vector, write_control_vector
 from pvrs.directions import assistant_axis, direction, from_spec, load_vector, probe_direction
 from pvrs.errors import ArtifactError, InputError, InvalidArgumentError
-from pvrs.generate import SamplingConfig
-from pvrs.generation import as_chat, generate
+from pvrs.generate import SamplingConfig, as_chat, generate
 from pvrs.monitor import load_conversation, turn_projections
 from pvrs.residuals import capture
 from pvrs.store import PersonaVectorStore
@@ -453,7 +452,7 @@ def test_monitor_reports_a_template_that_rejects_the_conversation():
 def test_prompt_files_and_layer_ranges(tmp_path):
     import argparse
 
-    from pvrs.generation import DEFAULT_PROMPTS
+    from pvrs.generate import DEFAULT_PROMPTS
     from pvrs.steer_commands import parse_layers, read_prompts
 
     def ns(**kw):

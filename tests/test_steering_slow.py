@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 import torch
 from pvrs.extract import extract
-from pvrs.generate import SamplingConfig
-from pvrs.generation import DEFAULT_PROMPTS, as_chat, generate, render
+from pvrs.generate import DEFAULT_PROMPTS, SamplingConfig, as_chat, generate, render
 from pvrs.inputs import load_personas, load_qa
 from pvrs.models import SMOLLM2, load
 from pvrs.residuals import capture

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pvrs.errors import InputError, NonFiniteError
+from pvrs.inputs import read_rows
 from pvrs.masks import DEFAULT_STRATEGY, MaskStrategy, parse_strategies
 
 if TYPE_CHECKING:
@@ -36,20 +37,9 @@ class Response:
 
 
 def load_responses(path: str | Path) -> list[Response]:
-    """Rows `{question, answer, system?, id?}` from a JSON list or JSONL file."""
+    """Rows `{question, answer, system?, id?}` from a JSONL, JSON or parquet file."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise InputError(f"cannot read {path}: {exc.strerror}") from None
-    try:
-        rows = (
-            json.loads(text)
-            if path.suffix.lower() == ".json"
-            else [json.loads(line) for line in text.splitlines() if line.strip()]
-        )
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{path}: invalid JSON ({exc})") from None
+    rows = read_rows(path)
     if not isinstance(rows, list) or not rows:
         raise InputError(f"{path}: expected a non-empty list of {{question, answer}} rows")
     out = []

@@ -1,25 +1,28 @@
-"""Answer generation for `pvrs extract --generate`: the model answers the questions in persona
-(the assistant-axis workflow), and the conversations are saved before extraction reads them."""
+"""Generation: answers in persona for `pvrs extract --generate` (the assistant-axis workflow;
+the conversations are saved before extraction reads them), and single replies for the
+steering commands."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pvrs.chat import MERGE_SEPARATOR, analyze_template
-from pvrs.errors import InputError
+from pvrs.errors import InputError, ModelError
 from pvrs.inputs import Persona, QAPair, read_rows
 
 if TYPE_CHECKING:
     from torch import nn
-    from transformers import PreTrainedTokenizerBase
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 
 @dataclass(frozen=True)
 class SamplingConfig:
+    """Decoding settings; `temperature <= 0` means greedy. Sampling is seeded per call."""
+
     max_new_tokens: int = 128
     temperature: float = 0.7
     top_p: float = 0.9
@@ -29,6 +32,15 @@ class SamplingConfig:
     @property
     def greedy(self) -> bool:
         return self.temperature <= 0
+
+
+def _generate_kwargs(tokenizer: PreTrainedTokenizerBase, config: SamplingConfig) -> dict[str, Any]:
+    """`model.generate` arguments for `config` (no pad-token warning on models without one)."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    kwargs: dict[str, Any] = {"max_new_tokens": config.max_new_tokens, "pad_token_id": pad, "do_sample": not config.greedy}
+    if not config.greedy:
+        kwargs.update(temperature=config.temperature, top_p=config.top_p)
+    return kwargs
 
 
 def prompt_messages(tokenizer: PreTrainedTokenizerBase, system: str | None, question: str) -> list[dict[str, str]]:
@@ -66,10 +78,8 @@ def generate_answers(
             ]
             batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
             torch.manual_seed(sampling.seed + start)
-            kwargs: dict[str, Any] = {"max_new_tokens": sampling.max_new_tokens, "pad_token_id": tokenizer.pad_token_id}
-            kwargs.update({"do_sample": False} if sampling.greedy else {"do_sample": True, "temperature": sampling.temperature, "top_p": sampling.top_p})
             with torch.inference_mode():
-                generated = model.generate(**batch, **kwargs)
+                generated = model.generate(**batch, **_generate_kwargs(tokenizer, sampling))
             new_tokens = generated[:, batch["input_ids"].shape[1] :]
             for q, tokens in zip(chunk, new_tokens, strict=True):
                 answer = tokenizer.decode(tokens, skip_special_tokens=True).strip()
@@ -77,6 +87,59 @@ def generate_answers(
     finally:
         tokenizer.padding_side = side
     return out
+
+
+# Neutral everyday requests: the default texts for the typical residual norm
+# (`suggested_alpha`) and for calibrating a cap threshold in the CLI.
+DEFAULT_PROMPTS: tuple[str, ...] = (
+    "How do I boil an egg so the yolk stays soft?",
+    "Can you explain what a prime number is?",
+    "Write a short note thanking a colleague for their help.",
+    "What are some good habits for getting better sleep?",
+    "Summarise the water cycle in a few sentences.",
+    "How should I prepare for a job interview?",
+    "What is the difference between weather and climate?",
+    "Suggest a name for a small neighbourhood bakery.",
+)
+
+
+def as_chat(prompt: str) -> list[dict[str, str]]:
+    """A one-question conversation with no system prompt (see `prompt_messages` for one
+    with a persona)."""
+    return [{"role": "user", "content": prompt}]
+
+
+GREEDY = SamplingConfig(max_new_tokens=64, temperature=0.0)
+
+
+def render(tokenizer: PreTrainedTokenizerBase, messages: Sequence[Mapping[str, str]]) -> str:
+    """The prompt text with the assistant turn opened, ready for generation."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise ModelError(
+            "this tokenizer has no chat template; use an instruction-tuned model or set "
+            "tokenizer.chat_template"
+        )
+    return tokenizer.apply_chat_template(
+        [dict(m) for m in messages], tokenize=False, add_generation_prompt=True
+    )
+
+
+def generate(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    messages: Sequence[Mapping[str, str]],
+    config: SamplingConfig = GREEDY,
+) -> str:
+    """The model's reply to `messages` (decoded without special tokens, stripped)."""
+    import torch
+
+    text = render(tokenizer, messages)
+    device = next(model.parameters()).device
+    ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"].to(device)
+    torch.manual_seed(config.seed)
+    with torch.inference_mode():
+        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **_generate_kwargs(tokenizer, config))
+    return tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip()
 
 
 def save_generations(path: Path, rows: Sequence[QAPair]) -> None:

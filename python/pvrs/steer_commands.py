@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from pvrs.errors import InputError, InvalidArgumentError
+from pvrs.inputs import read_rows
 
 
 def parse_layers(items: Sequence[str]) -> list[int]:
@@ -60,32 +61,25 @@ def load_model(args: argparse.Namespace) -> tuple[Any, Any]:
 def read_prompts(args: argparse.Namespace) -> list[str]:
     """`--prompt` (repeatable), else `--prompts FILE` (one per line, or JSON/JSONL rows with
     a `question` or `prompt` field), else three of the built-in neutral prompts."""
-    from pvrs.generation import DEFAULT_PROMPTS
+    from pvrs.generate import DEFAULT_PROMPTS
 
     if args.prompt:
         return list(args.prompt)
     if args.prompts is None:
         return list(DEFAULT_PROMPTS[:3])
     path = Path(args.prompts)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise InputError(f"cannot read --prompts {path}: {exc.strerror}") from None
-    if path.suffix.lower() in (".json", ".jsonl"):
-        try:
-            rows = (
-                json.loads(text)
-                if path.suffix.lower() == ".json"
-                else [json.loads(line) for line in text.splitlines() if line.strip()]
-            )
-        except json.JSONDecodeError as exc:
-            raise InputError(f"--prompts {path}: invalid JSON ({exc})") from None
+    if path.suffix.lower() in (".json", ".jsonl", ".parquet"):
+        rows = read_rows(path)
         prompts = [r if isinstance(r, str) else r.get("question") or r.get("prompt") for r in rows]
         if not all(isinstance(p, str) and p.strip() for p in prompts):
             raise InputError(
                 f"--prompts {path}: every row needs a non-empty 'question' or 'prompt'"
             )
     else:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise InputError(f"cannot read --prompts {path}: {exc.strerror}") from None
         prompts = [line.strip() for line in text.splitlines() if line.strip()]
     if not prompts:
         raise InputError(f"--prompts {path} holds no prompts")
@@ -112,8 +106,7 @@ def run_steer(args: argparse.Namespace) -> int:
     from rich.progress import Progress
     from rich.table import Table
 
-    from pvrs.generate import prompt_messages
-    from pvrs.generation import generate
+    from pvrs.generate import generate, prompt_messages
     from pvrs.steering import steer, suggested_alphas
 
     if (args.persona_id is None) == (args.vector is None):
@@ -219,7 +212,7 @@ def interventions(
 ) -> Iterator[list[str]]:
     """Enter every steer and cap; yields one description per intervention. A cap without
     TAU is calibrated on the built-in neutral prompts at `--cap-quantile`."""
-    from pvrs.generation import DEFAULT_PROMPTS, as_chat
+    from pvrs.generate import DEFAULT_PROMPTS, as_chat
     from pvrs.steering import cap, steer
 
     described = []
@@ -253,8 +246,7 @@ def interventions(
 def run_chat(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from pvrs.generate import prompt_messages
-    from pvrs.generation import generate
+    from pvrs.generate import generate, prompt_messages
 
     config = _generation_config(args)
     steers, caps = resolve_interventions(args)

@@ -320,9 +320,9 @@ def suggested_alphas(
     norm of ordinary tokens there: `alpha = fraction * median_norm(layer) / ||v_layer||`.
 
     `inputs` are the texts the median is taken over (default: a few neutral chat prompts,
-    `pvrs.generation.DEFAULT_PROMPTS`, rendered with the model's chat template). Pass the
+    `pvrs.generate.DEFAULT_PROMPTS`, rendered with the model's chat template). Pass the
     result as `steer(..., alpha=alphas)`."""
-    from pvrs.generation import DEFAULT_PROMPTS, as_chat
+    from pvrs.generate import DEFAULT_PROMPTS, as_chat
 
     chosen = resolve_layers(model, layers)
     vectors = layer_vectors(model, vector, chosen)
