@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -114,9 +115,11 @@ def _prepare_jobs(
     source: SampleSource,
     variants: Sequence[str],
     strategies: list[MaskStrategy],
+    on_step: Callable[[str], object] | None = None,
 ) -> tuple[list[_Job], list[PersonaOutcome]]:
     """Render and tokenise everything before the first forward pass, so template and data
-    errors stop the run before anything is written."""
+    errors stop the run before anything is written. `on_step` hears what is being done
+    (answer generation can take a while)."""
     from pvrs.chat import analyze_template, prepare_inputs
 
     persona_strategies = {MaskStrategy.PERSONA_MEAN, MaskStrategy.PERSONA_LAST}
@@ -136,6 +139,9 @@ def _prepare_jobs(
             failures.extend(PersonaOutcome(persona.id, v, "failed", baseline_note) for v in variants)
             continue
         for variant in variants:
+            if on_step is not None:
+                verb = "generating answers" if source.generate is not None else "rendering"
+                on_step(f"{verb}: {persona.id} [{variant}]")
             samples = source.rows(model, tokenizer, persona, variant)
             if not samples:
                 why = "no QA rows left after the score filter" if source.scores is not None else "no QA rows (train split, --qa-type)"
@@ -206,7 +212,9 @@ def extract(
     }
 
     source = qa_pairs if isinstance(qa_pairs, SampleSource) else SampleSource(qa_pairs)
-    jobs, failed = _prepare_jobs(model, tokenizer, personas, source, variants, strategies)
+    with console.status("preparing conversations") if progress else nullcontext() as status:
+        on_step = status.update if status is not None else None
+        jobs, failed = _prepare_jobs(model, tokenizer, personas, source, variants, strategies, on_step)
     result = ExtractionResult(layers=resolved_layers, outcomes=list(failed))
     todo: list[_Job] = []
     for job in jobs:
