@@ -22,7 +22,7 @@ use arrow_buffer::OffsetBuffer;
 use arrow_schema::{DataType, Field, Schema};
 use parquet::arrow::arrow_writer::{compute_leaves, ArrowColumnChunk, ArrowColumnWriter};
 use parquet::arrow::ArrowWriter;
-use parquet::basic::{Compression, ZstdLevel};
+use parquet::basic::{Compression, Encoding, ZstdLevel};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
 use rayon::prelude::*;
@@ -387,7 +387,9 @@ fn writer_properties(rows_per_group: usize) -> WriterProperties {
         )
         .set_statistics_enabled(EnabledStatistics::Chunk)
         // Min/max of activation values prune nothing and cost a pass over the data.
-        .set_column_statistics_enabled(vector_leaf, EnabledStatistics::None)
+        .set_column_statistics_enabled(vector_leaf.clone(), EnabledStatistics::None)
+        // Byte-stream-split puts the float exponents together, which zstd compresses well.
+        .set_column_encoding(vector_leaf, Encoding::BYTE_STREAM_SPLIT)
         .set_created_by(format!("pvrs {} (parquet-rs)", env!("CARGO_PKG_VERSION")))
         .build()
 }
