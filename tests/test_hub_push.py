@@ -235,3 +235,16 @@ def test_cli_push_dry_run_and_errors(
     assert cli.main(["push", "--model", MODEL, "--root", str(root), "--repo", REPO]) == 0
     assert "pushed to" in capsys.readouterr().out
     assert len(fake_hub.commits) == 1
+
+
+def test_cli_push_accepts_the_builtin_model_name(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from pvrs.models import SMOLLM2
+    from pvrs.store import PersonaVectorStore
+
+    root = tmp_path / "store"
+    store = PersonaVectorStore(SMOLLM2.hf_id, root_dir=root)
+    store.save("pirate", "templated", np.ones((3, 4), np.float32), name="Pirate", sample_ids=["q1"])
+    out = tmp_path / "dataset"
+    argv = ["push", "--model", SMOLLM2.name, "--root", str(root), "--dry-run", "--out", str(out)]
+    assert cli.main(argv) == 0, capsys.readouterr().err
+    assert (out / "HuggingFaceTB__SmolLM2-135M-Instruct__answer_mean" / "templated-00000-of-00001.parquet").is_file()

@@ -339,13 +339,14 @@ def _add_extract(sub: argparse._SubParsersAction) -> None:
 def _cmd_push(args: argparse.Namespace) -> int:
     from pvrs import hub
     from pvrs.errors import InputError
+    from pvrs.models import canonical_model_name
 
     if args.dry_run and args.out is None:
         raise InputError("--dry-run writes the dataset folder only: pass --out DIR")
     if not args.dry_run and args.repo is None:
         raise InputError("--repo ORG/NAME is required (or use --dry-run --out DIR)")
     result = hub.push(
-        args.model,
+        [canonical_model_name(m) for m in args.model],
         args.repo,
         mask_strategies=args.mask_strategy,
         root_dir=args.root,
