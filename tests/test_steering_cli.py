@@ -26,10 +26,8 @@ NUM_LAYERS, HIDDEN = 3, 32
 PERSONAS = ("baseline_assistant", "pirate_captain", "stoic_philosopher")
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    tokenizer = make_tokenizer("chatml")
-    torch.manual_seed(0)
+def _tiny_llama(tokenizer, **extra) -> LlamaForCausalLM:
+    """The small random Llama every test here runs on, sized to `tokenizer`."""
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=HIDDEN,
@@ -37,10 +35,17 @@ def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         num_hidden_layers=NUM_LAYERS,
         num_attention_heads=4,
         num_key_value_heads=2,
-        eos_token_id=tokenizer.eos_token_id,
+        **extra,
     )
+    return LlamaForCausalLM(config).eval()
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tokenizer = make_tokenizer("chatml")
+    torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("tiny-model")
-    LlamaForCausalLM(config).eval().save_pretrained(folder)
+    _tiny_llama(tokenizer, eos_token_id=tokenizer.eos_token_id).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
 
@@ -410,16 +415,7 @@ def test_monitor_finds_every_turn_under_each_template_family(family):
     assert family in FAMILIES
     tokenizer = make_tokenizer(family)
     torch.manual_seed(0)
-    model = LlamaForCausalLM(
-        LlamaConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=HIDDEN,
-            intermediate_size=64,
-            num_hidden_layers=NUM_LAYERS,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-        )
-    ).eval()
+    model = _tiny_llama(tokenizer)
     convo = [
         {"role": "user", "content": "What is the capital of France?"},
         {"role": "assistant", "content": "The capital of France is Paris."},
@@ -434,16 +430,7 @@ def test_monitor_reports_a_template_that_rejects_the_conversation():
     from pvrs.errors import TemplateError
 
     tokenizer = make_tokenizer("gemma2")  # raises on a system role
-    model = LlamaForCausalLM(
-        LlamaConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=HIDDEN,
-            intermediate_size=64,
-            num_hidden_layers=NUM_LAYERS,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-        )
-    ).eval()
+    model = _tiny_llama(tokenizer)
     convo = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
     with pytest.raises(TemplateError, match="chat template"):
         turn_projections(model, tokenizer, convo, torch.randn(HIDDEN), [0])
