@@ -3,9 +3,6 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-
 import numpy as np
 import pytest
 import torch
@@ -13,7 +10,7 @@ from pvrs import MaskError
 from pvrs.engine import EngineConfig, extract_activations, plan_batches, sample_means
 from pvrs.hooks import decoder_layers
 
-from tests.tiny_models import ARCHS, VOCAB, tiny_model
+from tests.tiny_models import ARCHS, VOCAB, raw_final_block, tiny_model
 
 ATOL = 1e-5
 
@@ -34,32 +31,10 @@ def _samples(seed: int, n: int = 7, prefix: int = 0, strategies: int = 3) -> tup
     return seqs, masks
 
 
-def _raw_final_block(model: torch.nn.Module) -> contextlib.AbstractContextManager[None]:
-    """HF applies the final norm to the last entry of hidden_states; swap it for Identity so
-    that entry is block L-1's raw output, as every other entry is block i's."""
-    for owner_path, name in (("model", "norm"), ("transformer", "ln_f"), ("gpt_neox", "final_layer_norm")):
-        owner = getattr(model, owner_path, None)
-        if owner is not None and hasattr(owner, name):
-            break
-    else:
-        raise AssertionError("no final norm found")
-
-    @contextlib.contextmanager
-    def swapped() -> Iterator[None]:
-        norm = getattr(owner, name)
-        setattr(owner, name, torch.nn.Identity())
-        try:
-            yield
-        finally:
-            setattr(owner, name, norm)
-
-    return swapped()
-
-
 def _reference(model: torch.nn.Module, seqs: list[np.ndarray], masks: list[np.ndarray]) -> np.ndarray:
     """(N, S, L, H) per-sample masked means from output_hidden_states, one sample per pass."""
     out = []
-    with torch.no_grad(), _raw_final_block(model):
+    with torch.no_grad(), raw_final_block(model):
         for seq, m in zip(seqs, masks, strict=True):
             hs = model(torch.as_tensor(seq)[None], output_hidden_states=True).hidden_states[1:]
             h = torch.stack([x[0] for x in hs]).double().numpy()  # (L, T, H)
@@ -74,7 +49,7 @@ def test_hidden_states_convention_is_block_output(arch: str) -> None:
     seen = []
     blocks = decoder_layers(model)
     handles = [b.register_forward_hook(lambda m, a, o: seen.append(o[0] if isinstance(o, tuple) else o)) for b in blocks]
-    with torch.no_grad(), _raw_final_block(model):
+    with torch.no_grad(), raw_final_block(model):
         hs = model(torch.arange(1, 9)[None], output_hidden_states=True).hidden_states
     for h in handles:
         h.remove()

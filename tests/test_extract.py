@@ -17,9 +17,8 @@ from pvrs.extract import SampleSource, extract
 from pvrs.masks import ALL_STRATEGIES, MaskStrategy
 from pvrs.store import PersonaVectorStore
 
-from tests.test_engine import _raw_final_block
 from tests.tiny import make_tokenizer
-from tests.tiny_models import tiny_model
+from tests.tiny_models import raw_final_block, tiny_model
 
 PERSONAS = [
     inputs.Persona("baseline_assistant", "Assistant"),
@@ -39,7 +38,7 @@ def _independent(model: torch.nn.Module, tokenizer, persona: inputs.Persona, var
     prepared = prepare_inputs(tokenizer, [(r.qid, r.question, r.answer) for r in rows],
                               system_prompt=persona.system_prompt(variant), strategies=[strategy])
     per_sample = []
-    with torch.no_grad(), _raw_final_block(model):
+    with torch.no_grad(), raw_final_block(model):
         for p in prepared:
             hs = model(torch.as_tensor(p.input_ids)[None], output_hidden_states=True).hidden_states[1:]
             h = torch.stack([x[0] for x in hs]).double().numpy()

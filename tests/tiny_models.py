@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 from transformers import (
     AutoModelForCausalLM,
@@ -51,3 +54,25 @@ ARCHS = ("llama", "qwen2", "mistral", "gemma2", "phi3", "gpt_neox", "gpt2")
 def tiny_model(arch: str = "llama", seed: int = 0, vocab_size: int = VOCAB) -> torch.nn.Module:
     torch.manual_seed(seed)
     return AutoModelForCausalLM.from_config(tiny_config(arch, vocab_size)).eval()
+
+
+def raw_final_block(model: torch.nn.Module) -> contextlib.AbstractContextManager[None]:
+    """HF applies the final norm to the last entry of hidden_states; swap it for Identity so
+    that entry is block L-1's raw output, as every other entry is block i's."""
+    for owner_path, name in (("model", "norm"), ("transformer", "ln_f"), ("gpt_neox", "final_layer_norm")):
+        owner = getattr(model, owner_path, None)
+        if owner is not None and hasattr(owner, name):
+            break
+    else:
+        raise AssertionError("no final norm found")
+
+    @contextlib.contextmanager
+    def swapped() -> Iterator[None]:
+        norm = getattr(owner, name)
+        setattr(owner, name, torch.nn.Identity())
+        try:
+            yield
+        finally:
+            setattr(owner, name, norm)
+
+    return swapped()
