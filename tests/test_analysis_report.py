@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from pvrs.analyze import parse_layers
 from pvrs.cli import main
 from pvrs.errors import InputError, NonFiniteError
 from pvrs.plots import png_browser
@@ -190,29 +189,6 @@ def test_run_analysis_rejects_nan_and_disjoint_variants(tmp_path):
             [a, b],
             tmp_path / "o",
         )
-
-
-def test_parse_layers():
-    layers = list(range(10))
-    assert parse_layers(None, layers) == layers
-    assert parse_layers(["3", "5-7", "-1"], layers) == [3, 5, 6, 7, 9]
-    assert parse_layers(["2,4"], layers) == [2, 4]
-    with pytest.raises(InputError, match="layer 12 does not exist"):
-        parse_layers(["12"], layers)
-    with pytest.raises(InputError, match="ranges like"):
-        parse_layers(["x"], layers)
-
-
-def test_hub_source_without_hub_reader(tmp_path, monkeypatch):
-    import sys
-
-    from pvrs.analyze import open_store
-
-    monkeypatch.setitem(sys.modules, "pvrs.hub", None)  # as if this build had no Hub reader
-    with pytest.raises(InputError, match="no Hub reader"):
-        open_store(MODEL, "some-org/some-dataset", "answer_mean")
-    with pytest.raises(InputError, match="not a Hub dataset id"):
-        open_store(MODEL, str(tmp_path / "missing" / "x" / "y"), "answer_mean")
 
 
 def test_hub_sources_use_the_hub_reader(store_root, tmp_path, monkeypatch, capsys):

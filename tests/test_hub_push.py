@@ -216,7 +216,7 @@ def test_cli_push_dry_run_and_errors(
     fake_hub: FakeHub, root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "dataset"
-    args = ["push", "--model", MODEL, "--root", str(root), "--dry-run", "--out", str(out)]
+    args = ["push", "--model", MODEL, "--source", str(root), "--dry-run", "--out", str(out)]
     assert cli.main(args) == 0
     assert (out / "README.md").is_file()
     assert (out / CONFIG / "templated-00000-of-00001.parquet").is_file()
@@ -224,15 +224,15 @@ def test_cli_push_dry_run_and_errors(
     assert cli.main(args) == 0  # an earlier package in --out is replaced
     assert fake_hub.requests == []
 
-    assert cli.main(["push", "--model", MODEL, "--root", str(root), "--dry-run"]) == 2
+    assert cli.main(["push", "--model", MODEL, "--source", str(root), "--dry-run"]) == 2
     assert "--out" in capsys.readouterr().err
-    assert cli.main(["push", "--model", MODEL, "--root", str(root), "--repo", "not-a-repo"]) == 2
+    assert cli.main(["push", "--model", MODEL, "--source", str(root), "--repo", "not-a-repo"]) == 2
     assert "ORG/NAME" in capsys.readouterr().err
-    bad_mask = ["push", "--model", MODEL, "--root", str(root), "--repo", REPO, "--mask-strategy", "nope"]
+    bad_mask = ["push", "--model", MODEL, "--source", str(root), "--repo", REPO, "--mask-strategy", "nope"]
     assert cli.main(bad_mask) == 2
     assert "unknown mask strategy" in capsys.readouterr().err
 
-    assert cli.main(["push", "--model", MODEL, "--root", str(root), "--repo", REPO]) == 0
+    assert cli.main(["push", "--model", MODEL, "--source", str(root), "--repo", REPO]) == 0
     assert "pushed to" in capsys.readouterr().out
     assert len(fake_hub.commits) == 1
 
@@ -245,6 +245,6 @@ def test_cli_push_accepts_the_builtin_model_name(tmp_path: Path, capsys: pytest.
     store = PersonaVectorStore(SMOLLM2.hf_id, root_dir=root)
     store.save("pirate", "templated", np.ones((3, 4), np.float32), name="Pirate", sample_ids=["q1"])
     out = tmp_path / "dataset"
-    argv = ["push", "--model", SMOLLM2.name, "--root", str(root), "--dry-run", "--out", str(out)]
+    argv = ["push", "--model", SMOLLM2.name, "--source", str(root), "--dry-run", "--out", str(out)]
     assert cli.main(argv) == 0, capsys.readouterr().err
     assert (out / "HuggingFaceTB__SmolLM2-135M-Instruct__answer_mean" / "templated-00000-of-00001.parquet").is_file()

@@ -251,7 +251,7 @@ def test_public_names():
     from pvrs import directions, steering
 
     assert steering.direction is directions.direction
-    assert steering.assistant_axis is directions.assistant_axis
+    assert steering.assistant_axis_direction is directions.assistant_axis_direction
 
 
 @torch.no_grad()

@@ -12,7 +12,13 @@ import pytest
 import torch
 from pvrs.cli import main
 from pvrs.controlvector import read_control_vector, write_control_vector
-from pvrs.directions import assistant_axis, direction, from_spec, load_vector, probe_direction
+from pvrs.directions import (
+    assistant_axis_direction,
+    direction,
+    from_spec,
+    load_vector,
+    probe_direction,
+)
 from pvrs.errors import ArtifactError, InputError, InvalidArgumentError
 from pvrs.generate import SamplingConfig, as_chat, generate
 from pvrs.monitor import load_conversation, turn_projections
@@ -82,9 +88,9 @@ def test_direction_and_assistant_axis(store, vectors):
     )
     roles = (vectors["pirate_captain"] + vectors["stoic_philosopher"]) / 2
     np.testing.assert_allclose(
-        assistant_axis(store), vectors["baseline_assistant"] - roles, atol=1e-6
+        assistant_axis_direction(store), vectors["baseline_assistant"] - roles, atol=1e-6
     )
-    np.testing.assert_allclose(from_spec("assistant-axis", store), assistant_axis(store))
+    np.testing.assert_allclose(from_spec("assistant-axis", store), assistant_axis_direction(store))
     with pytest.raises(InputError, match="neither a vector file nor a persona"):
         from_spec("nobody", store)
 
@@ -309,12 +315,35 @@ def test_monitor_and_export_commands(tiny_dir, store, tmp_path, capsys):
             "exactly one",
         ),
         (["steer", "--vector", "assistant-axis", "--layer", "x", "--alpha", "1"], "--layer"),
+        (
+            ["export", "--persona-id", "pirate_captain", "--layer", "7", "--out", "o.gguf"],
+            "--layer '7': layer 7 does not exist",
+        ),
+        (
+            ["export", "--vector", "assistant-axis", "--source", "x", "--layer", "1", "--out", "o"],
+            "--source 'x'",
+        ),
     ],
 )
 def test_cli_mistakes_are_one_line_errors(tiny_dir, store, argv, message, capsys):
     code, _, err = run_cli([*argv, "--model", str(tiny_dir), "--device", "cpu"], capsys)
     assert code == 2
     assert err.endswith("\n") and message in err.splitlines()[-1]
+
+
+def test_steering_commands_read_any_source(tiny_dir, vectors, tmp_path, capsys):
+    # A store outside $ARTIFACTS_DIR, named by --source like `pvrs analyze` does.
+    other = PersonaVectorStore(str(tiny_dir), root_dir=tmp_path / "elsewhere")
+    for pid, vec in vectors.items():
+        other.save(pid, "templated", 2 * vec, name=pid, sample_ids=["q1"])
+    out_file = tmp_path / "axis.gguf"
+    argv = ["export", "--model", str(tiny_dir), "--vector", "assistant-axis", "--layer", "-1",
+            "--source", str(tmp_path / "elsewhere"), "--out", str(out_file)]  # fmt: skip
+    code, _, err = run_cli(argv, capsys)
+    assert code == 0, err
+    back = read_control_vector(out_file)
+    np.testing.assert_allclose(back[-1], assistant_axis_direction(store=other)[-1], rtol=1e-6)
+    assert not back[:-1].any()
 
 
 def _answer_mean(model, tokenizer, system, question, answer, layer):
@@ -440,7 +469,7 @@ def test_prompt_files_and_layer_ranges(tmp_path):
     import argparse
 
     from pvrs.generate import DEFAULT_PROMPTS
-    from pvrs.steer_commands import parse_layers, read_prompts
+    from pvrs.steer_commands import read_prompts
 
     def ns(**kw):
         return argparse.Namespace(**{"prompt": None, "prompts": None, **kw})
@@ -457,4 +486,3 @@ def test_prompt_files_and_layer_ranges(tmp_path):
     assert read_prompts(ns()) == list(DEFAULT_PROMPTS[:3])
     with pytest.raises(InputError, match="'question' or 'prompt'"):
         read_prompts(ns(prompts=str(tmp_path / "bad.jsonl")))
-    assert parse_layers(["3", "5-7", "6", "9,10"]) == [3, 5, 6, 7, 9, 10]

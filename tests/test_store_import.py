@@ -31,7 +31,7 @@ def test_with_embedding_row_is_dropped_and_recorded(
     b = write_pt(src, "chef", L + 1, 1, wrap=True)
     root = tmp_path / "store"
     rc = main(
-        ["import", str(src), "--model", "org/x", "--num-layers", str(L), "--output", str(root)]
+        ["import", str(src), "--model", "org/x", "--num-layers", str(L), "--output-dir", str(root)]
     )
     assert rc == 0 and "dropped the embedding row" in capsys.readouterr().out
     store = PersonaVectorStore("org/x", root_dir=root)

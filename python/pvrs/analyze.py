@@ -17,8 +17,9 @@ import numpy as np
 from pvrs import analysis as an
 from pvrs import plots
 from pvrs.errors import InputError
+from pvrs.layerspec import parse_layers
+from pvrs.sources import open_store
 
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 PROBE_METHODS = ("logistic", "ridge", "diffmeans")
 # Past this many values (personas^2 x layers, e.g. 700 personas x 40 layers) the all-layer
 # similarity file is skipped: the focus layer's CSVs remain.
@@ -43,63 +44,6 @@ class VectorSet:
     @property
     def label(self) -> str:
         return f"{self.mask_strategy}/{self.variant}"
-
-
-def open_store(model: str, source: str | Path | None, mask_strategy: str) -> Any:
-    """A store for `model` and `mask_strategy`: the local activation store (default
-    `$ARTIFACTS_DIR/activations`, or the folder `source`, or `source/activations`), or a
-    packaged Hub dataset (a Hub id `ORG/NAME`, or a local folder holding parquet files)."""
-    from pvrs.store import PersonaVectorStore
-
-    if source is None:
-        return PersonaVectorStore(model, mask_strategy=mask_strategy)
-    path = Path(source).expanduser()
-    if path.is_dir():
-        if next(path.glob("*/*.parquet"), None) is not None or (path / "README.md").is_file():
-            return _hub_store(str(path), model, mask_strategy)
-        if (path / "activations").is_dir():
-            path = path / "activations"
-        return PersonaVectorStore(model, root_dir=path, mask_strategy=mask_strategy)
-    if HUB_ID.match(str(source)) and not path.exists():
-        return _hub_store(str(source), model, mask_strategy)
-    raise InputError(
-        f"--source {str(source)!r}: no such folder, and not a Hub dataset id (ORG/NAME)"
-    )
-
-
-def _hub_store(source: str, model: str, mask_strategy: str) -> Any:
-    try:
-        from pvrs.hub import HFPersonaVectorStore
-    except ImportError:
-        raise InputError(
-            f"--source {source!r} is a Hub dataset, but this pvrs build has no Hub reader "
-            "(pvrs.hub.HFPersonaVectorStore); analyse a local store instead"
-        ) from None
-    return HFPersonaVectorStore(source, model, mask_strategy=mask_strategy)
-
-
-def parse_layers(spec: Sequence[str] | None, available: Sequence[int]) -> list[int]:
-    """`["3", "10-12", "-1"]` -> `[3, 10, 11, 12, L-1]`; None -> every available layer.
-    Negative numbers count from the end; ranges are inclusive."""
-    if not spec:
-        return list(available)
-    n = len(available)
-    out: list[int] = []
-    for item in ",".join(spec).split(","):
-        item = item.strip()
-        m = re.fullmatch(r"(-?\d+)(?:[-:](-?\d+))?", item)
-        if not m:
-            raise InputError(f"--layers {item!r}: use layer numbers or ranges like 4-12")
-        lo = int(m.group(1))
-        hi = int(m.group(2)) if m.group(2) is not None else lo
-        for layer in range(lo % n if lo < 0 else lo, (hi % n if hi < 0 else hi) + 1):
-            if layer not in available:
-                raise InputError(f"--layers {item!r}: layer {layer} does not exist (0..{n - 1})")
-            if layer not in out:
-                out.append(layer)
-    if not out:
-        raise InputError(f"--layers {' '.join(spec)} selects no layer")
-    return out
 
 
 def read_vector_sets(
@@ -133,7 +77,7 @@ def read_vector_sets(
         for variant in have:
             ds = load_analysis_dataset(store, [variant], include_baseline=True)
             if chosen_layers is None:
-                chosen_layers = parse_layers(layers, ds.layers)
+                chosen_layers = parse_layers(layers, ds.layers) if layers else list(ds.layers)
             missing = [layer for layer in chosen_layers if layer not in ds.layers]
             if missing:
                 raise InputError(

@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from pvrs.errors import InputError, PvrsError
+from pvrs.sources import SOURCE_HELP, local_store_root
 
 EXIT_USAGE = 2
 
@@ -125,11 +126,7 @@ def _add_analyze(sub: argparse._SubParsersAction) -> None:
         metavar="L",
         help="layers to analyse: numbers or ranges like 4-12 (default: all)",
     )
-    p.add_argument(
-        "--source",
-        help="local store folder, packaged dataset folder or Hub dataset ORG/NAME "
-        "(default: $ARTIFACTS_DIR/activations)",
-    )
+    p.add_argument("--source", metavar="DIR|ORG/NAME", help=SOURCE_HELP)
     p.add_argument(
         "--persona-file", help="persona file (JSONL/JSON/parquet) whose extra columns are probed"
     )
@@ -349,7 +346,7 @@ def _cmd_push(args: argparse.Namespace) -> int:
         [canonical_model_name(m) for m in args.model],
         args.repo,
         mask_strategies=args.mask_strategy,
-        root_dir=args.root,
+        root_dir=local_store_root(args.source),
         private=args.private,
         revision=args.revision,
         dry_run=args.dry_run,
@@ -386,7 +383,7 @@ def _add_push(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--revision", metavar="BRANCH", help="branch to commit to (created if missing; default main)")
     p.add_argument("--dry-run", action="store_true", help="only write the dataset folder to --out")
     p.add_argument("--out", metavar="DIR", help="where to write the dataset folder (required with --dry-run; replaced if it holds an earlier package)")
-    p.add_argument("--root", metavar="DIR", help="activation store root (default: $ARTIFACTS_DIR/activations)")
+    p.add_argument("--source", metavar="DIR", help="local store to publish (default: $ARTIFACTS_DIR/activations)")
     p.add_argument("--message", metavar="TEXT", help="commit message")
     p.add_argument("--row-group-mb", type=float, default=64.0, metavar="MB", help="uncompressed row group size, the memory bound (default: 64)")
     p.add_argument("--file-mb", type=float, default=500.0, metavar="MB", help="uncompressed size of one parquet file (default: 500)")
@@ -424,7 +421,7 @@ def _cmd_import(args: argparse.Namespace) -> int:
     from pvrs.store import PersonaVectorStore
 
     store = PersonaVectorStore(
-        canonical_model_name(args.model), root_dir=args.output, mask_strategy=args.mask_strategy
+        canonical_model_name(args.model), root_dir=args.output_dir, mask_strategy=args.mask_strategy
     )
     result = import_pt(
         args.files, store, args.variant, layout=args.layout, num_layers=args.num_layers
@@ -447,7 +444,7 @@ def _add_import(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True, help="model the vectors come from (Hub id or built-in name)")
     p.add_argument("--variant", default="templated", help="prompt variant to file them under (default: templated)")
     p.add_argument("--mask-strategy", default="answer_mean", help="mask strategy folder (default: answer_mean)")
-    p.add_argument("--output", default=None, help="store root (default: $ARTIFACTS_DIR/activations)")
+    p.add_argument("--output-dir", metavar="DIR", help="store root (default: $ARTIFACTS_DIR/activations)")
     p.add_argument(
         "--layout",
         choices=("auto", "with-embeddings", "blocks"),
@@ -483,6 +480,7 @@ def _add_model_and_store_args(p: argparse.ArgumentParser) -> None:
         help="prompt variant of stored vectors (default templated)",
     )
     p.add_argument("--mask-strategy", default="answer_mean", help="mask strategy of stored vectors")
+    p.add_argument("--source", metavar="DIR|ORG/NAME", help=f"where stored vectors are read: {SOURCE_HELP}")
 
 
 def _add_generation_args(p: argparse.ArgumentParser) -> None:

@@ -3,7 +3,7 @@ arrays (or one `(hidden_size,)` row with `layer=`):
 
 - `direction(store, persona_id)`: persona minus baseline (the reference tool's steering
   vector);
-- `assistant_axis(store)`: the baseline assistant minus the mean of the role personas,
+- `assistant_axis_direction(store)`: the baseline assistant minus the mean of the role personas,
   pointing from "playing a role" towards "being the assistant" (the assistant-axis paper);
 - `probe_direction(weights)`: a linear probe's weight vector (array or file);
 - `load_vector(path)`: a vector file (store `.safetensors`, any single-tensor
@@ -15,12 +15,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from pvrs.errors import ArtifactError, InputError, InvalidArgumentError, NonFiniteError
-from pvrs.store import BASELINE_PERSONA_ID, PersonaVectorStore
+from pvrs.store import BASELINE_PERSONA_ID
+
+if TYPE_CHECKING:
+    from pvrs.hub import HFPersonaVectorStore
+    from pvrs.store import PersonaVectorStore
+
+    # Local or Hub: both have `load`, `stack` and `list_personas`.
+    VectorStore = PersonaVectorStore | HFPersonaVectorStore
 
 DEFAULT_VARIANT = "templated"
 ASSISTANT_AXIS_SPECS = ("assistant-axis", "assistant_axis", "assistant")
@@ -48,7 +55,7 @@ def _select_layer(array: np.ndarray, layer: int | None, what: str) -> np.ndarray
 
 
 def direction(
-    store: PersonaVectorStore,
+    store: VectorStore,
     persona_id: str,
     against: str = BASELINE_PERSONA_ID,
     layer: int | None = None,
@@ -61,8 +68,8 @@ def direction(
     return _select_layer(_finite(diff.astype(np.float32), what), layer, what)
 
 
-def assistant_axis(
-    store: PersonaVectorStore,
+def assistant_axis_direction(
+    store: VectorStore,
     roles: Sequence[str] | None = None,
     layer: int | None = None,
     variant: str = DEFAULT_VARIANT,
@@ -78,8 +85,8 @@ def assistant_axis(
     ids = [baseline, *(pid for pid in ids if pid != baseline)]
     if len(ids) < 2:
         raise InvalidArgumentError(
-            f"the assistant axis needs role personas besides {baseline!r} in "
-            f"{store.variant_dir(variant)}; extract some personas first"
+            f"the assistant axis needs role personas besides {baseline!r} in variant "
+            f"{variant!r} of {store!r}; extract some personas first"
         )
     vectors = store.stack(ids, variant)
     result = axis_of(vectors, ids, list(range(vectors.shape[1])), default_ids=(baseline,))
@@ -162,7 +169,7 @@ def probe_direction(weights: Any, layer: int | None = None) -> np.ndarray:
 
 
 def from_spec(
-    spec: str, store: PersonaVectorStore | None, variant: str = DEFAULT_VARIANT
+    spec: str, store: VectorStore | None, variant: str = DEFAULT_VARIANT
 ) -> np.ndarray:
     """Resolve a CLI vector spec: an existing file path (`load_vector`), `assistant-axis`,
     or a persona id (persona minus baseline from `store`)."""
@@ -171,7 +178,7 @@ def from_spec(
     if store is None:
         raise InputError(f"{spec!r} is not a file, and no store was given to look it up in")
     if spec in ASSISTANT_AXIS_SPECS:
-        return assistant_axis(store, variant=variant)
+        return assistant_axis_direction(store, variant=variant)
     if not store.has(spec, variant):
         raise InputError(
             f"{spec!r} is neither a vector file nor a persona saved in "

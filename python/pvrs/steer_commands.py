@@ -17,29 +17,19 @@ import numpy as np
 
 from pvrs.errors import InputError, InvalidArgumentError
 from pvrs.inputs import read_rows
+from pvrs.layerspec import parse_layers
 
 
-def parse_layers(items: Sequence[str]) -> list[int]:
-    """`--layer 10 12 14-16` -> [10, 12, 14, 15, 16] (ranges inclusive)."""
-    layers: list[int] = []
-    for item in items:
-        for part in str(item).split(","):
-            lo, sep, hi = part.partition("-")
-            try:
-                values = range(int(lo), int(hi) + 1) if sep and lo else [int(part)]
-            except ValueError:
-                raise InputError(
-                    f"--layer {part!r} is not an integer or a range like 10-14"
-                ) from None
-            layers.extend(v for v in values if v not in layers)
-    return layers
+def vector_layers(spec: Sequence[str], vector: np.ndarray, flag: str = "--layer") -> list[int]:
+    """`--layer` items for `vector`: a `(L, H)` vector bounds them (and resolves `-1`)."""
+    return parse_layers(spec, range(vector.shape[0]) if vector.ndim == 2 else None, flag)
 
 
 def open_store(args: argparse.Namespace) -> Any:
     from pvrs.models import canonical_model_name
-    from pvrs.store import PersonaVectorStore
+    from pvrs.sources import open_store as open_source
 
-    return PersonaVectorStore(canonical_model_name(args.model), mask_strategy=args.mask_strategy)
+    return open_source(canonical_model_name(args.model), args.source, args.mask_strategy)
 
 
 def resolve_vector(spec: str, args: argparse.Namespace) -> np.ndarray:
@@ -112,9 +102,9 @@ def run_steer(args: argparse.Namespace) -> int:
     if (args.persona_id is None) == (args.vector is None):
         raise InputError("give exactly one of --persona-id ID or --vector FILE")
     prompts = read_prompts(args)
-    layers = parse_layers(args.layer)
     config = _generation_config(args)
     vector = resolve_vector(args.persona_id or args.vector, args)
+    layers = vector_layers(args.layer, vector)
     model, tokenizer = load_model(args)
     # With --relative each alpha is a fraction of the layer's typical residual norm.
     unit_alphas = suggested_alphas(model, tokenizer, vector, layers, 1.0) if args.relative else None
@@ -297,8 +287,8 @@ def run_monitor(args: argparse.Namespace) -> int:
     from pvrs.monitor import load_conversation, turn_projections, write_plot
 
     messages = load_conversation(args.conversation)
-    requested = parse_layers(args.layer) if args.layer else None
     axis = resolve_vector(args.axis, args)
+    requested = vector_layers(args.layer, axis) if args.layer else None
     model, tokenizer = load_model(args)
     layers = requested or [len(decoder_layers(model)) // 2]
     turns = turn_projections(model, tokenizer, messages, axis, layers)
@@ -370,7 +360,7 @@ def run_export(args: argparse.Namespace) -> int:
     if (args.persona_id is None) == (args.vector is None):
         raise InputError("give exactly one of --persona-id ID or --vector FILE")
     vector = resolve_vector(args.persona_id or args.vector, args)
-    layers = parse_layers(args.layer)
+    layers = vector_layers(args.layer, vector)
     hint = args.model_hint or _model_hint(args.model)
     path = write_control_vector(vector, args.out, layers, scale=args.alpha, model_hint=hint)
     print(

@@ -8,7 +8,7 @@ removes every hook.
 
 Vectors are `(hidden_size,)`, used at every chosen layer, or `(num_layers, hidden_size)`,
 row `i` used at block `i`: a persona vector, or a direction from `pvrs.directions`
-(re-exported here: `direction`, `assistant_axis`, `probe_direction`, `load_vector`).
+(re-exported here: `direction`, `assistant_axis_direction`, `probe_direction`, `load_vector`).
 
 Positions. `positions="all"` edits every token. `"prompt"` edits only the prompt's tokens
 and `"generated"` only the tokens produced by `generate`; both give the same tokens with
@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 from torch import nn
 
-from pvrs.directions import assistant_axis, direction, load_vector, probe_direction
+from pvrs.directions import assistant_axis_direction, direction, load_vector, probe_direction
 from pvrs.errors import InvalidArgumentError
 from pvrs.hooks import decoder_layers, forward_hooks, hidden_of, replace_hidden
 from pvrs.residuals import (
@@ -55,7 +55,7 @@ __all__ = [
     "POSITIONS",
     "Positions",
     "ablate",
-    "assistant_axis",
+    "assistant_axis_direction",
     "calibrate_tau",
     "cap",
     "direction",

@@ -400,7 +400,7 @@ class PersonaVectorStore(_PersonaQueries):
             if existing is not None and existing != value:
                 raise ManifestError(
                     f"{path}: holds vectors with {key}={existing} but this save has {key}={value}; "
-                    "save into another --output root or delete that folder"
+                    "save into another --output-dir root or delete that folder"
                 )
             manifest[key] = value
         manifest.setdefault("format", FORMAT)
@@ -416,7 +416,7 @@ class PersonaVectorStore(_PersonaQueries):
                 raise ManifestError(
                     f"{path}: existing vectors were made with {key}={existing!r} but this save has "
                     f"{key}={value!r}; mixing them would corrupt comparisons. Save into another "
-                    "--output root or delete that folder"
+                    "--output-dir root or delete that folder"
                 )
             if value is not None or key not in manifest:
                 manifest[key] = value
