@@ -95,19 +95,64 @@ def test_save_samples(tmp_path: Path) -> None:
     np.testing.assert_allclose(array.mean(axis=0), result.vector("pirate", "templated"), atol=1e-6)
 
 
-def test_generate_answers_then_extract(tmp_path: Path) -> None:
+def test_generate_answers_then_extract(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pvrs import extract as extract_module
+    from pvrs.generate import SamplingConfig, generate_answers
+
+    tokenizer = make_tokenizer("chatml")
+    model = tiny_model("llama", vocab_size=len(tokenizer))
+    calls: list[str] = []
+
+    def counting(*args, **kwargs):
+        calls.append(args[2].id)
+        return generate_answers(*args, **kwargs)
+
+    monkeypatch.setattr(extract_module, "generate_answers", counting)
+    sampling = SamplingConfig(max_new_tokens=5, temperature=0.0)
+    source = SampleSource(QA, generate=sampling, generations_dir=tmp_path / "gen")
+    run = dict(variants=("templated",), progress=False)
+    result = extract(model, tokenizer, PERSONAS[1:2], source, **run)
+    assert result.count("written") == 1 and calls == ["pirate"]
+    saved_path = tmp_path / "gen" / "templated" / "pirate.jsonl"
+    saved = inputs.load_qa(saved_path)
+    assert [r.qid for r in saved] == ["q1", "q2", "q3", "q4"]
+    assert all(r.persona_id == "pirate" and r.answer for r in saved)
+    assert (tmp_path / "gen" / "templated" / "pirate.sampling.json").is_file()
+
+    # Same questions and settings: the saved answers are reused, the vectors are identical.
+    again = extract(model, tokenizer, PERSONAS[1:2], source, **run)
+    assert calls == ["pirate"]
+    np.testing.assert_array_equal(again.vector("pirate", "templated"), result.vector("pirate", "templated"))
+    # Other settings, an edited file, or force: generated again.
+    longer = SampleSource(QA, generate=SamplingConfig(max_new_tokens=6, temperature=0.0), generations_dir=tmp_path / "gen")
+    extract(model, tokenizer, PERSONAS[1:2], longer, **run)
+    assert calls == ["pirate"] * 2
+    saved_path.write_text(saved_path.read_text().replace('"q1"', '"q1" ', 1))
+    extract(model, tokenizer, PERSONAS[1:2], longer, **run)
+    assert calls == ["pirate"] * 3
+    extract(model, tokenizer, PERSONAS[1:2], longer, force=True, **run)
+    assert calls == ["pirate"] * 4
+
+
+def test_saved_personas_are_skipped_before_generating(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pvrs import extract as extract_module
     from pvrs.generate import SamplingConfig
 
     tokenizer = make_tokenizer("chatml")
     model = tiny_model("llama", vocab_size=len(tokenizer))
-    source = SampleSource(QA, generate=SamplingConfig(max_new_tokens=5, temperature=0.0), generations_dir=tmp_path / "gen")
-    result = extract(model, tokenizer, PERSONAS[1:2], source, variants=("templated",), progress=False)
-    assert result.count("written") == 1
-    saved = inputs.load_qa(tmp_path / "gen" / "templated" / "pirate.jsonl")
-    assert [r.qid for r in saved] == ["q1", "q2", "q3", "q4"]
-    assert all(r.persona_id == "pirate" and r.answer for r in saved)
-    again = extract(model, tokenizer, PERSONAS[1:2], source, variants=("templated",), progress=False)
-    np.testing.assert_array_equal(again.vector("pirate", "templated"), result.vector("pirate", "templated"))
+    sampling = SamplingConfig(max_new_tokens=3, temperature=0.0)
+    scores = {("pirate", "q1"): 90.0, ("pirate", "q3"): 80.0}
+    run = dict(variants=("templated",), progress=False, save_to=tmp_path / "store")
+    source = SampleSource(QA, generate=sampling, scores=scores, min_score=50)
+    first = extract(model, tokenizer, PERSONAS[1:2], source, **run)
+    assert first.sample_ids[("pirate", "templated")] == ["q1", "q3"]
+
+    def fail(*args, **kwargs):
+        raise AssertionError("a saved persona must not be answered again")
+
+    monkeypatch.setattr(extract_module, "generate_answers", fail)
+    again = extract(model, tokenizer, PERSONAS[1:2], source, **run)
+    assert [o.status for o in again.outcomes] == ["skipped"]
 
 
 def test_score_filter_keeps_passing_samples() -> None:

@@ -4,15 +4,16 @@ steering commands."""
 
 from __future__ import annotations
 
+import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pvrs.chat import MERGE_SEPARATOR, analyze_template
 from pvrs.errors import InputError, ModelError
-from pvrs.inputs import Persona, QAPair, read_rows
+from pvrs.inputs import Persona, QAPair, qa_from_rows, read_rows
 
 if TYPE_CHECKING:
     from torch import nn
@@ -59,8 +60,10 @@ def generate_answers(
     variant: str,
     questions: Sequence[QAPair],
     sampling: SamplingConfig = SamplingConfig(),
+    on_batch: Callable[[int], object] | None = None,
 ) -> list[QAPair]:
-    """`questions` answered by the model in persona; deterministic for a given seed."""
+    """`questions` answered by the model in persona; deterministic for a given seed.
+    `on_batch(n)` hears each batch of `n` answers as it is done."""
     import torch
 
     device = next(model.parameters()).device
@@ -84,6 +87,8 @@ def generate_answers(
             for q, tokens in zip(chunk, new_tokens, strict=True):
                 answer = tokenizer.decode(tokens, skip_special_tokens=True).strip()
                 out.append(replace(q, answer=answer or "…", persona_id=persona.id))
+            if on_batch is not None:
+                on_batch(len(chunk))
     finally:
         tokenizer.padding_side = side
     return out
@@ -142,12 +147,39 @@ def generate(
     return tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip()
 
 
-def save_generations(path: Path, rows: Sequence[QAPair]) -> None:
-    """JSONL in the QA input format, so a generated set can be fed back with --qa."""
+def _settings_path(path: Path) -> Path:
+    return path.with_name(path.name.removesuffix(".jsonl") + ".sampling.json")
+
+
+def save_generations(path: Path, rows: Sequence[QAPair], sampling: SamplingConfig | None = None) -> None:
+    """JSONL in the QA input format, so a generated set can be fed back with --qa. With
+    `sampling`, a sidecar `<name>.sampling.json` records the settings and the file's sha256,
+    so `saved_generations` can reuse the answers instead of generating them again."""
     from pvrs.store import atomic_write_bytes
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, "".join(json.dumps(asdict(r), ensure_ascii=False) + "\n" for r in rows).encode())
+    data = "".join(json.dumps(asdict(r), ensure_ascii=False) + "\n" for r in rows).encode()
+    atomic_write_bytes(path, data)
+    if sampling is not None:
+        settings = {"sampling": asdict(sampling), "sha256": hashlib.sha256(data).hexdigest()}
+        atomic_write_bytes(_settings_path(path), json.dumps(settings, indent=1).encode())
+
+
+def saved_generations(path: Path, questions: Sequence[QAPair], sampling: SamplingConfig) -> list[QAPair] | None:
+    """The answers saved at `path` when they are for exactly `questions` (same ids and texts,
+    in order) under the same `sampling`, and the file is the one the sidecar describes;
+    otherwise None (generate again)."""
+    try:
+        data = path.read_bytes()
+        settings = json.loads(_settings_path(path).read_text(encoding="utf-8"))
+        if settings.get("sha256") != hashlib.sha256(data).hexdigest() or settings.get("sampling") != asdict(sampling):
+            return None
+        saved = qa_from_rows(read_rows(path), str(path))
+    except (OSError, ValueError, AttributeError, InputError):
+        return None
+    if [(r.qid, r.question) for r in saved] != [(q.qid, q.question) for q in questions]:
+        return None
+    return saved
 
 
 def load_scores(path: str | Path) -> dict[tuple[str, str], float]:
