@@ -49,6 +49,14 @@ def test_a_store_tree_is_clean(
     assert main(["validate", str(store.variant_dir("templated"))]) == 0
 
 
+def test_validate_defaults_to_the_artifacts_store(
+    store: PersonaVectorStore, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("ARTIFACTS_DIR", str(store.root_dir.parent))
+    assert main(["validate", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["personas"] == 8
+
+
 def test_every_problem_is_reported(
     store: PersonaVectorStore, capsys: pytest.CaptureFixture[str]
 ) -> None:

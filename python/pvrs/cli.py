@@ -391,9 +391,10 @@ def _add_push(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
+    from pvrs.paths import activations_dir
     from pvrs.validation import validate
 
-    report = validate(args.path, deep=args.deep)
+    report = validate(args.path or activations_dir(), deep=args.deep)
     if args.json:
         print(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
     else:
@@ -409,7 +410,11 @@ def _add_validate(sub: argparse._SubParsersAction) -> None:
         help="check an artifacts tree or variant folder (exit 0 clean, 1 with errors)",
         description="Check manifests, persona ids, tensor files and their headers; report every problem.",
     )
-    p.add_argument("path", help="artifacts tree (e.g. artifacts/activations) or one variant folder")
+    p.add_argument(
+        "path",
+        nargs="?",
+        help="store root, artifacts tree or one variant folder (default: $ARTIFACTS_DIR/activations)",
+    )
     p.add_argument("--deep", action="store_true", help="also check sha256 and scan for NaN/Inf")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(handler=_cmd_validate)
