@@ -162,6 +162,9 @@ def test_round_trip_through_hf_store(root: Path, tmp_path: Path) -> None:
             for pid in ids:
                 np.testing.assert_array_equal(remote.load(pid, variant), local.load(pid, variant))
                 assert remote.sample_ids(pid, variant) == PERSONAS[pid][1]
+                assert remote.has(pid, variant) and remote.has(pid, variant, PERSONAS[pid][1])
+                assert not remote.has(pid, variant, ["other"])
+            assert not remote.has("nobody", variant)
             np.testing.assert_array_equal(remote.stack(ids[::-1], variant), local.stack(ids[::-1], variant))
             np.testing.assert_array_equal(
                 remote.stack(ids, variant, layers=[3, 0]), local.stack(ids, variant, layers=[3, 0])

@@ -17,7 +17,7 @@ import pytest
 import yaml
 from huggingface_hub.utils import _http
 from pvrs import cli, hub
-from pvrs.errors import InputError, PackagingError
+from pvrs.errors import InputError, PackagingError, PvrsIOError
 from pvrs.store import PersonaVectorStore
 
 MODEL = "org/tiny-model"
@@ -210,6 +210,23 @@ def test_push_turns_hub_errors_into_packaging_errors(fake_hub: FakeHub, root: Pa
     _http.close_session()
     with pytest.raises(PackagingError, match="pushing to 'someone/persona-vectors' failed"):
         hub.push(MODEL, REPO, root_dir=root, progress=False)
+
+
+def test_hub_reads_fail_with_one_clear_error(fake_hub: FakeHub) -> None:
+    def answer(status: int, headers: dict[str, str]) -> None:
+        def handler(request: httpx2.Request) -> httpx2.Response:
+            return httpx2.Response(status, headers=headers, json={"error": "nope"})
+
+        _http.set_client_factory(lambda: httpx2.Client(transport=httpx2.MockTransport(handler)))
+        _http.close_session()
+
+    answer(404, {"X-Error-Code": "RepoNotFound"})
+    with pytest.raises(InputError, match="'someone/persona-vectors' does not exist or is private"):
+        hub.HFPersonaVectorStore(REPO, MODEL).list_personas()
+
+    answer(403, {})  # (a refused connection reads the same, after huggingface_hub's retries)
+    with pytest.raises(PvrsIOError, match=r"could not list its files \(HfHubHTTPError: .*check the network"):
+        hub.HFPersonaVectorStore(REPO, MODEL).list_personas()
 
 
 def test_cli_push_dry_run_and_errors(

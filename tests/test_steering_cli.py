@@ -345,6 +345,16 @@ def test_steering_commands_read_any_source(tiny_dir, vectors, tmp_path, capsys):
     np.testing.assert_allclose(back[-1], assistant_axis_direction(store=other)[-1], rtol=1e-6)
     assert not back[:-1].any()
 
+    # A packaged (Hub-layout) dataset folder reads the same, through HFPersonaVectorStore.
+    from pvrs.hub import package
+
+    package(None, tmp_path / "pkg", root_dir=tmp_path / "elsewhere", progress=False)
+    argv = ["export", "--model", str(tiny_dir), "--persona-id", "pirate_captain", "--layer", "1",
+            "--source", str(tmp_path / "pkg"), "--out", str(out_file)]  # fmt: skip
+    code, _, err = run_cli(argv, capsys)
+    assert code == 0, err
+    np.testing.assert_allclose(read_control_vector(out_file)[1], direction(other, "pirate_captain")[1])
+
 
 def _answer_mean(model, tokenizer, system, question, answer, layer):
     """Reference: block `layer`'s output averaged over the answer's tokens, located by

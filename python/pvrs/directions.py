@@ -181,8 +181,8 @@ def from_spec(
         return assistant_axis_direction(store, variant=variant)
     if not store.has(spec, variant):
         raise InputError(
-            f"{spec!r} is neither a vector file nor a persona saved in "
-            f"{store.variant_dir(variant)}; run `pvrs extract` for it, pass a .safetensors/"
+            f"{spec!r} is neither a vector file nor a persona saved in variant {variant!r} of "
+            f"{store!r}; run `pvrs extract` for it, pass a .safetensors/"
             f".npy/.gguf file, or use 'assistant-axis'"
         )
     return direction(store, spec, variant=variant)

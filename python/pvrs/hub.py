@@ -15,7 +15,8 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from pvrs import _core
-from pvrs.errors import InputError, InvalidArgumentError, PackagingError
+from pvrs.errors import InputError, InvalidArgumentError, PackagingError, PvrsIOError
 from pvrs.masks import ALL_STRATEGIES, parse_strategies
 from pvrs.models import model_dir_name
 from pvrs.paths import activations_dir
@@ -483,12 +484,36 @@ class _Source:
             else:
                 from huggingface_hub import HfApi
 
-                self._repo_files = sorted(
-                    HfApi(token=self.token).list_repo_files(
-                        self.repo_id, repo_type=REPO_TYPE, revision=self.revision
+                with self._hub_errors("list its files"):
+                    self._repo_files = sorted(
+                        HfApi(token=self.token).list_repo_files(
+                            self.repo_id, repo_type=REPO_TYPE, revision=self.revision
+                        )
                     )
-                )
         return self._repo_files
+
+    @contextmanager
+    def _hub_errors(self, doing: str) -> Iterator[None]:
+        """Hub failures as one clear pvrs error: a missing repo or revision is the user's
+        input; anything else (no network, a timeout, a server error) is I/O."""
+        from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
+
+        where = f"Hub dataset {self.repo_id!r}"
+        try:
+            yield
+        except RepositoryNotFoundError:
+            raise InputError(
+                f"{where} does not exist or is private (log in with `hf auth login` or set "
+                "HF_TOKEN); or pass a local dataset folder"
+            ) from None
+        except RevisionNotFoundError:
+            raise InputError(f"{where} has no revision {self.revision!r}") from None
+        except Exception as exc:  # network and server errors come in many types
+            first_line = (str(exc).strip().splitlines() or [""])[0]
+            raise PvrsIOError(
+                f"{where}: could not {doing} ({type(exc).__name__}: {first_line}); check the network "
+                "(or HF_HUB_OFFLINE with a filled cache), or pass a local dataset folder"
+            ) from exc
 
     def card(self) -> dict[str, dict[str, list[str]]]:
         if self._card is None:
@@ -519,15 +544,16 @@ class _Source:
             return self.local_dir / relpath
         from huggingface_hub import hf_hub_download
 
-        return Path(
-            hf_hub_download(
-                self.repo_id,
-                relpath,
-                repo_type=REPO_TYPE,
-                revision=self.revision,
-                token=self.token,
+        with self._hub_errors(f"download {relpath}"):
+            return Path(
+                hf_hub_download(
+                    self.repo_id,
+                    relpath,
+                    repo_type=REPO_TYPE,
+                    revision=self.revision,
+                    token=self.token,
+                )
             )
-        )
 
 
 @dataclass
@@ -716,6 +742,14 @@ class HFPersonaVectorStore(_PersonaQueries):
         """The QA sample ids the persona's vector was averaged over."""
         index, _ = self._require(persona_id, variant)
         return list(index.sample_ids[persona_id])
+
+    def has(self, persona_id: str, variant: str, sample_ids: Sequence[str] | None = None) -> bool:
+        """True when the split holds the persona and, if `sample_ids` is given, its vector
+        was computed from exactly those samples (as `PersonaVectorStore.has`)."""
+        index = self._index(variant)
+        if index is None or persona_id not in index.where:
+            return False
+        return sample_ids is None or index.sample_ids[persona_id] == [str(s) for s in sample_ids]
 
     def _persona_table(self, variant: str) -> dict[str, str] | None:
         index = self._index(variant)
