@@ -22,7 +22,8 @@ from pvrs.sources import open_store
 
 PROBE_METHODS = ("logistic", "ridge", "diffmeans")
 # Past this many values (personas^2 x layers, e.g. 700 personas x 40 layers) the all-layer
-# similarity file is skipped: the focus layer's CSVs remain.
+# similarity file is skipped: the focus layer's CSVs remain. The HTML report's layer slider
+# on the heatmaps has its own, lower cap on the same count (`plots.SIMILARITY_SLIDER_MAX`).
 ALL_LAYER_SIMILARITY_MAX = 20_000_000
 
 

@@ -40,8 +40,9 @@ _UNLABELLED_SIZE = 900  # pixels along a persona axis that carries no names
 SCATTER_TEXT_MAX = 40
 # The HTML similarity heatmaps slide through every layer only while personas^2 x layers
 # (the size of one all-layer matrix, as `analyze.ALL_LAYER_SIMILARITY_MAX` measures it for
-# the tables) stays under this: two float32 panels of it are ~20 MB in the page, about as
-# much as a browser draws smoothly. Past it the focus layer alone is drawn.
+# the tables) is at most this. A value costs ~7.5 bytes of page (float32 in base64, its '/'
+# escaped), so the two panels at the cap are ~30 MB, about what a browser still opens
+# comfortably (250 personas x 32 layers). Past it the focus layer alone is drawn.
 SIMILARITY_SLIDER_MAX = 2_000_000
 _SLIDER_MARGIN = 90  # pixels above the plot for the layer slider (below the title)
 
