@@ -293,3 +293,22 @@ def test_neighbours_of_a_persona_are_printed(store_root, tmp_path, capsys):
     ]
     assert main([*args, "--neighbours-of", "zz"]) == 2
     assert "--neighbours-of zz: no such persona" in _error_line(capsys)
+
+
+@needs_browser
+def test_png_of_a_slider_figure_renders_at_its_own_size(tmp_path):
+    from pvrs import analysis as an
+    from pvrs import plots
+
+    rng = np.random.default_rng(3)
+    ids = [*ROLES, an.BASELINE_ID]
+    x = rng.standard_normal((len(ids), L, H)).astype(np.float32)
+    x[-1, :, 0] += 4.0
+    axis = an.assistant_axis(x, ids, list(range(L)))
+    fig = plots.axis_projection_figure(axis, ids, 2)
+    assert fig.layout.sliders  # the HTML slides; the PNG is the focus layer's still
+    (path,) = plots.write_pngs([plots.Section("axis", "", "", fig)], tmp_path)
+    assert _png_size(path) == (
+        fig.layout.width * plots.PNG_SCALE,
+        fig.layout.height * plots.PNG_SCALE,
+    )

@@ -22,7 +22,8 @@ from pvrs.sources import open_store
 
 PROBE_METHODS = ("logistic", "ridge", "diffmeans")
 # Past this many values (personas^2 x layers, e.g. 700 personas x 40 layers) the all-layer
-# similarity file is skipped: the focus layer's CSVs remain.
+# similarity file is skipped: the focus layer's CSVs remain. The HTML report's layer slider
+# on the heatmaps has its own, lower cap on the same count (`plots.SIMILARITY_SLIDER_MAX`).
 ALL_LAYER_SIMILARITY_MAX = 20_000_000
 
 
@@ -392,8 +393,13 @@ class _Findings:
     probe_curves: list[Any]
 
 
+# How the per-layer figures read when there are several layers; PNGs show the focus layer.
+_SLIDE = "The slider moves through the analysed layers; it starts at (and the PNG shows) the focus layer."
+
+
 def _sections(f: _Findings) -> list[plots.Section]:
     names, focus, sim, pca, axis = f.main.names, f.focus, f.sim, f.pca, f.axis
+    slide = _SLIDE if len(f.main.layers) > 1 else "At the focus layer."
     S = plots.Section
     out = [
         S(
@@ -405,24 +411,29 @@ def _sections(f: _Findings) -> list[plots.Section]:
         S(
             "similarity",
             "Persona similarity",
-            "Cosine similarity between personas at the focus layer, raw (own colour range: they crowd near 1) and centered (the mean over personas subtracted, which removes what every persona shares). Rows are in hierarchical-clustering order.",
+            "Cosine similarity between personas, raw (own colour range: they crowd near 1) and centered (the mean over personas subtracted, which removes what every persona shares). "
+            + (
+                f"{slide} Rows are in the hierarchical-clustering order of the focus layer on every layer, so each persona keeps its row."
+                if plots.similarity_slides(sim)
+                else f"Focus layer only: {len(names)} personas over {len(sim.layers)} layers would make the page too large to slide through (the tables hold every layer). Rows are in hierarchical-clustering order."
+            ),
             plots.similarity_figure(sim, names, focus),
         ),
         S(
             "pca_scree",
             "PCA: explained variance",
-            "Share of between-persona variance explained by each principal component at the focus layer, and by PC1 at every layer.",
+            f"Share of between-persona variance explained by each principal component, and by PC1 at every layer. {slide}",
             plots.scree_figure(pca, focus),
         ),
     ]
-    color = None if axis is None else axis.projections[:, an.layer_position(axis.layers, focus)]
+    color = None if axis is None else axis.projections
     label = "assistant axis" if axis is not None else ""
     if pca.projections.shape[2] >= 2:
         out.append(
             S(
                 "pca_2d",
                 "PCA: personas in 2-D",
-                "Personas on PC1 and PC2 at the focus layer; colour: projection on the assistant axis.",
+                f"Personas on PC1 and PC2; colour: projection on the assistant axis. {slide}",
                 plots.pca_scatter_figure(pca, names, focus, color=color, color_label=label),
             )
         )
@@ -431,7 +442,7 @@ def _sections(f: _Findings) -> list[plots.Section]:
             S(
                 "pca_3d",
                 "PCA: personas in 3-D",
-                "Personas on the first three components at the focus layer (rotate it in the HTML report).",
+                f"Personas on the first three components (rotate it in the HTML report). {slide}",
                 plots.pca_scatter_figure(pca, names, focus, dims=3, color=color, color_label=label),
             )
         )
@@ -440,7 +451,7 @@ def _sections(f: _Findings) -> list[plots.Section]:
             S(
                 "axis_projection",
                 "The assistant axis: personas",
-                f"Mean of the default personas ({', '.join(axis.default_ids)}) minus the mean of the role personas, normalised; each persona's position along it at the focus layer (0 is the role mean).",
+                f"Mean of the default personas ({', '.join(axis.default_ids)}) minus the mean of the role personas, normalised; each persona's position along it (0 is the role mean). {slide}",
                 plots.axis_projection_figure(axis, names, focus),
             )
         )
