@@ -1,4 +1,5 @@
-"""`pvrs import`: .pt vectors from other tools, with and without the embedding row."""
+"""`pvrs import`: .pt vectors from other tools, with and without the embedding row, and llama.cpp
+control vectors (.gguf)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 from pvrs.cli import main
-from pvrs.errors import InputError
-from pvrs.importers import import_pt
+from pvrs.errors import ArtifactError, InputError
+from pvrs.importers import import_vectors
 from pvrs.store import PersonaVectorStore
 
 L, H = 4, 6
@@ -54,7 +55,7 @@ def test_blocks_only_files_and_model_config(tmp_path: Path) -> None:
     ).save_pretrained(model_dir)
     t = write_pt(tmp_path / "src", "diver", L)
     store = PersonaVectorStore(str(model_dir), root_dir=tmp_path / "store")
-    result = import_pt([tmp_path / "src" / "diver.pt"], store, "biography")
+    result = import_vectors([tmp_path / "src" / "diver.pt"], store, "biography")
     assert result.source_layer_convention == "decoder_block_outputs" and result.num_layers == L
     np.testing.assert_array_equal(store.load("diver", "biography"), t.numpy())
 
@@ -66,14 +67,14 @@ def test_bad_inputs_name_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     write_pt(src, "a", L + 1)
     write_pt(src, "b", L)
     with pytest.raises(InputError, match="mix"):
-        import_pt([src], store, "templated", num_layers=L)
+        import_vectors([src], store, "templated", num_layers=L)
     with pytest.raises(InputError, match=r"b\.pt: 4 rows, but the model has 2 layers"):
-        import_pt([src / "b.pt"], store, "templated", num_layers=2)
+        import_vectors([src / "b.pt"], store, "templated", num_layers=2)
     with pytest.raises(InputError, match="--num-layers"):
-        import_pt([src / "b.pt"], store, "templated")  # unknown model: cannot tell the layout
+        import_vectors([src / "b.pt"], store, "templated")  # unknown model: cannot tell the layout
     torch.save(torch.zeros(2, 3, 4), src / "c.pt")
     with pytest.raises(InputError, match=r"c\.pt: expected a 2-D"):
-        import_pt([src / "c.pt"], store, "templated", layout="blocks")
+        import_vectors([src / "c.pt"], store, "templated", layout="blocks")
 
     class Evil:
         def __reduce__(self):  # a pickle that would run code
@@ -83,6 +84,40 @@ def test_bad_inputs_name_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     with pytest.raises(
         InputError, match=r"evil\.pt: cannot load with torch\.load\(weights_only=True\)"
     ):
-        import_pt([src / "evil.pt"], store, "templated", layout="blocks")
+        import_vectors([src / "evil.pt"], store, "templated", layout="blocks")
     assert not store.variant_dir("templated").exists()  # nothing written by failed imports
     assert main(["import", str(tmp_path / "missing"), "--model", "org/x"]) == 2
+
+
+def test_control_vectors_import_row_for_row(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pvrs.controlvector import write_control_vector
+
+    rng = np.random.default_rng(0)
+    vector = rng.standard_normal((L, H)).astype(np.float32)
+    src = tmp_path / "src"
+    write_control_vector(vector, src / "pirate.gguf", layers=[1, 3])
+    root = tmp_path / "store"
+    model = str(tmp_path / "model-without-config")  # a local name: no Hub lookup for a config
+    argv = ["import", str(src), "--model", model, "--output-dir", str(root)]
+    assert main(argv) == 2  # the file alone cannot say how many blocks the model has
+    assert "--num-layers" in capsys.readouterr().err
+    assert main([*argv, "--num-layers", str(L)]) == 0
+    assert "blocks without a direction are zero rows" in capsys.readouterr().out
+    store = PersonaVectorStore(model, root_dir=root)
+    loaded = store.load("pirate", "templated")
+    np.testing.assert_array_equal(loaded[[1, 3]], vector[[1, 3]])
+    assert not loaded[[0, 2]].any()
+    manifest = json.loads(store.manifest_path("templated").read_text())
+    assert manifest["source_layer_convention"] == "llama_cpp_control_vector"
+    assert main(["validate", str(root), "--deep"]) == 0
+    # A control vector steering a block the model does not have is refused, nothing written.
+    write_control_vector(np.zeros((8, H), np.float32), tmp_path / "deep" / "big.gguf", layers=[7])
+    with pytest.raises(ArtifactError, match=r"has direction\.7 but the model has 4 layers"):
+        import_vectors([tmp_path / "deep"], store, "templated", num_layers=L)
+    assert store.list_personas(["templated"]) == ["pirate"]
+    # .pt and .gguf files have different layouts: one kind per import.
+    write_pt(src, "chef", L)
+    with pytest.raises(InputError, match="the files mix layouts"):
+        import_vectors([src], store, "biography", num_layers=L)

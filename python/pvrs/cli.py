@@ -421,20 +421,23 @@ def _add_validate(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_import(args: argparse.Namespace) -> int:
-    from pvrs.importers import import_pt
+    from pvrs.importers import CONTROL_VECTOR, WITH_EMBEDDINGS, import_vectors
     from pvrs.models import canonical_model_name
     from pvrs.store import PersonaVectorStore
 
     store = PersonaVectorStore(
         canonical_model_name(args.model), root_dir=args.output_dir, mask_strategy=args.mask_strategy
     )
-    result = import_pt(
+    result = import_vectors(
         args.files, store, args.variant, layout=args.layout, num_layers=args.num_layers
     )
-    dropped = " (dropped the embedding row)" if result.source_layer_convention != "decoder_block_outputs" else ""
+    notes = {
+        WITH_EMBEDDINGS: " (dropped the embedding row)",
+        CONTROL_VECTOR: " (control vectors: blocks without a direction are zero rows)",
+    }
     print(
         f"imported {len(result.persona_ids)} vector(s) of ({result.num_layers}, {result.hidden_size})"
-        f"{dropped} into {result.variant_dir}"
+        f"{notes.get(result.source_layer_convention, '')} into {result.variant_dir}"
     )
     return 0
 
@@ -442,10 +445,11 @@ def _cmd_import(args: argparse.Namespace) -> int:
 def _add_import(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "import",
-        help="import persona vectors from other tools (.pt files) into the store",
-        description="Import [L+1, d] (embedding row first) or [L, d] .pt tensors; persona id = file stem.",
+        help="import vectors from other tools (.pt tensors, llama.cpp .gguf control vectors) into the store",
+        description="Import [L+1, d] (embedding row first) or [L, d] .pt tensors, or llama.cpp "
+        "control vectors (.gguf, direction.k = block k); persona id = file stem.",
     )
-    p.add_argument("files", nargs="+", help=".pt files or folders of them")
+    p.add_argument("files", nargs="+", help=".pt/.gguf files or folders of them")
     p.add_argument("--model", required=True, help="model the vectors come from (Hub id or built-in name)")
     p.add_argument("--variant", default="templated", help="prompt variant to file them under (default: templated)")
     p.add_argument("--mask-strategy", default="answer_mean", help="mask strategy folder (default: answer_mean)")
@@ -456,7 +460,7 @@ def _add_import(sub: argparse._SubParsersAction) -> None:
         default="auto",
         help="rows of the files: auto (from the model's layer count), with-embeddings ([L+1, d]) or blocks ([L, d])",
     )
-    p.add_argument("--num-layers", type=int, default=None, help="the model's decoder layers (auto layout without a config)")
+    p.add_argument("--num-layers", type=int, default=None, help="the model's decoder layers (when its config cannot be read)")
     p.set_defaults(handler=_cmd_import)
 
 

@@ -1,10 +1,13 @@
 """Import persona vectors made by other tools into a pvrs store.
 
-`.pt` files holding one `[L+1, d]` tensor (row 0 = embedding output, then one row per
-decoder block, as `output_hidden_states` returns) or `[L, d]` (decoder blocks only), loaded
-with `torch.load(weights_only=True)` so no pickled code runs. pvrs stores decoder-block rows
-only (DESIGN.md "Layer convention"); the source layout is recorded in the manifest as
-`source_layer_convention`."""
+- `.pt` files holding one `[L+1, d]` tensor (row 0 = embedding output, then one row per
+  decoder block, as `output_hidden_states` returns) or `[L, d]` (decoder blocks only), loaded
+  with `torch.load(weights_only=True)` so no pickled code runs.
+- `.gguf` llama.cpp control vectors: `direction.<k>` is added to block k's output, so it is
+  row k as it is; layers the file does not steer are zero rows.
+
+pvrs stores decoder-block rows only (DESIGN.md "Layer convention"); the source layout is
+recorded in the manifest as `source_layer_convention`."""
 
 from __future__ import annotations
 
@@ -23,6 +26,8 @@ from pvrs.store import (
 )
 
 WITH_EMBEDDINGS = "embedding_then_decoder_blocks"
+CONTROL_VECTOR = "llama_cpp_control_vector"
+SUFFIXES = (".pt", ".gguf")
 LAYOUTS = ("auto", "with-embeddings", "blocks")
 _TENSOR_KEYS = ("activations", "vector", "vectors", "persona_vector")
 
@@ -36,15 +41,15 @@ class ImportResult:
     hidden_size: int
 
 
-def pt_files(inputs: Iterable[str | os.PathLike[str]]) -> list[Path]:
-    """Expand folders to the `.pt` files directly inside them; keep files as given."""
+def vector_files(inputs: Iterable[str | os.PathLike[str]]) -> list[Path]:
+    """Expand folders to the `.pt` and `.gguf` files directly inside them; keep files as given."""
     files: list[Path] = []
     for item in inputs:
         path = Path(item).expanduser()
         if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.suffix == ".pt" and p.is_file())
+            found = sorted(p for p in path.iterdir() if p.suffix in SUFFIXES and p.is_file())
             if not found:
-                raise InputError(f"{path}: no .pt files in this folder")
+                raise InputError(f"{path}: no .pt or .gguf files in this folder")
             files.extend(found)
         elif path.is_file():
             files.append(path)
@@ -117,7 +122,29 @@ def _source_layout(rows: int, layout: str, num_layers: int | None, path: Path) -
     )
 
 
-def import_pt(
+def _load(path: Path, layout: str, num_layers: int | None) -> tuple[Any, str, str]:
+    """The file's `(L, d)` float32 tensor in pvrs's layer convention, its source layout and
+    its source dtype."""
+    import torch
+
+    if path.suffix == ".gguf":
+        from pvrs.controlvector import read_control_vector
+
+        if num_layers is None:
+            raise InputError(
+                f"{path}: a control vector holds only the layers it steers; pass --num-layers N "
+                "(the model's decoder layers) so the stored vector has one row per block"
+            )
+        return torch.from_numpy(read_control_vector(path, num_layers)), CONTROL_VECTOR, "float32"
+    tensor = load_pt_vector(path)
+    convention = _source_layout(int(tensor.shape[0]), layout, num_layers, path)
+    dtype = str(tensor.dtype).removeprefix("torch.")
+    if convention == WITH_EMBEDDINGS:
+        tensor = tensor[1:]
+    return tensor.to(torch.float32), convention, dtype
+
+
+def import_vectors(
     inputs: Sequence[str | os.PathLike[str]],
     store: PersonaVectorStore,
     variant: str,
@@ -126,45 +153,42 @@ def import_pt(
     num_layers: int | None = None,
     names: dict[str, str] | None = None,
 ) -> ImportResult:
-    """Import `.pt` vectors (persona id = file stem) into `store` under `variant`, with one
-    manifest update. Every file is loaded and checked before anything is written."""
-    import torch
-
+    """Import `.pt` vectors or `.gguf` control vectors (persona id = file stem) into `store`
+    under `variant`, with one manifest update. Every file is loaded and checked before
+    anything is written."""
     if layout not in LAYOUTS:
         raise InputError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
-    files = pt_files(inputs)
+    files = vector_files(inputs)
     if not files:
-        raise InputError("no .pt files given; pass files or folders holding them")
-    if layout == "auto" and num_layers is None:
+        raise InputError("no .pt or .gguf files given; pass files or folders holding them")
+    if num_layers is None and (layout == "auto" or any(f.suffix == ".gguf" for f in files)):
         num_layers = model_num_layers(store.model_name)
     records: list[VectorRecord] = []
     conventions: set[str] = set()
     dtypes: set[str] = set()
     for path in files:
         persona_id = validate_persona_id(path.stem)
-        tensor = load_pt_vector(path)
-        convention = _source_layout(int(tensor.shape[0]), layout, num_layers, path)
+        tensor, convention, dtype = _load(path, layout, num_layers)
         conventions.add(convention)
-        dtypes.add(str(tensor.dtype).removeprefix("torch."))
-        if convention == WITH_EMBEDDINGS:
-            tensor = tensor[1:]
+        dtypes.add(dtype)
         records.append(
             VectorRecord(
                 persona_id=persona_id,
-                activations=tensor.to(torch.float32),
+                activations=tensor,
                 name=(names or {}).get(persona_id, persona_id),
                 sample_ids=[],
             )
         )
     if len(conventions) > 1:
         raise InputError(
-            "the files mix [L+1, d] and [L, d] layouts; import them separately with --layout"
+            f"the files mix layouts ({', '.join(sorted(conventions))}); import each kind "
+            "separately (with --layout for .pt files)"
         )
     convention = conventions.pop()
     provenance = {
         "layer_convention": LAYER_CONVENTION,
         "source_layer_convention": convention,
-        "imported_from": "torch .pt",
+        "imported_from": "llama.cpp control vector (.gguf)" if convention == CONTROL_VECTOR else "torch .pt",
         "dtype": dtypes.pop() if len(dtypes) == 1 else None,
     }
     store.save_many(variant, records, provenance=provenance)
