@@ -287,7 +287,11 @@ def pca_scatter_figure(
         if dims == 2:
             fig.add_trace(
                 go.Scatter(
-                    x=proj[:, 0], y=proj[:, 1], textposition="top center", marker=marker, **common
+                    x=proj[:, 0],
+                    y=proj[:, 1],
+                    textposition=_text_positions(proj[:, 0]),
+                    marker=marker,
+                    **common,
                 )
             )
         else:
@@ -303,6 +307,17 @@ def pca_scatter_figure(
     fig = _finish(go.Figure(), "", 900, 700)
     fig.update_layout(showlegend=False)
     return _layer_slider(fig, pca.layers, layer, draw)
+
+
+def _text_positions(x: np.ndarray) -> list[str]:
+    """Labels of points near the left or right edge extend inwards, so they are not cut off
+    by the plot area."""
+    lo, hi = float(x.min()), float(x.max())
+    third = (hi - lo) / 3
+    return [
+        "top right" if v < lo + third else "top left" if v > hi - third else "top center"
+        for v in x.tolist()
+    ]
 
 
 def axis_projection_figure(axis: AxisResult, names: Sequence[str], layer: int) -> go.Figure:
