@@ -5,8 +5,9 @@
 //! Memory stays bounded by the row group size, whatever the number of personas: a row group's
 //! tensors are read, checked and converted to f32 a few personas at a time and encoded, and
 //! only the encoded row group is held until it is appended to the file. Row groups are
-//! encoded in parallel (one per thread, at most `MAX_PARALLEL_ROW_GROUPS`, so peak memory is
-//! about that many row groups) and appended in order. Output bytes depend only on the input
+//! encoded in parallel (one per thread, at most `MAX_PARALLEL_ROW_GROUPS`), the next window
+//! of them while the last one is appended, so peak memory is about twice that many encoded
+//! row groups; they are appended in order. Output bytes depend only on the input
 //! tree and the size options (sorted order, no timestamps, no thread-dependent layout), so
 //! re-packaging an unchanged tree gives identical files.
 
@@ -570,8 +571,8 @@ pub fn write_split(
                 .and_then(|w| w.into_serialized_writer())
                 .map_err(fail)?;
         let groups: Vec<&[Row]> = file_rows.chunks(per_group).collect();
-        for (w, window_groups) in groups.chunks(window).enumerate() {
-            let encoded = window_groups
+        let encode_window = |w: usize, window_groups: &[&[Row]]| {
+            window_groups
                 .par_iter()
                 .enumerate()
                 .map(|(i, group)| {
@@ -585,7 +586,9 @@ pub fn write_split(
                         },
                     )
                 })
-                .collect::<Result<Vec<_>>>()?;
+                .collect::<Result<Vec<_>>>()
+        };
+        let mut append = |window_groups: &[&[Row]], encoded: Vec<(Vec<ArrowColumnChunk>, u64)>| {
             for (group, (chunks, bytes)) in window_groups.iter().zip(encoded) {
                 num_bytes += bytes;
                 let mut row_group = file_writer.next_row_group().map_err(fail)?;
@@ -595,7 +598,27 @@ pub fn write_split(
                 row_group.close().map_err(fail)?;
                 progress(group.len())?;
             }
-        }
+            Ok::<(), Error>(())
+        };
+        // Appending one window (file I/O, progress) overlaps encoding the next one; at most
+        // two windows of encoded row groups are held at once.
+        std::thread::scope(|scope| {
+            let mut ready: Option<(&[&[Row]], Vec<_>)> = None;
+            for (w, window_groups) in groups.chunks(window).enumerate() {
+                let encoding = scope.spawn(move || encode_window(w, window_groups));
+                if let Some((done, encoded)) = ready.take() {
+                    append(done, encoded)?;
+                }
+                let encoded = encoding
+                    .join()
+                    .map_err(|_| Error::Internal("a row-group encoder panicked".to_string()))??;
+                ready = Some((window_groups, encoded));
+            }
+            match ready {
+                Some((done, encoded)) => append(done, encoded),
+                None => Ok(()),
+            }
+        })?;
         let mut sink = file_writer.into_inner().map_err(fail)?;
         sink.flush().map_err(|e| Error::io(&path, e))?;
         // No fsync: the package is a staging folder, rebuilt from the store if lost.
