@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from pvrs import _core
 from pvrs.errors import ArtifactError, PersonaIdError
-from pvrs.store import validate_persona_id
+from pvrs.store import manifest_text, validate_persona_id
 from safetensors import safe_open
 from safetensors.torch import save as st_save
 from safetensors.torch import save_file
@@ -308,3 +308,23 @@ def test_persona_id_edge_cases_agree(bad: str) -> None:
     assert _core.persona_id_problem(bad) is not None
     with pytest.raises(PersonaIdError):
         validate_persona_id(bad)
+
+
+_json_scalars = st.none() | st.booleans() | st.integers() | st.text(max_size=12)
+_entries = st.dictionaries(
+    st.text(max_size=8),
+    _json_scalars | st.lists(st.text(max_size=6), max_size=4),
+    max_size=4,
+)
+
+
+@given(
+    st.dictionaries(st.text(max_size=10), _json_scalars, max_size=4),
+    st.dictionaries(st.text(max_size=10), _entries, max_size=5),
+)
+def test_manifest_text_is_the_same_json(header: dict, personas: dict) -> None:
+    # One line per persona, unicode kept as is, and json reads back exactly what was given.
+    manifest = {**header, "personas": personas}
+    text = manifest_text(manifest)
+    assert json.loads(text) == manifest
+    assert text.endswith("}\n") and text.count("\n") >= len(personas) + 2
