@@ -21,7 +21,14 @@ def test_missing_builtin_wheel_names_the_install_command(monkeypatch: pytest.Mon
 
 def test_unknown_model_is_a_model_error(tmp_path: Path) -> None:
     with pytest.raises(pvrs.ModelError, match="cannot load model"):
-        models.load(str(tmp_path / "no-such-model"))
+        models.load(str(tmp_path))  # a folder, but no config.json in it
+
+
+@pytest.mark.parametrize("name", ["/no/such/model", "./no-such-model", "~/no-such-model-dir"])
+def test_a_path_that_does_not_exist_is_named_as_a_folder(name: str) -> None:
+    # Not transformers' "Repo id must be in the form ..." about a string that is no repo id.
+    with pytest.raises(pvrs.ModelError, match=f"model folder '{name}' does not exist"):
+        models.resolve_model_path(name)
 
 
 def test_bad_dtype_is_rejected() -> None:

@@ -85,8 +85,8 @@ def assistant_axis_direction(
     ids = [baseline, *(pid for pid in ids if pid != baseline)]
     if len(ids) < 2:
         raise InvalidArgumentError(
-            f"the assistant axis needs role personas besides {baseline!r} in variant "
-            f"{variant!r} of {store!r}; extract some personas first"
+            f"the assistant axis needs role personas besides {baseline!r} in "
+            f"{store.location(variant)}; extract some personas first"
         )
     vectors = store.stack(ids, variant)
     result = axis_of(vectors, ids, list(range(vectors.shape[1])), default_ids=(baseline,))
@@ -181,8 +181,8 @@ def from_spec(
         return assistant_axis_direction(store, variant=variant)
     if not store.has(spec, variant):
         raise InputError(
-            f"{spec!r} is neither a vector file nor a persona saved in variant {variant!r} of "
-            f"{store!r}; run `pvrs extract` for it, pass a .safetensors/"
+            f"{spec!r} is neither a vector file nor a persona saved in "
+            f"{store.location(variant)}; run `pvrs extract` for it, pass a .safetensors/"
             f".npy/.gguf file, or use 'assistant-axis'"
         )
     return direction(store, spec, variant=variant)

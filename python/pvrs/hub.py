@@ -627,6 +627,10 @@ class HFPersonaVectorStore(_PersonaQueries):
             f"mask_strategy={self.mask_strategy!r})"
         )
 
+    def location(self, variant: str) -> str:
+        where = self._source.local_dir or self._source.repo_id
+        return f"{where} (config {self.config_name}, split {variant})"
+
     def release_cache(self) -> None:
         """Drop cached indexes and decoded row groups (downloaded files stay in the Hub cache)."""
         self._indexes.clear()

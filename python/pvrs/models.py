@@ -131,9 +131,18 @@ def ensure_builtin(builtin: BuiltinModel) -> Path:
 
 
 def resolve_model_path(model: str) -> str:
-    """A built-in name becomes its cached folder; anything else is passed to transformers."""
+    """A built-in name becomes its cached folder; anything else is passed to transformers.
+    A name written as a path (`/`, `./`, `../`, `~`) must be an existing folder: otherwise
+    transformers would read it as a malformed Hub id and say so, which misleads."""
     builtin = BUILTIN_MODELS.get(model)
-    return str(ensure_builtin(builtin)) if builtin else model
+    if builtin:
+        return str(ensure_builtin(builtin))
+    if model.startswith(("/", "./", "../", "~")) and not Path(model).expanduser().is_dir():
+        raise ModelError(
+            f"model folder {model!r} does not exist; pass a local folder with config.json, a "
+            f"Hugging Face id (ORG/NAME) or the built-in {DEFAULT_MODEL!r}"
+        )
+    return str(Path(model).expanduser()) if model.startswith("~") else model
 
 
 def canonical_model_name(model: str) -> str:

@@ -228,6 +228,10 @@ class _PersonaQueries:
         """Layer count of a present `variant`; None when unknown (then no layer is shared)."""
         raise NotImplementedError
 
+    def location(self, variant: str) -> str:
+        """Where `variant`'s vectors are, for messages."""
+        raise NotImplementedError
+
     def _tables(self, variants: Sequence[str]) -> list[Mapping[str, str]]:
         """Persona tables of `variants`, or [] when any of them is missing."""
         tables = [self._persona_table(v) for v in variants]
@@ -325,6 +329,9 @@ class PersonaVectorStore(_PersonaQueries):
     @property
     def model_dir(self) -> Path:
         return self.root_dir / model_dir_name(self.model_name)
+
+    def location(self, variant: str) -> str:
+        return str(self.variant_dir(variant))
 
     def variant_dir(self, variant: str) -> Path:
         return self.model_dir / self.mask_strategy / variant
