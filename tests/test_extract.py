@@ -213,7 +213,7 @@ def test_cli_extract_then_bad_inputs_leave_artifacts_untouched(tiny_model_dir: P
         ([*base, "--personas", str(bad_personas)], "persona ids are file names"),
         ([*base, "--qa", str(empty_answer)], "empty answer"),
         ([*base, "--mask-strategy", "answer_middle"], "unknown mask strategy"),
-        ([*base, "--model", str(tmp_path / "missing-model")], "cannot load"),
+        ([*base, "--model", str(tmp_path / "missing-model")], "does not exist"),
         (["extract", "--model", str(no_template), "--output-dir", str(out), "--variants", "templated", "--force"], "no chat template"),
     ]
     for argv, message in cases:
