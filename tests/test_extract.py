@@ -4,6 +4,7 @@ resume, sharding and clean failures that leave saved artifacts untouched."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -123,14 +124,26 @@ def test_generate_answers_then_extract(tmp_path: Path, monkeypatch: pytest.Monke
     again = extract(model, tokenizer, PERSONAS[1:2], source, **run)
     assert calls == ["pirate"]
     np.testing.assert_array_equal(again.vector("pirate", "templated"), result.vector("pirate", "templated"))
-    # Other settings, an edited file, or force: generated again.
+    # Other settings, an edited file, or another persona prompt: generated again.
     longer = SampleSource(QA, generate=SamplingConfig(max_new_tokens=6, temperature=0.0), generations_dir=tmp_path / "gen")
     extract(model, tokenizer, PERSONAS[1:2], longer, **run)
     assert calls == ["pirate"] * 2
     saved_path.write_text(saved_path.read_text().replace('"q1"', '"q1" ', 1))
     extract(model, tokenizer, PERSONAS[1:2], longer, **run)
     assert calls == ["pirate"] * 3
-    extract(model, tokenizer, PERSONAS[1:2], longer, force=True, **run)
+    extract(model, tokenizer, PERSONAS[1:2], longer, force=True, **run)  # force re-extracts only
+    assert calls == ["pirate"] * 3
+    reworded = replace(PERSONAS[1], templated=PERSONAS[1].templated + " Arr.")
+    extract(model, tokenizer, [reworded], longer, **run)
+    assert calls == ["pirate"] * 4
+
+    # Judge scores apply to the saved answers, never to fresh ones.
+    scores = {("pirate", "q1"): 90.0, ("pirate", "q3"): 10.0}
+    judged = SampleSource(QA, generate=longer.generate, generations_dir=tmp_path / "gen", scores=scores, min_score=50)
+    kept = extract(model, tokenizer, [reworded], judged, **run)
+    assert calls == ["pirate"] * 4 and kept.sample_ids[("pirate", "templated")] == ["q1"]
+    with pytest.raises(pvrs.InputError, match="--scores judge saved answers"):
+        extract(model, tokenizer, PERSONAS[1:2], judged, **run)
     assert calls == ["pirate"] * 4
 
 
@@ -141,16 +154,18 @@ def test_saved_personas_are_skipped_before_generating(tmp_path: Path, monkeypatc
     tokenizer = make_tokenizer("chatml")
     model = tiny_model("llama", vocab_size=len(tokenizer))
     sampling = SamplingConfig(max_new_tokens=3, temperature=0.0)
-    scores = {("pirate", "q1"): 90.0, ("pirate", "q3"): 80.0}
     run = dict(variants=("templated",), progress=False, save_to=tmp_path / "store")
-    source = SampleSource(QA, generate=sampling, scores=scores, min_score=50)
-    first = extract(model, tokenizer, PERSONAS[1:2], source, **run)
-    assert first.sample_ids[("pirate", "templated")] == ["q1", "q3"]
+    extract(model, tokenizer, PERSONAS[1:2], SampleSource(QA, generate=sampling, generations_dir=tmp_path / "gen"), **run)
+    scores = {("pirate", "q1"): 90.0, ("pirate", "q3"): 80.0}
+    source = SampleSource(QA, generate=sampling, generations_dir=tmp_path / "gen", scores=scores, min_score=50)
+    judged = extract(model, tokenizer, PERSONAS[1:2], source, **run)
+    assert judged.sample_ids[("pirate", "templated")] == ["q1", "q3"]
 
     def fail(*args, **kwargs):
         raise AssertionError("a saved persona must not be answered again")
 
     monkeypatch.setattr(extract_module, "generate_answers", fail)
+    monkeypatch.setattr(extract_module, "saved_generations", fail)
     again = extract(model, tokenizer, PERSONAS[1:2], source, **run)
     assert [o.status for o in again.outcomes] == ["skipped"]
 

@@ -151,28 +151,29 @@ def _settings_path(path: Path) -> Path:
     return path.with_name(path.name.removesuffix(".jsonl") + ".sampling.json")
 
 
-def save_generations(path: Path, rows: Sequence[QAPair], sampling: SamplingConfig | None = None) -> None:
+def save_generations(path: Path, rows: Sequence[QAPair], key: Mapping[str, Any] | None = None) -> None:
     """JSONL in the QA input format, so a generated set can be fed back with --qa. With
-    `sampling`, a sidecar `<name>.sampling.json` records the settings and the file's sha256,
-    so `saved_generations` can reuse the answers instead of generating them again."""
+    `key` (what decided the answers: model, prompt, template, sampling), a sidecar
+    `<name>.sampling.json` records it and the file's sha256, so `saved_generations` can
+    reuse the answers instead of generating them again."""
     from pvrs.store import atomic_write_bytes
 
     path.parent.mkdir(parents=True, exist_ok=True)
     data = "".join(json.dumps(asdict(r), ensure_ascii=False) + "\n" for r in rows).encode()
     atomic_write_bytes(path, data)
-    if sampling is not None:
-        settings = {"sampling": asdict(sampling), "sha256": hashlib.sha256(data).hexdigest()}
-        atomic_write_bytes(_settings_path(path), json.dumps(settings, indent=1).encode())
+    if key is not None:
+        sidecar = {"key": dict(key), "sha256": hashlib.sha256(data).hexdigest()}
+        atomic_write_bytes(_settings_path(path), json.dumps(sidecar, indent=1).encode())
 
 
-def saved_generations(path: Path, questions: Sequence[QAPair], sampling: SamplingConfig) -> list[QAPair] | None:
+def saved_generations(path: Path, questions: Sequence[QAPair], key: Mapping[str, Any]) -> list[QAPair] | None:
     """The answers saved at `path` when they are for exactly `questions` (same ids and texts,
-    in order) under the same `sampling`, and the file is the one the sidecar describes;
+    in order) under the same `key`, and the file is the one the sidecar describes;
     otherwise None (generate again)."""
     try:
         data = path.read_bytes()
-        settings = json.loads(_settings_path(path).read_text(encoding="utf-8"))
-        if settings.get("sha256") != hashlib.sha256(data).hexdigest() or settings.get("sampling") != asdict(sampling):
+        sidecar = json.loads(_settings_path(path).read_text(encoding="utf-8"))
+        if sidecar.get("sha256") != hashlib.sha256(data).hexdigest() or sidecar.get("key") != json.loads(json.dumps(dict(key))):
             return None
         saved = qa_from_rows(read_rows(path), str(path))
     except (OSError, ValueError, AttributeError, InputError):
