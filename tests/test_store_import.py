@@ -117,7 +117,16 @@ def test_control_vectors_import_row_for_row(
     with pytest.raises(ArtifactError, match=r"has direction\.7 but the model has 4 layers"):
         import_vectors([tmp_path / "deep"], store, "templated", num_layers=L)
     assert store.list_personas(["templated"]) == ["pirate"]
-    # .pt and .gguf files have different layouts: one kind per import.
+    # .pt and .gguf files have different layouts: one kind per import, one kind per folder.
     write_pt(src, "chef", L)
     with pytest.raises(InputError, match="the files mix layouts"):
         import_vectors([src], store, "biography", num_layers=L)
+    with pytest.raises(InputError, match=r"already holds llama\.cpp control vectors"):
+        import_vectors([src / "chef.pt"], store, "templated", num_layers=L)
+    import_vectors([src / "chef.pt"], store, "biography", num_layers=L)
+    with pytest.raises(InputError, match=r"already holds persona vectors \(mean activations\)"):
+        import_vectors([src / "pirate.gguf"], store, "biography", num_layers=L)
+    with pytest.raises(InputError, match=r"--layout is for \.pt files"):
+        import_vectors([src / "pirate.gguf"], store, "control", layout="blocks", num_layers=L)
+    import_vectors([src / "pirate.gguf"], store, "control", num_layers=L)  # a folder of its own
+    assert store.list_personas(["control"]) == ["pirate"]

@@ -122,7 +122,7 @@ def _source_layout(rows: int, layout: str, num_layers: int | None, path: Path) -
     )
 
 
-def _load(path: Path, layout: str, num_layers: int | None) -> tuple[Any, str, str]:
+def _load(path: Path, layout: str, num_layers: int | None) -> tuple[Any, str, str | None]:
     """The file's `(L, d)` float32 tensor in pvrs's layer convention, its source layout and
     its source dtype."""
     import torch
@@ -135,13 +135,30 @@ def _load(path: Path, layout: str, num_layers: int | None) -> tuple[Any, str, st
                 f"{path}: a control vector holds only the layers it steers; pass --num-layers N "
                 "(the model's decoder layers) so the stored vector has one row per block"
             )
-        return torch.from_numpy(read_control_vector(path, num_layers)), CONTROL_VECTOR, "float32"
+        # dtype None: the file's tensor type is not kept (read as float32).
+        return torch.from_numpy(read_control_vector(path, num_layers)), CONTROL_VECTOR, None
     tensor = load_pt_vector(path)
     convention = _source_layout(int(tensor.shape[0]), layout, num_layers, path)
     dtype = str(tensor.dtype).removeprefix("torch.")
     if convention == WITH_EMBEDDINGS:
         tensor = tensor[1:]
     return tensor.to(torch.float32), convention, dtype
+
+
+def _check_same_kind(store: PersonaVectorStore, variant: str, convention: str) -> None:
+    """Control vectors are directions, not mean activations: the two never share a folder
+    (its manifest describes one kind, and analysis and `direction()` assume means)."""
+    manifest = store.read_manifest(variant)
+    if not manifest or not manifest.get("personas"):
+        return
+    held_control = manifest.get("source_layer_convention") == CONTROL_VECTOR
+    if held_control != (convention == CONTROL_VECTOR):
+        held = "llama.cpp control vectors" if held_control else "persona vectors (mean activations)"
+        raise InputError(
+            f"{store.location(variant)} already holds {held}; import "
+            f"{'control vectors' if convention == CONTROL_VECTOR else 'these vectors'} into another "
+            "store (--output-dir DIR) or another --variant"
+        )
 
 
 def import_vectors(
@@ -161,11 +178,13 @@ def import_vectors(
     files = vector_files(inputs)
     if not files:
         raise InputError("no .pt or .gguf files given; pass files or folders holding them")
+    if layout != "auto" and any(f.suffix == ".gguf" for f in files):
+        raise InputError("--layout is for .pt files; a .gguf control vector names its blocks itself")
     if num_layers is None and (layout == "auto" or any(f.suffix == ".gguf" for f in files)):
         num_layers = model_num_layers(store.model_name)
     records: list[VectorRecord] = []
     conventions: set[str] = set()
-    dtypes: set[str] = set()
+    dtypes: set[str | None] = set()
     for path in files:
         persona_id = validate_persona_id(path.stem)
         tensor, convention, dtype = _load(path, layout, num_layers)
@@ -185,6 +204,7 @@ def import_vectors(
             "separately (with --layout for .pt files)"
         )
     convention = conventions.pop()
+    _check_same_kind(store, variant, convention)
     provenance = {
         "layer_convention": LAYER_CONVENTION,
         "source_layer_convention": convention,
