@@ -224,6 +224,9 @@ def test_hub_reads_fail_with_one_clear_error(fake_hub: FakeHub) -> None:
     with pytest.raises(InputError, match="'someone/persona-vectors' does not exist or is private"):
         hub.HFPersonaVectorStore(REPO, MODEL).list_personas()
 
+    answer(401, {"X-Error-Code": "GatedRepo"})
+    with pytest.raises(InputError, match="is gated: accept its terms"):
+        hub.HFPersonaVectorStore(REPO, MODEL).list_personas()
     answer(403, {})  # (a refused connection reads the same, after huggingface_hub's retries)
     with pytest.raises(PvrsIOError, match=r"could not list its files \(HfHubHTTPError: .*check the network"):
         hub.HFPersonaVectorStore(REPO, MODEL).list_personas()

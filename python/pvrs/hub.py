@@ -494,13 +494,25 @@ class _Source:
 
     @contextmanager
     def _hub_errors(self, doing: str) -> Iterator[None]:
-        """Hub failures as one clear pvrs error: a missing repo or revision is the user's
-        input; anything else (no network, a timeout, a server error) is I/O."""
-        from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
+        """Hub failures as one clear pvrs error: a missing repo, revision or file is the
+        user's input or the dataset's fault; anything else (no network, offline mode, a
+        timeout, a server error) is I/O."""
+        from huggingface_hub.errors import (
+            EntryNotFoundError,
+            GatedRepoError,
+            OfflineModeIsEnabled,
+            RepositoryNotFoundError,
+            RevisionNotFoundError,
+        )
 
         where = f"Hub dataset {self.repo_id!r}"
         try:
             yield
+        except GatedRepoError:
+            raise InputError(
+                f"{where} is gated: accept its terms on huggingface.co with the account whose "
+                "token you use (HF_TOKEN or `hf auth login`)"
+            ) from None
         except RepositoryNotFoundError:
             raise InputError(
                 f"{where} does not exist or is private (log in with `hf auth login` or set "
@@ -508,11 +520,21 @@ class _Source:
             ) from None
         except RevisionNotFoundError:
             raise InputError(f"{where} has no revision {self.revision!r}") from None
+        except OfflineModeIsEnabled:
+            raise PvrsIOError(
+                f"{where}: HF_HUB_OFFLINE is set, and listing a Hub dataset needs the network; "
+                "unset it, or download the dataset folder and pass it as a local folder"
+            ) from None
+        except EntryNotFoundError:
+            raise PackagingError(
+                f"{where}: could not {doing}: the file is listed in the dataset card but not "
+                "in the repo; re-push the dataset"
+            ) from None
         except Exception as exc:  # network and server errors come in many types
             first_line = (str(exc).strip().splitlines() or [""])[0]
             raise PvrsIOError(
-                f"{where}: could not {doing} ({type(exc).__name__}: {first_line}); check the network "
-                "(or HF_HUB_OFFLINE with a filled cache), or pass a local dataset folder"
+                f"{where}: could not {doing} ({type(exc).__name__}: {first_line}); check the "
+                "network and the repo id, or pass a local dataset folder"
             ) from exc
 
     def card(self) -> dict[str, dict[str, list[str]]]:

@@ -40,7 +40,7 @@ def open_store(model: str, source: str | Path | None, mask_strategy: str) -> Any
         return PersonaVectorStore(model, mask_strategy=mask_strategy)
     path = Path(source).expanduser()
     if path.is_dir():
-        if next(path.glob("*/*.parquet"), None) is not None or (path / "README.md").is_file():
+        if _is_packaged(path):
             return _hub_store(str(path), model, mask_strategy)
         return PersonaVectorStore(model, root_dir=local_store_root(path), mask_strategy=mask_strategy)
     if HUB_ID.match(str(source)) and not path.exists():
@@ -48,6 +48,15 @@ def open_store(model: str, source: str | Path | None, mask_strategy: str) -> Any
     raise InputError(
         f"--source {str(source)!r}: no such folder, and not a Hub dataset id (ORG/NAME)"
     )
+
+
+def _is_packaged(path: Path) -> bool:
+    """A packaged dataset folder has `<config>/<split>-*.parquet` files; a store (or an
+    artifacts folder around one) has `<model>/<mask>/<variant>/manifest.json`. A README alone
+    decides nothing: project folders have one too."""
+    if (path / "activations").is_dir() or next(path.glob("*/*/*/manifest.json"), None):
+        return False
+    return next(path.glob("*/*.parquet"), None) is not None
 
 
 def _hub_store(source: str, model: str, mask_strategy: str) -> Any:
