@@ -609,9 +609,10 @@ pub fn write_split(
                 if let Some((done, encoded)) = ready.take() {
                     append(done, encoded)?;
                 }
+                // A panic keeps its message: `py.rs` turns it into `InternalError`.
                 let encoded = encoding
                     .join()
-                    .map_err(|_| Error::Internal("a row-group encoder panicked".to_string()))??;
+                    .unwrap_or_else(|payload| std::panic::resume_unwind(payload))?;
                 ready = Some((window_groups, encoded));
             }
             match ready {
@@ -871,21 +872,34 @@ mod tests {
 
     #[test]
     fn output_is_deterministic() {
-        let (_tmp, src) = tree(3);
-        let a = tempfile::tempdir().unwrap();
-        let b = tempfile::tempdir().unwrap();
-        let opts = PackageOptions::default();
-        let ra = package(std::slice::from_ref(&src), a.path(), &opts, &mut |_| Ok(())).unwrap();
-        package(&[src], b.path(), &opts, &mut |_| Ok(())).unwrap();
-        for f in ra[0]
-            .files
-            .iter()
-            .chain(std::iter::once(&"README.md".to_string()))
-        {
-            assert_eq!(
-                fs::read(a.path().join(f)).unwrap(),
-                fs::read(b.path().join(f)).unwrap()
-            );
+        let (_tmp, src) = tree(9);
+        // One row group, then one row per group: more groups than are encoded at once, so
+        // several windows are encoded while earlier ones are appended.
+        let one_row = PackageOptions {
+            row_group_bytes: 1,
+            ..PackageOptions::default()
+        };
+        for opts in [PackageOptions::default(), one_row] {
+            let a = tempfile::tempdir().unwrap();
+            let b = tempfile::tempdir().unwrap();
+            let mut rows = Vec::new();
+            let ra = package(std::slice::from_ref(&src), a.path(), &opts, &mut |n| {
+                rows.push(n);
+                Ok(())
+            })
+            .unwrap();
+            package(std::slice::from_ref(&src), b.path(), &opts, &mut |_| Ok(())).unwrap();
+            assert_eq!(rows.iter().sum::<usize>(), 9);
+            for f in ra[0]
+                .files
+                .iter()
+                .chain(std::iter::once(&"README.md".to_string()))
+            {
+                assert_eq!(
+                    fs::read(a.path().join(f)).unwrap(),
+                    fs::read(b.path().join(f)).unwrap()
+                );
+            }
         }
     }
 

@@ -16,6 +16,7 @@ def test_numbers_ranges_commas_and_negatives():
     assert parse_layers(["3", "5-7", "6", "9,10"]) == [3, 5, 6, 7, 9, 10]  # no bound given
     assert parse_layers(["-3--1"], layers) == [7, 8, 9]
     assert parse_layers(["-1"], [0, 2, 4]) == [4]  # negatives index the layers that exist
+    assert parse_layers(["10 12", " 3, 4 "], range(20)) == [10, 12, 3, 4]  # one quoted argument
 
 
 @pytest.mark.parametrize(
@@ -26,7 +27,9 @@ def test_numbers_ranges_commas_and_negatives():
         (["3-"], range(10), "ranges like 4-12"),
         (["-11"], range(10), "only 10 layers exist"),
         (["-1"], None, "negative layers need the layer count"),
-        (["5-3"], range(10), "selects no layer"),
+        (["5-3"], range(10), "the range goes backwards"),
+        (["9-7", "4"], range(10), "the range goes backwards"),
+        ([""], range(10), "ranges like 4-12"),
         (["1"], [0, 2], "layer 1 does not exist"),
     ],
 )

@@ -31,6 +31,13 @@ def test_a_path_that_does_not_exist_is_named_as_a_folder(name: str) -> None:
         models.resolve_model_path(name)
 
 
+def test_a_file_is_not_a_model_folder(tmp_path: Path) -> None:
+    weights = tmp_path / "model.gguf"
+    weights.write_bytes(b"GGUF")
+    with pytest.raises(pvrs.ModelError, match="is a file, not a model folder"):
+        models.resolve_model_path(str(weights))
+
+
 def test_bad_dtype_is_rejected() -> None:
     with pytest.raises(pvrs.ModelError, match="--dtype"):
         models.resolve_dtype("float8", "cpu")

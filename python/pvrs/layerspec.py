@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pvrs.errors import InputError
 
 _ITEM = re.compile(r"(-?\d+)(?:[-:](-?\d+))?")
+_SEPARATORS = re.compile(r"[,\s]+")
 
 
 def parse_layers(
@@ -21,8 +22,7 @@ def parse_layers(
     known = sorted(available) if available is not None else None
     span = f"{known[0]}..{known[-1]}" if known else "none saved"
     out: list[int] = []
-    for item in ",".join(str(s) for s in spec).split(","):
-        item = item.strip()
+    for item in _SEPARATORS.split(" ".join(str(s) for s in spec).strip()):
         m = _ITEM.fullmatch(item)
         if not m:
             raise InputError(f"{flag} {item!r}: use layer numbers or ranges like 4-12")
@@ -34,11 +34,11 @@ def parse_layers(
         lo, hi = ends[0], ends[-1]
         if known is not None:
             lo, hi = (known[e] if e < 0 else e for e in (lo, hi))
+        if lo > hi:
+            raise InputError(f"{flag} {item!r}: the range goes backwards; write it low-high")
         for layer in range(lo, hi + 1):
             if known is not None and layer not in known:
                 raise InputError(f"{flag} {item!r}: layer {layer} does not exist ({span})")
             if layer not in out:
                 out.append(layer)
-    if not out:
-        raise InputError(f"{flag} {' '.join(map(str, spec))} selects no layer")
     return out

@@ -137,12 +137,14 @@ def resolve_model_path(model: str) -> str:
     builtin = BUILTIN_MODELS.get(model)
     if builtin:
         return str(ensure_builtin(builtin))
-    if model.startswith(("/", "./", "../", "~")) and not Path(model).expanduser().is_dir():
+    path = Path(model).expanduser()
+    if model.startswith(("/", "./", "../", "~")) and not path.is_dir():
+        problem = "is a file, not a model folder" if path.exists() else "does not exist"
         raise ModelError(
-            f"model folder {model!r} does not exist; pass a local folder with config.json, a "
+            f"model folder {model!r} {problem}; pass a local folder with config.json, a "
             f"Hugging Face id (ORG/NAME) or the built-in {DEFAULT_MODEL!r}"
         )
-    return str(Path(model).expanduser()) if model.startswith("~") else model
+    return str(path) if model.startswith("~") else model
 
 
 def canonical_model_name(model: str) -> str:

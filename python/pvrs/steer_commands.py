@@ -342,11 +342,12 @@ def _model_hint(model: str) -> str:
     """The architecture name llama.cpp prints for the model (`model_type` of its config)."""
     from transformers import AutoConfig
 
+    from pvrs.errors import ModelError
     from pvrs.models import resolve_model_path
 
     try:
         return str(AutoConfig.from_pretrained(resolve_model_path(model)).model_type)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, ModelError) as exc:
         raise InputError(
             f"cannot read the config of {model!r} for the GGUF model hint ({exc}); pass --model-hint"
         ) from None
