@@ -135,3 +135,58 @@ def test_plan_batches_respects_the_token_budget() -> None:
     assert sorted(i for b in batches for i in b) == list(range(6))
     for b in batches:
         assert len(b) == 1 or len(b) * max(lengths[i] for i in b) <= 30
+
+
+def test_cuda_out_of_memory_lowers_the_budget_and_keeps_the_result(monkeypatch, capsys) -> None:
+    # CPU stand-in: the forward "runs out of memory" on batches over 2 samples.
+    from pvrs import engine
+
+    model = tiny_model("llama")
+    seqs, masks = _samples(3, n=7, prefix=20)
+    expected = sample_means(model, seqs, masks, EngineConfig(batch_tokens=10_000))
+    real = engine._forward_batch
+    sizes: list[int] = []
+
+    def flaky(model, collector, batch_seqs, *args):
+        sizes.append(len(batch_seqs))
+        if len(batch_seqs) > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(model, collector, batch_seqs, *args)
+
+    monkeypatch.setattr(engine, "_forward_batch", flaky)
+    monkeypatch.setattr(engine, "_oom_warned", False)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    got = sample_means(model, seqs, masks, EngineConfig(batch_tokens=10_000))
+    np.testing.assert_allclose(got.means, expected.means, atol=ATOL)
+    first_fit = next(i for i, n in enumerate(sizes) if n <= 2)
+    assert got.batch_tokens < 10_000 and max(sizes[first_fit:]) <= 2  # it stays lowered
+    assert "continuing with --batch-tokens" in capsys.readouterr().err
+
+    def always(*args):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(engine, "_forward_batch", always)
+    with pytest.raises(engine.ModelError, match=r"CUDA out of memory on one sample \(q0"):
+        sample_means(model, seqs[:1], masks[:1], EngineConfig(batch_tokens=10_000), sample_ids=["q0"])
+
+
+def test_residual_width_and_pad_id_come_from_the_config() -> None:
+    # OPT projects 16-wide embeddings up to a 32-wide residual stream; pad id -1 is invalid.
+    from transformers import OPTConfig, OPTForCausalLM
+
+    torch.manual_seed(0)
+    config = OPTConfig(vocab_size=VOCAB, hidden_size=32, word_embed_proj_dim=16, num_hidden_layers=2,
+                       ffn_dim=64, num_attention_heads=4, max_position_embeddings=128, pad_token_id=-1)  # fmt: skip
+    model = OPTForCausalLM(config).eval()
+    seqs, masks = _samples(5, n=4)
+    got = sample_means(model, seqs, masks, EngineConfig(batch_tokens=64))
+    assert got.means.shape == (4, 3, 2, 32)
+    seen: list[torch.Tensor] = []
+    handles = [b.register_forward_hook(lambda m, a, o: seen.append(o[0] if isinstance(o, tuple) else o))
+               for b in decoder_layers(model)]  # fmt: skip
+    with torch.no_grad():
+        model(torch.as_tensor(seqs[0])[None])
+    for h in handles:
+        h.remove()
+    want = torch.stack([s[0][torch.as_tensor(masks[0][1])].mean(0) for s in seen]).numpy()
+    np.testing.assert_allclose(got.means[0, 1], want, atol=ATOL)

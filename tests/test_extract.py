@@ -253,3 +253,39 @@ def test_cli_extract_on_the_builtin_model(tmp_path: Path) -> None:
     assert vector.shape == (30, 576) and np.isfinite(vector).all()
     baseline = store.load("baseline_assistant", "templated")
     assert not np.allclose(vector, baseline)
+
+
+def test_resume_sees_edited_samples_settings_and_missing_per_sample_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pvrs import extract as extract_module
+    from pvrs.errors import ManifestError
+
+    tokenizer = make_tokenizer("chatml")
+    model = tiny_model("llama", vocab_size=len(tokenizer))
+    run = dict(variants=("templated",), progress=False, save_to=tmp_path / "store")
+    extract(model, tokenizer, PERSONAS[1:2], QA, **run)
+    assert extract(model, tokenizer, PERSONAS[1:2], QA, **run).count("skipped") == 1
+    # Same ids, another persona prompt or another answer: computed again.
+    reworded = replace(PERSONAS[1], templated="You are a pirate captain. Arr.")
+    assert extract(model, tokenizer, [reworded], QA, **run).count("written") == 1
+    edited = [replace(r, answer=r.answer + "!") if r.qid == "q2" else r for r in QA]
+    assert extract(model, tokenizer, [reworded], edited, **run).count("written") == 1
+    # Asking for per-sample vectors redoes personas saved without them, then skips.
+    with_samples = extract(model, tokenizer, [reworded], edited, save_samples=True, **run)
+    assert with_samples.count("written") == 1
+    assert extract(model, tokenizer, [reworded], edited, save_samples=True, **run).count("skipped") == 1
+    # Another dtype into the same folder is refused before any forward pass.
+
+    def no_forward(*args, **kwargs):
+        raise AssertionError("the run should stop before extracting")
+
+    monkeypatch.setattr(extract_module, "sample_means", no_forward)
+    with pytest.raises(ManifestError, match="dtype='float32' but this save has dtype='bfloat16'"):
+        extract(model.to(torch.bfloat16), tokenizer, PERSONAS[:2], QA, force=True, **run)
+
+
+def test_a_repeated_qid_for_one_persona_is_an_input_error() -> None:
+    rows = [inputs.QAPair("q1", "Who are you?", "A pirate.", persona_id="pirate"), QA[0]]
+    with pytest.raises(pvrs.InputError, match="two QA rows with qid 'q1'"):
+        inputs.qa_for_persona(rows, PERSONAS[1])

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from pvrs.defaults import DEFAULT_BATCH_TOKENS
-from pvrs.errors import InvalidArgumentError, MaskError
+from pvrs.errors import InvalidArgumentError, MaskError, ModelError
 from pvrs.hooks import decoder_layers, forward_hooks, hidden_of
 
 # A shared prefix shorter than this is cheaper to recompute than to copy a KV cache for.
@@ -44,6 +44,7 @@ class SampleMeans:
     counts: np.ndarray  # (N, S) int64: tokens averaged
     layers: list[int]
     tokens_processed: int
+    batch_tokens: int  # the token budget in force at the end (lower after CUDA out-of-memory)
 
 
 def resolve_layers(model: nn.Module, layers: Sequence[int] | None) -> list[int]:
@@ -84,16 +85,17 @@ def _common_prefix(seqs: Sequence[np.ndarray]) -> int:
 class _Collector:
     """Hooks that turn each requested layer's hidden states into masked sums, in place."""
 
-    def __init__(self, model: nn.Module, layers: list[int]) -> None:
+    def __init__(self, model: nn.Module, layers: list[int], device: torch.device) -> None:
         self.blocks = decoder_layers(model)
         self.layers = layers
+        self.device = device  # where sums live; with device_map="auto" blocks sit elsewhere
         self.weights: torch.Tensor | None = None  # (B, S, T) float32
         self.sums: torch.Tensor | None = None  # (B, S, L', H) float32
         self.keep_hidden: list[torch.Tensor] | None = None  # prefix pass: (T, H) per layer
 
     def _hook(self, slot: int, last: bool) -> Callable[..., None]:
         def hook(_module: nn.Module, _args: object, output: object) -> None:
-            hidden = hidden_of(output).float()
+            hidden = hidden_of(output).to(self.device, torch.float32, non_blocking=True)
             if self.keep_hidden is not None:
                 self.keep_hidden.append(hidden[0])
             else:
@@ -173,35 +175,76 @@ def sample_means(
         raise InvalidArgumentError("every sample needs a mask row for each strategy")
 
     layers = resolve_layers(model, config.layers)
-    param = next(model.parameters())
-    device = param.device
-    hidden_size = int(model.get_input_embeddings().weight.shape[1])
-    pad_id = int(getattr(model.config, "pad_token_id", None) or 0)
-    collector = _Collector(model, layers)
+    if config.batch_tokens < 1:
+        raise InvalidArgumentError(f"--batch-tokens must be >= 1, got {config.batch_tokens}")
+    embeddings = model.get_input_embeddings().weight
+    device = embeddings.device  # inputs go where the embeddings are (device_map="auto" too)
+    hidden_size, pad_id = model_sizes(model)
+    collector = _Collector(model, layers, device)
 
     prefix_len = _common_prefix(seqs) if config.prefix_reuse and len(seqs) > 1 else 0
     prefix_cache = None
     prefix_hidden: torch.Tensor | None = None
     if prefix_len >= MIN_PREFIX_REUSE:
-        prefix_cache, prefix_hidden = _encode_prefix(model, collector, seqs[0][:prefix_len], device)
+        try:
+            prefix_cache, prefix_hidden = _encode_prefix(model, collector, seqs[0][:prefix_len], device)
+        except torch.cuda.OutOfMemoryError:
+            raise ModelError(
+                f"CUDA out of memory encoding the shared persona prompt ({prefix_len} tokens); free "
+                "GPU memory, or spread the model with --device-map auto"
+            ) from None
     else:
         prefix_len = 0
 
     means = np.zeros((len(seqs), n_strategies, len(layers), hidden_size), dtype=np.float32)
     counts = np.stack([m.sum(axis=1) for m in mask_arrays]).astype(np.int64)
     tokens = prefix_len
-    for batch in plan_batches([len(s) - prefix_len for s in seqs], config.batch_tokens):
-        for sub in _run_with_oom_backoff(batch, lambda idx: _forward_batch(
-            model, collector, [seqs[i][prefix_len:] for i in idx], [mask_arrays[i] for i in idx],
-            prefix_len, prefix_cache, prefix_hidden, config.padding_side, pad_id, hidden_size, device,
-        )):
-            idx, sums = sub
-            means[idx] = (sums / torch.as_tensor(counts[idx], device=sums.device)[:, :, None, None]).cpu().numpy()
-            batch_tokens = sum(len(seqs[i]) - prefix_len for i in idx)
-            tokens += batch_tokens
-            if on_batch:
-                on_batch(len(idx), batch_tokens)
-    return SampleMeans(means=means, counts=counts, layers=layers, tokens_processed=tokens)
+    budget = config.batch_tokens
+    # Every row carries its own copy of the prefix cache and attends over it: it costs its
+    # full length, as in a forward without reuse.
+    lengths = [len(s) for s in seqs]
+    pending = sorted(range(len(seqs)), key=lambda i: -lengths[i])
+    while pending:
+        batch = plan_batches([lengths[i] for i in pending], budget)[0]
+        idx = [pending[j] for j in batch]
+        try:
+            sums = _forward_batch(
+                model, collector, [seqs[i][prefix_len:] for i in idx], [mask_arrays[i] for i in idx],
+                prefix_len, prefix_cache, prefix_hidden, config.padding_side, pad_id, hidden_size, device,
+            )
+        except torch.cuda.OutOfMemoryError:
+            if len(idx) == 1:
+                raise ModelError(
+                    f"CUDA out of memory on one sample ({ids_for_errors[idx[0]]}, {lengths[idx[0]]} "
+                    "tokens); free GPU memory, or spread the model with --device-map auto"
+                ) from None
+            budget = max(1, min(budget, len(idx) * lengths[idx[0]]) // 2)
+            _warn_oom_once(len(idx), budget)
+            sums = None
+        if sums is None:  # out of the except block, so its traceback no longer holds tensors
+            torch.cuda.empty_cache()
+            continue
+        done = set(idx)
+        pending = [i for i in pending if i not in done]
+        means[idx] = (sums / torch.as_tensor(counts[idx], device=sums.device)[:, :, None, None]).cpu().numpy()
+        batch_tokens = sum(lengths[i] - prefix_len for i in idx)
+        tokens += batch_tokens
+        if on_batch:
+            on_batch(len(idx), batch_tokens)
+    return SampleMeans(means=means, counts=counts, layers=layers, tokens_processed=tokens, batch_tokens=budget)
+
+
+def model_sizes(model: nn.Module) -> tuple[int, int]:
+    """The residual width (not the embedding width: OPT projects its embeddings) and a pad id
+    inside the vocabulary (some configs say -1; pads are masked out, any valid id will do)."""
+    config = model.config
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    width = getattr(text, "hidden_size", None)
+    hidden_size = int(width) if isinstance(width, int) else int(model.get_input_embeddings().weight.shape[1])
+    pad = getattr(text, "pad_token_id", None)
+    vocab = int(model.get_input_embeddings().weight.shape[0])
+    pad_id = int(pad) if isinstance(pad, int) and 0 <= pad < vocab else 0
+    return hidden_size, pad_id
 
 
 def _encode_prefix(
@@ -274,35 +317,19 @@ def _forward_batch(
     return sums
 
 
-def _run_with_oom_backoff(
-    batch: list[int], forward: Callable[[list[int]], torch.Tensor]
-) -> list[tuple[list[int], torch.Tensor]]:
-    """Run `forward` on the batch; on CUDA out-of-memory halve it and retry (said once)."""
-    pending = [batch]
-    done: list[tuple[list[int], torch.Tensor]] = []
-    while pending:
-        idx = pending.pop(0)
-        try:
-            done.append((idx, forward(idx)))
-        except torch.cuda.OutOfMemoryError:
-            if len(idx) == 1:
-                raise
-            torch.cuda.empty_cache()
-            _warn_oom_once(len(idx))
-            half = len(idx) // 2
-            pending[:0] = [idx[:half], idx[half:]]
-    return done
-
-
 _oom_warned = False
 
 
-def _warn_oom_once(size: int) -> None:
+def _warn_oom_once(size: int, budget: int) -> None:
     global _oom_warned
     if not _oom_warned:
         import sys
 
-        print(f"pvrs: CUDA out of memory on a batch of {size} samples; halving batches (lower --batch-tokens to avoid this)", file=sys.stderr)
+        print(
+            f"pvrs: CUDA out of memory on a batch of {size} samples; continuing with --batch-tokens "
+            f"{budget} (pass a lower --batch-tokens to avoid this)",
+            file=sys.stderr,
+        )
         _oom_warned = True
 
 

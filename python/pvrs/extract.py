@@ -4,17 +4,18 @@ as soon as it is done (a killed run loses at most the persona in flight)."""
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from pvrs.defaults import DEFAULT_BATCH_TOKENS, DEFAULT_MIN_SCORE
-from pvrs.engine import EngineConfig, SampleMeans, resolve_layers, sample_means
+from pvrs.engine import EngineConfig, SampleMeans, model_sizes, resolve_layers, sample_means
 from pvrs.errors import InputError, InvalidArgumentError, PvrsError
 from pvrs.generate import (
     SamplingConfig,
@@ -83,6 +84,7 @@ class _Job:
     samples: list[QAPair]
     prepared: list[PreparedInput]
     strategies: list[MaskStrategy]
+    digest: str
     note: str = ""
 
     @property
@@ -162,6 +164,20 @@ class SampleSource:
             save_generations(path, rows, key)
         return rows
 
+    def digest(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, persona: Persona, variant: str) -> str:
+        """sha256 of what the persona's vectors are computed from, known before any answer is
+        generated: the persona prompt and the chosen rows (with their answers, or, when the
+        model answers, with what decides its answers). Resume compares it with the saved one,
+        so editing a prompt or an answer under the same ids is not mistaken for done work."""
+        system = persona.system_prompt(variant)
+        rows = self._passing(persona, self.questions(persona))
+        if self.generate is None:
+            content: Any = [system, [[r.qid, r.question, r.answer] for r in rows]]
+        else:
+            key = generation_key(model, tokenizer, system, self.generate)
+            content = [system, key, [[r.qid, r.question] for r in rows]]
+        return hashlib.sha256(json.dumps(content, ensure_ascii=False).encode()).hexdigest()
+
     def _passing(self, persona: Persona, rows: list[QAPair]) -> list[QAPair]:
         return rows if self.scores is None else filter_by_score(persona, rows, self.scores, self.min_score)
 
@@ -189,7 +205,7 @@ def _prepare_jobs(
     source: SampleSource,
     variants: Sequence[str],
     strategies: list[MaskStrategy],
-    already_saved: Callable[[Persona, str, list[MaskStrategy], list[str]], bool],
+    already_saved: Callable[[Persona, str, list[MaskStrategy], list[str], str], bool],
     *,
     force: bool,
     console: Console,
@@ -212,7 +228,7 @@ def _prepare_jobs(
         baseline_strategies = [s for s in strategies if s not in persona_strategies]
         baseline_note = "no persona_* vectors: no system prompt"
     outcomes: list[PersonaOutcome] = []
-    pending: list[tuple[Persona, str, list[MaskStrategy]]] = []
+    pending: list[tuple[Persona, str, list[MaskStrategy], str]] = []
     for persona in personas:
         job_strategies = baseline_strategies if persona.is_baseline else strategies
         if not job_strategies:
@@ -220,20 +236,21 @@ def _prepare_jobs(
             continue
         ids = source.sample_ids(persona)
         for variant in variants:
+            digest = source.digest(model, tokenizer, persona, variant)
             if not ids:
                 why = "no QA rows left after the score filter" if source.scores is not None else "no QA rows (train split, --qa-type)"
                 outcomes.append(PersonaOutcome(persona.id, variant, "failed", why))
-            elif not force and already_saved(persona, variant, job_strategies, ids):
+            elif not force and already_saved(persona, variant, job_strategies, ids, digest):
                 outcomes.append(PersonaOutcome(persona.id, variant, "skipped", "already saved with the same samples (use --force)"))
             else:
-                pending.append((persona, variant, job_strategies))
+                pending.append((persona, variant, job_strategies, digest))
 
     jobs: list[_Job] = []
     # Generating answers takes a while: a bar with answers/s. Rendering alone: a status line.
     bar = _progress(console, enabled=progress) if source.generate is not None and pending else None
     status = console.status("preparing conversations") if bar is None and progress else None
     with bar or status or nullcontext():
-        task = bar.add_task("answers", total=sum(len(source.questions(p)) for p, _, _ in pending), rate="") if bar else None
+        task = bar.add_task("answers", total=sum(len(source.questions(p)) for p, *_ in pending), rate="") if bar else None
         start, generated = time.perf_counter(), 0
 
         def on_answers(n: int, reused: bool) -> None:
@@ -242,7 +259,7 @@ def _prepare_jobs(
             if bar is not None and task is not None:
                 bar.update(task, advance=n, rate=f"{generated / max(time.perf_counter() - start, 1e-9):.1f} answers/s")
 
-        for persona, variant, job_strategies in pending:
+        for persona, variant, job_strategies, digest in pending:
             label = f"{persona.id} [{variant}]"
             if bar is not None and task is not None:
                 bar.update(task, description=f"answering {label}")
@@ -256,7 +273,7 @@ def _prepare_jobs(
                 strategies=job_strategies,
             )
             note = baseline_note if persona.is_baseline else ""
-            jobs.append(_Job(persona, variant, samples, prepared, job_strategies, note))
+            jobs.append(_Job(persona, variant, samples, prepared, job_strategies, digest, note))
     return jobs, outcomes
 
 
@@ -297,6 +314,8 @@ def extract(
     for v in variants:
         if v not in VARIANTS:
             raise InvalidArgumentError(f"unknown variant {v!r}; choose from {', '.join(VARIANTS)}")
+    if batch_tokens < 1:
+        raise InvalidArgumentError(f"--batch-tokens must be >= 1, got {batch_tokens}")
     config = EngineConfig(layers=layers, batch_tokens=batch_tokens, padding_side=padding_side, prefix_reuse=prefix_reuse)
     resolved_layers = resolve_layers(model, layers)
     saving = save or save_to is not None
@@ -315,8 +334,21 @@ def extract(
 
     source = qa_pairs if isinstance(qa_pairs, SampleSource) else SampleSource(qa_pairs)
 
-    def already_saved(persona: Persona, variant: str, job_strategies: list[MaskStrategy], ids: list[str]) -> bool:
-        return saving and all(stores[s].has(persona.id, variant, ids) for s in job_strategies)
+    if saving:
+        # A folder made with another model, dtype, revision or template refuses the first save:
+        # say so before any forward pass.
+        shape = (len(decoder_layers(model)), model_sizes(model)[0])
+        for store in stores.values():
+            for variant in variants:
+                store.check_compatible(variant, shape, provenance)
+
+    def already_saved(
+        persona: Persona, variant: str, job_strategies: list[MaskStrategy], ids: list[str], digest: str
+    ) -> bool:
+        return saving and all(
+            stores[s].has(persona.id, variant, ids, samples_sha256=digest, with_samples=save_samples)
+            for s in job_strategies
+        )
 
     todo, outcomes = _prepare_jobs(
         model, tokenizer, personas, source, variants, strategies, already_saved,
@@ -349,6 +381,8 @@ def extract(
                     sample_ids=job.sample_ids,
                     on_batch=on_batch,
                 )
+                # A budget lowered by CUDA out-of-memory stays lowered for the next personas.
+                config = replace(config, batch_tokens=means.batch_tokens)
                 outcome = _store_job(job, means, stores if saving else None, provenance, save_samples, result)
             except PvrsError as exc:
                 outcome = PersonaOutcome(job.persona.id, job.variant, "failed", str(exc))
@@ -376,13 +410,14 @@ def _store_job(
             result.sample_vectors[(*key, strategy)] = per_sample
         if stores is not None:
             store = stores[strategy]
+            if save_samples:  # before the manifest entry: a recorded persona has its samples
+                store.save_samples(job.persona.id, job.variant, per_sample, job.sample_ids)
             store.save(
                 job.persona.id, job.variant, vector,
                 name=job.persona.name, sample_ids=job.sample_ids,
                 n_tokens=int(means.counts[:, s_index].sum()), provenance=provenance,
+                samples_sha256=job.digest,
             )
-            if save_samples:
-                store.save_samples(job.persona.id, job.variant, per_sample, job.sample_ids)
     return PersonaOutcome(
         job.persona.id, job.variant, "written", job.note, n_samples=len(job.prepared), n_tokens=means.tokens_processed
     )

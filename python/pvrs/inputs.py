@@ -216,6 +216,15 @@ def qa_for_persona(
         for r in qa
         if r.persona_id in (None, persona.id) and r.split == "train" and (qa_type == "all" or r.type == qa_type)
     ]
+    seen: set[str] = set()
+    for r in rows:
+        if r.qid in seen:
+            # Sample ids key the manifest, resume and judge scores: one id, one conversation.
+            raise InputError(
+                f"persona {persona.id!r} gets two QA rows with qid {r.qid!r} (its own and a shared "
+                "one, or a repeat); give every question a distinct qid"
+            )
+        seen.add(r.qid)
     if n_train is not None:
         if n_train < 1:
             raise InputError(f"--n-train must be >= 1, got {n_train}")

@@ -210,6 +210,9 @@ class VectorRecord:
     name: str
     sample_ids: Sequence[str]
     n_tokens: int | None = None
+    # Digest of what the vector was computed from (prompt, questions, answers): lets a
+    # resumed run tell "same ids, same samples" from "same ids, edited samples".
+    samples_sha256: str | None = None
 
 
 class _PersonaQueries:
@@ -459,10 +462,11 @@ class PersonaVectorStore(_PersonaQueries):
         sample_ids: Sequence[str],
         n_tokens: int | None = None,
         provenance: Mapping[str, Any] | None = None,
+        samples_sha256: str | None = None,
     ) -> Path:
         """Save one persona's `(num_layers, hidden_size)` vector (numpy or torch; stored as
         float32) and record it in the manifest. Returns the tensor's path."""
-        record = VectorRecord(persona_id, activations, name, sample_ids, n_tokens)
+        record = VectorRecord(persona_id, activations, name, sample_ids, n_tokens, samples_sha256)
         return self.save_many(variant, [record], provenance=provenance)[0]
 
     def save_many(
@@ -521,7 +525,7 @@ class PersonaVectorStore(_PersonaQueries):
                 path = directory / f"{record.persona_id}{TENSOR_SUFFIX}"
                 atomic_write_bytes(path, data)
                 paths.append(path)
-                manifest["personas"][record.persona_id] = {
+                entry = {
                     "name": str(record.name),
                     "sample_ids": [str(s) for s in record.sample_ids],
                     "n_samples": len(record.sample_ids),
@@ -529,6 +533,9 @@ class PersonaVectorStore(_PersonaQueries):
                     "created_at": _now(),
                     "sha256": hashlib.sha256(data).hexdigest(),
                 }
+                if record.samples_sha256 is not None:
+                    entry["samples_sha256"] = record.samples_sha256
+                manifest["personas"][record.persona_id] = entry
             atomic_write_bytes(manifest_path, manifest_text(manifest).encode())
         return paths
 
@@ -566,16 +573,53 @@ class PersonaVectorStore(_PersonaQueries):
             raise VectorNotFoundError(f"no vector for persona {persona_id!r} in {where} ({hint})")
         return entry
 
-    def has(self, persona_id: str, variant: str, sample_ids: Sequence[str] | None = None) -> bool:
+    def has(
+        self,
+        persona_id: str,
+        variant: str,
+        sample_ids: Sequence[str] | None = None,
+        *,
+        samples_sha256: str | None = None,
+        with_samples: bool = False,
+    ) -> bool:
         """True when the persona's vector is saved (manifest entry and tensor file) and, if
-        `sample_ids` is given, was computed from exactly those samples (used to resume)."""
+        given, was computed from exactly those `sample_ids` and samples (`samples_sha256`;
+        entries saved without a digest match any), with its per-sample vectors saved too
+        when `with_samples`. Resume uses it to skip what is done."""
         manifest = self.read_manifest(variant)
         entry = None if manifest is None else manifest["personas"].get(persona_id)
         if not isinstance(entry, dict) or not self.tensor_path(persona_id, variant).is_file():
             return False
-        return sample_ids is None or [str(s) for s in entry.get("sample_ids") or []] == [
+        if sample_ids is not None and [str(s) for s in entry.get("sample_ids") or []] != [
             str(s) for s in sample_ids
+        ]:
+            return False
+        saved_digest = entry.get("samples_sha256")
+        if samples_sha256 is not None and saved_digest is not None and saved_digest != samples_sha256:
+            return False
+        return not with_samples or self._samples_ids(persona_id, variant) == [
+            str(s) for s in entry.get("sample_ids") or []
         ]
+
+    def _samples_ids(self, persona_id: str, variant: str) -> list[str] | None:
+        """Sample ids in a per-sample file's metadata (None: no readable file)."""
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(self.samples_path(persona_id, variant)), "np") as f:
+                ids = json.loads((f.metadata() or {}).get("sample_ids", "null"))
+        except Exception:  # missing, truncated or foreign file: not saved as pvrs writes it
+            return None
+        return [str(s) for s in ids] if isinstance(ids, list) else None
+
+    def check_compatible(self, variant: str, shape: tuple[int, int], provenance: Mapping[str, Any]) -> None:
+        """Raise `ManifestError` now if saving vectors of `shape` with `provenance` into
+        `variant` would be refused later (other model, dtype, revision, template, shape), so
+        a run stops before its first forward pass rather than at its first save."""
+        manifest = self.read_manifest(variant)
+        if manifest is not None and manifest.get("personas"):
+            probe = {k: v for k, v in manifest.items() if k != "personas"}
+            self._merge_header(probe, self.manifest_path(variant), shape, self._provenance(variant, provenance))
 
     def load(self, persona_id: str, variant: str) -> np.ndarray:
         """The persona's `(num_layers, hidden_size)` float32 vector."""
