@@ -7,14 +7,13 @@
 //! With a layer subset only those rows' pages are touched (`MADV_RANDOM` stops the
 //! kernel from reading ahead into the other layers).
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use memmap2::{Advice, Mmap};
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
-use crate::header::{artifact, parse_header, Header, TensorInfo};
+use crate::header::{artifact, open_regular, parse_header, Header, TensorInfo};
 
 /// Element types the aggregation reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -81,7 +80,7 @@ impl MappedTensor {
     /// (sequential read-ahead); otherwise only a few rows (no read-ahead, so the other
     /// layers' bytes are never fetched).
     pub fn open(path: &Path, name: &str, whole: bool) -> Result<Self> {
-        let file = File::open(path).map_err(|e| Error::io(path, e))?;
+        let file = open_regular(path)?;
         // SAFETY: the map is read-only; pvrs replaces files by rename, never in place, so a
         // concurrent pvrs writer cannot change mapped bytes. Every offset is bounds-checked.
         let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;

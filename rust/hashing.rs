@@ -1,7 +1,6 @@
 //! Streamed sha256 of files: the manifest records one per tensor file and
 //! `validate --deep` re-checks it, so large trees are hashed without loading files whole.
 
-use std::fs::File;
 use std::io::Read;
 use std::path::Path;
 
@@ -13,7 +12,7 @@ const CHUNK: usize = 1 << 20;
 
 /// Lower-case hex sha256 of the file's bytes.
 pub fn sha256_file(path: &Path) -> Result<String> {
-    let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut file = crate::header::open_regular(path)?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; CHUNK];
     loop {

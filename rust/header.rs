@@ -244,9 +244,20 @@ fn check_tiling(
     Ok(())
 }
 
+/// Opens `path` for reading if it is a regular file (symlinks followed). Anything else is an
+/// artifact error before it is opened: a FIFO would block forever (with the GIL released, so
+/// Ctrl-C cannot stop it) and a device such as `/dev/zero` never ends.
+pub fn open_regular(path: &Path) -> Result<File> {
+    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    if !meta.is_file() {
+        return Err(artifact(path, "not a regular file"));
+    }
+    File::open(path).map_err(|e| Error::io(path, e))
+}
+
 /// Read and parse the header of `path` (reads only the header bytes, never the data).
 pub fn read_header(path: &Path) -> Result<Header> {
-    let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut file = open_regular(path)?;
     let file_len = file.metadata().map_err(|e| Error::io(path, e))?.len();
     let mut prefix = [0u8; 8];
     let got = read_up_to(&mut file, &mut prefix).map_err(|e| Error::io(path, e))?;

@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::aggregate::{decode_into, Dtype};
 use crate::error::{Error, Result};
-use crate::header::parse_header;
+use crate::header::{open_regular, parse_header, MAX_HEADER_BYTES};
 
 /// Default uncompressed size of one row group (the packager's memory bound).
 pub const DEFAULT_ROW_GROUP_BYTES: u64 = 64 << 20;
@@ -292,23 +292,38 @@ fn read_vector(
 ) -> Result<()> {
     let path = dir.join(format!("{id}.safetensors"));
     buf.clear();
-    let mut file = File::open(&path).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::NotFound {
-            Error::Artifact(format!(
-                "{}: listed in manifest.json but missing; re-run the extraction for persona {id:?}",
-                path.display()
-            ))
-        } else {
-            Error::io(&path, e)
-        }
-    })?;
-    std::io::Read::read_to_end(&mut file, buf).map_err(|e| Error::io(&path, e))?;
     let corrupt = |why: String| {
         Error::Artifact(format!(
             "{}: {why}; re-run the extraction for persona {id:?}",
             path.display()
         ))
     };
+    let link = fs::symlink_metadata(&path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            corrupt("listed in manifest.json but missing".to_string())
+        } else {
+            Error::io(&path, e)
+        }
+    })?;
+    // What is published must be the store's own file: a link could publish anything.
+    if link.file_type().is_symlink() {
+        return Err(corrupt(
+            "a symbolic link, not a file pvrs wrote".to_string(),
+        ));
+    }
+    let file = open_regular(&path)?;
+    // A vector file is its header plus at most 8 bytes per value: read no more than that.
+    let limit = 8 + MAX_HEADER_BYTES + (dims.0 as u64) * (dims.1 as u64) * 8;
+    if link.len() > limit {
+        return Err(corrupt(format!(
+            "{} bytes, far more than a ({}, {}) vector",
+            link.len(),
+            dims.0,
+            dims.1
+        )));
+    }
+    std::io::Read::read_to_end(&mut std::io::Read::take(file, limit), buf)
+        .map_err(|e| Error::io(&path, e))?;
     // The store's parser bounds-checks the header length, the JSON, every tensor's offsets
     // and their exact tiling of the data, as `pvrs validate` and aggregation do.
     let header = parse_header(buf, buf.len() as u64)
@@ -901,6 +916,28 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn links_and_devices_are_never_read_or_published() {
+        let (_tmp, src) = tree(2);
+        let out = tempfile::tempdir().unwrap();
+        let file = src.dir.join("p001.safetensors");
+        fs::remove_file(&file).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", &file).unwrap();
+        let err = package(
+            std::slice::from_ref(&src),
+            out.path(),
+            &PackageOptions::default(),
+            &mut |_| Ok(()),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("a symbolic link"), "{err}");
+        assert!(crate::header::open_regular(Path::new("/dev/zero"))
+            .unwrap_err()
+            .to_string()
+            .contains("not a regular file"));
     }
 
     #[test]

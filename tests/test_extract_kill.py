@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+from pvrs.models import model_dir_name
 from safetensors.numpy import load_file
 
 from tests.test_extract import tiny_model_dir  # noqa: F401  (fixture)
@@ -32,7 +33,7 @@ def test_killed_run_leaves_a_consistent_store_and_resumes(tiny_model_dir: Path, 
     out = tmp_path / "store"
     argv = [sys.executable, "-m", "pvrs", "extract", "--model", str(tiny_model_dir), "--personas", str(personas),
             "--qa", str(qa), "--variants", "templated", "--output-dir", str(out)]
-    variant_dir = out / tiny_model_dir.as_posix().replace("/", "__") / "answer_mean" / "templated"
+    variant_dir = out / model_dir_name(str(tiny_model_dir)) / "answer_mean" / "templated"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

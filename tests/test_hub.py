@@ -169,6 +169,12 @@ def test_round_trip_through_hf_store(root: Path, tmp_path: Path) -> None:
             np.testing.assert_array_equal(
                 remote.stack(ids, variant, layers=[3, 0]), local.stack(ids, variant, layers=[3, 0])
             )
+            np.testing.assert_array_equal(  # -1 is the last layer in both stores
+                remote.stack(ids, variant, layers=[-1]), local.stack(ids, variant, layers=[L - 1])
+            )
+            for store in (remote, local):
+                with pytest.raises(InvalidArgumentError, match=f"layer {L} is out of range"):
+                    store.stack(ids, variant, layers=[L])
         remote.release_cache()
         assert remote.list_personas() == local.list_personas()
     with pytest.raises(VectorNotFoundError, match="known personas"):

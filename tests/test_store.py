@@ -353,3 +353,23 @@ def test_a_killed_writer_leaves_the_previous_state(tmp_path: Path) -> None:
     # The lock was released by the dying process, so the next writer is not blocked.
     store.save("next", "templated", vec(1), name="N", sample_ids=["q"])
     assert store.list_personas(["templated"]) == ["next", "victim"]
+
+
+def test_a_failing_save_never_leaves_an_entry_describing_another_vector(tmp_path: Path) -> None:
+    from pvrs.errors import InvalidArgumentError
+    from pvrs.validation import validate
+
+    store = PersonaVectorStore("org/m", root_dir=tmp_path)
+    old, new = np.ones((2, 3), np.float32), np.full((2, 3), 2.0, np.float32)
+    store.save("a", "templated", old, name="A", sample_ids=["q1"])
+    # Bad text in another record: refused before anything is written.
+    with pytest.raises(InvalidArgumentError, match="not valid text"):
+        store.save_many("templated", [VectorRecord("a", new, "A", ["q2"]), VectorRecord("b", new, "B\ud800", ["q1"])])
+    np.testing.assert_array_equal(store.load("a", "templated"), old)
+    assert store.has("a", "templated", ["q1"])
+    # A write that fails half way: "a" is rewritten but no longer recorded, so resume redoes it.
+    (store.variant_dir("templated") / "c.safetensors").mkdir()
+    with pytest.raises(OSError):
+        store.save_many("templated", [VectorRecord("a", new, "A", ["q2"]), VectorRecord("c", new, "C", ["q1"])])
+    assert not store.has("a", "templated")
+    assert not [p for p in validate(store.root_dir, deep=True).problems if p.kind == "sha256_mismatch"]

@@ -455,7 +455,7 @@ class _Source:
     local_dir: Path | None
     repo_id: str | None
     revision: str | None = None
-    token: str | None = None
+    token: str | None = field(default=None, repr=False)
     _card: dict[str, dict[str, list[str]]] | None = field(default=None, repr=False)
     _repo_files: list[str] | None = field(default=None, repr=False)
 
@@ -749,12 +749,14 @@ class HFPersonaVectorStore(_PersonaQueries):
         """`(len(persona_ids), len(layers) or num_layers, hidden_size)` float32, reading each
         needed row group once."""
         located = [self._require(pid, variant) for pid in persona_ids]
+        layers = self._layer_indices(variant, layers)
         order = sorted(range(len(located)), key=lambda i: located[i][1])
         rows: list[np.ndarray | None] = [None] * len(located)
         for i in order:
             index, (fi, rg, row) = located[i]
             block = self._row_group(variant, index, fi, rg)[row]
-            rows[i] = block if layers is None else block[list(layers)]
+            # A copy: a view would keep its whole decoded row group alive.
+            rows[i] = block.copy() if layers is None else block[layers]
         if not rows:
             index = self._index(variant)
             shape = index.shape if index and index.shape else (0, 0)

@@ -59,8 +59,16 @@ DEFAULT_MODEL = SMOLLM2.name
 
 
 def model_dir_name(model_name: str) -> str:
-    """Folder name of a model in the artifact tree: the id with `/` replaced by `__`."""
-    return model_name.replace("/", "__")
+    """Folder name of a model in the artifact tree: the id with `/` replaced by `__`. A local
+    path loses its `.` and empty parts (`./models/x` -> `models__x`: a folder starting with a
+    dot would be hidden from packaging); `..` cannot name a folder inside the store."""
+    parts = [p for p in model_name.split("/") if p not in ("", ".")]
+    if not parts or ".." in parts or parts[0].startswith("."):
+        raise ModelError(
+            f"model name {model_name!r} cannot name a folder in the store; use a Hub id "
+            "(ORG/NAME) or a folder path without '..' or a leading dot"
+        )
+    return "__".join(parts)
 
 
 def resolve_dtype(dtype: str, device: str) -> torch.dtype:

@@ -157,6 +157,31 @@ def _fsync_dir(directory: Path) -> None:
 _JSON = json.JSONEncoder(ensure_ascii=False)
 
 
+def _entry_of(record: VectorRecord) -> dict[str, Any]:
+    """A persona's manifest entry, its tensor's sha256 still to be filled in."""
+    entry: dict[str, Any] = {
+        "name": str(record.name),
+        "sample_ids": [str(s) for s in record.sample_ids],
+        "n_samples": len(record.sample_ids),
+        "n_tokens": None if record.n_tokens is None else int(record.n_tokens),
+        "created_at": _now(),
+        "sha256": None,
+    }
+    if record.samples_sha256 is not None:
+        entry["samples_sha256"] = record.samples_sha256
+    return entry
+
+
+def _folder_name(name: str, what: str) -> str:
+    """`name` if it can be one folder inside the store (no separators, no `..`, no leading
+    dot, which packaging skips as hidden)."""
+    if not name or "/" in name or "\\" in name or name.startswith(".") or "\0" in name:
+        raise InvalidArgumentError(
+            f"{what} {name!r} cannot name a folder in the store; use letters, digits, '_' or '-'"
+        )
+    return name
+
+
 def manifest_text(manifest: Mapping[str, Any]) -> str:
     """The manifest as indented JSON with one line per persona. Each piece goes through
     json's C encoder: an `indent=` dump takes the pure-Python one, which made every save
@@ -234,6 +259,22 @@ class _PersonaQueries:
     def location(self, variant: str) -> str:
         """Where `variant`'s vectors are, for messages."""
         raise NotImplementedError
+
+    def _layer_indices(self, variant: str, layers: Sequence[int] | None) -> list[int] | None:
+        """`layers` as non-negative indices (`-1` is the last layer), each checked against
+        the variant's layer count; None stays None (every layer)."""
+        if layers is None:
+            return None
+        n = self._num_layers(variant)
+        out = []
+        for layer in layers:
+            i = int(layer)
+            if n is not None and not -n <= i < n:
+                raise InvalidArgumentError(f"layer {i} is out of range: {self.location(variant)} has {n} layers")
+            out.append(i + n if i < 0 and n is not None else i)
+        if any(i < 0 for i in out):
+            raise InvalidArgumentError(f"negative layers need a known layer count; {self.location(variant)} has none")
+        return out
 
     def _tables(self, variants: Sequence[str]) -> list[Mapping[str, str]]:
         """Persona tables of `variants`, or [] when any of them is missing."""
@@ -317,7 +358,7 @@ class PersonaVectorStore(_PersonaQueries):
     ) -> None:
         self.model_name = model_name
         self.root_dir = Path(root_dir).expanduser() if root_dir is not None else activations_dir()
-        self.mask_strategy = _strategy_name(mask_strategy)
+        self.mask_strategy = _folder_name(_strategy_name(mask_strategy), "mask strategy")
         self.variants = tuple(variants)
         self._manifest_cache: dict[str, tuple[bytes, dict[str, Any]]] = {}
 
@@ -337,7 +378,7 @@ class PersonaVectorStore(_PersonaQueries):
         return str(self.variant_dir(variant))
 
     def variant_dir(self, variant: str) -> Path:
-        return self.model_dir / self.mask_strategy / variant
+        return self.model_dir / self.mask_strategy / _folder_name(variant, "variant")
 
     def manifest_path(self, variant: str) -> Path:
         return self.variant_dir(variant) / MANIFEST_FILENAME
@@ -518,24 +559,31 @@ class PersonaVectorStore(_PersonaQueries):
                 else self._parse_manifest(manifest_path, raw)
             )
             self._merge_header(manifest, manifest_path, shape, header)
-            # A crash inside this loop leaves the manifest as it was: new tensors are then
-            # unrecorded (resume recomputes them), never recorded-but-missing.
+            entries = {record.persona_id: _entry_of(record) for record, _ in prepared}
+            # Everything that can fail on the inputs (a name JSON cannot encode, ...) fails
+            # here, before any file is touched.
+            try:
+                manifest_text({**manifest, "personas": {**manifest["personas"], **entries}}).encode()
+            except UnicodeEncodeError as exc:
+                raise InvalidArgumentError(
+                    f"save_many({variant!r}): a persona name or sample id is not valid text "
+                    f"({exc.reason}: {exc.object[exc.start : exc.end]!r}); clean the input"
+                ) from None
+            # Entries about to be replaced leave the manifest first: a crash or error while
+            # their tensors are rewritten then leaves unrecorded files (resume recomputes
+            # them), never an entry that describes another vector than the file holds.
+            replaced = [pid for pid in entries if pid in manifest["personas"]]
+            if replaced:
+                for pid in replaced:
+                    del manifest["personas"][pid]
+                atomic_write_bytes(manifest_path, manifest_text(manifest).encode())
             for record, array in prepared:
                 data = _safetensors_bytes(array)  # one file's bytes at a time
                 path = directory / f"{record.persona_id}{TENSOR_SUFFIX}"
                 atomic_write_bytes(path, data)
                 paths.append(path)
-                entry = {
-                    "name": str(record.name),
-                    "sample_ids": [str(s) for s in record.sample_ids],
-                    "n_samples": len(record.sample_ids),
-                    "n_tokens": None if record.n_tokens is None else int(record.n_tokens),
-                    "created_at": _now(),
-                    "sha256": hashlib.sha256(data).hexdigest(),
-                }
-                if record.samples_sha256 is not None:
-                    entry["samples_sha256"] = record.samples_sha256
-                manifest["personas"][record.persona_id] = entry
+                entries[record.persona_id]["sha256"] = hashlib.sha256(data).hexdigest()
+            manifest["personas"].update(entries)
             atomic_write_bytes(manifest_path, manifest_text(manifest).encode())
         return paths
 
@@ -657,6 +705,7 @@ class PersonaVectorStore(_PersonaQueries):
         """`(len(persona_ids), len(layers) or num_layers, hidden_size)` float32; with `layers`,
         only those layers' bytes are read."""
         manifest = self.read_manifest(variant) or {}
+        layers = self._layer_indices(variant, layers)
         array = _stack_files(self.paths(persona_ids, variant), layers)
         expected = (manifest.get("num_layers"), manifest.get("hidden_size"))
         if layers is None and array.shape[1:] != expected:
@@ -677,7 +726,7 @@ class PersonaVectorStore(_PersonaQueries):
         ids = self.list_personas([variant]) if persona_ids is None else list(persona_ids)
         if not ids:
             raise InvalidArgumentError(f"no personas to average in {self.variant_dir(variant)}")
-        return _mean_files(self.paths(ids, variant), layers)
+        return _mean_files(self.paths(ids, variant), self._layer_indices(variant, layers))
 
     # ---- queries: `_PersonaQueries` over the manifests ----------------------------------
 
