@@ -32,12 +32,14 @@ def commit_sha(n_commits: int) -> str:
 
 @dataclass
 class FakeHub:
-    """Just enough of the Hub's HTTP API for create_repo, create_branch, list_repo_files,
-    hf_hub_download and create_commit (every file uploaded as a regular blob)."""
+    """Just enough of the Hub's HTTP API for create_repo, create_branch, repo_info,
+    list_repo_files, hf_hub_download and create_commit (every file uploaded as a regular
+    blob; a commit whose parent is not the head is refused, as the Hub does)."""
 
     files: dict[str, bytes] = field(default_factory=dict)
     requests: list[httpx2.Request] = field(default_factory=list)
     commits: list[list[dict]] = field(default_factory=list)
+    race: bool = False
 
     def __call__(self, request: httpx2.Request) -> httpx2.Response:
         self.requests.append(request)
@@ -49,6 +51,8 @@ class FakeHub:
             return httpx2.Response(200, json={})
         if path.startswith(f"{base}/branch/"):
             return httpx2.Response(200, json={})
+        if path == base or path.startswith(f"{base}/revision/"):
+            return httpx2.Response(200, json={"id": REPO, "sha": self.sha, "private": False})
         if path.startswith(f"{base}/tree/"):
             entries = [
                 {"type": "file", "path": p, "oid": hashlib.sha1(b).hexdigest(), "size": len(b)}
@@ -68,6 +72,12 @@ class FakeHub:
             )
         if path.startswith(f"{base}/commit/"):
             lines = [json.loads(line) for line in request.content.splitlines() if line.strip()]
+            parent = lines[0]["value"].get("parentCommit")
+            if self.race:  # another push lands between our read and our commit
+                self.commits.append([])
+                self.race = False
+            if parent is not None and parent != self.sha:
+                return httpx2.Response(412, json={"error": "A commit has happened since. Please refresh and try again."})
             self.commits.append(lines)
             for line in lines:
                 if line["key"] == "file":
@@ -210,6 +220,15 @@ def test_push_turns_hub_errors_into_packaging_errors(fake_hub: FakeHub, root: Pa
     _http.close_session()
     with pytest.raises(PackagingError, match="pushing to 'someone/persona-vectors' failed"):
         hub.push(MODEL, REPO, root_dir=root, progress=False)
+
+
+def test_a_push_racing_another_fails_instead_of_dropping_its_configs(fake_hub: FakeHub, root: Path) -> None:
+    hub.push(MODEL, REPO, root_dir=root, progress=False)
+    fake_hub.race = True
+    with pytest.raises(PackagingError, match="changed while pvrs was pushing to it"):
+        hub.push(MODEL, REPO, root_dir=root, progress=False)
+    sent = [line for commit in fake_hub.commits for line in commit if line["key"] == "header"]
+    assert all(h["value"].get("parentCommit") for h in sent)  # every commit names its parent
 
 
 def test_hub_reads_fail_with_one_clear_error(fake_hub: FakeHub) -> None:

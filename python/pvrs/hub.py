@@ -332,14 +332,17 @@ def push(
             api.create_repo(repo_id, repo_type=REPO_TYPE, private=private, exist_ok=True)
             if revision:
                 api.create_branch(repo_id, branch=revision, repo_type=REPO_TYPE, exist_ok=True)
-            remote_files = set(api.list_repo_files(repo_id, repo_type=REPO_TYPE, revision=revision))
+            # Everything is read at one commit and the new commit must sit right on it: a push
+            # landing in between makes ours fail instead of dropping its card entries.
+            head = api.repo_info(repo_id, repo_type=REPO_TYPE, revision=revision).sha
+            remote_files = set(api.list_repo_files(repo_id, repo_type=REPO_TYPE, revision=head))
             card_path = result.out_dir / CARD_FILENAME
             card: str | bytes = card_path.read_bytes()
             if CARD_FILENAME in remote_files:
                 try:
                     remote_card = Path(
                         api.hf_hub_download(
-                            repo_id, CARD_FILENAME, repo_type=REPO_TYPE, revision=revision
+                            repo_id, CARD_FILENAME, repo_type=REPO_TYPE, revision=head
                         )
                     ).read_text(encoding="utf-8")
                 except (EntryNotFoundError, RevisionNotFoundError):
@@ -365,8 +368,14 @@ def push(
                 or f"pvrs: persona vectors for {', '.join(result.configs)} ({rows} rows)",
                 repo_type=REPO_TYPE,
                 revision=revision,
+                parent_commit=head,
             )
         except HfHubHTTPError as exc:
+            if exc.response is not None and exc.response.status_code == 412:
+                raise PackagingError(
+                    f"{repo_id!r} changed while pvrs was pushing to it (another push?); nothing "
+                    "was committed, push again"
+                ) from None
             raise PackagingError(f"pushing to {repo_id!r} failed: {exc}") from None
     return PushResult(
         repo_id=repo_id,
