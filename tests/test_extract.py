@@ -275,6 +275,10 @@ def test_resume_sees_edited_samples_settings_and_missing_per_sample_files(
     with_samples = extract(model, tokenizer, [reworded], edited, save_samples=True, **run)
     assert with_samples.count("written") == 1
     assert extract(model, tokenizer, [reworded], edited, save_samples=True, **run).count("skipped") == 1
+    # Recomputed without them, the old per-sample file goes: it described the old vector.
+    samples_file = next((tmp_path / "store").rglob("samples/pirate.safetensors"))
+    assert extract(model, tokenizer, [reworded], edited, force=True, **run).count("written") == 1
+    assert not samples_file.exists()
     # Another dtype into the same folder is refused before any forward pass.
 
     def no_forward(*args, **kwargs):

@@ -412,6 +412,8 @@ def _store_job(
             store = stores[strategy]
             if save_samples:  # before the manifest entry: a recorded persona has its samples
                 store.save_samples(job.persona.id, job.variant, per_sample, job.sample_ids)
+            else:
+                store.drop_samples(job.persona.id, job.variant)
             store.save(
                 job.persona.id, job.variant, vector,
                 name=job.persona.name, sample_ids=job.sample_ids,

@@ -606,6 +606,11 @@ class PersonaVectorStore(_PersonaQueries):
         atomic_write_bytes(path, _safetensors_bytes(array, metadata))
         return path
 
+    def drop_samples(self, persona_id: str, variant: str) -> None:
+        """Remove the persona's per-sample vectors, if any: called when its vector is
+        recomputed without them, so no file describes an older vector."""
+        self.samples_path(persona_id, variant).unlink(missing_ok=True)
+
     # ---- reading -----------------------------------------------------------------------
 
     def _entry(self, persona_id: str, variant: str) -> dict[str, Any]:
