@@ -216,11 +216,10 @@ fn walk(
             if name != SAMPLES_DIRNAME {
                 subdirs.push(path);
             }
-        } else if kind.is_symlink() {
-            if path.is_dir() {
-                symlink_problem(&path, root, problems);
-            }
+        } else if kind.is_symlink() && path.is_dir() {
+            symlink_problem(&path, root, problems);
         } else if name == MANIFEST_FILENAME || name.ends_with(TENSOR_SUFFIX) {
+            // Symlinked tensor files count too: the variant check reports them.
             is_variant = true;
         }
     }
@@ -288,8 +287,16 @@ fn check_variant_dir(dir: &Path, tasks: &mut Vec<FileTask>, problems: &mut Vec<P
     let mut on_disk = BTreeSet::new();
     if let Ok(entries) = fs::read_dir(dir) {
         for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
             let path = entry.path();
+            let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+                // A lossy name would point at another (missing) file: report this one as is.
+                problems.push(error(
+                    &path,
+                    "non_utf8_name",
+                    "file name is not valid UTF-8; persona ids are UTF-8, rename or delete it",
+                ));
+                continue;
+            };
             let is_dir = entry.file_type().map(|t| t.is_dir()).unwrap_or(false);
             if name == MANIFEST_FILENAME || name == LOCK_FILENAME {
                 continue;
@@ -951,6 +958,33 @@ mod tests {
         ] {
             assert!(k.contains(&want), "{want} not in {k:?}");
         }
+    }
+
+    #[test]
+    fn odd_names_and_linked_only_folders_are_reported() {
+        use std::os::unix::ffi::OsStrExt;
+        let (tmp, dir) = tree();
+        let odd = std::ffi::OsStr::from_bytes(b"\xffodd.safetensors");
+        fs::write(dir.join(odd), b"x").unwrap();
+        let k = kinds(&validate(tmp.path(), false).unwrap());
+        assert!(k.contains(&"non_utf8_name"), "{k:?}");
+        // A variant folder whose only tensor is a link out of the tree is still checked.
+        let linked = tmp
+            .path()
+            .join("org__m")
+            .join("answer_mean")
+            .join("biography");
+        fs::create_dir_all(&linked).unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        vector_file(outside.path(), "c", &[2, 3]);
+        std::os::unix::fs::symlink(
+            outside.path().join("c.safetensors"),
+            linked.join("c.safetensors"),
+        )
+        .unwrap();
+        let report = validate(tmp.path(), false).unwrap();
+        assert_eq!(report.variant_dirs, 2);
+        assert!(kinds(&report).contains(&"symlink_outside_tree"));
     }
 
     #[test]
