@@ -386,3 +386,23 @@ def test_reads_a_dataset_written_by_datasets_itself(tmp_path: Path) -> None:
     np.testing.assert_array_equal(store.load("b", "biography"), vectors[2])
     assert store.sample_ids("b", "biography") == ["q2", "q3"]
     assert [c.config_name for c in hub.list_hub_vector_models(tmp_path)] == [CONFIG]
+
+
+def test_packaging_waits_for_a_save_in_progress(root: Path, tmp_path: Path) -> None:
+    # Another process holds one variant's store lock (as a save does) for a moment.
+    import subprocess
+    import sys
+    import time
+
+    lock = next(root.rglob("manifest.json")).parent / ".manifest.lock"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from filelock import FileLock\n"
+         "with FileLock(sys.argv[1]):\n    print('held', flush=True); time.sleep(1.5)", str(lock)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    start = time.monotonic()
+    package(root, tmp_path / "pkg")
+    waited = time.monotonic() - start
+    holder.wait()
+    assert waited > 0.8, f"packaging did not wait for the lock ({waited:.2f} s)"

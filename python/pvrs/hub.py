@@ -16,7 +16,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,9 @@ from pvrs.models import model_dir_name
 from pvrs.paths import activations_dir
 from pvrs.store import (
     DEFAULT_MASK_STRATEGY,
+    LOCK_FILENAME,
+    LOCK_TIMEOUT_S,
+    MANIFEST_FILENAME,
     SUPPORTED_VARIANTS,
     VectorNotFoundError,
     _PersonaQueries,
@@ -144,14 +147,15 @@ def package(
         raise InvalidArgumentError("row_group_bytes and file_bytes must be positive")
     created = not out.exists()
     try:
-        if progress:
-            reports = _package_with_progress(
-                root, out, model_dirs, masks, row_group_bytes, file_bytes
-            )
-        else:
-            reports = _core.package_store(
-                root, out, model_dirs, masks, row_group_bytes, file_bytes, None
-            )
+        with _variant_locks(root, model_dirs, masks):
+            if progress:
+                reports = _package_with_progress(
+                    root, out, model_dirs, masks, row_group_bytes, file_bytes
+                )
+            else:
+                reports = _core.package_store(
+                    root, out, model_dirs, masks, row_group_bytes, file_bytes, None
+                )
     except BaseException:
         # `out` was empty: whatever is in it now is a half-written package, which must not be
         # pushed or mistaken for a finished one.
@@ -171,6 +175,30 @@ def package(
         for r in reports
     )
     return PackageResult(out_dir=out, splits=splits)
+
+
+@contextmanager
+def _variant_locks(
+    root: Path, model_dirs: list[str] | None, masks: list[str] | None
+) -> Iterator[None]:
+    """Hold the store's lock of every variant folder being packaged, so a run saving into
+    the store meanwhile waits: each split is a snapshot, never a manifest paired with
+    tensors from a later save. Taken in sorted order; a saver takes one lock at a time."""
+    from filelock import FileLock
+
+    folders = sorted(
+        p.parent
+        for p in root.glob(f"*/*/*/{MANIFEST_FILENAME}")
+        if (model_dirs is None or p.parent.parent.parent.name in model_dirs)
+        and (masks is None or p.parent.parent.name in masks)
+    )
+    with ExitStack() as stack:
+        for folder in folders:
+            try:
+                stack.enter_context(FileLock(str(folder / LOCK_FILENAME), timeout=LOCK_TIMEOUT_S))
+            except PermissionError:  # a read-only store: nobody can be saving into it
+                continue
+        yield
 
 
 def _remove_contents(out: Path, *, remove_root: bool) -> None:
