@@ -55,6 +55,18 @@ def test_classification_probe_finds_planted_layer(planted, method):
     assert acc[5] >= 0.95
     assert acc[2] < 0.85 and acc[9] < 0.85
     assert curve.metrics[0]["chance"] == 0.5
+    # The planted signal beats what the same layer sweep reaches on shuffled labels.
+    assert curve.shuffled_best < 0.9 < max(curve.scores)
+
+
+def test_chance_belongs_to_the_primary_metric():
+    # 13 vs 3: balanced accuracy's chance is 1/2, plain accuracy's the majority share.
+    rng = np.random.default_rng(1)
+    ids = [f"p{i:02d}" for i in range(16)]
+    attrs = {pid: {"side": "a" if i < 13 else "b"} for i, pid in enumerate(ids)}
+    curve = cross_validate_probe(rng.standard_normal((16, 2, 8)), ids, [0, 1], attrs, "side",
+                                 "diffmeans", folds=3)  # fmt: skip
+    assert curve.metrics[0]["chance"] == 0.5 and curve.metrics[0]["majority"] == 13 / 16
 
 
 def test_ridge_regression_probe_on_numeric_attribute(planted):

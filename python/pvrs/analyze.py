@@ -486,7 +486,7 @@ def _sections(f: _Findings) -> list[plots.Section]:
             S(
                 "probes",
                 "Linear probes",
-                "Cross-validated score of linear probes from persona vectors to persona attributes, by layer (balanced accuracy for categories, R² for numbers).",
+                "Cross-validated score of linear probes from persona vectors to persona attributes, by layer (balanced accuracy for categories, R² for numbers; dotted: chance). The best layer's score is a maximum over layers, so it is optimistic: summary.json gives the maximum the same sweep reaches with shuffled labels next to it.",
                 plots.probe_figure(f.probe_curves),
             )
         )
@@ -632,7 +632,7 @@ def _probe_table(curves: list[Any], path: Path) -> Path:
             layer,
             *(
                 m.get(k, "")
-                for k in ("accuracy", "balanced_accuracy", "chance", "r2", "pearson_r", "mae")
+                for k in ("accuracy", "balanced_accuracy", "chance", "majority", "r2", "pearson_r", "mae")
             ),
         ]
         for c in curves
@@ -648,6 +648,7 @@ def _probe_table(curves: list[Any], path: Path) -> Path:
             "accuracy",
             "balanced_accuracy",
             "chance",
+            "majority",
             "r2",
             "pearson_r",
             "mae",
@@ -700,7 +701,9 @@ def _summary(f: _Findings, probe_dirs: list[Path], notes: list[str]) -> dict[str
             "method": c.method,
             "metric": c.primary,
             "best_layer": c.best_layer,
+            # A maximum over layers: compare it with the same maximum on shuffled labels.
             "score": float(np.nanmax(c.scores)),
+            "shuffled_labels_score": c.shuffled_best,
             "artifact": str(d),
         }
         for c, d in zip(f.probe_curves, probe_dirs, strict=True)

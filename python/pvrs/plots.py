@@ -465,7 +465,7 @@ def agreement_figure(results: Sequence[AgreementResult], title: str) -> go.Figur
 
 def probe_figure(curves: Sequence[ProbeCurve]) -> go.Figure:
     """Cross-validated probe score by layer, one line per attribute and method; dotted:
-    chance (majority class) of each categorical attribute."""
+    chance level of balanced accuracy (1 / classes) of each categorical attribute."""
     go = _go()
     fig = go.Figure()
     chance_drawn: set[str] = set()

@@ -117,6 +117,9 @@ class ProbeCurve:
     metrics: list[dict[str, float]]
     primary: str
     folds: int
+    # The best layer's score is a maximum over layers, so it is optimistic; this is the
+    # maximum the same sweep reaches with shuffled labels, the level to beat.
+    shuffled_best: float = float("nan")
 
     @property
     def scores(self) -> np.ndarray:
@@ -228,7 +231,8 @@ def _metrics(task: Task, y: np.ndarray, pred: np.ndarray) -> dict[str, float]:
     return {
         "accuracy": float(accuracy_score(y, pred)),
         "balanced_accuracy": float(balanced_accuracy_score(y, pred)),
-        "chance": float(counts.max() / counts.sum()),
+        "chance": 1.0 / len(counts),  # of balanced accuracy, the primary metric
+        "majority": float(counts.max() / counts.sum()),  # chance level of plain accuracy
     }
 
 
@@ -243,8 +247,10 @@ def cross_validate_probe(
     folds: int = 5,
     seed: int = 0,
     task: Task | Literal["auto"] = "auto",
+    shuffled_baseline: bool = True,
 ) -> ProbeCurve:
-    """Out-of-fold scores of a probe at every layer (same folds at every layer)."""
+    """Out-of-fold scores of a probe at every layer (same folds at every layer), and, with
+    `shuffled_baseline`, the best score the same sweep reaches on shuffled labels."""
     from sklearn.base import clone
     from sklearn.model_selection import cross_val_predict
 
@@ -253,10 +259,15 @@ def cross_validate_probe(
     rows, y, task = probe_labels(persona_ids, attributes, attribute, task)
     estimator = _make_estimator(method, task, seed)
     splitter = _splitter(task, y, folds, seed, attribute)
-    metrics = []
+    primary = "r2" if task == "regression" else "balanced_accuracy"
+    shuffled = np.random.default_rng(seed).permutation(y)
+    metrics, null_scores = [], []
     for i in range(x.shape[1]):
         pred = cross_val_predict(clone(estimator), x[rows, i], y, cv=splitter)
         metrics.append(_metrics(task, y, pred))
+        if shuffled_baseline:
+            null = cross_val_predict(clone(estimator), x[rows, i], shuffled, cv=splitter)
+            null_scores.append(_metrics(task, shuffled, null)[primary])
     return ProbeCurve(
         attribute=attribute,
         method=method,
@@ -265,8 +276,9 @@ def cross_validate_probe(
         persona_ids=[persona_ids[r] for r in rows],
         classes=None if task == "regression" else sorted(set(y.tolist())),
         metrics=metrics,
-        primary="r2" if task == "regression" else "balanced_accuracy",
+        primary=primary,
         folds=splitter.get_n_splits(),
+        shuffled_best=float(np.nanmax(null_scores)) if null_scores else float("nan"),
     )
 
 
