@@ -212,7 +212,7 @@ def test_steer_command_sweeps_alphas_side_by_side(tiny_dir, tiny, store, capsys)
     assert code == 0 and "x norm" in out
 
 
-def test_chat_reads_stdin_with_steering_and_capping(tiny_dir, store, capsys, monkeypatch):
+def test_chat_reads_stdin_with_steering_and_capping(tiny, tiny_dir, store, capsys, monkeypatch):
     monkeypatch.setattr(
         "sys.stdin", io.StringIO("what is paris\n/reset\n\ntell me about yourself\n")
     )
@@ -228,7 +228,7 @@ def test_chat_reads_stdin_with_steering_and_capping(tiny_dir, store, capsys, mon
             "--steer",
             "pirate_captain:1:3",
             "--cap",
-            "assistant-axis:2",
+            "assistant-axis:-1",
             "--cap-side",
             "lower",
             "--system",
@@ -241,6 +241,14 @@ def test_chat_reads_stdin_with_steering_and_capping(tiny_dir, store, capsys, mon
     assert (
         "steer pirate_captain at layer 1" in err and "cap (lower) assistant-axis at layer 2" in err
     )
+    # The floor is calibrated with no steering active (-1 is the last block, 2).
+    from pvrs.generate import DEFAULT_PROMPTS
+    from pvrs.residuals import calibrate_tau
+
+    model, tok = tiny
+    axis = assistant_axis_direction(store)
+    tau = calibrate_tau(model, tok, axis, [2], [as_chat(p) for p in DEFAULT_PROMPTS], 0.01)[2]
+    assert f"tau {tau:.3f}" in err
 
 
 def test_monitor_and_export_commands(tiny_dir, store, tmp_path, capsys):

@@ -201,35 +201,36 @@ def interventions(
     caps: Sequence[ResolvedIntervention],
 ) -> Iterator[list[str]]:
     """Enter every steer and cap; yields one description per intervention. A cap without
-    TAU is calibrated on the built-in neutral prompts at `--cap-quantile`."""
+    TAU is calibrated on the built-in neutral prompts at `--cap-quantile`, before any
+    intervention is active: a floor set inside the steered distribution would hold nothing."""
     from pvrs.generate import DEFAULT_PROMPTS, as_chat
-    from pvrs.steering import cap, steer
+    from pvrs.residuals import calibrate_tau, resolve_layers
+    from pvrs.steering import cap, default_cap_quantile, steer
 
+    quantile = args.cap_quantile if args.cap_quantile is not None else default_cap_quantile(args.cap_side)
+
+    def layer_of(item: ResolvedIntervention) -> int:
+        return resolve_layers(model, [item.spec.layer])[0]  # `-1` is the last block
+
+    taus = [
+        item.spec.value
+        if item.spec.value is not None
+        else calibrate_tau(
+            model, tokenizer, item.vector, [layer_of(item)],
+            [as_chat(p) for p in DEFAULT_PROMPTS], quantile,
+        )[layer_of(item)]
+        for item in caps
+    ]  # fmt: skip
     described = []
     with ExitStack() as stack:
         for item in steers:
-            spec = item.spec
-            stack.enter_context(
-                steer(model, item.vector, [spec.layer], alpha=float(spec.value or 0.0))
-            )
-            described.append(f"steer {spec.vector} at layer {spec.layer}, alpha {spec.value:g}")
-        for item in caps:
-            spec = item.spec
-            taus = stack.enter_context(
-                cap(
-                    model,
-                    item.vector,
-                    [spec.layer],
-                    spec.value,
-                    side=args.cap_side,
-                    calibration=[as_chat(p) for p in DEFAULT_PROMPTS],
-                    tokenizer=tokenizer,
-                    quantile=args.cap_quantile,
-                )
-            )
-            described.append(
-                f"cap ({args.cap_side}) {spec.vector} at layer {spec.layer}, tau {taus[spec.layer]:.3f}"
-            )
+            spec, layer = item.spec, layer_of(item)
+            stack.enter_context(steer(model, item.vector, [layer], alpha=float(spec.value or 0.0)))
+            described.append(f"steer {spec.vector} at layer {layer}, alpha {spec.value:g}")
+        for item, tau in zip(caps, taus, strict=True):
+            layer = layer_of(item)
+            stack.enter_context(cap(model, item.vector, [layer], tau, side=args.cap_side))
+            described.append(f"cap ({args.cap_side}) {item.spec.vector} at layer {layer}, tau {tau:.3f}")
         yield described
 
 

@@ -258,6 +258,12 @@ def ablate(
         yield
 
 
+def default_cap_quantile(side: str) -> float:
+    """Calibration quantile of a cap's tau: only unusually high projections are clipped by
+    an upper cap, only unusually low ones lifted by a floor."""
+    return 0.99 if side == "upper" else 0.01
+
+
 @contextmanager
 def cap(
     model: nn.Module,
@@ -291,7 +297,7 @@ def cap(
                 "cap needs tau=... or calibration=[texts] (tau is then a quantile of the "
                 "projections on the axis over those texts)"
             )
-        q = quantile if quantile is not None else (0.99 if side == "upper" else 0.01)
+        q = quantile if quantile is not None else default_cap_quantile(side)
         tau = calibrate_tau(model, tokenizer, axis, chosen, calibration, q)
     thresholds = _per_layer(tau, chosen, "tau")
     units = _OnDevice(
