@@ -308,6 +308,15 @@ def test_monitor_and_export_commands(tiny_dir, store, tmp_path, capsys):
     back = read_control_vector(out_file)
     expected = 0.5 * direction(store, "pirate_captain")
     np.testing.assert_allclose(back[1:], expected[1:], rtol=1e-6)
+    # An exported file steers as it is, though it ends at its last direction (block 1 of 3).
+    one = tmp_path / "one.gguf"
+    argv = ["export", "--model", str(tiny_dir), "--persona-id", "pirate_captain", "--layer", "1",
+            "--out", str(one)]  # fmt: skip
+    assert run_cli(argv, capsys)[0] == 0 and read_control_vector(one).shape == (2, HIDDEN)
+    argv = ["steer", "--model", str(tiny_dir), "--device", "cpu", "--vector", str(one),
+            "--layer", "1", "--alpha", "1", "--prompt", "hi", "--max-new-tokens", "2"]  # fmt: skip
+    code, out, err = run_cli(argv, capsys)
+    assert code == 0, err
 
 
 @pytest.mark.parametrize(

@@ -58,13 +58,16 @@ def layer_vectors(
     model: nn.Module, vector: VectorLike, layers: Sequence[int], what: str = "vector"
 ) -> dict[int, torch.Tensor]:
     """The vector each chosen layer uses: a `(hidden_size,)` vector is shared by every
-    layer, row `i` of a `(num_layers, hidden_size)` one is used at block `i`."""
+    layer, row `i` of a `(num_layers, hidden_size)` one is used at block `i`. Fewer rows are
+    accepted when they cover the chosen layers: a llama.cpp control vector read back from
+    GGUF ends at the last block it steers."""
     tensor = as_tensor(vector, what)
     size = hidden_size(model)
     num_layers = len(decoder_layers(model))
     if tensor.ndim == 1 and tensor.shape[0] == size:
         return {layer: tensor for layer in layers}
-    if tensor.ndim == 2 and tuple(tensor.shape) == (num_layers, size):
+    rows = tensor.shape[0] if tensor.ndim == 2 else 0
+    if tensor.ndim == 2 and tensor.shape[1] == size and max(layers) < rows <= num_layers:
         return {layer: tensor[layer] for layer in layers}
     raise InvalidArgumentError(
         f"the {what} has shape {tuple(tensor.shape)}; this model needs ({size},) for one "
