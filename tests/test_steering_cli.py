@@ -482,6 +482,19 @@ def test_monitor_finds_every_turn_under_each_template_family(family):
     assert all(t.n_tokens > 0 and np.isfinite(list(t.projection.values())).all() for t in turns)
 
 
+def test_monitor_never_takes_template_text_for_a_turn():
+    # SmolLM2's template injects "You are a helpful AI assistant named SmolLM, ...": a first
+    # turn "You are" must be found in the user turn, not inside that default prompt.
+    from pvrs.monitor import _content_spans
+
+    tokenizer = make_tokenizer("smollm2")
+    convo = [{"role": "user", "content": "You are"}, {"role": "assistant", "content": " a "}]
+    text = tokenizer.apply_chat_template(convo, tokenize=False)
+    spans = _content_spans(tokenizer, text, convo)
+    assert [text[a:b] for a, b in spans] == ["You are", "a"]
+    assert spans[0][0] > text.index("SmolLM")
+
+
 def test_monitor_reports_a_template_that_rejects_the_conversation():
     from pvrs.errors import TemplateError
 

@@ -133,12 +133,17 @@ def _messages(system: str | None, question: str, answer: str, mode: SystemMode) 
     return [*head, {"role": "user", "content": question}, {"role": "assistant", "content": answer}]
 
 
-def _apply(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]], kwargs: Mapping[str, Any]) -> str:
+def require_chat_template(tokenizer: PreTrainedTokenizerBase) -> None:
+    """Raise `TemplateError` when the tokenizer cannot render chats."""
     if not getattr(tokenizer, "chat_template", None):
         raise TemplateError(
             f"tokenizer {template_name(tokenizer)!r} has no chat template; use an instruct/chat "
             "model or set tokenizer.chat_template"
         )
+
+
+def _apply(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]], kwargs: Mapping[str, Any]) -> str:
+    require_chat_template(tokenizer)
     text = tokenizer.apply_chat_template(
         messages, tokenize=False, add_generation_prompt=False, **dict(kwargs)
     )

@@ -11,8 +11,8 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pvrs.chat import MERGE_SEPARATOR, analyze_template
-from pvrs.errors import InputError, ModelError
+from pvrs.chat import MERGE_SEPARATOR, analyze_template, require_chat_template
+from pvrs.errors import InputError
 from pvrs.inputs import Persona, QAPair, qa_from_rows, read_rows
 
 if TYPE_CHECKING:
@@ -119,11 +119,7 @@ GREEDY = SamplingConfig(max_new_tokens=64, temperature=0.0)
 
 def render(tokenizer: PreTrainedTokenizerBase, messages: Sequence[Mapping[str, str]]) -> str:
     """The prompt text with the assistant turn opened, ready for generation."""
-    if not getattr(tokenizer, "chat_template", None):
-        raise ModelError(
-            "this tokenizer has no chat template; use an instruction-tuned model or set "
-            "tokenizer.chat_template"
-        )
+    require_chat_template(tokenizer)
     return tokenizer.apply_chat_template(
         [dict(m) for m in messages], tokenize=False, add_generation_prompt=True
     )

@@ -72,8 +72,36 @@ def load_conversation(path: str | Path) -> list[dict[str, str]]:
     return messages
 
 
-def _content_spans(text: str, messages: Sequence[Mapping[str, str]]) -> list[tuple[int, int]]:
-    """Character span of each message's content in the rendered text, found in order."""
+_SENTINEL = "PVRSTURN{}MARK"
+
+
+def _content_spans(
+    tokenizer: PreTrainedTokenizerBase, text: str, messages: Sequence[Mapping[str, str]]
+) -> list[tuple[int, int]]:
+    """Character span of each message's (stripped) content in the rendered `text`. The
+    template is rendered once more with a sentinel in place of each content, which says
+    where each turn's content goes, so text the template itself adds (a default system
+    prompt, role headers) is never mistaken for a turn. Templates that rewrite content fall
+    back to finding each content in order."""
+    probe = tokenizer.apply_chat_template(
+        [{**m, "content": _SENTINEL.format(i)} for i, m in enumerate(messages)], tokenize=False
+    )
+    pieces, spans, cursor = [], [], 0
+    for i, message in enumerate(messages):
+        at = probe.find(_SENTINEL.format(i), cursor)
+        if at < 0:
+            return _spans_by_search(text, messages)
+        pieces.append(probe[cursor:at])
+        content = message["content"]
+        start = sum(map(len, pieces)) + len(content) - len(content.lstrip())
+        spans.append((start, start + len(content.strip())))
+        pieces.append(content)
+        cursor = at + len(_SENTINEL.format(i))
+    pieces.append(probe[cursor:])
+    return spans if "".join(pieces) == text else _spans_by_search(text, messages)
+
+
+def _spans_by_search(text: str, messages: Sequence[Mapping[str, str]]) -> list[tuple[int, int]]:
     spans = []
     cursor = 0
     for i, message in enumerate(messages):
@@ -122,7 +150,7 @@ def turn_projections(
     proj = {i: captured[i][0][0] @ directions[i] for i in chosen}
     out = []
     for turn, (message, (start, end)) in enumerate(
-        zip(messages, _content_spans(text, messages), strict=True)
+        zip(messages, _content_spans(tokenizer, text, messages), strict=True)
     ):
         mask = (offsets[:, 0] < end) & (offsets[:, 1] > start)
         n = int(mask.sum())

@@ -96,6 +96,9 @@ def encode(tokenizer: PreTrainedTokenizerBase | None, item: TextLike) -> torch.T
         if isinstance(item, str):
             ids = tokenizer(item, return_tensors="pt")["input_ids"]
         else:
+            from pvrs.chat import require_chat_template
+
+            require_chat_template(tokenizer)
             text = tokenizer.apply_chat_template(list(item), tokenize=False)
             ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
     else:
