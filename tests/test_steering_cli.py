@@ -104,16 +104,22 @@ def test_probe_and_vector_files(tmp_path):
     np.testing.assert_allclose(probe_direction(probe), probe.coef_[0].astype(np.float32))
     np.save(tmp_path / "w.npy", probe.coef_)
     assert probe_direction(tmp_path / "w.npy").shape == (HIDDEN,)
-    # A saved probe artifact folder: weights.safetensors with `weight` (1, H) and `bias`.
-    (tmp_path / "probe").mkdir()
-    save_file(
-        {"weight": probe.coef_.astype(np.float32), "bias": probe.intercept_.astype(np.float32)},
-        str(tmp_path / "probe" / "weights.safetensors"),
-    )
-    np.testing.assert_allclose(probe_direction(tmp_path / "probe"), probe.coef_[0], rtol=1e-6)
+    # A saved probe artifact folder (probe.json + weights.safetensors), two or three classes.
+    from pvrs.probes import ProbeArtifact, save_probe_artifact
+
+    def saved(weight: np.ndarray, bias: np.ndarray, classes: list, name: str):
+        art = ProbeArtifact("kind", "logistic", "classification", 0, weight.astype(np.float32),
+                            bias.astype(np.float32), classes, {})  # fmt: skip
+        return save_probe_artifact(art, tmp_path / name)
+
+    folder = saved(probe.coef_, probe.intercept_, [False, True], "probe")
+    np.testing.assert_allclose(probe_direction(folder), probe.coef_[0], rtol=1e-6)
     multiclass = LogisticRegression().fit(x, np.digitize(x[:, 0], [-0.5, 0.5]))
     with pytest.raises(InvalidArgumentError, match="3 weight rows"):
         probe_direction(multiclass)
+    folder3 = saved(multiclass.coef_, multiclass.intercept_, [0, 1, 2], "probe3")
+    with pytest.raises(InvalidArgumentError, match="3 weight rows"):  # not read as 3 layers
+        probe_direction(folder3)
     matrix = rng.standard_normal((NUM_LAYERS, HIDDEN)).astype(np.float32)
     save_file({"activations": matrix, "other": matrix[:1]}, str(tmp_path / "v.safetensors"))
     np.testing.assert_array_equal(load_vector(tmp_path / "v.safetensors", layer=2), matrix[2])

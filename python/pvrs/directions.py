@@ -150,7 +150,11 @@ def probe_direction(weights: Any, layer: int | None = None) -> np.ndarray:
     grow with the probe's score (for a two-class probe, towards its second class)."""
     if isinstance(weights, (str, Path)):
         path = Path(weights)
-        return load_vector(path / PROBE_WEIGHTS_FILE if path.is_dir() else path, layer)
+        if path.is_dir():  # a saved probe: its class rows are checked like a fitted one's
+            from pvrs.probes import load_probe_artifact
+
+            return probe_direction(load_probe_artifact(path))
+        return load_vector(path, layer)
     fitted = getattr(weights, "coef_", None)
     if fitted is None:
         fitted = getattr(weights, "weight", None)

@@ -3,8 +3,9 @@
 The whole conversation is rendered with the model's chat template and run once (the model
 is causal, so each turn's activations see exactly the turns before it). A turn's value at
 a layer is the mean over its content tokens of `h . v_hat`, the same pooling as an
-`answer_mean` persona vector, so it can be read against the projections of persona vectors
-on the same axis."""
+`answer_mean` persona vector, so it compares with `persona_vector . v_hat` directly. (The
+projections in `pvrs analyze` are taken after subtracting the mean of the role personas,
+so they are offset from these by `role_mean . v_hat` at each layer.)"""
 
 from __future__ import annotations
 
