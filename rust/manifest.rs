@@ -891,6 +891,19 @@ mod tests {
         (tmp, dir)
     }
 
+    /// `dir/c.safetensors` as a link to a vector file in a folder outside the tree (kept
+    /// alive by the returned guard).
+    fn link_outside(dir: &Path) -> tempfile::TempDir {
+        let outside = tempfile::tempdir().unwrap();
+        vector_file(outside.path(), "c", &[2, 3]);
+        std::os::unix::fs::symlink(
+            outside.path().join("c.safetensors"),
+            dir.join("c.safetensors"),
+        )
+        .unwrap();
+        outside
+    }
+
     fn kinds(report: &Report) -> Vec<&'static str> {
         report.problems.iter().map(|p| p.kind).collect()
     }
@@ -940,13 +953,7 @@ mod tests {
         let manifest = fs::read_to_string(dir.join(MANIFEST_FILENAME)).unwrap();
         let manifest = manifest.replace("\"a\":", "\"../evil\":\"x\",\"a\":");
         fs::write(dir.join(MANIFEST_FILENAME), manifest).unwrap();
-        let outside = tempfile::tempdir().unwrap();
-        vector_file(outside.path(), "c", &[2, 3]);
-        std::os::unix::fs::symlink(
-            outside.path().join("c.safetensors"),
-            dir.join("c.safetensors"),
-        )
-        .unwrap();
+        let _outside = link_outside(&dir);
         let report = validate(tmp.path(), false).unwrap();
         let k = kinds(&report);
         for want in [
@@ -969,19 +976,9 @@ mod tests {
         let k = kinds(&validate(tmp.path(), false).unwrap());
         assert!(k.contains(&"non_utf8_name"), "{k:?}");
         // A variant folder whose only tensor is a link out of the tree is still checked.
-        let linked = tmp
-            .path()
-            .join("org__m")
-            .join("answer_mean")
-            .join("biography");
+        let linked = dir.with_file_name("biography"); // beside the tree's templated folder
         fs::create_dir_all(&linked).unwrap();
-        let outside = tempfile::tempdir().unwrap();
-        vector_file(outside.path(), "c", &[2, 3]);
-        std::os::unix::fs::symlink(
-            outside.path().join("c.safetensors"),
-            linked.join("c.safetensors"),
-        )
-        .unwrap();
+        let _outside = link_outside(&linked);
         let report = validate(tmp.path(), false).unwrap();
         assert_eq!(report.variant_dirs, 2);
         assert!(kinds(&report).contains(&"symlink_outside_tree"));
