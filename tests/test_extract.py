@@ -293,3 +293,16 @@ def test_a_repeated_qid_for_one_persona_is_an_input_error() -> None:
     rows = [inputs.QAPair("q1", "Who are you?", "A pirate.", persona_id="pirate"), QA[0]]
     with pytest.raises(pvrs.InputError, match="two QA rows with qid 'q1'"):
         inputs.qa_for_persona(rows, PERSONAS[1])
+
+
+def test_a_zero_token_budget_is_refused_before_any_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pvrs import extract as extract_module
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("nothing should run")
+
+    monkeypatch.setattr(extract_module, "_prepare_jobs", no_work)
+    tokenizer = make_tokenizer("chatml")
+    model = tiny_model("llama", vocab_size=len(tokenizer))
+    with pytest.raises(pvrs.InvalidArgumentError, match="--batch-tokens must be >= 1, got 0"):
+        extract(model, tokenizer, PERSONAS[1:2], QA, batch_tokens=0, progress=False)

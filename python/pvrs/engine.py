@@ -35,6 +35,11 @@ class EngineConfig:
     padding_side: str = "right"
     prefix_reuse: bool = True
 
+    def __post_init__(self) -> None:
+        # Checked when the run is set up, before any model work.
+        if self.batch_tokens < 1:
+            raise InvalidArgumentError(f"--batch-tokens must be >= 1, got {self.batch_tokens}")
+
 
 @dataclass
 class SampleMeans:
@@ -175,8 +180,6 @@ def sample_means(
         raise InvalidArgumentError("every sample needs a mask row for each strategy")
 
     layers = resolve_layers(model, config.layers)
-    if config.batch_tokens < 1:
-        raise InvalidArgumentError(f"--batch-tokens must be >= 1, got {config.batch_tokens}")
     embeddings = model.get_input_embeddings().weight
     device = embeddings.device  # inputs go where the embeddings are (device_map="auto" too)
     hidden_size, pad_id = model_sizes(model)

@@ -112,9 +112,10 @@ class SampleSource:
         """The persona's QA rows before any answer is generated (train split, type, first N)."""
         return qa_for_persona(self.qa_pairs, persona, n_train=self.n_train, qa_type=self.qa_type)
 
-    def sample_ids(self, persona: Persona) -> list[str]:
-        """The ids `rows` returns, known without generating (judge scores key on ids)."""
-        return [r.sample_id for r in self._passing(persona, self.questions(persona))]
+    def selected(self, persona: Persona) -> list[QAPair]:
+        """The questions whose samples `rows` returns (same ids, same order), known without
+        generating: judge scores key on ids."""
+        return self._passing(persona, self.questions(persona))
 
     def rows(
         self,
@@ -164,13 +165,19 @@ class SampleSource:
             save_generations(path, rows, key)
         return rows
 
-    def digest(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, persona: Persona, variant: str) -> str:
+    def digest(
+        self,
+        model: nn.Module,
+        tokenizer: PreTrainedTokenizerBase,
+        persona: Persona,
+        variant: str,
+        rows: Sequence[QAPair],
+    ) -> str:
         """sha256 of what the persona's vectors are computed from, known before any answer is
-        generated: the persona prompt and the chosen rows (with their answers, or, when the
+        generated: the persona prompt and its `selected` rows (with their answers, or, when the
         model answers, with what decides its answers). Resume compares it with the saved one,
         so editing a prompt or an answer under the same ids is not mistaken for done work."""
         system = persona.system_prompt(variant)
-        rows = self._passing(persona, self.questions(persona))
         if self.generate is None:
             content: Any = [system, [[r.qid, r.question, r.answer] for r in rows]]
         else:
@@ -234,9 +241,10 @@ def _prepare_jobs(
         if not job_strategies:
             outcomes.extend(PersonaOutcome(persona.id, v, "failed", baseline_note) for v in variants)
             continue
-        ids = source.sample_ids(persona)
+        selected = source.selected(persona)
+        ids = [r.sample_id for r in selected]
         for variant in variants:
-            digest = source.digest(model, tokenizer, persona, variant)
+            digest = source.digest(model, tokenizer, persona, variant, selected)
             if not ids:
                 why = "no QA rows left after the score filter" if source.scores is not None else "no QA rows (train split, --qa-type)"
                 outcomes.append(PersonaOutcome(persona.id, variant, "failed", why))
@@ -314,8 +322,6 @@ def extract(
     for v in variants:
         if v not in VARIANTS:
             raise InvalidArgumentError(f"unknown variant {v!r}; choose from {', '.join(VARIANTS)}")
-    if batch_tokens < 1:
-        raise InvalidArgumentError(f"--batch-tokens must be >= 1, got {batch_tokens}")
     config = EngineConfig(layers=layers, batch_tokens=batch_tokens, padding_side=padding_side, prefix_reuse=prefix_reuse)
     resolved_layers = resolve_layers(model, layers)
     saving = save or save_to is not None
