@@ -212,23 +212,21 @@ def interventions(
     def layer_of(item: ResolvedIntervention) -> int:
         return resolve_layers(model, [item.spec.layer])[0]  # `-1` is the last block
 
+    cap_layers = [layer_of(item) for item in caps]
+    prompts = [as_chat(p) for p in DEFAULT_PROMPTS]
     taus = [
         item.spec.value
         if item.spec.value is not None
-        else calibrate_tau(
-            model, tokenizer, item.vector, [layer_of(item)],
-            [as_chat(p) for p in DEFAULT_PROMPTS], quantile,
-        )[layer_of(item)]
-        for item in caps
-    ]  # fmt: skip
+        else calibrate_tau(model, tokenizer, item.vector, [layer], prompts, quantile)[layer]
+        for item, layer in zip(caps, cap_layers, strict=True)
+    ]
     described = []
     with ExitStack() as stack:
         for item in steers:
             spec, layer = item.spec, layer_of(item)
             stack.enter_context(steer(model, item.vector, [layer], alpha=float(spec.value or 0.0)))
             described.append(f"steer {spec.vector} at layer {layer}, alpha {spec.value:g}")
-        for item, tau in zip(caps, taus, strict=True):
-            layer = layer_of(item)
+        for item, layer, tau in zip(caps, cap_layers, taus, strict=True):
             stack.enter_context(cap(model, item.vector, [layer], tau, side=args.cap_side))
             described.append(f"cap ({args.cap_side}) {item.spec.vector} at layer {layer}, tau {tau:.3f}")
         yield described

@@ -35,6 +35,7 @@ from pvrs.errors import (
     ManifestError,
     NonFiniteError,
     PersonaIdError,
+    PvrsError,
 )
 from pvrs.models import model_dir_name
 from pvrs.paths import activations_dir
@@ -655,15 +656,16 @@ class PersonaVectorStore(_PersonaQueries):
         ]
 
     def _samples_ids(self, persona_id: str, variant: str) -> list[str] | None:
-        """Sample ids in a per-sample file's metadata (None: no readable file)."""
-        from safetensors import safe_open
+        """Sample ids in a per-sample file's metadata, read from its header only (None: no
+        readable file)."""
+        from pvrs import _core
 
         try:
-            with safe_open(str(self.samples_path(persona_id, variant)), "np") as f:
-                ids = json.loads((f.metadata() or {}).get("sample_ids", "null"))
-        except Exception:  # missing, truncated or foreign file: not saved as pvrs writes it
+            header = _core.read_safetensors_header(self.samples_path(persona_id, variant))
+        except (PvrsError, OSError):  # missing, truncated or foreign: not as pvrs writes it
             return None
-        return [str(s) for s in ids] if isinstance(ids, list) else None
+        metadata = header["metadata"]
+        return _metadata_sample_ids(metadata) if isinstance(metadata, dict) else None
 
     def check_compatible(self, variant: str, shape: tuple[int, int], provenance: Mapping[str, Any]) -> None:
         """Raise `ManifestError` now if saving vectors of `shape` with `provenance` into
@@ -687,16 +689,13 @@ class PersonaVectorStore(_PersonaQueries):
                 f"no per-sample vectors for persona {persona_id!r} at {path}; extract with per-sample saving on"
             )
         array, metadata = _read_tensor(path)
-        try:
-            sample_ids = json.loads(metadata.get("sample_ids", "null"))
-        except json.JSONDecodeError:
-            sample_ids = None
-        if not isinstance(sample_ids, list) or len(sample_ids) != array.shape[0] or array.ndim != 3:
+        sample_ids = _metadata_sample_ids(metadata)
+        if sample_ids is None or len(sample_ids) != array.shape[0] or array.ndim != 3:
             raise ArtifactError(
                 f"{path}: expected an (n_samples, num_layers, hidden_size) tensor with n_samples "
                 "sample ids in its metadata; re-extract this persona"
             )
-        return array, [str(s) for s in sample_ids]
+        return array, sample_ids
 
     def paths(self, persona_ids: Sequence[str], variant: str) -> list[Path]:
         """Tensor paths of recorded personas (raises `VectorNotFoundError` for unknown ids)."""
@@ -853,6 +852,15 @@ def load_analysis_dataset(
 
 
 # ---- tensor reading --------------------------------------------------------------------
+
+
+def _metadata_sample_ids(metadata: Mapping[str, str]) -> list[str] | None:
+    """The sample ids `save_samples` writes into a file's metadata (None: absent or bad)."""
+    try:
+        ids = json.loads(metadata.get("sample_ids", "null"))
+    except json.JSONDecodeError:
+        return None
+    return [str(s) for s in ids] if isinstance(ids, list) else None
 
 
 def _read_tensor(path: Path) -> tuple[np.ndarray, dict[str, str]]:
