@@ -180,9 +180,9 @@ class SampleSource:
         system = persona.system_prompt(variant)
         if self.generate is None:
             content: Any = [system, [[r.qid, r.question, r.answer] for r in rows]]
-        else:
+        else:  # the key holds the prompt's hash
             key = generation_key(model, tokenizer, system, self.generate)
-            content = [system, key, [[r.qid, r.question] for r in rows]]
+            content = [key, [[r.qid, r.question] for r in rows]]
         return hashlib.sha256(json.dumps(content, ensure_ascii=False).encode()).hexdigest()
 
     def _passing(self, persona: Persona, rows: list[QAPair]) -> list[QAPair]:

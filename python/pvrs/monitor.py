@@ -87,17 +87,18 @@ def _content_spans(
     probe = tokenizer.apply_chat_template(
         [{**m, "content": _SENTINEL.format(i)} for i, m in enumerate(messages)], tokenize=False
     )
-    pieces, spans, cursor = [], [], 0
+    pieces, spans, cursor, offset = [], [], 0, 0  # offset: length of `pieces` joined
     for i, message in enumerate(messages):
-        at = probe.find(_SENTINEL.format(i), cursor)
+        sentinel = _SENTINEL.format(i)
+        at = probe.find(sentinel, cursor)
         if at < 0:
             return _spans_by_search(text, messages)
-        pieces.append(probe[cursor:at])
         content = message["content"]
-        start = sum(map(len, pieces)) + len(content) - len(content.lstrip())
+        pieces += [probe[cursor:at], content]
+        start = offset + (at - cursor) + len(content) - len(content.lstrip())
         spans.append((start, start + len(content.strip())))
-        pieces.append(content)
-        cursor = at + len(_SENTINEL.format(i))
+        offset += (at - cursor) + len(content)
+        cursor = at + len(sentinel)
     pieces.append(probe[cursor:])
     return spans if "".join(pieces) == text else _spans_by_search(text, messages)
 
