@@ -14,8 +14,8 @@ import time
 from collections.abc import Callable
 
 import numpy as np
-from pvrs import analysis as an
-from pvrs.probes import cross_validate_probe
+from pvrs.analysis import compute as an
+from pvrs.analysis.probes import cross_validate_probe
 
 
 def _time(fn: Callable[[], object], repeat: int = 2) -> float:

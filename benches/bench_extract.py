@@ -40,7 +40,7 @@ CONFIGS = {
 
 def load(args: argparse.Namespace):
     import torch
-    from pvrs import models
+    from pvrs.engines import models
     from transformers import AutoConfig, AutoModelForCausalLM
 
     _, tokenizer = models.load("smollm2-135m", device="cpu")  # its tokenizer and chat template drive every model
@@ -58,9 +58,9 @@ def load(args: argparse.Namespace):
 
 
 def samples(tokenizer, n_questions: int):
-    from pvrs import inputs
-    from pvrs.chat import prepare_inputs
-    from pvrs.masks import ALL_STRATEGIES
+    from pvrs.extraction import inputs
+    from pvrs.extraction.chat import prepare_inputs
+    from pvrs.extraction.masks import ALL_STRATEGIES
 
     persona = next(p for p in inputs.load_personas() if p.id == "pirate_captain")
     qa = inputs.load_qa()
@@ -72,8 +72,8 @@ def samples(tokenizer, n_questions: int):
 
 def run_mode(args: argparse.Namespace) -> dict:
     import torch
-    from pvrs.engine import EngineConfig, plan_batches, sample_means
-    from pvrs.masks import ALL_STRATEGIES, MaskStrategy
+    from pvrs.engines.transformers import EngineConfig, plan_batches, sample_means
+    from pvrs.extraction.masks import ALL_STRATEGIES, MaskStrategy
 
     model, tokenizer, device = load(args)
     prepared = samples(tokenizer, args.questions)

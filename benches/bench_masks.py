@@ -14,8 +14,9 @@ import argparse
 import time
 
 import numpy as np
-from pvrs import _core, reference
-from pvrs.masks import ALL_STRATEGIES
+from pvrs import _core
+from pvrs.extraction import reference
+from pvrs.extraction.masks import ALL_STRATEGIES
 
 
 def synthetic(n_samples: int, seed: int = 0):

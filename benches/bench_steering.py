@@ -18,10 +18,10 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 
 import torch
-from pvrs.generate import DEFAULT_PROMPTS, as_chat, render
-from pvrs.hooks import decoder_layers
-from pvrs.models import load
-from pvrs.steering import cap, steer
+from pvrs.engines.hooks import decoder_layers
+from pvrs.engines.models import load
+from pvrs.extraction.generate import DEFAULT_PROMPTS, as_chat, render
+from pvrs.steering.interventions import cap, steer
 
 
 def main() -> None:

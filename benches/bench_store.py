@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from pvrs import _core
-from pvrs.validation import validate
+from pvrs.store.validation import validate
 from safetensors.torch import load_file, save
 
 

@@ -256,7 +256,7 @@ type MaskOutput<'py> = (
 );
 
 /// Token spans and the masks of the requested strategies for a ragged batch
-/// (see `rust/spans.rs` for the exact rules). GIL released; rayon across samples.
+/// (see `rust/spans/mod.rs` for the exact rules). GIL released; rayon across samples.
 #[pyfunction]
 #[pyo3(signature = (offsets, lengths, spans, text_lens, strategies, *, special=None, sample_ids=None, template="chat template"))]
 #[allow(clippy::too_many_arguments)]

@@ -1,4 +1,4 @@
-"""Plain Python reference of the Rust packager (`rust/parquet.rs`), for tests only: reads the
+"""Plain Python reference of the Rust packager (`rust/parquet/`), for tests only: reads the
 store tree with `safetensors` and `json`, writes the same table with pyarrow."""
 
 from __future__ import annotations

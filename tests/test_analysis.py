@@ -1,10 +1,10 @@
-"""pvrs.analysis on small synthetic arrays whose answers are known by hand."""
+"""pvrs.analysis.compute on small synthetic arrays whose answers are known by hand."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from pvrs.analysis import (
+from pvrs.analysis.compute import (
     agreement,
     assistant_axis,
     cosine_matrix,

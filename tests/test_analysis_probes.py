@@ -1,4 +1,4 @@
-"""pvrs.probes: planted attributes are recovered at the right layer; artifacts round-trip."""
+"""pvrs.analysis.probes: planted attributes are recovered at the right layer; artifacts round-trip."""
 
 from __future__ import annotations
 
@@ -6,8 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from pvrs.errors import ArtifactError, InputError
-from pvrs.probes import (
+from pvrs.analysis.probes import (
     DiffMeansClassifier,
     attribute_names,
     cross_validate_probe,
@@ -16,6 +15,7 @@ from pvrs.probes import (
     load_probe_artifact,
     save_probe_artifact,
 )
+from pvrs.errors import ArtifactError, InputError
 
 P, H = 40, 24
 LAYERS = [2, 5, 9]
@@ -106,7 +106,7 @@ def test_probe_artifact_round_trip(planted, tmp_path, method):
 
 def test_artifact_matches_the_fitted_estimator(planted):
     # The saved linear map must reproduce scikit-learn's own predictions.
-    from pvrs.probes import RIDGE_ALPHAS, _make_estimator
+    from pvrs.analysis.probes import RIDGE_ALPHAS, _make_estimator
     from sklearn.linear_model import RidgeCV
 
     samples, ids, attrs = planted

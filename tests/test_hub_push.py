@@ -277,7 +277,7 @@ def test_cli_push_dry_run_and_errors(
 
 
 def test_cli_push_accepts_the_builtin_model_name(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from pvrs.models import SMOLLM2
+    from pvrs.engines.models import SMOLLM2
     from pvrs.store import PersonaVectorStore
 
     root = tmp_path / "store"

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from pvrs.errors import InputError
-from pvrs.layerspec import parse_layers
+from pvrs.store.layerspec import parse_layers
 
 
 def test_numbers_ranges_commas_and_negatives():

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pvrs
 import pytest
-from pvrs import models
+from pvrs.engines import models
 
 
 def test_missing_builtin_wheel_names_the_install_command(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

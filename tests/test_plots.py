@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from pvrs import analysis as an
-from pvrs import plots
+from pvrs.analysis import compute as an
+from pvrs.analysis import export, plots
 
 pytest.importorskip("plotly")
 
@@ -116,15 +116,15 @@ def test_one_layer_draws_no_slider():
 def test_png_is_the_focus_layer_without_the_slider(small, tmp_path, monkeypatch):
     names, sim, pca, _ = small
     sections = [
-        plots.Section("similarity", "", "", plots.similarity_figure(sim, names, FOCUS)),
-        plots.Section("pca_2d", "", "", plots.pca_scatter_figure(pca, names, FOCUS)),
+        export.Section("similarity", "", "", plots.similarity_figure(sim, names, FOCUS)),
+        export.Section("pca_2d", "", "", plots.pca_scatter_figure(pca, names, FOCUS)),
     ]
     written: dict = {}
-    monkeypatch.setattr(plots, "png_browser", lambda: "chromium")
+    monkeypatch.setattr(export, "png_browser", lambda: "chromium")
     monkeypatch.setattr(
         "plotly.io.write_images", lambda figs, paths, **kw: written.update(kw, figs=figs)
     )
-    plots.write_pngs(sections, tmp_path)
+    export.write_pngs(sections, tmp_path)
     sim_png, pca_png = written["figs"]
     assert not sim_png.layout.sliders and not pca_png.layout.sliders
     k = LAYERS.index(FOCUS)
@@ -179,7 +179,7 @@ def test_similarity_past_the_cap_shows_the_focus_layer_only(small, monkeypatch):
 
 
 def test_report_caption_says_when_similarity_does_not_slide(tmp_path, monkeypatch):
-    from pvrs.analyze import ReportOptions, VectorSet, run_analysis
+    from pvrs.analysis.report import ReportOptions, VectorSet, run_analysis
 
     rng = np.random.default_rng(2)
     ids = [f"p{i}" for i in range(5)]

@@ -1,5 +1,5 @@
 """The provenance keys are a constant in two languages: `pvrs.store.PROVENANCE_KEYS` (what a
-save records) and `PROVENANCE_KEYS` in rust/manifest.rs (what `pvrs validate` type-checks).
+save records) and `PROVENANCE_KEYS` in rust/manifest/model.rs (what `pvrs validate` type-checks).
 These tests keep the two lists, and what the store writes, in agreement."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import numpy as np
 from pvrs import validate
 from pvrs.store import PROVENANCE_KEYS, PersonaVectorStore
 
-RUST_MANIFEST = Path(__file__).resolve().parents[1] / "rust" / "manifest.rs"
+RUST_MANIFEST = Path(__file__).resolve().parents[1] / "rust" / "manifest" / "model.rs"
 
 
 def _rust_keys() -> list[str]:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 from pvrs.errors import InputError
-from pvrs.sources import local_store_root, open_store
 from pvrs.store import PersonaVectorStore
+from pvrs.store.sources import local_store_root, open_store
 
 MODEL = "org/tiny"
 
@@ -25,7 +25,7 @@ def test_packaged_folders_are_told_apart_from_stores(tmp_path, monkeypatch):
     import types
 
     monkeypatch.setitem(
-        sys.modules, "pvrs.hub", types.SimpleNamespace(HFPersonaVectorStore=lambda *a, **k: "hub")
+        sys.modules, "pvrs.hub.reading", types.SimpleNamespace(HFPersonaVectorStore=lambda *a, **k: "hub")
     )
     project = tmp_path / "project"  # an artifacts folder beside a README
     (project / "activations").mkdir(parents=True)

@@ -1,5 +1,5 @@
 """The Rust mask builder (`pvrs._core.build_token_masks`) agrees with the plain-Python
-reference (`pvrs.reference`) on masks, token spans and errors, for random texts with
+reference (`pvrs.extraction.reference`) on masks, token spans and errors, for random texts with
 accents, CJK, emoji, combining marks, right-to-left scripts and edge whitespace, random
 tokenizations (shared-character tokens, zero-width tokens) and real tiny tokenizers."""
 
@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pvrs import InvalidArgumentError, MaskError, PvrsError, SpanError, _core, reference
-from pvrs.chat import prepare_inputs
-from pvrs.masks import ALL_STRATEGIES
+from pvrs import InvalidArgumentError, MaskError, PvrsError, SpanError, _core
+from pvrs.extraction import reference
+from pvrs.extraction.chat import prepare_inputs
+from pvrs.extraction.masks import ALL_STRATEGIES
 from tiny import make_tokenizer
 
 NAMES = [s.value for s in ALL_STRATEGIES]

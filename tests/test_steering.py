@@ -7,8 +7,8 @@ import pvrs
 import pytest
 import torch
 from pvrs.errors import InvalidArgumentError, NonFiniteError
-from pvrs.residuals import calibrate_tau, capture, residual_norms
-from pvrs.steering import ablate, cap, steer, suggested_alpha
+from pvrs.steering.interventions import ablate, cap, steer, suggested_alpha
+from pvrs.steering.residuals import calibrate_tau, capture, residual_norms
 from tiny_models import ARCHS, tiny_model
 from tiny_models import VOCAB as VOCAB_TINY
 from transformers import LlamaConfig, LlamaForCausalLM
@@ -248,7 +248,8 @@ def test_bad_arguments_raise_one_line_errors(model):
 
 def test_public_names():
     assert pvrs.steer is steer and pvrs.ablate is ablate and pvrs.cap is cap
-    from pvrs import directions, steering
+    from pvrs.steering import directions
+    from pvrs.steering import interventions as steering
 
     assert steering.direction is directions.direction
     assert steering.assistant_axis_direction is directions.assistant_axis_direction

@@ -11,18 +11,18 @@ import numpy as np
 import pytest
 import torch
 from pvrs.cli import main
-from pvrs.controlvector import read_control_vector, write_control_vector
-from pvrs.directions import (
+from pvrs.errors import ArtifactError, InputError, InvalidArgumentError
+from pvrs.extraction.generate import SamplingConfig, as_chat, generate
+from pvrs.steering.controlvector import read_control_vector, write_control_vector
+from pvrs.steering.directions import (
     assistant_axis_direction,
     direction,
     from_spec,
     load_vector,
     probe_direction,
 )
-from pvrs.errors import ArtifactError, InputError, InvalidArgumentError
-from pvrs.generate import SamplingConfig, as_chat, generate
-from pvrs.monitor import load_conversation, turn_projections
-from pvrs.residuals import capture
+from pvrs.steering.monitor import load_conversation, turn_projections
+from pvrs.steering.residuals import capture
 from pvrs.store import PersonaVectorStore
 from safetensors.numpy import save_file
 from tiny import make_tokenizer
@@ -58,7 +58,7 @@ def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def tiny(tiny_dir: Path):
-    from pvrs.models import load
+    from pvrs.engines.models import load
 
     return load(str(tiny_dir), device="cpu")
 
@@ -105,7 +105,7 @@ def test_probe_and_vector_files(tmp_path):
     np.save(tmp_path / "w.npy", probe.coef_)
     assert probe_direction(tmp_path / "w.npy").shape == (HIDDEN,)
     # A saved probe artifact folder (probe.json + weights.safetensors), two or three classes.
-    from pvrs.probes import ProbeArtifact, save_probe_artifact
+    from pvrs.analysis.probes import ProbeArtifact, save_probe_artifact
 
     def saved(weight: np.ndarray, bias: np.ndarray, classes: list, name: str):
         art = ProbeArtifact("kind", "logistic", "classification", 0, weight.astype(np.float32),
@@ -248,8 +248,8 @@ def test_chat_reads_stdin_with_steering_and_capping(tiny, tiny_dir, store, capsy
         "steer pirate_captain at layer 1" in err and "cap (lower) assistant-axis at layer 2" in err
     )
     # The floor is calibrated with no steering active (-1 is the last block, 2).
-    from pvrs.generate import DEFAULT_PROMPTS
-    from pvrs.residuals import calibrate_tau
+    from pvrs.extraction.generate import DEFAULT_PROMPTS
+    from pvrs.steering.residuals import calibrate_tau
 
     model, tok = tiny
     axis = assistant_axis_direction(store)
@@ -395,7 +395,7 @@ def _answer_mean(model, tokenizer, system, question, answer, layer):
 
 
 def test_contrast_is_mean_of_positive_minus_negative_answer_means(tiny, tiny_dir, tmp_path, capsys):
-    from pvrs.contrast import contrast_vector, load_responses
+    from pvrs.steering.contrast import contrast_vector, load_responses
 
     model, tokenizer = tiny
     pos_rows = [
@@ -491,7 +491,7 @@ def test_monitor_finds_every_turn_under_each_template_family(family):
 def test_monitor_never_takes_template_text_for_a_turn():
     # SmolLM2's template injects "You are a helpful AI assistant named SmolLM, ...": a first
     # turn "You are" must be found in the user turn, not inside that default prompt.
-    from pvrs.monitor import _content_spans
+    from pvrs.steering.monitor import _content_spans
 
     tokenizer = make_tokenizer("smollm2")
     convo = [{"role": "user", "content": "You are"}, {"role": "assistant", "content": " a "}]
@@ -514,8 +514,8 @@ def test_monitor_reports_a_template_that_rejects_the_conversation():
 def test_prompt_files_and_layer_ranges(tmp_path):
     import argparse
 
-    from pvrs.generate import DEFAULT_PROMPTS
-    from pvrs.steer_commands import read_prompts
+    from pvrs.cli.steering_run import read_prompts
+    from pvrs.extraction.generate import DEFAULT_PROMPTS
 
     def ns(**kw):
         return argparse.Namespace(**{"prompt": None, "prompts": None, **kw})

@@ -6,12 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from pvrs.extract import extract
-from pvrs.generate import DEFAULT_PROMPTS, SamplingConfig, as_chat, generate, render
-from pvrs.inputs import load_personas, load_qa
-from pvrs.models import SMOLLM2, load
-from pvrs.residuals import capture
-from pvrs.steering import steer, suggested_alphas
+from pvrs.engines.models import SMOLLM2, load
+from pvrs.extraction.driver import extract
+from pvrs.extraction.generate import DEFAULT_PROMPTS, SamplingConfig, as_chat, generate, render
+from pvrs.extraction.inputs import load_personas, load_qa
+from pvrs.steering.interventions import steer, suggested_alphas
+from pvrs.steering.residuals import capture
 
 pytestmark = [
     pytest.mark.slow,

@@ -113,7 +113,7 @@ def test_has_is_the_resume_check(store: PersonaVectorStore) -> None:
 def test_save_many_writes_the_manifest_once(
     store: PersonaVectorStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import pvrs.store as mod
+    import pvrs.store.local as mod
 
     writes: list[Path] = []
     real = mod.atomic_write_bytes
@@ -357,7 +357,7 @@ def test_a_killed_writer_leaves_the_previous_state(tmp_path: Path) -> None:
 
 def test_a_failing_save_never_leaves_an_entry_describing_another_vector(tmp_path: Path) -> None:
     from pvrs.errors import InvalidArgumentError
-    from pvrs.validation import validate
+    from pvrs.store.validation import validate
 
     store = PersonaVectorStore("org/m", root_dir=tmp_path)
     old, new = np.ones((2, 3), np.float32), np.full((2, 3), 2.0, np.float32)

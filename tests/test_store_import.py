@@ -11,8 +11,8 @@ import pytest
 import torch
 from pvrs.cli import main
 from pvrs.errors import ArtifactError, InputError
-from pvrs.importers import import_vectors
 from pvrs.store import PersonaVectorStore
+from pvrs.store.importers import import_vectors
 
 L, H = 4, 6
 
@@ -61,7 +61,7 @@ def test_blocks_only_files_and_model_config(tmp_path: Path) -> None:
 
 
 def test_bad_inputs_name_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("pvrs.importers.model_num_layers", lambda model: None)  # no Hub lookup
+    monkeypatch.setattr("pvrs.store.importers.model_num_layers", lambda model: None)  # no Hub lookup
     store = PersonaVectorStore("org/x", root_dir=tmp_path / "store")
     src = tmp_path / "src"
     write_pt(src, "a", L + 1)
@@ -92,7 +92,7 @@ def test_bad_inputs_name_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 def test_control_vectors_import_row_for_row(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from pvrs.controlvector import write_control_vector
+    from pvrs.steering.controlvector import write_control_vector
 
     rng = np.random.default_rng(0)
     vector = rng.standard_normal((L, H)).astype(np.float32)

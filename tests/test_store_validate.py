@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from pvrs.cli import main
 from pvrs.store import PersonaVectorStore, VectorRecord
-from pvrs.validation import validate
+from pvrs.store.validation import validate
 
 MODEL = "org/m"
 

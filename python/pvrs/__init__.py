@@ -6,6 +6,7 @@ steer models with them and publish them as Hugging Face datasets."""
 from __future__ import annotations
 
 from pvrs import _core, errors
+from pvrs._lazy import lazy_getattr
 from pvrs.analysis import (
     agreement,
     assistant_axis,
@@ -14,10 +15,10 @@ from pvrs.analysis import (
     pca_by_layer,
     similarity_by_layer,
 )
-from pvrs.chat import PreparedInput, prepare_inputs, render
 
 # The error classes, listed once in pvrs.errors.__all__ (added to ours below).
 from pvrs.errors import *  # noqa: F403
+from pvrs.extraction.chat import PreparedInput, prepare_inputs, render
 from pvrs.hub import (
     HFPersonaVectorStore,
     list_hub_vector_models,
@@ -32,30 +33,22 @@ from pvrs.store import (
     discover_activation_models,
     load_analysis_dataset,
 )
-from pvrs.validation import ValidationReport, validate
+from pvrs.store.validation import ValidationReport, validate
 
 __version__ = _core.__version__
 
 # Torch- and scikit-learn-heavy names load on first use, so `import pvrs` stays fast.
 _LAZY = {
-    "load_probe_artifact": "pvrs.probes",
-    "steer": "pvrs.steering",
-    "ablate": "pvrs.steering",
-    "cap": "pvrs.steering",
-    "suggested_alpha": "pvrs.steering",
-    "suggested_alphas": "pvrs.steering",
-    "calibrate_tau": "pvrs.residuals",
+    "load_probe_artifact": "pvrs.analysis.probes",
+    "steer": "pvrs.steering.interventions",
+    "ablate": "pvrs.steering.interventions",
+    "cap": "pvrs.steering.interventions",
+    "suggested_alpha": "pvrs.steering.interventions",
+    "suggested_alphas": "pvrs.steering.interventions",
+    "calibrate_tau": "pvrs.steering.residuals",
 }
 
-
-def __getattr__(name: str) -> object:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'pvrs' has no attribute {name!r}")
-    import importlib
-
-    return getattr(importlib.import_module(module), name)
-
+__getattr__ = lazy_getattr(__name__, _LAZY)
 
 __all__ = [
     "ActivationStore",

@@ -63,7 +63,7 @@ def build_token_masks(
     sample_ids: Sequence[str] | None = None,
     template: str = "chat template",
 ) -> tuple[NDArray[np.bool_], NDArray[np.int64], NDArray[np.int64]]:
-    """Token spans and strategy masks for a ragged batch (rules in `rust/spans.rs`).
+    """Token spans and strategy masks for a ragged batch (rules in `rust/spans/mod.rs`).
 
     `offsets` is `(n_total_tokens, 2)` (C-contiguous), `lengths` the token count per sample,
     `spans` `(n_samples, 6)` character spans `[sys_start, sys_end, q_start, q_end, a_start,

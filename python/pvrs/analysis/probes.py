@@ -1,0 +1,434 @@
+"""Linear probes from persona vectors to persona attributes.
+
+A probe answers "is attribute A linearly readable from the persona vectors at layer l?".
+Three methods: `logistic` (classification), `ridge` (regression on a numeric attribute,
+`RidgeClassifier` on a categorical one) and `diffmeans` (difference of class means, the
+classic persona-vector direction). Scores are cross-validated per layer on out-of-fold
+predictions; the chosen probe is refit on all personas and saved as its linear map on
+raw vectors: `probe.json` + `weights.safetensors` (`weight` (C, H), `bias` (C,))."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
+
+from pvrs.analysis.compute import check_layers, check_samples, layer_position, require_personas
+from pvrs.errors import ArtifactError, InputError, InvalidArgumentError
+
+METHODS = ("logistic", "ridge", "diffmeans")
+SCHEMA_VERSION = 1
+PROBE_JSON = "probe.json"
+RIDGE_ALPHAS = tuple(10.0**k for k in range(-3, 5))
+WEIGHTS_FILE = "weights.safetensors"
+
+Task = Literal["classification", "regression"]
+
+
+# ---- reading attributes ----------------------------------------------------------------
+
+
+def load_persona_attributes(path: str | Path | None = None) -> dict[str, dict[str, Any]]:
+    """`{persona id: {attribute: value}}` from a persona file's extra columns (anything but
+    id, name, templated, biography), or from the built-in demo personas when `path` is None."""
+    from pvrs.extraction.inputs import load_personas
+
+    return {p.id: dict(p.attributes) for p in load_personas(path)}
+
+
+def attribute_names(attributes: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """Attribute columns with scalar values (strings, numbers, booleans), sorted."""
+    names: set[str] = set()
+    for attrs in attributes.values():
+        names.update(k for k, v in attrs.items() if _is_scalar(v))
+    return sorted(names)
+
+
+def _is_scalar(value: Any) -> bool:
+    if isinstance(value, float) and math.isnan(value):
+        return False
+    return isinstance(value, (str, bool, int, float))
+
+
+# ---- the difference-of-means classifier -------------------------------------------------
+
+
+class DiffMeansClassifier(ClassifierMixin, BaseEstimator):
+    """Difference of class means: for two classes one direction `mu_1 - mu_0` with the
+    threshold at the midpoint; for more, one-vs-rest directions `mu_c - mu_not_c`, each
+    thresholded at its midpoint, predicting the largest score. A scikit-learn estimator,
+    so it is cross-validated like the others."""
+
+    def fit(self, x: np.ndarray, y: np.ndarray) -> DiffMeansClassifier:
+        x = np.asarray(x, dtype=np.float64)
+        self.classes_ = np.unique(y)
+        if len(self.classes_) < 2:
+            raise InvalidArgumentError("difference of means needs at least two classes")
+        pairs = (
+            [(self.classes_[1], self.classes_[0])]
+            if len(self.classes_) == 2
+            else [(c, None) for c in self.classes_]
+        )
+        coef, intercept = [], []
+        for pos, neg in pairs:
+            mu_pos = x[y == pos].mean(axis=0)
+            mu_neg = x[y == neg].mean(axis=0) if neg is not None else x[y != pos].mean(axis=0)
+            w = mu_pos - mu_neg
+            coef.append(w)
+            intercept.append(-w @ (mu_pos + mu_neg) / 2.0)
+        self.coef_ = np.array(coef)
+        self.intercept_ = np.array(intercept)
+        return self
+
+    def decision_function(self, x: np.ndarray) -> np.ndarray:
+        scores = np.asarray(x, dtype=np.float64) @ self.coef_.T + self.intercept_
+        return scores.ravel() if scores.shape[1] == 1 else scores
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return _predict_linear(self.decision_function(x), self.classes_)
+
+
+def _predict_linear(scores: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    if scores.ndim == 1:
+        return classes[(scores > 0).astype(int)]
+    return classes[np.argmax(scores, axis=1)]
+
+
+# ---- cross-validation per layer --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProbeCurve:
+    """Cross-validated scores of one probe at every layer. `metrics[i]` belongs to
+    `layers[i]`; `primary` names the metric used to pick the best layer."""
+
+    attribute: str
+    method: str
+    task: Task
+    layers: list[int]
+    persona_ids: list[str]
+    classes: list[Any] | None
+    metrics: list[dict[str, float]]
+    primary: str
+    folds: int
+    # The best layer's score is a maximum over layers, so it is optimistic; this is the
+    # maximum the same sweep reaches with shuffled labels, the level to beat.
+    shuffled_best: float = float("nan")
+
+    @property
+    def scores(self) -> np.ndarray:
+        return np.array([m[self.primary] for m in self.metrics])
+
+    @property
+    def best_layer(self) -> int:
+        return self.layers[int(np.nanargmax(self.scores))]
+
+
+def probe_labels(
+    persona_ids: Sequence[str],
+    attributes: Mapping[str, Mapping[str, Any]],
+    attribute: str,
+    task: Task | Literal["auto"] = "auto",
+) -> tuple[list[int], np.ndarray, Task]:
+    """Rows that have the attribute, their labels, and the task.
+
+    `auto` is regression for numbers and classification for strings and booleans.
+    Personas without the attribute (the baseline, usually) are left out."""
+    rows, values = [], []
+    for i, pid in enumerate(persona_ids):
+        value = attributes.get(pid, {}).get(attribute)
+        if value is not None and _is_scalar(value):
+            rows.append(i)
+            values.append(value)
+    if not rows:
+        raise InputError(
+            f"no persona has attribute {attribute!r}; check the column name in the persona file"
+        )
+    numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+    if task == "auto":
+        task = "regression" if numeric else "classification"
+    if task == "regression":
+        if not numeric:
+            raise InputError(
+                f"attribute {attribute!r} has non-numeric values; it cannot be a regression target"
+            )
+        return rows, np.asarray(values, dtype=np.float64), task
+    return rows, np.asarray([str(v) for v in values]), task
+
+
+def _make_estimator(method: str, task: Task, seed: int) -> Any:
+    """Probes act on raw vectors: with far more dimensions than personas, standardising
+    would give pure-noise dimensions the same weight as the informative ones. Logistic
+    inputs are only centered (its solver converges ~10x faster; the shift is folded into
+    the bias when saving). Ridge picks its penalty by efficient leave-one-out, since
+    vector scales differ by model and layer."""
+    from sklearn.linear_model import LogisticRegression, RidgeClassifierCV, RidgeCV
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    if method in ("diffmeans", "logistic") and task == "regression":
+        raise InputError(
+            f"method {method!r} needs a categorical attribute; use 'ridge' for numbers"
+        )
+    if method == "diffmeans":
+        return DiffMeansClassifier()
+    if method == "logistic":
+        return make_pipeline(
+            StandardScaler(with_std=False), LogisticRegression(max_iter=5000, random_state=seed)
+        )
+    if method == "ridge":
+        return (
+            RidgeCV(alphas=RIDGE_ALPHAS)
+            if task == "regression"
+            else RidgeClassifierCV(alphas=RIDGE_ALPHAS)
+        )
+    raise InvalidArgumentError(
+        f"unknown probe method {method!r}; choose one of {', '.join(METHODS)}"
+    )
+
+
+def _splitter(task: Task, y: np.ndarray, folds: int, seed: int, attribute: str) -> Any:
+    from sklearn.model_selection import KFold, StratifiedKFold
+
+    if folds < 2:
+        raise InvalidArgumentError(f"cross-validation needs at least 2 folds, got {folds}")
+    if task == "regression":
+        require_personas(len(y), 3, f"a regression probe on {attribute!r}")
+        return KFold(n_splits=min(folds, len(y)), shuffle=True, random_state=seed)
+    classes, counts = np.unique(y, return_counts=True)
+    if len(classes) < 2:
+        raise InputError(
+            f"attribute {attribute!r} has a single value ({str(classes[0])!r}); a probe needs two or more"
+        )
+    if counts.min() < 2:
+        rare = str(classes[int(np.argmin(counts))])
+        raise InputError(
+            f"attribute {attribute!r}: class {rare!r} has one persona; cross-validation needs "
+            "at least 2 personas per class"
+        )
+    return StratifiedKFold(n_splits=min(folds, int(counts.min())), shuffle=True, random_state=seed)
+
+
+def _metrics(task: Task, y: np.ndarray, pred: np.ndarray) -> dict[str, float]:
+    if task == "regression":
+        from sklearn.metrics import mean_absolute_error, r2_score
+
+        r = float(np.corrcoef(y, pred)[0, 1]) if np.std(pred) > 0 and np.std(y) > 0 else 0.0
+        return {
+            "r2": float(r2_score(y, pred)),
+            "pearson_r": r,
+            "mae": float(mean_absolute_error(y, pred)),
+        }
+    from sklearn.metrics import accuracy_score, balanced_accuracy_score
+
+    _, counts = np.unique(y, return_counts=True)
+    return {
+        "accuracy": float(accuracy_score(y, pred)),
+        "balanced_accuracy": float(balanced_accuracy_score(y, pred)),
+        "chance": 1.0 / len(counts),  # of balanced accuracy, the primary metric
+        "majority": float(counts.max() / counts.sum()),  # chance level of plain accuracy
+    }
+
+
+def cross_validate_probe(
+    samples: np.ndarray,
+    persona_ids: Sequence[str],
+    layers: Sequence[int],
+    attributes: Mapping[str, Mapping[str, Any]],
+    attribute: str,
+    method: str = "logistic",
+    *,
+    folds: int = 5,
+    seed: int = 0,
+    task: Task | Literal["auto"] = "auto",
+    shuffled_baseline: bool = True,
+) -> ProbeCurve:
+    """Out-of-fold scores of a probe at every layer (same folds at every layer), and, with
+    `shuffled_baseline`, the best score the same sweep reaches on shuffled labels."""
+    from sklearn.base import clone
+    from sklearn.model_selection import cross_val_predict
+
+    x = check_samples(samples, persona_ids)
+    check_layers(x, layers)
+    rows, y, task = probe_labels(persona_ids, attributes, attribute, task)
+    estimator = _make_estimator(method, task, seed)
+    splitter = _splitter(task, y, folds, seed, attribute)
+    primary = "r2" if task == "regression" else "balanced_accuracy"
+    shuffled = np.random.default_rng(seed).permutation(y)
+    metrics, null_scores = [], []
+    for i in range(x.shape[1]):
+        pred = cross_val_predict(clone(estimator), x[rows, i], y, cv=splitter)
+        metrics.append(_metrics(task, y, pred))
+        if shuffled_baseline:
+            null = cross_val_predict(clone(estimator), x[rows, i], shuffled, cv=splitter)
+            null_scores.append(_metrics(task, shuffled, null)[primary])
+    return ProbeCurve(
+        attribute=attribute,
+        method=method,
+        task=task,
+        layers=list(layers),
+        persona_ids=[persona_ids[r] for r in rows],
+        classes=None if task == "regression" else sorted(set(y.tolist())),
+        metrics=metrics,
+        primary=primary,
+        folds=splitter.get_n_splits(),
+        shuffled_best=float(np.nanmax(null_scores)) if null_scores else float("nan"),
+    )
+
+
+# ---- the saved probe -------------------------------------------------------------------
+
+
+@dataclass
+class ProbeArtifact:
+    """A probe as a linear map on raw persona vectors at one layer:
+    `scores = x @ weight.T + bias`. Classification: one row per class (one row for two
+    classes, positive means `classes[1]`); regression: one row, the prediction."""
+
+    attribute: str
+    method: str
+    task: Task
+    layer: int
+    weight: np.ndarray
+    bias: np.ndarray
+    classes: list[Any] | None
+    metrics: dict[str, float]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def decision_function(self, x: np.ndarray) -> np.ndarray:
+        scores = np.atleast_2d(np.asarray(x, dtype=np.float64)) @ self.weight.T.astype(np.float64)
+        scores = scores + self.bias
+        return scores.ravel() if scores.shape[1] == 1 else scores
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """Predictions for `(N, H)` vectors (or one `(H,)` vector) at the probe's layer."""
+        scores = self.decision_function(x)
+        if self.task == "regression":
+            return scores
+        return _predict_linear(scores, np.asarray(self.classes, dtype=object))
+
+
+def fit_probe(
+    samples: np.ndarray,
+    persona_ids: Sequence[str],
+    layers: Sequence[int],
+    attributes: Mapping[str, Mapping[str, Any]],
+    curve: ProbeCurve,
+    layer: int | None = None,
+    *,
+    seed: int = 0,
+) -> ProbeArtifact:
+    """Refit the probe of `curve` on all its personas at `layer` (default: its best layer)
+    and return it as a linear map on raw vectors; the metrics are the curve's
+    cross-validated ones at that layer."""
+    x = check_samples(samples, persona_ids)
+    check_layers(x, layers)
+    layer = curve.best_layer if layer is None else layer
+    li = layer_position(layers, layer)
+    rows, y, task = probe_labels(persona_ids, attributes, curve.attribute, curve.task)
+    estimator = _make_estimator(curve.method, task, seed).fit(x[rows, li], y)
+    weight, bias = _linear_map(estimator)
+    return ProbeArtifact(
+        attribute=curve.attribute,
+        method=curve.method,
+        task=task,
+        layer=layer,
+        weight=weight.astype(np.float32),
+        bias=bias.astype(np.float32),
+        classes=curve.classes,
+        metrics=curve.metrics[layer_position(curve.layers, layer)],
+        meta={"n_personas": len(rows), "folds": curve.folds, "hidden_size": int(x.shape[2])},
+    )
+
+
+def _linear_map(estimator: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(weight, bias) on raw inputs, folding a leading centering step into the bias."""
+    steps = getattr(estimator, "steps", None)
+    model = steps[-1][1] if steps else estimator
+    weight = np.atleast_2d(model.coef_).astype(np.float64)
+    bias = np.atleast_1d(model.intercept_).astype(np.float64)
+    if steps:
+        bias = bias - weight @ steps[0][1].mean_
+    return weight, bias
+
+
+def save_probe_artifact(artifact: ProbeArtifact, directory: str | Path) -> Path:
+    """Write `probe.json` and `weights.safetensors` into `directory` (created)."""
+    from safetensors.numpy import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    doc = {
+        "schema_version": SCHEMA_VERSION,
+        "attribute": artifact.attribute,
+        "layer": artifact.layer,
+        "method": artifact.method,
+        "task": artifact.task,
+        "metrics": artifact.metrics,
+        "classes": artifact.classes,
+        **artifact.meta,
+    }
+    save_file(
+        {
+            "weight": np.ascontiguousarray(artifact.weight),
+            "bias": np.ascontiguousarray(artifact.bias),
+        },
+        str(directory / WEIGHTS_FILE),
+    )
+    (directory / PROBE_JSON).write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    return directory
+
+
+def load_probe_artifact(directory: str | Path) -> ProbeArtifact:
+    """Read a probe saved by `save_probe_artifact`; `ArtifactError` when files are missing
+    or disagree."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    directory = Path(directory)
+    meta_path, weights_path = directory / PROBE_JSON, directory / WEIGHTS_FILE
+    for p in (meta_path, weights_path):
+        if not p.is_file():
+            raise ArtifactError(f"probe artifact {str(directory)!r}: {p.name} is missing")
+    try:
+        doc = json.loads(meta_path.read_text(encoding="utf-8"))
+        tensors = load_file(str(weights_path))
+    except (json.JSONDecodeError, SafetensorError, OSError) as exc:
+        raise ArtifactError(f"probe artifact {str(directory)!r} is unreadable: {exc}") from None
+    if doc.get("schema_version") != SCHEMA_VERSION:
+        raise ArtifactError(
+            f"probe artifact {str(directory)!r}: schema_version {doc.get('schema_version')!r}, "
+            f"this pvrs reads {SCHEMA_VERSION}"
+        )
+    if "weight" not in tensors or "bias" not in tensors:
+        raise ArtifactError(
+            f"probe artifact {str(directory)!r}: weights need tensors 'weight' and 'bias'"
+        )
+    weight, bias = tensors["weight"], tensors["bias"]
+    if weight.ndim != 2 or bias.shape != (weight.shape[0],):
+        raise ArtifactError(
+            f"probe artifact {str(directory)!r}: weight {weight.shape} and bias {bias.shape} disagree"
+        )
+    known = {"schema_version", "attribute", "layer", "method", "task", "metrics", "classes"}
+    try:
+        return ProbeArtifact(
+            attribute=doc["attribute"],
+            method=doc["method"],
+            task=doc["task"],
+            layer=int(doc["layer"]),
+            weight=weight,
+            bias=bias,
+            classes=doc["classes"],
+            metrics=dict(doc["metrics"]),
+            meta={k: v for k, v in doc.items() if k not in known},
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ArtifactError(
+            f"probe artifact {str(directory)!r}: probe.json lacks a valid {exc}"
+        ) from None

@@ -1,0 +1,45 @@
+"""The `pvrs` command line: one module per command group (`extract`, `store`, `analyze`,
+`steering`, `doctor`), each registering its sub-commands, over shared flags in `common`.
+Each sub-command is a small `_cmd_*` function; user mistakes (`PvrsError`) print one line on
+stderr and exit 2, nothing else is caught."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from pvrs.cli import analyze, doctor, extract, steering, store
+from pvrs.cli.common import EXIT_USAGE
+from pvrs.errors import PvrsError
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pvrs",
+        description="Persona vectors: extract, analyse, steer and publish them.",
+    )
+    parser.add_argument("--version", action="version", version=f"pvrs {doctor.pvrs_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for group in (doctor, extract, store, analyze, steering):
+        group.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Handler | None = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        return handler(args)
+    except PvrsError as exc:
+        print(f"pvrs {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"pvrs {args.command}: interrupted; artifacts saved so far are intact", file=sys.stderr)
+        return 130

@@ -1,0 +1,175 @@
+"""`pvrs extract` and `pvrs preview`: computing persona vectors, and showing which tokens
+each mask strategy would average."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from pvrs.errors import InputError
+
+
+def _cmd_preview(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.markup import escape
+
+    from pvrs.engines import models
+    from pvrs.errors import InputError
+    from pvrs.extraction.chat import analyze_template, prepare_inputs, print_preview
+    from pvrs.extraction.masks import parse_strategies
+
+    explicit = args.question is not None or args.answer is not None or args.system is not None
+    if explicit and (args.question is None or args.answer is None):
+        raise InputError("--system/--question/--answer: pass both --question and --answer (--system is optional)")
+    if explicit and args.persona_id:
+        raise InputError("pass either --persona-id or --system/--question/--answer, not both")
+    tokenizer = models.load_tokenizer(args.model, revision=args.revision)
+    if explicit:
+        label, system = "custom", args.system
+        samples = [("custom", args.question, args.answer)]
+    else:
+        from pvrs.extraction.inputs import load_personas, load_qa, qa_for_persona, select_personas
+
+        personas = load_personas(args.personas)
+        [persona] = select_personas(personas, [args.persona_id]) if args.persona_id else personas[:1]
+        label, system = f"{persona.id} ({args.variant})", persona.system_prompt(args.variant)
+        rows = qa_for_persona(load_qa(args.qa), persona, n_train=args.n)
+        if not rows:
+            raise InputError(f"persona {persona.id!r} has no QA rows in the train split; pass --qa or --question/--answer")
+        samples = [(r.sample_id, r.question, r.answer) for r in rows]
+    strategies = parse_strategies(args.mask_strategy)
+    console = Console()
+    layout = analyze_template(tokenizer, has_system=system is not None)
+    if system is None and layout.default_system is None and args.mask_strategy == "all":
+        # `all` means every strategy the baseline can serve under this template.
+        strategies = [s for s in strategies if not s.value.startswith("persona_")]
+        console.print("[dim]no system prompt and no template default: persona_* strategies skipped[/]")
+    console.print(
+        f"[bold]{escape(args.model)}[/] · persona [bold]{escape(label)}[/] · system prompt: "
+        + {"native": "system turn", "merged": "merged into the first user turn", "none": "none"}[layout.system_mode]
+        + (" (template default shown as the persona span)" if layout.default_system else "")
+    )
+    for prepared in prepare_inputs(tokenizer, samples, system_prompt=system, strategies=strategies):
+        print_preview(console, tokenizer, prepared, strategies)
+    return 0
+
+
+def _add_preview(sub: argparse._SubParsersAction) -> None:
+    from pvrs.engines.models import DEFAULT_MODEL
+    from pvrs.extraction.inputs import VARIANTS
+
+    p = sub.add_parser(
+        "preview",
+        help="show the rendered prompt with each mask strategy's tokens highlighted",
+        description="Render persona conversations with the model's chat template and highlight "
+        "the tokens each mask strategy averages. Loads only the tokenizer.",
+    )
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"model id, local folder or built-in (default {DEFAULT_MODEL})")
+    p.add_argument("--revision", default=None, help="model revision on the Hub")
+    p.add_argument("--persona-id", default=None, help="persona to preview (default: the first persona)")
+    p.add_argument("--variant", choices=VARIANTS, default="templated", help="prompt variant (default templated)")
+    p.add_argument("--personas", default=None, help="persona file (default: the built-in demo set)")
+    p.add_argument("--qa", default=None, help="QA file (default: the built-in demo set)")
+    p.add_argument("-n", type=int, default=1, help="number of QA pairs to show (default 1)")
+    p.add_argument("--mask-strategy", default="all", help="a strategy name or 'all' (default all)")
+    p.add_argument("--system", default=None, help="custom system prompt (omit for none)")
+    p.add_argument("--question", default=None, help="custom question (with --answer)")
+    p.add_argument("--answer", default=None, help="custom answer (with --question)")
+    p.set_defaults(handler=_cmd_preview)
+
+
+def _cmd_extract(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from pvrs.cli.report import print_extraction_summary
+    from pvrs.engines import models
+    from pvrs.extraction import inputs
+    from pvrs.extraction.driver import SampleSource, extract
+    from pvrs.extraction.generate import SamplingConfig, load_scores
+    from pvrs.paths import activations_dir
+
+    console = Console(stderr=True)
+    if args.dataset and (args.personas or args.qa):
+        raise InputError("--dataset replaces --personas/--qa; give one or the other")
+    if args.dataset:
+        personas, qa = inputs.load_dataset_dir(args.dataset)
+    else:
+        personas, qa = inputs.load_personas(args.personas), inputs.load_qa(args.qa)
+    personas = inputs.shard(inputs.select_personas(personas, args.persona_id, args.sample_size), args.shard)
+    scores = load_scores(args.scores) if args.scores else None
+    root = Path(args.output_dir) if args.output_dir else activations_dir()
+    model_name = models.canonical_model_name(args.model)
+    console.print(f"[bold]pvrs extract[/]: {len(personas)} personas x {len(args.variants)} variants, model {model_name}")
+    model, tokenizer = models.load(
+        args.model, dtype=args.dtype, device=args.device, device_map=args.device_map,
+        revision=args.revision, trust_remote_code=args.trust_remote_code,
+    )
+    sampling = SamplingConfig(args.max_new_tokens, args.temperature, args.top_p, args.seed) if args.generate else None
+    source = SampleSource(
+        qa, n_train=args.n_train, qa_type=args.qa_type, generate=sampling,
+        generations_dir=root.parent / "generations" / models.model_dir_name(model_name),
+        scores=scores, min_score=args.min_score,
+    )
+    result = extract(
+        model, tokenizer, personas, source,
+        variants=args.variants, mask_strategies=args.mask_strategy, batch_tokens=args.batch_tokens,
+        padding_side=args.padding_side, prefix_reuse=not args.no_prefix_reuse, model_name=model_name,
+        save_to=root, force=args.force, save_samples=args.save_samples, revision=args.revision,
+        verbose=args.verbose, console=console,
+    )
+    print_extraction_summary(console, result, root)
+    return 1 if result.count("failed") else 0
+
+
+def _add_extract(sub: argparse._SubParsersAction) -> None:
+    from pvrs.defaults import DEFAULT_BATCH_TOKENS, DEFAULT_MIN_SCORE
+    from pvrs.engines.models import DEFAULT_MODEL, DTYPES
+    from pvrs.extraction.inputs import QA_TYPES, VARIANTS
+
+    p = sub.add_parser(
+        "extract",
+        help="extract persona vectors (every layer) into the artifact store",
+        description="Run each persona's QA conversations through the model and save the mean "
+        "residual-stream activation per layer, for each prompt variant and mask strategy. "
+        "With no arguments: the built-in personas on the built-in model.",
+    )
+    data = p.add_argument_group("data")
+    data.add_argument("--personas", metavar="FILE", help="personas (.jsonl/.json/.parquet); default: built-in demo set")
+    data.add_argument("--qa", metavar="FILE", help="QA pairs (.jsonl/.json/.parquet); default: built-in demo set")
+    data.add_argument("--dataset", metavar="DIR", help="folder with personas.* and qa.* (or a saved DatasetDict)")
+    data.add_argument("--persona-id", nargs="+", metavar="ID", help="only these personas (baseline_assistant included)")
+    data.add_argument("--sample-size", type=int, metavar="N", help="only the first N personas")
+    data.add_argument("--n-train", type=int, metavar="N", help="first N train-split QA rows per persona")
+    data.add_argument("--qa-type", choices=QA_TYPES, default="all")
+    data.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
+    data.add_argument("--mask-strategy", nargs="+", default=["answer_mean"], metavar="S", help="strategies, or 'all' (default: answer_mean)")
+    data.add_argument("--scores", metavar="FILE", help="judge scores (persona_id, qid, score); keep samples scoring >= --min-score")
+    data.add_argument("--min-score", type=float, default=DEFAULT_MIN_SCORE)
+    gen = p.add_argument_group("answer generation (--generate)")
+    gen.add_argument("--generate", action="store_true", help="let the model answer the questions in persona, save the conversations, extract from them")
+    gen.add_argument("--max-new-tokens", type=int, default=128)
+    gen.add_argument("--temperature", type=float, default=0.7, help="0 for greedy decoding")
+    gen.add_argument("--top-p", type=float, default=0.9)
+    gen.add_argument("--seed", type=int, default=0)
+    mod = p.add_argument_group("model")
+    mod.add_argument("--model", default=DEFAULT_MODEL, help=f"HF id, local folder or built-in name (default {DEFAULT_MODEL})")
+    mod.add_argument("--revision")
+    mod.add_argument("--dtype", choices=DTYPES, default="auto", help="auto: bfloat16 on GPU, float32 on CPU")
+    mod.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    mod.add_argument("--device-map", help="e.g. 'auto' to spread a large model over several GPUs")
+    mod.add_argument("--trust-remote-code", action="store_true")
+    run = p.add_argument_group("run")
+    run.add_argument("--batch-tokens", type=int, default=DEFAULT_BATCH_TOKENS, help="padded tokens per forward batch")
+    run.add_argument("--padding-side", choices=["right", "left"], default="right")
+    run.add_argument("--no-prefix-reuse", action="store_true", help="re-encode the persona prompt for every question")
+    run.add_argument("--output-dir", metavar="DIR", help="store root (default $ARTIFACTS_DIR/activations)")
+    run.add_argument("--force", action="store_true", help="recompute personas already saved")
+    run.add_argument("--save-samples", action="store_true", help="also save per-sample vectors")
+    run.add_argument("--shard", metavar="I/N", help="only personas whose index mod N is I (0-based)")
+    run.add_argument("--verbose", action="store_true", help="preview each persona's masked tokens")
+    p.set_defaults(handler=_cmd_extract)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    _add_extract(sub)
+    _add_preview(sub)

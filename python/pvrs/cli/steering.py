@@ -1,0 +1,172 @@
+"""The steering commands' flags: `pvrs steer`, `chat`, `monitor`, `export` and `contrast`
+(their bodies are in `pvrs.cli.steering_run`)."""
+
+from __future__ import annotations
+
+import argparse
+
+from pvrs.cli.common import (
+    add_generation_args,
+    add_model_and_store_args,
+    add_model_args,
+)
+
+
+def _cmd_steer(args: argparse.Namespace) -> int:
+    from pvrs.cli.steering_run import run_steer
+
+    return run_steer(args)
+
+
+def _add_steer(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "steer",
+        help="generate with and without steering, side by side",
+        description="Generate replies with a persona direction (persona minus baseline) or a "
+        "vector file added at the chosen layers, next to the unsteered reply.",
+    )
+    add_model_and_store_args(p)
+    p.add_argument("--persona-id", help="steer towards this stored persona (minus the baseline)")
+    p.add_argument(
+        "--vector", help="or: a vector file (.safetensors/.npy/.gguf) or 'assistant-axis'"
+    )
+    p.add_argument(
+        "--layer", nargs="+", required=True, help="block indices or ranges (12 or 10-14)"
+    )
+    p.add_argument(
+        "--alpha", nargs="+", type=float, required=True, help="one or more strengths to sweep"
+    )
+    p.add_argument(
+        "--relative",
+        action="store_true",
+        help="read each alpha as a fraction of the layer's median residual norm (start at 0.4)",
+    )
+    p.add_argument("--positions", choices=("all", "prompt", "generated"), default="all")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--prompt", action="append", help="a user prompt (repeatable)")
+    group.add_argument(
+        "--prompts", help="file of prompts: one per line, or JSON/JSONL with 'question'"
+    )
+    add_generation_args(p)
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    p.set_defaults(handler=_cmd_steer)
+
+
+def _cmd_chat(args: argparse.Namespace) -> int:
+    from pvrs.cli.steering_run import run_chat
+
+    return run_chat(args)
+
+
+def _add_chat(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "chat",
+        help="interactive chat with steering and capping (reads stdin, one message per line)",
+    )
+    add_model_and_store_args(p)
+    p.add_argument(
+        "--steer",
+        action="append",
+        metavar="VECTOR:LAYER:ALPHA",
+        help="add ALPHA x VECTOR (persona id, vector file or assistant-axis) at LAYER; repeatable",
+    )
+    p.add_argument(
+        "--cap",
+        action="append",
+        metavar="VECTOR:LAYER[:TAU]",
+        help="cap the projection on VECTOR at LAYER to TAU (default: calibrated); repeatable",
+    )
+    p.add_argument(
+        "--cap-side",
+        choices=("upper", "lower"),
+        default="upper",
+        help="upper: projections <= tau; lower: a floor (use with assistant-axis)",
+    )
+    p.add_argument(
+        "--cap-quantile",
+        type=float,
+        default=None,
+        help="quantile for a calibrated tau (default 0.99 upper, 0.01 lower)",
+    )
+    add_generation_args(p)
+    p.set_defaults(handler=_cmd_chat)
+
+
+def _cmd_monitor(args: argparse.Namespace) -> int:
+    from pvrs.cli.steering_run import run_monitor
+
+    return run_monitor(args)
+
+
+def _add_monitor(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("monitor", help="projection of each conversation turn on an axis (drift)")
+    add_model_and_store_args(p)
+    p.add_argument("--axis", required=True, help="persona id, vector file or assistant-axis")
+    p.add_argument("--conversation", required=True, help="JSON/JSONL list of {role, content}")
+    p.add_argument("--layer", nargs="+", help="layers to monitor (default: the middle block)")
+    p.add_argument(
+        "--plot",
+        help="plot file (.html, or .png/.svg via kaleido); default <conversation>.monitor.html",
+    )
+    p.add_argument("--no-plot", action="store_true", help="do not write a plot")
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    p.set_defaults(handler=_cmd_monitor)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from pvrs.cli.steering_run import run_export
+
+    return run_export(args)
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="write a llama.cpp control-vector GGUF")
+    add_model_and_store_args(p)
+    p.add_argument("--format", default="gguf", choices=("gguf",))
+    p.add_argument(
+        "--persona-id", help="export this stored persona's direction (minus the baseline)"
+    )
+    p.add_argument(
+        "--vector", help="or: a vector file (.safetensors/.npy/.gguf) or 'assistant-axis'"
+    )
+    p.add_argument(
+        "--layer", nargs="+", required=True, help="blocks >= 1 (llama.cpp cannot steer block 0)"
+    )
+    p.add_argument("--alpha", type=float, default=1.0, help="scale baked into the file (default 1)")
+    p.add_argument(
+        "--model-hint", help="architecture name in the file (default: the model's model_type)"
+    )
+    p.add_argument("--out", required=True, help="output .gguf path")
+    p.set_defaults(handler=_cmd_export)
+
+
+def _cmd_contrast(args: argparse.Namespace) -> int:
+    from pvrs.cli.steering_run import run_contrast
+
+    return run_contrast(args)
+
+
+def _add_contrast(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "contrast",
+        help="contrastive vector: mean activation of positive minus negative responses",
+        description="Per layer, the mean over positive responses of each response's mean "
+        "activation over its tokens (--mask-strategy), minus the same for the negative ones. "
+        "Files are JSON/JSONL rows {question, answer, system?}.",
+    )
+    add_model_args(p)
+    p.add_argument("--positive", required=True, help="responses showing the trait")
+    p.add_argument("--negative", required=True, help="responses without it")
+    p.add_argument("--mask-strategy", default="answer_mean", help="tokens averaged per response")
+    p.add_argument(
+        "--out", required=True, help="output .safetensors (tensor 'activations', (L, H))"
+    )
+    p.set_defaults(handler=_cmd_contrast)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    _add_steer(sub)
+    _add_chat(sub)
+    _add_monitor(sub)
+    _add_export(sub)
+    _add_contrast(sub)

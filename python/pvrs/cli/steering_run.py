@@ -1,0 +1,406 @@
+"""Bodies of the steering commands (`pvrs steer`, `chat`, `monitor`, `export`, `contrast`): resolving
+vector specs and layers, running the model, and printing rich tables. `pvrs.cli.main` only
+declares their arguments."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pvrs.errors import InputError, InvalidArgumentError
+from pvrs.extraction.inputs import read_rows
+from pvrs.store.layerspec import parse_layers
+
+
+def vector_layers(spec: Sequence[str], vector: np.ndarray, flag: str = "--layer") -> list[int]:
+    """`--layer` items for `vector`: a `(L, H)` vector bounds them (and resolves `-1`)."""
+    return parse_layers(spec, range(vector.shape[0]) if vector.ndim == 2 else None, flag)
+
+
+def open_store(args: argparse.Namespace) -> Any:
+    from pvrs.engines.models import canonical_model_name
+    from pvrs.store.sources import open_store as open_source
+
+    return open_source(canonical_model_name(args.model), args.source, args.mask_strategy)
+
+
+def resolve_vector(spec: str, args: argparse.Namespace) -> np.ndarray:
+    """A file, `assistant-axis`, or a persona id (minus the baseline) from the store."""
+    from pvrs.steering.directions import from_spec
+
+    return from_spec(spec, open_store(args), variant=args.variant)
+
+
+def load_model(args: argparse.Namespace) -> tuple[Any, Any]:
+    from rich.console import Console
+
+    from pvrs.engines.models import load
+
+    with Console(stderr=True).status(f"loading {args.model}"):
+        return load(args.model, dtype=args.dtype, device=args.device)
+
+
+def read_prompts(args: argparse.Namespace) -> list[str]:
+    """`--prompt` (repeatable), else `--prompts FILE` (one per line, or JSON/JSONL rows with
+    a `question` or `prompt` field), else three of the built-in neutral prompts."""
+    from pvrs.extraction.generate import DEFAULT_PROMPTS
+
+    if args.prompt:
+        return list(args.prompt)
+    if args.prompts is None:
+        return list(DEFAULT_PROMPTS[:3])
+    path = Path(args.prompts)
+    if path.suffix.lower() in (".json", ".jsonl", ".parquet"):
+        rows = read_rows(path)
+        prompts = [r if isinstance(r, str) else r.get("question") or r.get("prompt") for r in rows]
+        if not all(isinstance(p, str) and p.strip() for p in prompts):
+            raise InputError(
+                f"--prompts {path}: every row needs a non-empty 'question' or 'prompt'"
+            )
+    else:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise InputError(f"cannot read --prompts {path}: {exc.strerror}") from None
+        prompts = [line.strip() for line in text.splitlines() if line.strip()]
+    if not prompts:
+        raise InputError(f"--prompts {path} holds no prompts")
+    return prompts
+
+
+def _generation_config(args: argparse.Namespace) -> Any:
+    from pvrs.extraction.generate import SamplingConfig
+
+    if args.max_new_tokens < 1:
+        raise InputError("--max-new-tokens must be at least 1")
+    return SamplingConfig(args.max_new_tokens, args.temperature, args.top_p, args.seed)
+
+
+def _print_json(payload: object) -> None:
+    print(json.dumps(payload, indent=2, ensure_ascii=False))
+
+
+# ---- steer ---------------------------------------------------------------------------------
+
+
+def run_steer(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import Progress
+    from rich.table import Table
+
+    from pvrs.extraction.generate import generate, prompt_messages
+    from pvrs.steering.interventions import steer, suggested_alphas
+
+    if (args.persona_id is None) == (args.vector is None):
+        raise InputError("give exactly one of --persona-id ID or --vector FILE")
+    prompts = read_prompts(args)
+    config = _generation_config(args)
+    vector = resolve_vector(args.persona_id or args.vector, args)
+    layers = vector_layers(args.layer, vector)
+    model, tokenizer = load_model(args)
+    # With --relative each alpha is a fraction of the layer's typical residual norm.
+    unit_alphas = suggested_alphas(model, tokenizer, vector, layers, 1.0) if args.relative else None
+    columns: list[tuple[str, dict[int, float] | None]] = [("unsteered", None)]
+    for a in args.alpha:
+        if unit_alphas is None:
+            columns.append((f"alpha {a:g}", dict.fromkeys(layers, a)))
+        else:
+            scaled = {i: a * u for i, u in unit_alphas.items()}
+            shown = ", ".join(f"{v:.3g}" for v in scaled.values())
+            columns.append((f"{a:g} x norm (alpha {shown})", scaled))
+    rows: list[dict[str, Any]] = []
+    with Progress(console=Console(stderr=True), transient=True) as progress:
+        task = progress.add_task("generating", total=len(prompts) * len(columns))
+        for prompt in prompts:
+            messages = prompt_messages(tokenizer, args.system, prompt)
+            outputs = {}
+            for label, alpha in columns:
+                intervention = (
+                    nullcontext()
+                    if alpha is None
+                    else steer(model, vector, layers, alpha=alpha, positions=args.positions)
+                )
+                with intervention:
+                    outputs[label] = generate(model, tokenizer, messages, config)
+                progress.advance(task)
+            rows.append({"prompt": prompt, "outputs": outputs})
+    if args.json:
+        alphas = {c: {str(i): v for i, v in a.items()} if a else None for c, a in columns}
+        _print_json(
+            {"layers": layers, "columns": [c for c, _ in columns], "alphas": alphas, "rows": rows}
+        )
+        return 0
+    table = Table(
+        title=f"steering {args.persona_id or args.vector} at layers {layers}", show_lines=True
+    )
+    table.add_column("prompt", style="bold", max_width=30)
+    for label, _ in columns:
+        table.add_column(label)
+    for row in rows:
+        table.add_row(row["prompt"], *(row["outputs"][label] for label, _ in columns))
+    Console().print(table)
+    return 0
+
+
+# ---- chat ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class InterventionSpec:
+    vector: str
+    layer: int
+    value: float | None  # alpha for --steer, tau for --cap (None: calibrate)
+
+
+def parse_intervention(text: str, flag: str, value_required: bool) -> InterventionSpec:
+    """`VECTOR:LAYER:VALUE` (VALUE optional for --cap). VECTOR may itself contain colons."""
+    parts = text.rsplit(":", 2)
+    try:
+        if len(parts) == 3:
+            return InterventionSpec(parts[0], int(parts[1]), float(parts[2]))
+        if len(parts) == 2 and not value_required:
+            return InterventionSpec(parts[0], int(parts[1]), None)
+    except ValueError:
+        pass
+    form = "VECTOR:LAYER:ALPHA" if value_required else "VECTOR:LAYER[:TAU]"
+    raise InputError(f"{flag} {text!r} is not {form} (e.g. pirate_captain:12:4)")
+
+
+@dataclass(frozen=True)
+class ResolvedIntervention:
+    spec: InterventionSpec
+    vector: np.ndarray
+
+
+def resolve_interventions(
+    args: argparse.Namespace,
+) -> tuple[list[ResolvedIntervention], list[ResolvedIntervention]]:
+    """Parse and load every `--steer` and `--cap` before the model loads, so a typo fails fast."""
+    steers = [parse_intervention(t, "--steer", value_required=True) for t in args.steer or []]
+    caps = [parse_intervention(t, "--cap", value_required=False) for t in args.cap or []]
+    return (
+        [ResolvedIntervention(s, resolve_vector(s.vector, args)) for s in steers],
+        [ResolvedIntervention(c, resolve_vector(c.vector, args)) for c in caps],
+    )
+
+
+@contextmanager
+def interventions(
+    model: Any,
+    tokenizer: Any,
+    args: argparse.Namespace,
+    steers: Sequence[ResolvedIntervention],
+    caps: Sequence[ResolvedIntervention],
+) -> Iterator[list[str]]:
+    """Enter every steer and cap; yields one description per intervention. A cap without
+    TAU is calibrated on the built-in neutral prompts at `--cap-quantile`, before any
+    intervention is active: a floor set inside the steered distribution would hold nothing."""
+    from pvrs.extraction.generate import DEFAULT_PROMPTS, as_chat
+    from pvrs.steering.interventions import cap, default_cap_quantile, steer
+    from pvrs.steering.residuals import calibrate_tau, resolve_layers
+
+    quantile = args.cap_quantile if args.cap_quantile is not None else default_cap_quantile(args.cap_side)
+
+    def layer_of(item: ResolvedIntervention) -> int:
+        return resolve_layers(model, [item.spec.layer])[0]  # `-1` is the last block
+
+    cap_layers = [layer_of(item) for item in caps]
+    prompts = [as_chat(p) for p in DEFAULT_PROMPTS]
+    taus = [
+        item.spec.value
+        if item.spec.value is not None
+        else calibrate_tau(model, tokenizer, item.vector, [layer], prompts, quantile)[layer]
+        for item, layer in zip(caps, cap_layers, strict=True)
+    ]
+    described = []
+    with ExitStack() as stack:
+        for item in steers:
+            spec, layer = item.spec, layer_of(item)
+            stack.enter_context(steer(model, item.vector, [layer], alpha=float(spec.value or 0.0)))
+            described.append(f"steer {spec.vector} at layer {layer}, alpha {spec.value:g}")
+        for item, layer, tau in zip(caps, cap_layers, taus, strict=True):
+            stack.enter_context(cap(model, item.vector, [layer], tau, side=args.cap_side))
+            described.append(f"cap ({args.cap_side}) {item.spec.vector} at layer {layer}, tau {tau:.3f}")
+        yield described
+
+
+def run_chat(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from pvrs.extraction.generate import generate, prompt_messages
+
+    config = _generation_config(args)
+    steers, caps = resolve_interventions(args)
+    model, tokenizer = load_model(args)
+    err = Console(stderr=True)
+    interactive = sys.stdin.isatty()
+    history: list[dict[str, str]] = []  # user and assistant turns
+
+    def conversation() -> list[dict[str, str]]:
+        # The system prompt goes where the template wants it (merged into the first user
+        # turn for templates without a system role).
+        return [*prompt_messages(tokenizer, args.system, history[0]["content"]), *history[1:]]
+
+    with interventions(model, tokenizer, args, steers, caps) as described:
+        for line in described:
+            err.print(f"[dim]{line}[/dim]")
+        if interactive:
+            err.print("[dim]type a message; /reset clears the history, /exit or Ctrl-D quits[/dim]")
+        while True:
+            if interactive:
+                err.print("[bold]you>[/bold] ", end="")
+            line = sys.stdin.readline()
+            if not line:
+                break
+            message = line.strip()
+            if not message:
+                continue
+            if message == "/exit":
+                break
+            if message == "/reset":
+                history.clear()
+                continue
+            history.append({"role": "user", "content": message})
+            reply = generate(model, tokenizer, conversation(), config)
+            history.append({"role": "assistant", "content": reply})
+            print(f"assistant> {reply}", flush=True)
+    return 0
+
+
+# ---- monitor -------------------------------------------------------------------------------
+
+
+def run_monitor(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from pvrs.engines.hooks import decoder_layers
+    from pvrs.steering.monitor import load_conversation, turn_projections, write_plot
+
+    messages = load_conversation(args.conversation)
+    axis = resolve_vector(args.axis, args)
+    requested = vector_layers(args.layer, axis) if args.layer else None
+    model, tokenizer = load_model(args)
+    layers = requested or [len(decoder_layers(model)) // 2]
+    turns = turn_projections(model, tokenizer, messages, axis, layers)
+    plot_path = None
+    if not args.no_plot:
+        try:
+            import plotly  # noqa: F401
+        except ImportError:
+            Console(stderr=True).print("[dim]plotly is not installed; skipping the plot[/dim]")
+        else:
+            target = args.plot or Path(args.conversation).with_suffix(".monitor.html")
+            plot_path = write_plot(turns, target, f"projection on {args.axis}")
+    if args.json:
+        _print_json(
+            {
+                "axis": args.axis,
+                "layers": layers,
+                "plot": str(plot_path) if plot_path else None,
+                "turns": [
+                    {
+                        "turn": t.turn,
+                        "role": t.role,
+                        "n_tokens": t.n_tokens,
+                        "projection": {str(k): v for k, v in t.projection.items()},
+                    }
+                    for t in turns
+                ],
+            }
+        )
+        return 0
+    table = Table(title=f"projection of each turn on {args.axis}")
+    for name in ("turn", "role", "tokens"):
+        table.add_column(name, justify="right" if name != "role" else "left")
+    for layer in layers:
+        table.add_column(f"layer {layer}", justify="right")
+    table.add_column("text", max_width=50)
+    for t in turns:
+        values = [f"{t.projection[layer]:+.3f}" if t.n_tokens else "-" for layer in layers]
+        table.add_row(str(t.turn), t.role, str(t.n_tokens), *values, t.preview)
+    console = Console()
+    console.print(table)
+    if plot_path is not None:
+        console.print(f"plot: {plot_path}")
+    return 0
+
+
+# ---- export --------------------------------------------------------------------------------
+
+
+def _model_hint(model: str) -> str:
+    """The architecture name llama.cpp prints for the model (`model_type` of its config)."""
+    from transformers import AutoConfig
+
+    from pvrs.engines.models import resolve_model_path
+    from pvrs.errors import ModelError
+
+    try:
+        return str(AutoConfig.from_pretrained(resolve_model_path(model)).model_type)
+    except (OSError, ValueError, ModelError) as exc:
+        raise InputError(
+            f"cannot read the config of {model!r} for the GGUF model hint ({exc}); pass --model-hint"
+        ) from None
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from pvrs.steering.controlvector import write_control_vector
+
+    if args.format != "gguf":
+        raise InvalidArgumentError(f"--format {args.format!r} is not supported; use gguf")
+    if (args.persona_id is None) == (args.vector is None):
+        raise InputError("give exactly one of --persona-id ID or --vector FILE")
+    vector = resolve_vector(args.persona_id or args.vector, args)
+    layers = vector_layers(args.layer, vector)
+    hint = args.model_hint or _model_hint(args.model)
+    path = write_control_vector(vector, args.out, layers, scale=args.alpha, model_hint=hint)
+    print(
+        f"wrote {path}: {len(layers)} direction(s) at layers {layers}, scale {args.alpha:g}, "
+        f"model hint {hint!r}; use it with llama.cpp --control-vector {path}"
+    )
+    return 0
+
+
+# ---- contrast ------------------------------------------------------------------------------
+
+
+def run_contrast(args: argparse.Namespace) -> int:
+    from pvrs.engines.models import canonical_model_name
+    from pvrs.extraction.masks import parse_strategies
+    from pvrs.steering.contrast import FORMAT, contrast_vector, load_responses, save_vector
+    from pvrs.store import LAYER_CONVENTION, POOLING
+
+    (strategy,) = parse_strategies(args.mask_strategy)
+    positive = load_responses(args.positive)
+    negative = load_responses(args.negative)
+    model, tokenizer = load_model(args)
+    vector = contrast_vector(model, tokenizer, positive, negative, strategy)
+    path = save_vector(
+        args.out,
+        vector,
+        {
+            "format": FORMAT,
+            "model": canonical_model_name(args.model),
+            "mask_strategy": strategy.value,
+            "layer_convention": LAYER_CONVENTION,
+            "pooling": POOLING,
+            "n_positive": len(positive),
+            "n_negative": len(negative),
+        },
+    )
+    norms = np.linalg.norm(vector, axis=1)
+    print(
+        f"wrote {path}: ({vector.shape[0]}, {vector.shape[1]}) from {len(positive)} positive and "
+        f"{len(negative)} negative responses; largest norm at layer {int(norms.argmax())} "
+        f"({norms.max():.3g}). Steer with: pvrs steer --vector {path} --layer L --alpha A"
+    )
+    return 0

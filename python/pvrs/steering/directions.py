@@ -1,0 +1,192 @@
+"""Directions to steer, ablate, cap or monitor with, as `(num_layers, hidden_size)` float32
+arrays (or one `(hidden_size,)` row with `layer=`):
+
+- `direction(store, persona_id)`: persona minus baseline (the reference tool's steering
+  vector);
+- `assistant_axis_direction(store)`: the baseline assistant minus the mean of the role personas,
+  pointing from "playing a role" towards "being the assistant" (the assistant-axis paper);
+- `probe_direction(weights)`: a linear probe's weight vector (array or file);
+- `load_vector(path)`: a vector file (store `.safetensors`, any single-tensor
+  `.safetensors`, `.npy`, or a llama.cpp control-vector `.gguf`);
+- `from_spec(spec, store)`: the CLI's way to name any of these;
+- contrastive vectors from two prompt sets live in `pvrs.steering.contrast`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from pvrs.errors import ArtifactError, InputError, InvalidArgumentError, NonFiniteError
+from pvrs.store import BASELINE_PERSONA_ID
+
+if TYPE_CHECKING:
+    from pvrs.hub.reading import HFPersonaVectorStore
+    from pvrs.store import PersonaVectorStore
+
+    # Local or Hub: both have `load`, `stack` and `list_personas`.
+    VectorStore = PersonaVectorStore | HFPersonaVectorStore
+
+DEFAULT_VARIANT = "templated"
+ASSISTANT_AXIS_SPECS = ("assistant-axis", "assistant_axis", "assistant")
+# Tensor names tried, in order, in a multi-tensor safetensors file.
+PROBE_WEIGHTS_FILE = "weights.safetensors"  # inside a saved probe artifact folder
+_TENSOR_NAMES = ("activations", "direction", "vector", "weight", "weights", "coef", "coef_")
+
+
+def _finite(array: np.ndarray, what: str) -> np.ndarray:
+    if not np.isfinite(array).all():
+        raise NonFiniteError(f"{what} holds NaN or Inf values; recompute or clean it")
+    return array
+
+
+def _select_layer(array: np.ndarray, layer: int | None, what: str) -> np.ndarray:
+    if layer is None:
+        return array
+    if array.ndim != 2:
+        raise InvalidArgumentError(f"{what} has shape {array.shape}; layer= needs (L, H)")
+    if not -array.shape[0] <= layer < array.shape[0]:
+        raise InvalidArgumentError(
+            f"layer {layer} is out of range for {what} with {array.shape[0]} layers"
+        )
+    return array[layer]
+
+
+def direction(
+    store: VectorStore,
+    persona_id: str,
+    against: str = BASELINE_PERSONA_ID,
+    layer: int | None = None,
+    variant: str = DEFAULT_VARIANT,
+) -> np.ndarray:
+    """`store.load(persona_id) - store.load(against)`, computed in float64: `(L, H)`, or
+    row `layer` as `(H,)`. Adding it steers towards the persona."""
+    diff = store.load(persona_id, variant).astype(np.float64) - store.load(against, variant)
+    what = f"the direction {persona_id!r} - {against!r}"
+    return _select_layer(_finite(diff.astype(np.float32), what), layer, what)
+
+
+def assistant_axis_direction(
+    store: VectorStore,
+    roles: Sequence[str] | None = None,
+    layer: int | None = None,
+    variant: str = DEFAULT_VARIANT,
+    baseline: str = BASELINE_PERSONA_ID,
+) -> np.ndarray:
+    """`baseline - mean(roles)` (default roles: every saved persona except the baseline),
+    the `pvrs.analysis.assistant_axis` definition, unnormalised.
+    Projections grow towards the assistant; a conversation drifting into a role shows as
+    falling projections, and `cap(..., side="lower")` keeps them from falling too far."""
+    from pvrs.analysis.compute import assistant_axis as axis_of
+
+    ids = store.list_personas([variant]) if roles is None else list(roles)
+    ids = [baseline, *(pid for pid in ids if pid != baseline)]
+    if len(ids) < 2:
+        raise InvalidArgumentError(
+            f"the assistant axis needs role personas besides {baseline!r} in "
+            f"{store.location(variant)}; extract some personas first"
+        )
+    vectors = store.stack(ids, variant)
+    result = axis_of(vectors, ids, list(range(vectors.shape[1])), default_ids=(baseline,))
+    # `pvrs.analysis.compute` gives unit rows and their lengths; steering wants the raw difference.
+    axis = (result.axis * result.norm[:, None]).astype(np.float32)
+    return _select_layer(_finite(axis, "the assistant axis"), layer, "the axis")
+
+
+def _read_safetensors(path: Path) -> np.ndarray:
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ArtifactError(f"{path}: not a readable safetensors file ({exc})") from None
+    if len(tensors) == 1:
+        return next(iter(tensors.values()))
+    for name in _TENSOR_NAMES:
+        if name in tensors:
+            return tensors[name]
+    raise ArtifactError(
+        f"{path}: holds tensors {sorted(tensors)}; pvrs reads a single tensor or one named "
+        f"{', '.join(_TENSOR_NAMES)}"
+    )
+
+
+def load_vector(path: str | Path, layer: int | None = None) -> np.ndarray:
+    """A vector file as float32: `.safetensors` (a store tensor, or any file with a single
+    tensor), `.npy`, or a control-vector `.gguf` (rows for layers it lacks are zero).
+    A leading axis of size 1 (a binary probe's `(1, H)` weights) is dropped."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"vector file {path} does not exist")
+    suffix = path.suffix.lower()
+    if suffix == ".safetensors":
+        array = _read_safetensors(path)
+    elif suffix == ".npy":
+        try:
+            array = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise ArtifactError(f"{path}: not a readable .npy array ({exc})") from None
+    elif suffix == ".gguf":
+        from pvrs.steering.controlvector import read_control_vector
+
+        array = read_control_vector(path)
+    else:
+        raise InputError(f"{path}: unknown vector format; use .safetensors, .npy or .gguf")
+    array = np.asarray(array, dtype=np.float32)
+    if array.ndim == 2 and array.shape[0] == 1:
+        array = array[0]
+    if array.ndim not in (1, 2):
+        raise ArtifactError(f"{path}: a vector is (H,) or (L, H), this file holds {array.shape}")
+    return _select_layer(_finite(array, str(path)), layer, str(path))
+
+
+def probe_direction(weights: Any, layer: int | None = None) -> np.ndarray:
+    """A linear probe's weights as a direction: an array, a fitted scikit-learn linear model
+    (its `coef_`), a `pvrs.analysis.probes.ProbeArtifact` (its `weight`), a probe artifact folder
+    (its `weights.safetensors`), or a file readable by `load_vector`. Projections on it
+    grow with the probe's score (for a two-class probe, towards its second class)."""
+    if isinstance(weights, (str, Path)):
+        path = Path(weights)
+        if path.is_dir():  # a saved probe: its class rows are checked like a fitted one's
+            from pvrs.analysis.probes import load_probe_artifact
+
+            return probe_direction(load_probe_artifact(path))
+        return load_vector(path, layer)
+    fitted = getattr(weights, "coef_", None)
+    if fitted is None:
+        fitted = getattr(weights, "weight", None)
+    if fitted is not None:  # a fitted probe: one row per class, one row for two classes
+        rows = np.atleast_2d(np.asarray(fitted, dtype=np.float32))
+        if rows.shape[0] != 1:
+            raise InvalidArgumentError(
+                f"the probe has {rows.shape[0]} weight rows (one per class); pass the row "
+                "you want, e.g. probe_direction(probe.coef_[k])"
+            )
+        return _finite(rows[0], "the probe weights")
+    array = np.asarray(weights, dtype=np.float32)
+    if array.ndim == 2 and array.shape[0] == 1:
+        array = array[0]
+    return _select_layer(_finite(array, "the probe weights"), layer, "the probe weights")
+
+
+def from_spec(
+    spec: str, store: VectorStore | None, variant: str = DEFAULT_VARIANT
+) -> np.ndarray:
+    """Resolve a CLI vector spec: an existing file path (`load_vector`), `assistant-axis`,
+    or a persona id (persona minus baseline from `store`)."""
+    if Path(spec).is_file():
+        return load_vector(spec)
+    if store is None:
+        raise InputError(f"{spec!r} is not a file, and no store was given to look it up in")
+    if spec in ASSISTANT_AXIS_SPECS:
+        return assistant_axis_direction(store, variant=variant)
+    if not store.has(spec, variant):
+        raise InputError(
+            f"{spec!r} is neither a vector file nor a persona saved in "
+            f"{store.location(variant)}; run `pvrs extract` for it, pass a .safetensors/"
+            f".npy/.gguf file, or use 'assistant-axis'"
+        )
+    return direction(store, spec, variant=variant)

@@ -1,0 +1,357 @@
+"""Interventions on the residual stream of any Hugging Face causal LM: add a vector
+(`steer`), remove its component (`ablate`), or cap the projection on an axis (`cap`).
+
+Each is a context manager over forward hooks on the decoder blocks: the hook edits block
+`i`'s output, the same place row `i` of a persona vector was read. They stack (hooks run
+in the order the `with` blocks were entered) and leaving the block, also by an exception,
+removes every hook.
+
+Vectors are `(hidden_size,)`, used at every chosen layer, or `(num_layers, hidden_size)`,
+row `i` used at block `i`: a persona vector, or a direction from `pvrs.steering.directions`
+(re-exported here: `direction`, `assistant_axis_direction`, `probe_direction`, `load_vector`).
+
+Positions. `positions="all"` edits every token. `"prompt"` edits only the prompt's tokens
+and `"generated"` only the tokens produced by `generate`; both give the same tokens with
+and without the KV cache: with the cache the prompt is seen once (the prefill) and each
+new token once, without it every step re-runs the whole sequence and the same positions
+are edited again. The prompt is the first forward on an empty cache, or, without a cache,
+the first forward whose tokens do not continue the previous prompt.
+
+Strength. `steer` adds `alpha * v` with `v` as given (a raw persona-minus-baseline
+difference, like the reference tool's coefficient). `suggested_alphas` turns a relative
+strength into an alpha per layer: `alpha = fraction * median_norm(layer) / ||v_layer||`,
+so that `alpha * v` has `fraction` times the median residual-stream norm of ordinary
+tokens at that layer (`pvrs.steering.residuals.residual_norms`, first token of each text excluded).
+On SmolLM2-135M with a persona-minus-baseline direction at layers 12-18, 0.4 (the default)
+gives clearly in-character but fluent replies and 0.8 breaks fluency."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+from torch import nn
+
+from pvrs.engines.hooks import decoder_layers, forward_hooks, hidden_of, replace_hidden
+from pvrs.errors import InvalidArgumentError
+from pvrs.steering.directions import (
+    assistant_axis_direction,
+    direction,
+    load_vector,
+    probe_direction,
+)
+from pvrs.steering.residuals import (
+    TextLike,
+    VectorLike,
+    calibrate_tau,
+    layer_vectors,
+    residual_norms,
+    resolve_layers,
+    unit,
+)
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+__all__ = [
+    "POSITIONS",
+    "Positions",
+    "ablate",
+    "assistant_axis_direction",
+    "calibrate_tau",
+    "cap",
+    "direction",
+    "load_vector",
+    "probe_direction",
+    "steer",
+    "suggested_alpha",
+    "suggested_alphas",
+]
+
+Positions = Literal["all", "prompt", "generated"]
+POSITIONS: tuple[str, ...] = ("all", "prompt", "generated")
+Transform = Callable[[torch.Tensor, int], torch.Tensor]
+
+
+def _cache_length(cache: Any) -> int:
+    """Tokens already in a KV cache (a `Cache` object or the legacy tuple of tuples)."""
+    if cache is None:
+        return 0
+    if hasattr(cache, "get_seq_length"):
+        return int(cache.get_seq_length())
+    if isinstance(cache, (tuple, list)) and cache and cache[0] is not None:
+        return int(cache[0][0].shape[-2])
+    return 0
+
+
+@dataclass
+class _PositionTracker:
+    """Absolute position of the current forward's tokens and the prompt's length, read by a
+    pre-hook on the model from its inputs and KV cache."""
+
+    positions: str
+    prompt_len: int = 0
+    offset: int = 0
+    armed: bool = False
+    _prompt: torch.Tensor | None = field(default=None, repr=False)
+
+    def pre_hook(self, _module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        tokens = kwargs.get("input_ids")
+        if tokens is None:
+            tokens = args[0] if args else kwargs.get("inputs_embeds")
+        if tokens is None:
+            raise InvalidArgumentError(
+                f"positions={self.positions!r} needs input_ids or inputs_embeds in the call"
+            )
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        self.offset = _cache_length(cache)
+        length = tokens.shape[1]
+        if self.offset == 0 and not self._continues_prompt(tokens, has_cache=cache is not None):
+            self.prompt_len = length
+            self._prompt = tokens.detach().clone()
+        self.armed = True
+
+    def _continues_prompt(self, tokens: torch.Tensor, *, has_cache: bool) -> bool:
+        # With a cache a forward from position 0 is always a new prefill; without one,
+        # `generate` re-feeds the prompt plus the tokens generated so far.
+        prompt = self._prompt
+        return (
+            not has_cache
+            and prompt is not None
+            and prompt.shape[0] == tokens.shape[0]
+            and tokens.shape[1] > self.prompt_len
+            and prompt.device == tokens.device
+            and torch.equal(tokens[:, : self.prompt_len], prompt)
+        )
+
+    def post_hook(self, _module: nn.Module, _args: tuple[Any, ...], _output: Any) -> None:
+        self.armed = False
+
+    def mask(self, hidden: torch.Tensor) -> torch.Tensor:
+        """`(1, T, 1)` booleans: which of this forward's positions to edit."""
+        if not self.armed:
+            raise InvalidArgumentError(
+                f"positions={self.positions!r} needs the forward to go through the model "
+                "given to the intervention (not one of its sub-modules)"
+            )
+        absolute = self.offset + torch.arange(hidden.shape[1], device=hidden.device)
+        in_prompt = absolute < self.prompt_len
+        chosen = in_prompt if self.positions == "prompt" else ~in_prompt
+        return chosen.view(1, -1, 1)
+
+
+@contextmanager
+def _intervene(
+    model: nn.Module, layers: Sequence[int], transform: Transform, positions: str
+) -> Iterator[None]:
+    """Replace block `i`'s output `h` by `transform(h, i)` at the chosen positions."""
+    if positions not in POSITIONS:
+        raise InvalidArgumentError(
+            f"positions={positions!r} is not one of {', '.join(map(repr, POSITIONS))}"
+        )
+    blocks = decoder_layers(model)
+    tracker = _PositionTracker(positions) if positions != "all" else None
+
+    def make_hook(layer: int) -> Any:
+        def hook(_module: nn.Module, _args: tuple[Any, ...], output: Any) -> Any:
+            hidden = hidden_of(output)
+            edited = transform(hidden, layer)
+            if tracker is not None:
+                edited = torch.where(tracker.mask(hidden), edited, hidden)
+            return replace_hidden(output, edited)
+
+        return hook
+
+    modules: list[nn.Module] = [blocks[i] for i in layers]
+    hooks: list[Any] = [make_hook(i) for i in layers]
+    pre_hooks: list[tuple[nn.Module, Any]] = []
+    if tracker is not None:
+        pre_hooks.append((model, tracker.pre_hook))
+        modules.append(model)
+        hooks.append(tracker.post_hook)
+    with forward_hooks(modules, hooks, pre_hooks=pre_hooks):
+        yield
+
+
+class _OnDevice:
+    """Per-layer vectors moved to the hidden state's device and dtype once, not per call."""
+
+    def __init__(self, vectors: Mapping[int, torch.Tensor]) -> None:
+        self._vectors = dict(vectors)
+        self._moved: dict[tuple[int, torch.device, torch.dtype], torch.Tensor] = {}
+
+    def get(self, layer: int, like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+        dtype = dtype or like.dtype
+        key = (layer, like.device, dtype)
+        if key not in self._moved:
+            self._moved[key] = self._vectors[layer].to(device=like.device, dtype=dtype)
+        return self._moved[key]
+
+
+def _per_layer(
+    value: float | Mapping[int, float] | Sequence[float], layers: list[int], name: str
+) -> dict[int, float]:
+    """One number for every layer, a `{layer: value}` mapping, or one value per layer."""
+    if isinstance(value, (int, float)):
+        return dict.fromkeys(layers, float(value))
+    if isinstance(value, Mapping):
+        missing = [i for i in layers if i not in value]
+        if missing:
+            raise InvalidArgumentError(f"{name} has no value for layer(s) {missing}")
+        return {i: float(value[i]) for i in layers}
+    values = list(value)
+    if len(values) != len(layers):
+        raise InvalidArgumentError(
+            f"{name} has {len(values)} values for {len(layers)} layers; give one per layer"
+        )
+    return {i: float(v) for i, v in zip(layers, values, strict=True)}
+
+
+@contextmanager
+def steer(
+    model: nn.Module,
+    vector: VectorLike,
+    layers: int | Sequence[int],
+    alpha: float | Mapping[int, float] = 1.0,
+    positions: Positions = "all",
+) -> Iterator[None]:
+    """Add `alpha * v` to the output of each block in `layers` while the block is active.
+
+    `vector` is `(hidden_size,)` or `(num_layers, hidden_size)` (row `i` at block `i`);
+    `alpha` is one number or a `{layer: alpha}` mapping (as `suggested_alphas` returns).
+    See the module docstring for `positions` and for choosing `alpha`."""
+    chosen = resolve_layers(model, layers)
+    alphas = _per_layer(alpha, chosen, "alpha")
+    scaled = {i: alphas[i] * v for i, v in layer_vectors(model, vector, chosen).items()}
+    vectors = _OnDevice(scaled)
+
+    def add(hidden: torch.Tensor, layer: int) -> torch.Tensor:
+        return hidden + vectors.get(layer, hidden)
+
+    with _intervene(model, chosen, add, positions):
+        yield
+
+
+def _projection(hidden: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
+    # fp32 arithmetic so that a bf16 model still gets an exact-enough projection.
+    return hidden.float() @ direction
+
+
+@contextmanager
+def ablate(
+    model: nn.Module,
+    direction: VectorLike,
+    layers: int | Sequence[int],
+    positions: Positions = "all",
+) -> Iterator[None]:
+    """Remove the component along `direction` from each chosen block's output:
+    `h <- h - (h . v_hat) v_hat` (directional ablation)."""
+    chosen = resolve_layers(model, layers)
+    units = _OnDevice(
+        {i: unit(v) for i, v in layer_vectors(model, direction, chosen, "direction").items()}
+    )
+
+    def remove(hidden: torch.Tensor, layer: int) -> torch.Tensor:
+        v_hat = units.get(layer, hidden, torch.float32)
+        proj = _projection(hidden, v_hat)
+        return (hidden.float() - proj.unsqueeze(-1) * v_hat).to(hidden.dtype)
+
+    with _intervene(model, chosen, remove, positions):
+        yield
+
+
+def default_cap_quantile(side: str) -> float:
+    """Calibration quantile of a cap's tau: only unusually high projections are clipped by
+    an upper cap, only unusually low ones lifted by a floor."""
+    return 0.99 if side == "upper" else 0.01
+
+
+@contextmanager
+def cap(
+    model: nn.Module,
+    axis: VectorLike,
+    layers: int | Sequence[int],
+    tau: float | Mapping[int, float] | Sequence[float] | None = None,
+    *,
+    side: Literal["upper", "lower"] = "upper",
+    calibration: Sequence[TextLike] | None = None,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+    quantile: float | None = None,
+    positions: Positions = "all",
+) -> Iterator[dict[int, float]]:
+    """Cap the projection of each chosen block's output on the unit axis `v_hat`.
+
+    `side="upper"`: `h <- h - max(h . v_hat - tau, 0) v_hat`, so projections end at most
+    `tau` and tokens already below are untouched. `side="lower"`:
+    `h <- h + max(tau - h . v_hat, 0) v_hat`, a floor (the assistant-axis paper's
+    stabilisation keeps activations from drifting away from the assistant end this way).
+
+    `tau` is a float, a `{layer: tau}` mapping or one value per layer. When it is None it
+    is calibrated with `calibrate_tau` on `calibration` (texts, chats or token ids, with
+    `tokenizer` for text) at `quantile` (default 0.99 for an upper cap, 0.01 for a floor).
+    The block yields the per-layer thresholds in use."""
+    if side not in ("upper", "lower"):
+        raise InvalidArgumentError(f"side={side!r} must be 'upper' or 'lower'")
+    chosen = resolve_layers(model, layers)
+    if tau is None:
+        if calibration is None:
+            raise InvalidArgumentError(
+                "cap needs tau=... or calibration=[texts] (tau is then a quantile of the "
+                "projections on the axis over those texts)"
+            )
+        q = quantile if quantile is not None else default_cap_quantile(side)
+        tau = calibrate_tau(model, tokenizer, axis, chosen, calibration, q)
+    thresholds = _per_layer(tau, chosen, "tau")
+    units = _OnDevice(
+        {i: unit(v, "axis") for i, v in layer_vectors(model, axis, chosen, "axis").items()}
+    )
+    sign = 1.0 if side == "upper" else -1.0
+
+    def clip(hidden: torch.Tensor, layer: int) -> torch.Tensor:
+        v_hat = units.get(layer, hidden, torch.float32)
+        excess = (sign * (_projection(hidden, v_hat) - thresholds[layer])).clamp(min=0.0)
+        return (hidden.float() - sign * excess.unsqueeze(-1) * v_hat).to(hidden.dtype)
+
+    with _intervene(model, chosen, clip, positions):
+        yield thresholds
+
+
+def suggested_alphas(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase | None,
+    vector: VectorLike,
+    layers: int | Sequence[int],
+    fraction: float = 0.4,
+    inputs: Sequence[TextLike] | None = None,
+) -> dict[int, float]:
+    """Per layer, the alpha for which `alpha * v` has `fraction` times the median residual
+    norm of ordinary tokens there: `alpha = fraction * median_norm(layer) / ||v_layer||`.
+
+    `inputs` are the texts the median is taken over (default: a few neutral chat prompts,
+    `pvrs.extraction.generate.DEFAULT_PROMPTS`, rendered with the model's chat template). Pass the
+    result as `steer(..., alpha=alphas)`."""
+    from pvrs.extraction.generate import DEFAULT_PROMPTS, as_chat
+
+    chosen = resolve_layers(model, layers)
+    vectors = layer_vectors(model, vector, chosen)
+    zero = [i for i in chosen if float(torch.linalg.vector_norm(vectors[i])) == 0.0]
+    if zero:
+        raise InvalidArgumentError(f"the vector is zero at layer(s) {zero}; no strength steers")
+    texts = list(inputs) if inputs is not None else [as_chat(p) for p in DEFAULT_PROMPTS]
+    norms = residual_norms(model, tokenizer, texts, chosen)
+    return {i: fraction * norms[i] / float(torch.linalg.vector_norm(vectors[i])) for i in chosen}
+
+
+def suggested_alpha(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase | None,
+    vector: VectorLike,
+    layer: int,
+    fraction: float = 0.4,
+    inputs: Sequence[TextLike] | None = None,
+) -> float:
+    """`suggested_alphas` for one layer."""
+    return next(iter(suggested_alphas(model, tokenizer, vector, layer, fraction, inputs).values()))

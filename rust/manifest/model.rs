@@ -1,0 +1,266 @@
+//! The manifest model: the persona-id rules and the checked reading of `manifest.json`
+//! (JSON shape and field types) into the view the folder check works from.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::Path;
+
+use serde_json::Value;
+
+use super::report::{error, warning, Problem};
+use super::MAX_PERSONA_ID_BYTES;
+
+const MAX_MANIFEST_BYTES: u64 = 1 << 30;
+
+/// Why a persona id is not a safe file name (None when it is). Mirrors
+/// `pvrs.store.validate_persona_id`.
+pub fn persona_id_problem(id: &str) -> Option<String> {
+    if id.is_empty() {
+        return Some("is empty".into());
+    }
+    if id.contains('/') || id.contains('\\') {
+        return Some("contains a path separator".into());
+    }
+    if id.contains("..") {
+        return Some("contains '..'".into());
+    }
+    if id.chars().any(char::is_control) {
+        return Some("contains a control character".into());
+    }
+    if id.len() > MAX_PERSONA_ID_BYTES {
+        return Some(format!(
+            "is {} bytes long (at most {MAX_PERSONA_ID_BYTES} in UTF-8)",
+            id.len()
+        ));
+    }
+    None
+}
+
+/// The manifest's recorded personas (checked for shape and types), or None when unusable.
+pub(super) struct ManifestView {
+    pub(super) shape: Option<(u64, u64)>,
+    pub(super) personas: BTreeMap<String, Option<String>>,
+}
+
+const PROVENANCE_KEYS: [&str; 10] = [
+    "format",
+    "model",
+    "revision",
+    "dtype",
+    "mask_strategy",
+    "variant",
+    "layer_convention",
+    "pooling",
+    "chat_template_sha256",
+    "pvrs_version",
+];
+
+pub(super) fn read_manifest(
+    path: &Path,
+    dir: &Path,
+    problems: &mut Vec<Problem>,
+) -> Option<ManifestView> {
+    let bad = |problems: &mut Vec<Problem>, msg: String| {
+        problems.push(error(path, "bad_manifest", msg));
+    };
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_file() && m.len() <= MAX_MANIFEST_BYTES => {}
+        Ok(m) if m.file_type().is_file() => {
+            bad(
+                problems,
+                format!(
+                    "manifest is {} bytes; refusing to read more than 1 GiB",
+                    m.len()
+                ),
+            );
+            return None;
+        }
+        Ok(_) => {
+            bad(
+                problems,
+                "manifest.json is not a regular file (symlink, folder or device)".into(),
+            );
+            return None;
+        }
+        Err(e) => {
+            bad(problems, format!("cannot read: {e}"));
+            return None;
+        }
+    }
+    let value: Value = match fs::read(path).map_err(|e| e.to_string()).and_then(|bytes| {
+        serde_json::from_slice(&bytes).map_err(|e| format!("not valid JSON ({e})"))
+    }) {
+        Ok(v) => v,
+        Err(e) => {
+            bad(problems, e);
+            return None;
+        }
+    };
+    let Value::Object(top) = value else {
+        bad(problems, "manifest is not a JSON object".into());
+        return None;
+    };
+    let positive = |key: &str, problems: &mut Vec<Problem>| -> Option<u64> {
+        match top.get(key) {
+            Some(v) if v.as_u64().is_some_and(|n| n > 0) => v.as_u64(),
+            Some(v) => {
+                problems.push(error(
+                    path,
+                    "bad_manifest",
+                    format!("{key:?} must be a positive integer, got {v}"),
+                ));
+                None
+            }
+            None => {
+                problems.push(error(path, "bad_manifest", format!("missing {key:?}")));
+                None
+            }
+        }
+    };
+    let num_layers = positive("num_layers", problems);
+    let hidden_size = positive("hidden_size", problems);
+    for key in PROVENANCE_KEYS {
+        if let Some(v) = top.get(key) {
+            if !(v.is_string() || v.is_null()) {
+                bad(
+                    problems,
+                    format!("{key:?} must be a string or null, got {v}"),
+                );
+            }
+        }
+    }
+    if let Some(v) = top.get("format_version") {
+        if v.as_u64().is_none() {
+            bad(
+                problems,
+                format!("\"format_version\" must be a non-negative integer, got {v}"),
+            );
+        }
+    }
+    // Readers find vectors by folder name, so a manifest filed under another variant or
+    // strategy than it records is misleading (a warning: the data itself is intact).
+    for (key, folder) in [
+        ("variant", dir.file_name()),
+        ("mask_strategy", dir.parent().and_then(Path::file_name)),
+    ] {
+        if let (Some(Value::String(said)), Some(folder)) = (top.get(key), folder) {
+            let folder = folder.to_string_lossy();
+            if said.as_str() != folder {
+                problems.push(warning(
+                    path,
+                    "misplaced_manifest",
+                    format!("records {key}={said:?} but lives in folder {folder:?}; move it back"),
+                ));
+            }
+        }
+    }
+    let Some(Value::Object(personas)) = top.get("personas") else {
+        bad(
+            problems,
+            "missing \"personas\" object {id: {name, sample_ids}}".into(),
+        );
+        return None;
+    };
+    let mut recorded = BTreeMap::new();
+    for (id, entry) in personas {
+        if let Some(why) = persona_id_problem(id) {
+            problems.push(error(
+                path,
+                "unsafe_persona_id",
+                format!("persona id {id:?} {why}; persona ids must be safe file names"),
+            ));
+            continue;
+        }
+        let mut entry_problem = |msg: String| {
+            problems.push(error(
+                path,
+                "bad_manifest",
+                format!("personas[{id:?}]: {msg}"),
+            ));
+        };
+        let Value::Object(fields) = entry else {
+            entry_problem("must be an object {name, sample_ids}".into());
+            recorded.insert(id.clone(), None);
+            continue;
+        };
+        if !fields.get("name").is_some_and(Value::is_string) {
+            entry_problem("\"name\" must be a string".into());
+        }
+        let n_ids = match fields.get("sample_ids") {
+            Some(Value::Array(ids)) if ids.iter().all(Value::is_string) => Some(ids.len() as u64),
+            _ => {
+                entry_problem("\"sample_ids\" must be a list of strings".into());
+                None
+            }
+        };
+        match fields.get("n_samples") {
+            None => {}
+            Some(v) if v.as_u64().is_some() => {
+                if let (Some(n), Some(k)) = (v.as_u64(), n_ids) {
+                    if n != k {
+                        entry_problem(format!("n_samples={n} but {k} sample_ids"));
+                    }
+                }
+            }
+            Some(v) => entry_problem(format!("\"n_samples\" must be an integer, got {v}")),
+        }
+        if let Some(v) = fields.get("n_tokens") {
+            if !(v.is_null() || v.as_u64().is_some()) {
+                entry_problem(format!("\"n_tokens\" must be an integer or null, got {v}"));
+            }
+        }
+        if let Some(v) = fields.get("created_at") {
+            if !v.is_string() {
+                entry_problem(format!("\"created_at\" must be a string, got {v}"));
+            }
+        }
+        let sha256 = match fields.get("sha256") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) if s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()) => {
+                Some(s.to_ascii_lowercase())
+            }
+            Some(v) => {
+                entry_problem(format!("\"sha256\" must be 64 hex digits, got {v}"));
+                None
+            }
+        };
+        recorded.insert(id.clone(), sha256);
+    }
+    Some(ManifestView {
+        shape: num_layers.zip(hidden_size),
+        personas: recorded,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_util::{kinds, tree};
+    use super::*;
+    use crate::manifest::validate;
+
+    #[test]
+    fn a_moved_variant_folder_is_a_warning() {
+        let (tmp, dir) = tree();
+        let moved = tmp
+            .path()
+            .join("org__m")
+            .join("answer_mean")
+            .join("biography");
+        fs::rename(&dir, &moved).unwrap();
+        let report = validate(&moved, false).unwrap();
+        assert!(report.is_clean());
+        assert_eq!(kinds(&report), vec!["misplaced_manifest"]);
+    }
+
+    #[test]
+    fn persona_id_rules() {
+        for good in ["a", "日本語", "🏴‍☠️ x", "a.b"] {
+            assert_eq!(persona_id_problem(good), None);
+        }
+        for bad in ["", "a/b", "a\\b", "..", "x..y", "a\u{7}", "a\u{85}"] {
+            assert!(persona_id_problem(bad).is_some(), "{bad:?}");
+        }
+        assert!(persona_id_problem(&"x".repeat(201)).is_some());
+        assert!(persona_id_problem(&"x".repeat(200)).is_none());
+    }
+}
