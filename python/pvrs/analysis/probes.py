@@ -360,7 +360,9 @@ def _linear_map(estimator: Any) -> tuple[np.ndarray, np.ndarray]:
 
 def save_probe_artifact(artifact: ProbeArtifact, directory: str | Path) -> Path:
     """Write `probe.json` and `weights.safetensors` into `directory` (created)."""
-    from safetensors.numpy import save_file
+    from safetensors.numpy import save
+
+    from pvrs.store import atomic_write_bytes
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -374,13 +376,9 @@ def save_probe_artifact(artifact: ProbeArtifact, directory: str | Path) -> Path:
         "classes": artifact.classes,
         **artifact.meta,
     }
-    save_file(
-        {
-            "weight": np.ascontiguousarray(artifact.weight),
-            "bias": np.ascontiguousarray(artifact.bias),
-        },
-        str(directory / WEIGHTS_FILE),
-    )
+    # Bytes through atomic_write_bytes: safetensors' save_file ignores the umask (mode 0o600).
+    weights = {"weight": np.ascontiguousarray(artifact.weight), "bias": np.ascontiguousarray(artifact.bias)}
+    atomic_write_bytes(directory / WEIGHTS_FILE, save(weights))
     (directory / PROBE_JSON).write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
     return directory
 

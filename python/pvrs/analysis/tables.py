@@ -128,7 +128,9 @@ def agreement_table(results: list[an.AgreementResult], path: Path) -> Path:
 
 
 def axis_tables(axis: an.AxisResult, names: list[str], out: Path) -> list[Path]:
-    from safetensors.numpy import save_file
+    from safetensors.numpy import save
+
+    from pvrs.store import atomic_write_bytes
 
     defaults = set(axis.default_ids)
     proj = _write_csv(
@@ -140,10 +142,13 @@ def axis_tables(axis: an.AxisResult, names: list[str], out: Path) -> list[Path]:
         ],
     )
     vec = out / "assistant_axis.safetensors"
-    save_file(
-        {"axis": np.ascontiguousarray(axis.axis), "norm": axis.norm.astype(np.float32)},
-        str(vec),
-        metadata={"layers": json.dumps(axis.layers), "default_ids": json.dumps(axis.default_ids)},
+    # Bytes through atomic_write_bytes: safetensors' save_file ignores the umask (mode 0o600).
+    atomic_write_bytes(
+        vec,
+        save(
+            {"axis": np.ascontiguousarray(axis.axis), "norm": axis.norm.astype(np.float32)},
+            metadata={"layers": json.dumps(axis.layers), "default_ids": json.dumps(axis.default_ids)},
+        ),
     )
     return [proj, vec]
 

@@ -11,8 +11,6 @@ exported."""
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -55,27 +53,24 @@ def write_control_vector(
         raise InvalidArgumentError(
             f"layer {chosen[-1]} is out of range for a vector with {array.shape[0]} layers"
         )
+    from pvrs.store import atomic_path
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
     try:
-        writer = gguf.GGUFWriter(tmp, ARCH)
-        writer.add_string(f"{ARCH}.model_hint", model_hint)
-        writer.add_int32(f"{ARCH}.layer_count", len(chosen))
-        for k in chosen:
-            row = array[k] if array.ndim == 2 else array
-            writer.add_tensor(f"direction.{k}", np.ascontiguousarray(row * np.float32(scale)))
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-        writer.close()
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            writer = gguf.GGUFWriter(tmp, ARCH)
+            writer.add_string(f"{ARCH}.model_hint", model_hint)
+            writer.add_int32(f"{ARCH}.layer_count", len(chosen))
+            for k in chosen:
+                row = array[k] if array.ndim == 2 else array
+                writer.add_tensor(f"direction.{k}", np.ascontiguousarray(row * np.float32(scale)))
+            writer.write_header_to_file()
+            writer.write_kv_data_to_file()
+            writer.write_tensors_to_file()
+            writer.close()
     except OSError as exc:
         raise PvrsIOError(f"cannot write {path}: {exc.strerror or exc}") from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 

@@ -7,7 +7,7 @@ The names below are the store's public API (`from pvrs.store import PersonaVecto
 from __future__ import annotations
 
 from pvrs.store.dataset import AnalysisDataset, discover_activation_models, load_analysis_dataset
-from pvrs.store.files import atomic_write_bytes
+from pvrs.store.files import atomic_path, atomic_write_bytes
 from pvrs.store.layout import (
     BASELINE_PERSONA_ID,
     DEFAULT_MASK_STRATEGY,
@@ -42,6 +42,7 @@ __all__ = [
     "PersonaVectorStore",
     "VectorNotFoundError",
     "VectorRecord",
+    "atomic_path",
     "atomic_write_bytes",
     "discover_activation_models",
     "load_analysis_dataset",

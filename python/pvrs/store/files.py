@@ -6,8 +6,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import stat
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,9 @@ import numpy as np
 
 from pvrs.errors import ArtifactError, InvalidArgumentError, NonFiniteError
 from pvrs.store.layout import TENSOR_KEY
+
+# What the Rust readers decode (upcast exactly to float32); pvrs itself writes F32.
+READABLE_DTYPES = frozenset({"F32", "BF16", "F16"})
 
 
 def as_float32(activations: Any, what: str, ndim: int) -> np.ndarray:
@@ -56,22 +60,44 @@ def _fsync_dir(directory: Path) -> None:
 
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so that readers see the old file or the new one, never a mix:
-    a temporary file in the same folder (`.<name>.<random>.tmp`), fsync, rename, fsync dir."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+def file_mode() -> int:
+    """The mode `open()` would give a new file: 0o666 less the umask. `mkstemp` and
+    safetensors' `save_file` create 0o600 files whatever the umask, so writers chmod to this."""
+    # /proc avoids os.umask's set-and-restore, during which another thread's files get mode 0o666.
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return 0o666 & ~int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A temporary path in `path`'s folder (`.<name>.<random>.tmp`) to write, then fsynced,
+    given the umask's mode and renamed onto `path` (dir fsynced): readers see the old file or
+    the new one, never a mix. On an error the temporary file is removed."""
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
+        yield tmp
+        with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)
+        os.chmod(tmp, file_mode())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
     _fsync_dir(path.parent)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` atomically (see `atomic_path`)."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def safetensors_bytes(array: np.ndarray, metadata: dict[str, str] | None = None) -> bytes:
@@ -106,6 +132,50 @@ def read_tensor(path: Path) -> tuple[np.ndarray, dict[str, str]]:
             f"{path}: unreadable safetensors file ({exc}); run `pvrs validate {path.parent}`"
         ) from None
     return np.asarray(array, dtype=np.float32), metadata
+
+
+def escapes(path: Path, tree: Path) -> Path | None:
+    """Where `path` really leads when that is outside `tree` (None: inside). `pvrs validate`
+    refuses such symlinks, so no reader follows them either."""
+    target = path.resolve()
+    return None if target.is_relative_to(tree.resolve()) else target
+
+
+def tensor_problem(
+    path: Path, tree: Path, shape: tuple[int, int], sha256: str | None = None
+) -> str | None:
+    """Why `path` is not a persona vector readers may use (None: it is), by the rules of
+    `pvrs validate` (`rust/manifest/tensor.rs`): a regular file inside `tree`, a header that
+    parses (which also bounds the file's size: the tensors must tile it exactly), an
+    "activations" tensor of a float dtype and of `shape`, and, given `sha256`, those bytes.
+
+    Hashing costs about 0.3 ms for a (42, 3584) float32 file (602 kB), so resume checks it."""
+    from pvrs import _core
+
+    try:
+        link = path.lstat()
+    except FileNotFoundError:
+        return "the tensor file is missing"
+    if stat.S_ISLNK(link.st_mode):
+        outside = escapes(path, tree)
+        if outside is not None:
+            return f"symlink points outside the store (to {outside}); copy the file in instead"
+    try:
+        if not stat.S_ISREG(path.stat().st_mode):
+            return "not a regular file (folder, FIFO or device)"
+        header = _core.read_safetensors_header(path)
+    except (ArtifactError, OSError) as exc:
+        return str(exc).removeprefix(f"{path}: ").split("; re-extract or delete")[0]
+    info = header["tensors"].get(TENSOR_KEY)  # type: ignore[union-attr]
+    if info is None:
+        return f"no {TENSOR_KEY!r} tensor"
+    if info["dtype"] not in READABLE_DTYPES:
+        return f"{TENSOR_KEY!r} has dtype {info['dtype']}; expected F32, BF16 or F16"
+    if tuple(info["shape"]) != shape:
+        return f"{TENSOR_KEY!r} has shape {tuple(info['shape'])} but the manifest says {shape}"
+    if sha256 is not None and _core.sha256_file(path) != sha256.lower():
+        return "its sha256 differs from the manifest's: the file changed after it was saved"
+    return None
 
 
 def stack_files(paths: Sequence[Path], layers: Sequence[int] | None) -> np.ndarray:
