@@ -306,3 +306,62 @@ def test_a_zero_token_budget_is_refused_before_any_work(monkeypatch: pytest.Monk
     model = tiny_model("llama", vocab_size=len(tokenizer))
     with pytest.raises(pvrs.InvalidArgumentError, match="--batch-tokens must be >= 1, got 0"):
         extract(model, tokenizer, PERSONAS[1:2], QA, batch_tokens=0, progress=False)
+
+
+def test_cli_extract_checks_inputs_and_output_before_loading_the_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def no_load(*args, **kwargs):
+        raise AssertionError("the model should not load")
+
+    monkeypatch.setattr(pvrs.engines.models, "load", no_load)
+    repeated = tmp_path / "qa.jsonl"
+    repeated.write_text("".join(json.dumps({"qid": "q1", "question": "Hi?", "answer": "Yo."}) + "\n" for _ in range(2)))
+    no_templated = tmp_path / "personas.jsonl"
+    no_templated.write_text(json.dumps({"id": "pirate", "name": "Pirate", "biography": "A pirate."}) + "\n")
+    a_file = tmp_path / "file"
+    a_file.write_text("")
+    base = ["extract", "--output-dir", str(tmp_path / "store")]
+    cases = [
+        ([*base, "--qa", str(repeated)], "two QA rows with qid 'q1'"),
+        ([*base, "--mask-strategy", "answer_middle"], "unknown mask strategy"),
+        ([*base, "--personas", str(no_templated)], "persona 'pirate' has no 'templated' field"),
+        (["extract", "--output-dir", str(a_file / "store")], "is not a folder"),
+        (["extract", "--output-dir", str(a_file)], "is a file"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, (argv, err)
+    for flag, value in [("--batch-tokens", "0"), ("--min-score", "nan"), ("--temperature", "inf")]:
+        with pytest.raises(SystemExit) as exit_info:
+            main([*base, flag, value])
+        assert exit_info.value.code == 2
+        assert f"argument {flag}" in capsys.readouterr().err
+
+
+def test_cli_extract_stops_on_a_full_disk_and_reports_what_was_saved(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import errno
+
+    from pvrs.extraction import driver as extract_module
+
+    out = tmp_path / "store"
+    real_store_job = extract_module._store_job
+    calls = []
+
+    def fill_disk_on_the_second_save(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_store_job(*args, **kwargs)
+
+    monkeypatch.setattr(extract_module, "_store_job", fill_disk_on_the_second_save)
+    argv = ["extract", "--model", str(tiny_model_dir), "--output-dir", str(out), "--variants", "templated", "templated",
+            "--persona-id", "pirate_captain", "baseline_assistant"]  # fmt: skip
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1] == f"pvrs extract: error: cannot write {out}: No space left on device"
+    assert "1 written, 0 skipped, 1 failed" in err  # the summary; the repeated variant ran once
+    assert len(calls) == 2

@@ -3,10 +3,67 @@
 from __future__ import annotations
 
 import argparse
+import math
+import os
+from pathlib import Path
+from typing import Any
 
+from pvrs.errors import PvrsIOError
 from pvrs.store.sources import SOURCE_HELP
 
 EXIT_USAGE = 2
+
+
+def finite_float(text: str) -> float:
+    """argparse type for every float flag: `nan` and `inf` parse as floats but mean nothing
+    as a strength, temperature or size (and `--json` would write them as invalid JSON)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type for counts and budgets that must be at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return value
+
+
+class UniqueList(argparse.Action):
+    """`nargs="+"` that drops repeated values (keeping the first), so `--variants templated
+    templated` does the work once."""
+
+    def __call__(
+        self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any, option_string: str | None = None
+    ) -> None:
+        setattr(namespace, self.dest, list(dict.fromkeys(values)))
+
+
+def check_writable(flag: str, path: str | os.PathLike[str] | None, *, is_dir: bool = False) -> None:
+    """Fail before any slow work when an output location cannot be written: the nearest
+    existing folder on the way to it must be a writable folder."""
+    if path is None:
+        return
+    target = Path(path).expanduser()
+    probe = target if is_dir else target.parent
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if target.exists() and target.is_dir() != is_dir:
+        kind = "a file" if target.is_file() else "a folder"
+        raise PvrsIOError(f"{flag} {str(path)!r} is {kind}; pass a {'folder' if is_dir else 'file path'}")
+    if not probe.is_dir():
+        raise PvrsIOError(f"{flag} {str(path)!r}: {str(probe)!r} is not a folder")
+    writable = os.access(target if target.exists() else probe, os.W_OK)
+    if not writable:
+        raise PvrsIOError(f"{flag} {str(path)!r}: cannot write to {str(probe)!r} (permission denied)")
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -20,7 +77,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--device", default="auto", help="auto (cuda when visible), cpu, cuda, cuda:1, ..."
     )
-    p.add_argument("--dtype", default="auto", choices=DTYPES)
+    p.add_argument(
+        "--dtype", default="auto", choices=DTYPES, help="auto: bfloat16 on GPU, float32 on CPU"
+    )
 
 
 def add_model_and_store_args(p: argparse.ArgumentParser) -> None:
@@ -30,13 +89,35 @@ def add_model_and_store_args(p: argparse.ArgumentParser) -> None:
         default="templated",
         help="prompt variant of stored vectors (default templated)",
     )
-    p.add_argument("--mask-strategy", default="answer_mean", help="mask strategy of stored vectors")
+    p.add_argument(
+        "--mask-strategy", default="answer_mean", help="mask strategy of stored vectors (default answer_mean)"
+    )
     p.add_argument("--source", metavar="DIR|ORG/NAME", help=f"where stored vectors are read: {SOURCE_HELP}")
 
 
-def add_generation_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 (default) decodes greedily")
-    p.add_argument("--seed", type=int, default=0, help="seed for sampling (with --temperature > 0)")
-    p.add_argument("--top-p", type=float, default=0.9, help="nucleus sampling (with --temperature > 0)")
-    p.add_argument("--system", default=None, help="system prompt (default: the template's own)")
+def add_generation_args(
+    p: argparse.ArgumentParser | argparse._ArgumentGroup,
+    *,
+    max_new_tokens: int = 64,
+    temperature: float = 0.0,
+    why: str = "greedy by default, so steered and unsteered replies differ only by the steering",
+    system: bool = True,
+) -> None:
+    """The sampling flags. `why` says why this command's defaults are what they are, since
+    they differ between commands."""
+    p.add_argument(
+        "--max-new-tokens", type=positive_int, default=max_new_tokens, help="tokens generated per reply (default %(default)s)"
+    )
+    p.add_argument(
+        "--temperature",
+        type=finite_float,
+        default=temperature,
+        help=f"0 decodes greedily (default %(default)s: {why})",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed for sampling with --temperature > 0 (default %(default)s)")
+    p.add_argument(
+        "--top-p", type=finite_float, default=0.9, help="nucleus sampling with --temperature > 0 (default %(default)s)"
+    )
+    if system:
+        p.add_argument("--system", default=None, help="system prompt (default: the template's own)")
+

@@ -4,8 +4,16 @@ each mask strategy would average."""
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
+from pvrs.cli.common import (
+    UniqueList,
+    add_generation_args,
+    check_writable,
+    finite_float,
+    positive_int,
+)
 from pvrs.errors import InputError
 
 
@@ -86,6 +94,7 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     from pvrs.extraction import inputs
     from pvrs.extraction.driver import SampleSource, extract
     from pvrs.extraction.generate import SamplingConfig, load_scores
+    from pvrs.extraction.masks import parse_strategies
     from pvrs.paths import activations_dir
 
     console = Console(stderr=True)
@@ -98,17 +107,25 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     personas = inputs.shard(inputs.select_personas(personas, args.persona_id, args.sample_size), args.shard)
     scores = load_scores(args.scores) if args.scores else None
     root = Path(args.output_dir) if args.output_dir else activations_dir()
+    check_writable("--output-dir", root, is_dir=True)
     model_name = models.canonical_model_name(args.model)
-    console.print(f"[bold]pvrs extract[/]: {len(personas)} personas x {len(args.variants)} variants, model {model_name}")
-    model, tokenizer = models.load(
-        args.model, dtype=args.dtype, device=args.device, device_map=args.device_map,
-        revision=args.revision, trust_remote_code=args.trust_remote_code,
-    )
     sampling = SamplingConfig(args.max_new_tokens, args.temperature, args.top_p, args.seed) if args.generate else None
     source = SampleSource(
         qa, n_train=args.n_train, qa_type=args.qa_type, generate=sampling,
         generations_dir=root.parent / "generations" / models.model_dir_name(model_name),
         scores=scores, min_score=args.min_score,
+    )
+    # Input mistakes (an unknown strategy, a repeated qid, a missing prompt) fail here, not
+    # after the model has loaded.
+    parse_strategies(args.mask_strategy)
+    for persona in personas:
+        source.selected(persona)
+        for variant in args.variants:
+            persona.system_prompt(variant)
+    console.print(f"[bold]pvrs extract[/]: {len(personas)} personas x {len(args.variants)} variants, model {model_name}")
+    model, tokenizer = models.load(
+        args.model, dtype=args.dtype, device=args.device, device_map=args.device_map,
+        revision=args.revision, trust_remote_code=args.trust_remote_code,
     )
     result = extract(
         model, tokenizer, personas, source,
@@ -118,6 +135,8 @@ def _cmd_extract(args: argparse.Namespace) -> int:
         verbose=args.verbose, console=console,
     )
     print_extraction_summary(console, result, root)
+    if result.stopped:
+        print(f"pvrs extract: error: {result.stopped}", file=sys.stderr)
     return 1 if result.count("failed") else 0
 
 
@@ -125,6 +144,7 @@ def _add_extract(sub: argparse._SubParsersAction) -> None:
     from pvrs.defaults import DEFAULT_BATCH_TOKENS, DEFAULT_MIN_SCORE
     from pvrs.engines.models import DEFAULT_MODEL, DTYPES
     from pvrs.extraction.inputs import QA_TYPES, VARIANTS
+    from pvrs.extraction.masks import ALL_STRATEGIES
 
     p = sub.add_parser(
         "extract",
@@ -140,27 +160,42 @@ def _add_extract(sub: argparse._SubParsersAction) -> None:
     data.add_argument("--persona-id", nargs="+", metavar="ID", help="only these personas (baseline_assistant included)")
     data.add_argument("--sample-size", type=int, metavar="N", help="only the first N personas")
     data.add_argument("--n-train", type=int, metavar="N", help="first N train-split QA rows per persona")
-    data.add_argument("--qa-type", choices=QA_TYPES, default="all")
-    data.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
-    data.add_argument("--mask-strategy", nargs="+", default=["answer_mean"], metavar="S", help="strategies, or 'all' (default: answer_mean)")
+    data.add_argument(
+        "--qa-type", choices=QA_TYPES, default="all",
+        help="QA rows to use by their type: explicit, implicit or all (default %(default)s)",
+    )
+    data.add_argument(
+        "--variants", "--variant", nargs="+", choices=VARIANTS, default=list(VARIANTS), action=UniqueList,
+        metavar="V", help=f"prompt variants: {', '.join(VARIANTS)} (default: both)",
+    )
+    data.add_argument(
+        "--mask-strategy", nargs="+", default=["answer_mean"], metavar="S",
+        help=f"strategies ({', '.join(s.value for s in ALL_STRATEGIES)}), or 'all' (default: answer_mean)",
+    )
     data.add_argument("--scores", metavar="FILE", help="judge scores (persona_id, qid, score); keep samples scoring >= --min-score")
-    data.add_argument("--min-score", type=float, default=DEFAULT_MIN_SCORE)
+    data.add_argument(
+        "--min-score", type=finite_float, default=DEFAULT_MIN_SCORE, help="lowest judge score kept, 0-100 (default %(default)s)"
+    )
     gen = p.add_argument_group("answer generation (--generate)")
     gen.add_argument("--generate", action="store_true", help="let the model answer the questions in persona, save the conversations, extract from them")
-    gen.add_argument("--max-new-tokens", type=int, default=128)
-    gen.add_argument("--temperature", type=float, default=0.7, help="0 for greedy decoding")
-    gen.add_argument("--top-p", type=float, default=0.9)
-    gen.add_argument("--seed", type=int, default=0)
+    add_generation_args(
+        gen, max_new_tokens=128, temperature=0.7, why="varied answers, as the reference tool", system=False
+    )
     mod = p.add_argument_group("model")
     mod.add_argument("--model", default=DEFAULT_MODEL, help=f"HF id, local folder or built-in name (default {DEFAULT_MODEL})")
-    mod.add_argument("--revision")
+    mod.add_argument("--revision", help="model revision on the Hub: branch, tag or commit (default: main)")
     mod.add_argument("--dtype", choices=DTYPES, default="auto", help="auto: bfloat16 on GPU, float32 on CPU")
     mod.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     mod.add_argument("--device-map", help="e.g. 'auto' to spread a large model over several GPUs")
-    mod.add_argument("--trust-remote-code", action="store_true")
+    mod.add_argument("--trust-remote-code", action="store_true", help="run the model repo's own code (only for repos you trust)")
     run = p.add_argument_group("run")
-    run.add_argument("--batch-tokens", type=int, default=DEFAULT_BATCH_TOKENS, help="padded tokens per forward batch")
-    run.add_argument("--padding-side", choices=["right", "left"], default="right")
+    run.add_argument(
+        "--batch-tokens", type=positive_int, default=DEFAULT_BATCH_TOKENS,
+        help="padded tokens per forward batch (default %(default)s; lowered on CUDA out-of-memory)",
+    )
+    run.add_argument(
+        "--padding-side", choices=["right", "left"], default="right", help="where batches are padded (default %(default)s)"
+    )
     run.add_argument("--no-prefix-reuse", action="store_true", help="re-encode the persona prompt for every question")
     run.add_argument("--output-dir", metavar="DIR", help="store root (default $ARTIFACTS_DIR/activations)")
     run.add_argument("--force", action="store_true", help="recompute personas already saved")

@@ -64,6 +64,7 @@ class ExtractionResult:
     outcomes: list[PersonaOutcome] = field(default_factory=list)
     tokens: int = 0
     seconds: float = 0.0
+    stopped: str = ""  # why the run stopped early (a write failed: disk full, ...); "" if it did not
 
     def vector(self, persona_id: str, variant: str = "templated", strategy: str | MaskStrategy = DEFAULT_STRATEGY) -> np.ndarray:
         return self.vectors[(persona_id, variant, MaskStrategy(str(strategy)))]
@@ -317,7 +318,8 @@ def extract(
 
     With `save=True` (or `save_to=ROOT`) each persona's vectors are written to the store as soon
     as they are computed; personas already saved with the same sample ids are skipped unless
-    `force`. `qa_pairs` is a list of QA rows or a `SampleSource` (train split / type selection,
+    `force`; a save that fails with an OS error (disk full) stops the run, saying why in
+    `result.stopped`. `qa_pairs` is a list of QA rows or a `SampleSource` (train split / type selection,
     answer generation, judge-score filtering). Returns every vector computed in this call."""
     from rich.console import Console
 
@@ -398,6 +400,13 @@ def extract(
                 outcome = _store_job(job, means, stores if saving else None, provenance, save_samples, result)
             except PvrsError as exc:
                 outcome = PersonaOutcome(job.persona.id, job.variant, "failed", str(exc))
+            except OSError as exc:
+                # Disk full, file size limit, permissions: every later save would fail the same
+                # way, so stop; the personas saved so far stay valid.
+                where = exc.filename or save_to or "the store"
+                result.stopped = f"cannot write {where}: {exc.strerror or exc}"
+                result.outcomes.append(PersonaOutcome(job.persona.id, job.variant, "failed", result.stopped))
+                break
             result.outcomes.append(outcome)
             bar.advance(task_personas)
     result.seconds = time.perf_counter() - start

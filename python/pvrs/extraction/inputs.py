@@ -25,8 +25,8 @@ class Persona:
 
     id: str
     name: str
-    templated: str = ""
-    biography: str = ""
+    templated: str | None = None  # None: the field is missing from the persona file
+    biography: str | None = None
     attributes: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -40,8 +40,11 @@ class Persona:
         if self.is_baseline:
             return None
         text = self.templated if variant == "templated" else self.biography
-        if not text.strip():
-            raise InputError(f"persona {self.id!r} has an empty {variant!r} prompt; fill it in or drop --variants {variant}")
+        if text is None or not text.strip():
+            state = "no" if text is None else "an empty"
+            raise InputError(
+                f"persona {self.id!r} has {state} {variant!r} field; fill it in or drop --variants {variant}"
+            )
         return text
 
 
@@ -95,6 +98,11 @@ def _require(row: dict[str, Any], key: str, where: str) -> Any:
     return value
 
 
+def _optional_text(row: dict[str, Any], key: str) -> str | None:
+    value = row.get(key)
+    return None if value is None else str(value)
+
+
 def personas_from_rows(rows: Iterable[dict[str, Any]], source: str) -> list[Persona]:
     out: list[Persona] = []
     seen: set[str] = set()
@@ -109,8 +117,8 @@ def personas_from_rows(rows: Iterable[dict[str, Any]], source: str) -> list[Pers
             Persona(
                 id=pid,
                 name=str(row.get("name") or pid),
-                templated=str(row.get("templated") or ""),
-                biography=str(row.get("biography") or ""),
+                templated=_optional_text(row, "templated"),
+                biography=_optional_text(row, "biography"),
                 attributes=attrs,
             )
         )
