@@ -257,6 +257,17 @@ def test_chat_reads_stdin_with_steering_and_capping(tiny, tiny_dir, store, capsy
     assert f"tau {tau:.3f}" in err
 
 
+def test_monitor_plot_works_offline(tmp_path):
+    pytest.importorskip("plotly")
+    from plotly.offline import get_plotlyjs
+    from pvrs.steering.monitor import TurnProjection, write_plot
+
+    turns = [TurnProjection(0, "user", "hi", 1, {0: 0.5}), TurnProjection(1, "assistant", "yo", 1, {0: 1.0})]
+    html = write_plot(turns, tmp_path / "m.html", "drift").read_text(encoding="utf-8")
+    assert "src=\"https://cdn.plot.ly" not in html
+    assert get_plotlyjs()[:200] in html
+
+
 def test_monitor_and_export_commands(tiny_dir, store, tmp_path, capsys):
     convo = tmp_path / "convo.json"
     convo.write_text(

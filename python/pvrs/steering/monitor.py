@@ -193,5 +193,6 @@ def write_plot(turns: Sequence[TurnProjection], path: str | Path, title: str) ->
     if path.suffix.lower() in (".png", ".svg", ".pdf", ".jpg", ".jpeg", ".webp"):
         figure.write_image(str(path))
     else:
-        figure.write_html(str(path), include_plotlyjs="cdn")
+        # plotly.js inlined (as the analyze report does): a CDN link leaves the plot blank offline.
+        figure.write_html(str(path), include_plotlyjs=True)
     return path
