@@ -60,6 +60,22 @@ def test_blocks_only_files_and_model_config(tmp_path: Path) -> None:
     np.testing.assert_array_equal(store.load("diver", "biography"), t.numpy())
 
 
+def test_builtin_model_reads_its_converted_config_offline(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store names the built-in by its Hub id; its layer count comes from the converted
+    folder under $PVRS_CACHE_DIR, with no Hub access."""
+    from pvrs.engines.models import SMOLLM2
+    from pvrs.store.importers import model_num_layers
+    from transformers import LlamaConfig
+
+    monkeypatch.setenv("PVRS_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    LlamaConfig(num_hidden_layers=L).save_pretrained(SMOLLM2.cache_path())
+    assert model_num_layers(SMOLLM2.hf_id) == L
+    assert model_num_layers(SMOLLM2.name) == L
+
+
 def test_bad_inputs_name_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("pvrs.store.importers.model_num_layers", lambda model: None)  # no Hub lookup
     store = PersonaVectorStore("org/x", root_dir=tmp_path / "store")

@@ -155,6 +155,12 @@ def resolve_model_path(model: str) -> str:
     return str(path) if model.startswith("~") else model
 
 
+def builtin_model(model: str) -> BuiltinModel | None:
+    """The built-in model named `model` by its short name or by the Hub id its artifacts
+    record (stores hold the id: `pvrs import --model smollm2-135m` reads its config by it)."""
+    return next((b for b in BUILTIN_MODELS.values() if model in (b.name, b.hf_id)), None)
+
+
 def canonical_model_name(model: str) -> str:
     """The name recorded in artifacts: a built-in's Hub id, else what the user gave."""
     builtin = BUILTIN_MODELS.get(model)

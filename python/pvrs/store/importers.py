@@ -83,13 +83,16 @@ def load_pt_vector(path: Path) -> Any:
 
 
 def model_num_layers(model: str) -> int | None:
-    """`num_hidden_layers` from the model's config, or None when it cannot be read."""
-    from pvrs.engines.models import resolve_model_path
+    """`num_hidden_layers` from the model's config, or None when it cannot be read. The
+    built-in's Hub id reads its converted folder (same config), not the network."""
+    from pvrs.engines.models import builtin_model, ensure_builtin, resolve_model_path
 
     try:
         from transformers import AutoConfig
 
-        config = AutoConfig.from_pretrained(resolve_model_path(model))
+        builtin = builtin_model(model)
+        path = str(ensure_builtin(builtin)) if builtin else resolve_model_path(model)
+        config = AutoConfig.from_pretrained(path)
     except Exception:  # offline, unknown id, no config: the caller asks for --num-layers
         return None
     config = getattr(config, "text_config", None) or config
