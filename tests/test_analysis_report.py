@@ -11,15 +11,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import test_hub_push
 from pvrs.analysis.export import png_browser
 from pvrs.analysis.probes import load_probe_artifact
 from pvrs.cli import main
 from pvrs.errors import InputError, NonFiniteError
 from pvrs.store import PersonaVectorStore, VectorRecord
+from test_hub_push import REPO
 
 MODEL = "tiny/test-model"
 L, H = 4, 16
 ROLES = ["pirate", "poet", "chef", "judge", "nurse", "spy", "monk", "clown"]
+fake_hub = test_hub_push.fake_hub  # the push tests' fake Hub, to read a repo from
 
 
 needs_browser = pytest.mark.skipif(
@@ -160,6 +163,26 @@ def test_analyze_names_models_that_exist(store_root, tmp_path, capsys):
     assert "models with vectors there: tiny/test-model" in _error_line(capsys)
 
 
+def test_analyze_checks_out_before_the_work_and_names_a_failed_write(store_root, tmp_path, capsys, monkeypatch):
+    import errno
+
+    from pvrs.analysis import report
+
+    a_file = tmp_path / "file"
+    a_file.write_text("")
+    base = ["analyze", "--model", MODEL, "--source", str(store_root), "--no-png"]
+    assert main([*base, "--out", str(a_file)]) == 2
+    assert _error_line(capsys) == f"pvrs analyze: error: --out '{a_file}' is a file; pass a folder"
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(report, "run_analysis", disk_full)
+    out = tmp_path / "o"
+    assert main([*base, "--out", str(out)]) == 1
+    assert _error_line(capsys) == f"pvrs analyze: error: cannot write {out}: No space left on device"
+
+
 def test_analyze_single_persona_errors_cleanly(tmp_path, capsys):
     store = PersonaVectorStore(MODEL, root_dir=tmp_path, mask_strategy="answer_mean")
     store.save("pirate", "templated", np.ones((L, H), np.float32), name="Pirate", sample_ids=["q"])
@@ -191,29 +214,23 @@ def test_run_analysis_rejects_nan_and_disjoint_variants(tmp_path):
         )
 
 
-def test_hub_sources_use_the_hub_reader(store_root, tmp_path, monkeypatch, capsys):
-    # A Hub id or a folder of parquet files goes through pvrs.hub.HFPersonaVectorStore, which
-    # has the local store's read methods; a stand-in backed by the local store checks the wiring.
-    import sys
-    import types
-
-    opened: list[str] = []
-
-    def fake_store(source: str, model: str, mask_strategy: str = "answer_mean"):
-        opened.append(source)
-        return PersonaVectorStore(model, root_dir=store_root, mask_strategy=mask_strategy)
-
-    monkeypatch.setitem(
-        sys.modules, "pvrs.hub.reading", types.SimpleNamespace(HFPersonaVectorStore=fake_store)
-    )
+def test_analyze_reads_packaged_folders_and_hub_repos(store_root, tmp_path, fake_hub, capsys):
+    # `pvrs push --dry-run` writes the files `pvrs push` uploads: analysing that folder, or
+    # the same files in a Hub repo, gives the report of the store they were packaged from.
     packaged = tmp_path / "packaged"
-    (packaged / "cfg").mkdir(parents=True)
-    (packaged / "cfg" / "templated-00000-of-00001.parquet").write_bytes(b"")
-    for source in ("some-org/persona-vectors", str(packaged)):
-        rc = main(["analyze", "--model", MODEL, "--source", source, "--no-png",
-                   "--out", str(tmp_path / "o")])  # fmt: skip
+    push = ["push", "--model", MODEL, "--source", str(store_root), "--dry-run", "--out", str(packaged)]
+    assert main(push) == 0, capsys.readouterr().err
+    for path in packaged.rglob("*"):
+        if path.is_file():
+            fake_hub.files[path.relative_to(packaged).as_posix()] = path.read_bytes()
+    summaries = []
+    for i, source in enumerate((store_root, packaged, REPO)):
+        out = tmp_path / f"o{i}"
+        rc = main(["analyze", "--model", MODEL, "--source", str(source), "--no-png",
+                   "--mask-strategy", "answer_mean", "answer_last", "--out", str(out)])  # fmt: skip
         assert rc == 0, capsys.readouterr().err
-    assert opened == ["some-org/persona-vectors", str(packaged)]
+        summaries.append(json.loads((out / "summary.json").read_text()))
+    assert summaries[1] == summaries[0] and summaries[2] == summaries[0]
 
 
 def test_axis_needs_its_default_personas(tmp_path, capsys):

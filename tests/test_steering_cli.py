@@ -365,6 +365,80 @@ def test_cli_mistakes_are_one_line_errors(tiny_dir, store, argv, message, capsys
     assert err.endswith("\n") and message in err.splitlines()[-1]
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["steer", "--vector", "assistant-axis", "--layer", "1", "--alpha", "nan"],
+        ["steer", "--vector", "assistant-axis", "--layer", "1", "--alpha", "1", "--temperature", "inf"],
+        ["chat", "--cap", "assistant-axis:1", "--cap-quantile", "-inf"],
+        ["export", "--vector", "assistant-axis", "--layer", "1", "--alpha", "NaN", "--out", "o.gguf"],
+        ["push", "--model", "m", "--dry-run", "--out", "o", "--file-mb", "inf"],
+        ["steer", "--vector", "assistant-axis", "--layer", "1", "--alpha", "1", "--max-new-tokens", "0"],
+    ],
+)
+def test_non_finite_floats_and_zero_counts_are_refused(argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert "error: argument --" in capsys.readouterr().err
+
+
+def test_a_chat_steer_with_a_non_finite_alpha_is_refused(tiny_dir, store, capsys):
+    code, _, err = run_cli(["chat", "--model", str(tiny_dir), "--steer", "pirate_captain:1:inf"], capsys)
+    assert code == 2 and "VECTOR:LAYER:ALPHA" in err
+
+
+def test_a_vector_of_another_shape_is_named_by_its_shape(tmp_path, capsys):
+    np.save(tmp_path / "v.npy", np.ones((7, 3), np.float32))
+    argv = ["steer", "--vector", str(tmp_path / "v.npy"), "--layer", "15", "--alpha", "1"]
+    code, _, err = run_cli(argv, capsys)
+    assert code == 2
+    assert "layer 15 does not exist (0..6); the vector has shape (7, 3)" in err
+
+
+def test_unwritable_outputs_fail_before_the_model_loads(tiny_dir, store, tmp_path, capsys, monkeypatch):
+    from pvrs.cli import steering_run
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the model should not load")
+
+    monkeypatch.setattr(steering_run, "load_model", no_load)
+    a_file = tmp_path / "file"
+    a_file.write_text("")
+    conversation = tmp_path / "c.json"
+    conversation.write_text(json.dumps([{"role": "user", "content": "hi"}]))
+    responses = tmp_path / "r.jsonl"
+    responses.write_text(json.dumps({"question": "q", "answer": "a"}) + "\n")
+    model = ["--model", str(tiny_dir)]
+    for argv in [
+        ["monitor", *model, "--axis", "pirate_captain", "--conversation", str(conversation), "--plot", str(a_file / "p.html")],
+        ["contrast", *model, "--positive", str(responses), "--negative", str(responses), "--out", str(a_file / "v.st")],
+        ["export", *model, "--persona-id", "pirate_captain", "--layer", "1", "--out", str(a_file / "v.gguf")],
+    ]:  # fmt: skip
+        code, _, err = run_cli(argv, capsys)
+        assert code == 2, err
+        assert f"{a_file}' is not a folder" in err and len(err.splitlines()) == 1, err
+
+
+def test_a_full_disk_is_one_line_and_exit_1(tiny_dir, tmp_path, capsys, monkeypatch):
+    import errno
+
+    from pvrs.steering import contrast
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(contrast, "save_vector", disk_full)
+    responses = tmp_path / "r.jsonl"
+    responses.write_text(json.dumps({"question": "q", "answer": "a"}) + "\n")
+    out = tmp_path / "v.safetensors"
+    argv = ["contrast", "--model", str(tiny_dir), "--device", "cpu", "--positive", str(responses),
+            "--negative", str(responses), "--out", str(out)]  # fmt: skip
+    code, _, err = run_cli(argv, capsys)
+    assert code == 1
+    assert err.splitlines()[-1] == f"pvrs contrast: error: cannot write {out}: No space left on device"
+
+
 def test_steering_commands_read_any_source(tiny_dir, vectors, tmp_path, capsys):
     # A store outside $ARTIFACTS_DIR, named by --source like `pvrs analyze` does.
     other = PersonaVectorStore(str(tiny_dir), root_dir=tmp_path / "elsewhere")

@@ -1,7 +1,8 @@
 """The `pvrs` command line: one module per command group (`extract`, `store`, `analyze`,
 `steering`, `doctor`), each registering its sub-commands, over shared flags in `common`.
 Each sub-command is a small `_cmd_*` function; user mistakes (`PvrsError`) print one line on
-stderr and exit 2, nothing else is caught."""
+stderr and exit 2, failed writes (`OSError`: disk full, ...) one line and exit 1; nothing else
+is caught."""
 
 from __future__ import annotations
 
@@ -40,6 +41,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PvrsError as exc:
         print(f"pvrs {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except OSError as exc:
+        # A full disk, a file size limit (`ulimit -f`), a folder turned read-only mid-run: not a
+        # usage mistake, so exit 1; whatever was written before stays.
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"pvrs {args.command}: error: cannot write {where}{exc.strerror or exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"pvrs {args.command}: interrupted; artifacts saved so far are intact", file=sys.stderr)
         return 130

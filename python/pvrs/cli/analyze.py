@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from pvrs.cli.common import UniqueList, check_writable, writing
 from pvrs.errors import InputError
 from pvrs.store.sources import SOURCE_HELP
 
@@ -37,6 +38,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
                 f"(have {', '.join(sets[0].persona_ids[:10])})"
             )
         out = Path(args.out) if args.out else Path("reports") / model_dir_name(model) / primary
+        check_writable("--out", out, is_dir=True)
         options = analyze.ReportOptions(
             default_ids=args.default_persona,
             focus_layer=args.focus_layer,
@@ -51,7 +53,8 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
             title=f"pvrs analysis: {model}",
             facts=[("model", model), ("source", str(args.source or "local store"))],
         )
-        result = analyze.run_analysis(sets, out, options, progress=status.update)
+        with writing(out):
+            result = analyze.run_analysis(sets, out, options, progress=status.update)
     for note in result.notes:
         console.print(f"[yellow]note:[/] {note}")
     print(f"report: {result.html}")
@@ -84,7 +87,12 @@ def _add_analyze(sub: argparse._SubParsersAction) -> None:
         "--model", default=DEFAULT_MODEL, help="model id or built-in name (default: %(default)s)"
     )
     p.add_argument(
-        "--variant", nargs="+", metavar="V", help="prompt variants (default: every one saved)"
+        "--variant",
+        "--variants",
+        nargs="+",
+        action=UniqueList,
+        metavar="V",
+        help="prompt variants (default: every one saved)",
     )
     p.add_argument(
         "--mask-strategy",

@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import math
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from pvrs.errors import PvrsIOError
+from pvrs.errors import PvrsError, PvrsIOError
 from pvrs.store.sources import SOURCE_HELP
 
 EXIT_USAGE = 2
@@ -66,6 +68,18 @@ def check_writable(flag: str, path: str | os.PathLike[str] | None, *, is_dir: bo
         raise PvrsIOError(f"{flag} {str(path)!r}: cannot write to {str(probe)!r} (permission denied)")
 
 
+@contextmanager
+def writing(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Name `path` in an OS error that names no file (a full disk fails `write()`, which knows
+    no path), so `pvrs.cli.main` can say where the write failed."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is None and not isinstance(exc, PvrsError):
+            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
+        raise
+
+
 def add_model_args(p: argparse.ArgumentParser) -> None:
     from pvrs.engines.models import DEFAULT_MODEL, DTYPES
 
@@ -75,10 +89,10 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
         help=f"HF id, local folder or built-in (default {DEFAULT_MODEL})",
     )
     p.add_argument(
-        "--device", default="auto", help="auto (cuda when visible), cpu, cuda, cuda:1, ..."
+        "--device", default="auto", help="cpu, cuda, cuda:1, ... (default auto: cuda when visible)"
     )
     p.add_argument(
-        "--dtype", default="auto", choices=DTYPES, help="auto: bfloat16 on GPU, float32 on CPU"
+        "--dtype", default="auto", choices=DTYPES, help="default auto: bfloat16 on GPU, float32 on CPU"
     )
 
 

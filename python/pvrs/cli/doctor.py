@@ -106,7 +106,13 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def _add_doctor(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("doctor", help="versions, native build, devices, built-in model, paths")
+    p = sub.add_parser(
+        "doctor",
+        help="versions, native build, devices, built-in model, paths",
+        description="Print what pvrs runs on: package versions, how the native module was built, "
+        "CUDA/MPS devices, whether the built-in model is installed, and where artifacts and the "
+        "cache live.",
+    )
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
     p.set_defaults(handler=_cmd_doctor)
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from pvrs.cli.common import (
     UniqueList,
     add_generation_args,
+    add_model_args,
     check_writable,
     finite_float,
     positive_int,
@@ -132,7 +133,7 @@ def _cmd_extract(args: argparse.Namespace) -> int:
         variants=args.variants, mask_strategies=args.mask_strategy, batch_tokens=args.batch_tokens,
         padding_side=args.padding_side, prefix_reuse=not args.no_prefix_reuse, model_name=model_name,
         save_to=root, force=args.force, save_samples=args.save_samples, revision=args.revision,
-        verbose=args.verbose, console=console,
+        allow_long_samples=args.allow_long_samples, verbose=args.verbose, console=console,
     )
     print_extraction_summary(console, result, root)
     if result.stopped:
@@ -142,7 +143,6 @@ def _cmd_extract(args: argparse.Namespace) -> int:
 
 def _add_extract(sub: argparse._SubParsersAction) -> None:
     from pvrs.defaults import DEFAULT_BATCH_TOKENS, DEFAULT_MIN_SCORE
-    from pvrs.engines.models import DEFAULT_MODEL, DTYPES
     from pvrs.extraction.inputs import QA_TYPES, VARIANTS
     from pvrs.extraction.masks import ALL_STRATEGIES
 
@@ -182,10 +182,8 @@ def _add_extract(sub: argparse._SubParsersAction) -> None:
         gen, max_new_tokens=128, temperature=0.7, why="varied answers, as the reference tool", system=False
     )
     mod = p.add_argument_group("model")
-    mod.add_argument("--model", default=DEFAULT_MODEL, help=f"HF id, local folder or built-in name (default {DEFAULT_MODEL})")
+    add_model_args(mod)
     mod.add_argument("--revision", help="model revision on the Hub: branch, tag or commit (default: main)")
-    mod.add_argument("--dtype", choices=DTYPES, default="auto", help="auto: bfloat16 on GPU, float32 on CPU")
-    mod.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     mod.add_argument("--device-map", help="e.g. 'auto' to spread a large model over several GPUs")
     mod.add_argument("--trust-remote-code", action="store_true", help="run the model repo's own code (only for repos you trust)")
     run = p.add_argument_group("run")
@@ -200,6 +198,10 @@ def _add_extract(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--output-dir", metavar="DIR", help="store root (default $ARTIFACTS_DIR/activations)")
     run.add_argument("--force", action="store_true", help="recompute personas already saved")
     run.add_argument("--save-samples", action="store_true", help="also save per-sample vectors")
+    run.add_argument(
+        "--allow-long-samples", action="store_true",
+        help="extract conversations longer than the model's max_position_embeddings (refused by default)",
+    )
     run.add_argument("--shard", metavar="I/N", help="only personas whose index mod N is I (0-based)")
     run.add_argument("--verbose", action="store_true", help="preview each persona's masked tokens")
     p.set_defaults(handler=_cmd_extract)

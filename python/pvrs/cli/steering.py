@@ -9,6 +9,7 @@ from pvrs.cli.common import (
     add_generation_args,
     add_model_and_store_args,
     add_model_args,
+    finite_float,
 )
 
 
@@ -34,14 +35,19 @@ def _add_steer(sub: argparse._SubParsersAction) -> None:
         "--layer", nargs="+", required=True, help="block indices or ranges (12 or 10-14)"
     )
     p.add_argument(
-        "--alpha", nargs="+", type=float, required=True, help="one or more strengths to sweep"
+        "--alpha", nargs="+", type=finite_float, required=True, help="one or more strengths to sweep"
     )
     p.add_argument(
         "--relative",
         action="store_true",
         help="read each alpha as a fraction of the layer's median residual norm (start at 0.4)",
     )
-    p.add_argument("--positions", choices=("all", "prompt", "generated"), default="all")
+    p.add_argument(
+        "--positions",
+        choices=("all", "prompt", "generated"),
+        default="all",
+        help="tokens steered: all, the prompt's or the generated ones (default %(default)s)",
+    )
     group = p.add_mutually_exclusive_group()
     group.add_argument("--prompt", action="append", help="a user prompt (repeatable)")
     group.add_argument(
@@ -62,6 +68,9 @@ def _add_chat(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "chat",
         help="interactive chat with steering and capping (reads stdin, one message per line)",
+        description="Chat with the model while persona directions are added (--steer) or the "
+        "projection on them is capped (--cap). Reads one message per line from stdin; /reset "
+        "clears the history, /exit or end of input quits.",
     )
     add_model_and_store_args(p)
     p.add_argument(
@@ -80,11 +89,11 @@ def _add_chat(sub: argparse._SubParsersAction) -> None:
         "--cap-side",
         choices=("upper", "lower"),
         default="upper",
-        help="upper: projections <= tau; lower: a floor (use with assistant-axis)",
+        help="upper (default): projections <= tau; lower: a floor (use with assistant-axis)",
     )
     p.add_argument(
         "--cap-quantile",
-        type=float,
+        type=finite_float,
         default=None,
         help="quantile for a calibrated tau (default 0.99 upper, 0.01 lower)",
     )
@@ -99,7 +108,13 @@ def _cmd_monitor(args: argparse.Namespace) -> int:
 
 
 def _add_monitor(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("monitor", help="projection of each conversation turn on an axis (drift)")
+    p = sub.add_parser(
+        "monitor",
+        help="projection of each conversation turn on an axis (drift)",
+        description="Run a conversation through the model and print, per turn, the mean "
+        "projection of its content tokens on an axis (a persona direction, a vector file or "
+        "the assistant axis) at the chosen layers, with an optional plot.",
+    )
     add_model_and_store_args(p)
     p.add_argument("--axis", required=True, help="persona id, vector file or assistant-axis")
     p.add_argument("--conversation", required=True, help="JSON/JSONL list of {role, content}")
@@ -120,9 +135,14 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _add_export(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export", help="write a llama.cpp control-vector GGUF")
+    p = sub.add_parser(
+        "export",
+        help="write a llama.cpp control-vector GGUF",
+        description="Write a stored persona direction (persona minus baseline), the assistant "
+        "axis or a vector file as a llama.cpp control vector (--control-vector).",
+    )
     add_model_and_store_args(p)
-    p.add_argument("--format", default="gguf", choices=("gguf",))
+    p.add_argument("--format", default="gguf", choices=("gguf",), help="file format (default %(default)s)")
     p.add_argument(
         "--persona-id", help="export this stored persona's direction (minus the baseline)"
     )
@@ -132,7 +152,7 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--layer", nargs="+", required=True, help="blocks >= 1 (llama.cpp cannot steer block 0)"
     )
-    p.add_argument("--alpha", type=float, default=1.0, help="scale baked into the file (default 1)")
+    p.add_argument("--alpha", type=finite_float, default=1.0, help="scale baked into the file (default 1)")
     p.add_argument(
         "--model-hint", help="architecture name in the file (default: the model's model_type)"
     )
@@ -157,7 +177,9 @@ def _add_contrast(sub: argparse._SubParsersAction) -> None:
     add_model_args(p)
     p.add_argument("--positive", required=True, help="responses showing the trait")
     p.add_argument("--negative", required=True, help="responses without it")
-    p.add_argument("--mask-strategy", default="answer_mean", help="tokens averaged per response")
+    p.add_argument(
+        "--mask-strategy", default="answer_mean", help="tokens averaged per response (default %(default)s)"
+    )
     p.add_argument(
         "--out", required=True, help="output .safetensors (tensor 'activations', (L, H))"
     )

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from pvrs.cli.common import check_writable, finite_float, writing
 from pvrs.errors import InputError, InvalidArgumentError
 from pvrs.extraction.inputs import read_rows
 from pvrs.store.layerspec import parse_layers
@@ -22,7 +23,13 @@ from pvrs.store.layerspec import parse_layers
 
 def vector_layers(spec: Sequence[str], vector: np.ndarray, flag: str = "--layer") -> list[int]:
     """`--layer` items for `vector`: a `(L, H)` vector bounds them (and resolves `-1`)."""
-    return parse_layers(spec, range(vector.shape[0]) if vector.ndim == 2 else None, flag)
+    if vector.ndim != 2:
+        return parse_layers(spec, None, flag)
+    try:
+        return parse_layers(spec, range(vector.shape[0]), flag)
+    except InputError as exc:
+        # A vector file of the wrong model shows as a missing layer: name its shape.
+        raise InputError(f"{exc}; the vector has shape {tuple(vector.shape)} (layers, hidden size)") from None
 
 
 def open_store(args: argparse.Namespace) -> Any:
@@ -79,8 +86,6 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
 def _generation_config(args: argparse.Namespace) -> Any:
     from pvrs.extraction.generate import SamplingConfig
 
-    if args.max_new_tokens < 1:
-        raise InputError("--max-new-tokens must be at least 1")
     return SamplingConfig(args.max_new_tokens, args.temperature, args.top_p, args.seed)
 
 
@@ -165,10 +170,10 @@ def parse_intervention(text: str, flag: str, value_required: bool) -> Interventi
     parts = text.rsplit(":", 2)
     try:
         if len(parts) == 3:
-            return InterventionSpec(parts[0], int(parts[1]), float(parts[2]))
+            return InterventionSpec(parts[0], int(parts[1]), finite_float(parts[2]))
         if len(parts) == 2 and not value_required:
             return InterventionSpec(parts[0], int(parts[1]), None)
-    except ValueError:
+    except (ValueError, argparse.ArgumentTypeError):
         pass
     form = "VECTOR:LAYER:ALPHA" if value_required else "VECTOR:LAYER[:TAU]"
     raise InputError(f"{flag} {text!r} is not {form} (e.g. pirate_captain:12:4)")
@@ -288,10 +293,7 @@ def run_monitor(args: argparse.Namespace) -> int:
     messages = load_conversation(args.conversation)
     axis = resolve_vector(args.axis, args)
     requested = vector_layers(args.layer, axis) if args.layer else None
-    model, tokenizer = load_model(args)
-    layers = requested or [len(decoder_layers(model)) // 2]
-    turns = turn_projections(model, tokenizer, messages, axis, layers)
-    plot_path = None
+    target = None
     if not args.no_plot:
         try:
             import plotly  # noqa: F401
@@ -299,6 +301,13 @@ def run_monitor(args: argparse.Namespace) -> int:
             Console(stderr=True).print("[dim]plotly is not installed; skipping the plot[/dim]")
         else:
             target = args.plot or Path(args.conversation).with_suffix(".monitor.html")
+            check_writable("--plot", target)
+    model, tokenizer = load_model(args)
+    layers = requested or [len(decoder_layers(model)) // 2]
+    turns = turn_projections(model, tokenizer, messages, axis, layers)
+    plot_path = None
+    if target is not None:
+        with writing(target):
             plot_path = write_plot(turns, target, f"projection on {args.axis}")
     if args.json:
         _print_json(
@@ -359,6 +368,7 @@ def run_export(args: argparse.Namespace) -> int:
         raise InvalidArgumentError(f"--format {args.format!r} is not supported; use gguf")
     if (args.persona_id is None) == (args.vector is None):
         raise InputError("give exactly one of --persona-id ID or --vector FILE")
+    check_writable("--out", args.out)
     vector = resolve_vector(args.persona_id or args.vector, args)
     layers = vector_layers(args.layer, vector)
     hint = args.model_hint or _model_hint(args.model)
@@ -382,21 +392,20 @@ def run_contrast(args: argparse.Namespace) -> int:
     (strategy,) = parse_strategies(args.mask_strategy)
     positive = load_responses(args.positive)
     negative = load_responses(args.negative)
+    check_writable("--out", args.out)
     model, tokenizer = load_model(args)
     vector = contrast_vector(model, tokenizer, positive, negative, strategy)
-    path = save_vector(
-        args.out,
-        vector,
-        {
-            "format": FORMAT,
-            "model": canonical_model_name(args.model),
-            "mask_strategy": strategy.value,
-            "layer_convention": LAYER_CONVENTION,
-            "pooling": POOLING,
-            "n_positive": len(positive),
-            "n_negative": len(negative),
-        },
-    )
+    metadata = {
+        "format": FORMAT,
+        "model": canonical_model_name(args.model),
+        "mask_strategy": strategy.value,
+        "layer_convention": LAYER_CONVENTION,
+        "pooling": POOLING,
+        "n_positive": len(positive),
+        "n_negative": len(negative),
+    }
+    with writing(args.out):
+        path = save_vector(args.out, vector, metadata)
     norms = np.linalg.norm(vector, axis=1)
     print(
         f"wrote {path}: ({vector.shape[0]}, {vector.shape[1]}) from {len(positive)} positive and "
