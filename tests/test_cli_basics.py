@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -30,6 +31,14 @@ def test_doctor_table_runs_as_a_console_script() -> None:
     proc = subprocess.run([sys.executable, "-m", "pvrs", "doctor"], capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr
     assert "native module" in proc.stdout
+
+
+def test_doctor_piped_prints_long_paths_whole(tmp_path) -> None:
+    root = tmp_path / ("x" * 120) / "artifacts"
+    env = {**os.environ, "ARTIFACTS_DIR": str(root)}
+    proc = subprocess.run([sys.executable, "-m", "pvrs", "doctor"], capture_output=True, text=True, check=False, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert str(root / "activations") in proc.stdout
 
 
 def test_no_command_prints_help_and_fails(capsys: pytest.CaptureFixture[str]) -> None:

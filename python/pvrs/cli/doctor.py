@@ -71,7 +71,7 @@ def print_report(info: dict[str, Any]) -> None:
 
     table = Table(title="pvrs doctor", show_header=False)
     table.add_column("what", style="bold")
-    table.add_column("value")
+    table.add_column("value", overflow="fold")  # a path is wrapped, never cut with an ellipsis
     native = info["native"]
     table.add_row("pvrs", info["pvrs"])
     table.add_row(
@@ -93,7 +93,9 @@ def print_report(info: dict[str, Any]) -> None:
         table.add_row(f"model {name}", state)
     table.add_row("artifacts", info["artifacts_dir"])
     table.add_row("cache", info["cache_dir"])
-    Console().print(table)
+    # Piped output has no width to fit: print every row on its lines, whole, for grep and copying.
+    console = Console() if sys.stdout.isatty() else Console(width=10_000)
+    console.print(table)
 
 
 def _cmd_doctor(args: argparse.Namespace) -> int:
