@@ -308,6 +308,24 @@ def test_a_zero_token_budget_is_refused_before_any_work(monkeypatch: pytest.Monk
         extract(model, tokenizer, PERSONAS[1:2], QA, batch_tokens=0, progress=False)
 
 
+def test_samples_longer_than_the_model_are_refused_unless_allowed(tmp_path: Path) -> None:
+    from io import StringIO
+
+    from rich.console import Console
+
+    tokenizer = make_tokenizer("chatml")
+    model = tiny_model("llama", vocab_size=len(tokenizer))
+    model.config.max_position_embeddings = 40
+    rows = [QA[0], inputs.QAPair("long", "Tell me a story.", "Once upon a time. " * 20)]
+    run = dict(variants=("templated",), save_to=tmp_path, model_name="tiny", progress=False)
+    with pytest.raises(pvrs.InputError, match=r"exceed the model's 40 positions \(longest: pirate \[templated\] sample 'long', \d+ tokens\).*--allow-long-samples"):
+        extract(model, tokenizer, PERSONAS[1:2], rows, **run)
+    assert not list(tmp_path.rglob("*.safetensors"))  # refused before any work
+    err = StringIO()
+    result = extract(model, tokenizer, PERSONAS[1:2], rows, allow_long_samples=True, console=Console(file=err, width=300), **run)
+    assert result.count("written") == 1 and "warning:" in err.getvalue() and "sample 'long'" in err.getvalue()
+
+
 def test_cli_extract_checks_inputs_and_output_before_loading_the_model(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -11,6 +11,7 @@ import copy
 import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -237,11 +238,26 @@ def sample_means(
     return SampleMeans(means=means, counts=counts, layers=layers, tokens_processed=tokens, batch_tokens=budget)
 
 
+def _text_config(model: nn.Module) -> Any:
+    config = model.config
+    return config.get_text_config() if hasattr(config, "get_text_config") else config
+
+
+def max_positions(model: nn.Module) -> int | None:
+    """The sequence length the model was built for (`max_position_embeddings`, GPT-2's
+    `n_positions`), or None when its config does not say."""
+    text = _text_config(model)
+    for key in ("max_position_embeddings", "n_positions"):
+        value = getattr(text, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
 def model_sizes(model: nn.Module) -> tuple[int, int]:
     """The residual width (not the embedding width: OPT projects its embeddings) and a pad id
     inside the vocabulary (some configs say -1; pads are masked out, any valid id will do)."""
-    config = model.config
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    text = _text_config(model)
     width = getattr(text, "hidden_size", None)
     hidden_size = int(width) if isinstance(width, int) else int(model.get_input_embeddings().weight.shape[1])
     pad = getattr(text, "pad_token_id", None)

@@ -19,6 +19,7 @@ from pvrs.engines.hooks import decoder_layers
 from pvrs.engines.transformers import (
     EngineConfig,
     SampleMeans,
+    max_positions,
     model_sizes,
     resolve_layers,
     sample_means,
@@ -310,6 +311,7 @@ def extract(
     force: bool = False,
     save_samples: bool = False,
     revision: str | None = None,
+    allow_long_samples: bool = False,
     progress: bool = True,
     verbose: bool = False,
     console: Console | None = None,
@@ -320,7 +322,9 @@ def extract(
     as they are computed; personas already saved with the same sample ids are skipped unless
     `force`; a save that fails with an OS error (disk full) stops the run, saying why in
     `result.stopped`. `qa_pairs` is a list of QA rows or a `SampleSource` (train split / type selection,
-    answer generation, judge-score filtering). Returns every vector computed in this call."""
+    answer generation, judge-score filtering). A conversation longer than the model's positions
+    is refused before any forward pass unless `allow_long_samples` (then a warning). Returns
+    every vector computed in this call."""
     from rich.console import Console
 
     from pvrs.store import PersonaVectorStore
@@ -368,6 +372,7 @@ def extract(
         model, tokenizer, personas, source, variants, strategies, already_saved,
         force=force, console=console, progress=progress,
     )
+    _check_lengths(model, todo, allow_long_samples, console)
     result = ExtractionResult(layers=resolved_layers, outcomes=outcomes)
 
     start = time.perf_counter()
@@ -411,6 +416,27 @@ def extract(
             bar.advance(task_personas)
     result.seconds = time.perf_counter() - start
     return result
+
+
+def _check_lengths(model: nn.Module, jobs: Sequence[_Job], allow: bool, console: Console) -> None:
+    """Positions past the model's limit give activations it was never trained on: refuse such
+    samples unless allowed, and say so either way."""
+    limit = max_positions(model)
+    lengths = [(len(p.input_ids), j, p.sample_id) for j in jobs for p in j.prepared]
+    too_long = [item for item in lengths if limit is not None and item[0] > limit]
+    if not too_long:
+        return
+    n, job, sample_id = max(too_long, key=lambda item: item[0])
+    what = (
+        f"{len(too_long)} conversation(s) exceed the model's {limit:,} positions (longest: "
+        f"{job.persona.id} [{job.variant}] sample {sample_id!r}, {n:,} tokens)"
+    )
+    if not allow:
+        raise InputError(
+            f"{what}; shorten them, or pass --allow-long-samples (allow_long_samples=True) to "
+            "extract them anyway"
+        )
+    console.print(f"[yellow]warning:[/] {what}; extracting them anyway (--allow-long-samples)")
 
 
 def _store_job(

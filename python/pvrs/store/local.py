@@ -25,17 +25,19 @@ from typing import Any
 import numpy as np
 
 from pvrs.engines.models import model_dir_name
-from pvrs.errors import ArtifactError, InvalidArgumentError, ManifestError, PvrsError
+from pvrs.errors import ArtifactError, InvalidArgumentError, PvrsError
 from pvrs.paths import activations_dir
 from pvrs.store.dataset import discover_activation_models
 from pvrs.store.files import (
     as_float32,
     atomic_write_bytes,
+    escapes,
     mean_files,
     metadata_sample_ids,
     read_tensor,
     safetensors_bytes,
     stack_files,
+    tensor_problem,
 )
 from pvrs.store.layout import (
     DEFAULT_MASK_STRATEGY,
@@ -101,6 +103,18 @@ class PersonaVectorStore(PersonaQueries):
     def variant_dir(self, variant: str) -> Path:
         return self.model_dir / self.mask_strategy / folder_name(variant, "variant")
 
+    def _checked_dir(self, variant: str) -> Path:
+        """`variant_dir`, refused when a symlink leads it out of the store (`pvrs validate`
+        refuses that too, so no reader or save goes there)."""
+        directory = self.variant_dir(variant)
+        outside = escapes(directory, self.root_dir)
+        if outside is not None:
+            raise ArtifactError(
+                f"{directory}: a symlink leads this folder out of the store (to {outside}); "
+                f"copy the data in instead (see `pvrs validate {self.root_dir}`)"
+            )
+        return directory
+
     def manifest_path(self, variant: str) -> Path:
         return self.variant_dir(variant) / MANIFEST_FILENAME
 
@@ -120,7 +134,7 @@ class PersonaVectorStore(PersonaQueries):
         """The variant's manifest (None when the folder has none). Treat it as read-only:
         the parsed manifest is reused while the file's bytes are unchanged (comparing bytes,
         not timestamps, so another process's write is never missed)."""
-        path = self.manifest_path(variant)
+        path = self._checked_dir(variant) / MANIFEST_FILENAME
         raw = read_manifest_bytes(path)
         if raw is None:
             return None
@@ -190,13 +204,18 @@ class PersonaVectorStore(PersonaQueries):
         shape = next(iter(shapes))
         header = self._provenance(variant, provenance)
 
-        directory = self.variant_dir(variant)
+        directory = self._checked_dir(variant)
         directory.mkdir(parents=True, exist_ok=True)
         manifest_path = directory / MANIFEST_FILENAME
         paths: list[Path] = []
         # The lock covers tensor writes too: a save that fails its manifest checks must not
         # have replaced a vector that is already recorded.
         with FileLock(str(directory / LOCK_FILENAME), timeout=LOCK_TIMEOUT_S):
+            # Every write here happens under this lock, so temp files are a killed run's.
+            for stale in directory.glob(f".*{TENSOR_SUFFIX}.*.tmp"):
+                stale.unlink(missing_ok=True)
+            for stale in directory.glob(f".{MANIFEST_FILENAME}.*.tmp"):
+                stale.unlink(missing_ok=True)
             raw = read_manifest_bytes(manifest_path)
             manifest = (
                 {"num_layers": None, "hidden_size": None, "personas": {}}
@@ -286,7 +305,7 @@ class PersonaVectorStore(PersonaQueries):
         when `with_samples`. Resume uses it to skip what is done."""
         manifest = self.read_manifest(variant)
         entry = None if manifest is None else manifest["personas"].get(persona_id)
-        if not isinstance(entry, dict) or not self.tensor_path(persona_id, variant).is_file():
+        if not isinstance(entry, dict):
             return False
         if sample_ids is not None and [str(s) for s in entry.get("sample_ids") or []] != [
             str(s) for s in sample_ids
@@ -295,9 +314,23 @@ class PersonaVectorStore(PersonaQueries):
         saved_digest = entry.get("samples_sha256")
         if samples_sha256 is not None and saved_digest is not None and saved_digest != samples_sha256:
             return False
-        return not with_samples or self._samples_ids(persona_id, variant) == [
+        if with_samples and self._samples_ids(persona_id, variant) != [
             str(s) for s in entry.get("sample_ids") or []
-        ]
+        ]:
+            return False
+        return self.tensor_problem(persona_id, variant) is None
+
+    def tensor_problem(self, persona_id: str, variant: str, *, deep: bool = True) -> str | None:
+        """Why the recorded persona's tensor file cannot be used (None: it can, or the persona
+        is not recorded): resume recomputes such a persona instead of skipping it. `deep`
+        adds the manifest's sha256 and a NaN/Inf scan (cheap: see `files.tensor_problem`)."""
+        manifest = self.read_manifest(variant)
+        entry = None if manifest is None else manifest["personas"].get(persona_id)
+        if manifest is None or entry is None:
+            return None
+        shape = (manifest["num_layers"], manifest["hidden_size"])
+        path = self.tensor_path(persona_id, variant)
+        return tensor_problem(path, self.root_dir, shape, deep=deep, sha256=entry.get("sha256"))
 
     def _samples_ids(self, persona_id: str, variant: str) -> list[str] | None:
         """Sample ids in a per-sample file's metadata, read from its header only (None: no
@@ -328,6 +361,11 @@ class PersonaVectorStore(PersonaQueries):
     def load_samples(self, persona_id: str, variant: str) -> tuple[np.ndarray, list[str]]:
         """Per-sample vectors `(n_samples, num_layers, hidden_size)` float32 and their ids."""
         path = self.samples_path(persona_id, variant)
+        outside = escapes(path, self.root_dir)
+        if outside is not None:
+            raise ArtifactError(
+                f"{path}: symlink points outside the store (to {outside}); copy the file in instead"
+            )
         if not path.is_file():
             raise VectorNotFoundError(
                 f"no per-sample vectors for persona {persona_id!r} at {path}; extract with per-sample saving on"
@@ -342,9 +380,16 @@ class PersonaVectorStore(PersonaQueries):
         return array, sample_ids
 
     def paths(self, persona_ids: Sequence[str], variant: str) -> list[Path]:
-        """Tensor paths of recorded personas (raises `VectorNotFoundError` for unknown ids)."""
+        """Tensor paths of recorded personas, each checked as `pvrs validate` checks it (raises
+        `VectorNotFoundError` for unknown ids, `ArtifactError` for a file no reader may use)."""
         for pid in persona_ids:
             self._entry(pid, variant)
+            problem = self.tensor_problem(pid, variant, deep=False)
+            if problem is not None:
+                raise ArtifactError(
+                    f"{self.tensor_path(pid, variant)}: {problem}; run "
+                    f"`pvrs validate {self.variant_dir(variant)}`, then re-extract persona {pid!r}"
+                )
         return [self.tensor_path(pid, variant) for pid in persona_ids]
 
     def stack(
@@ -352,16 +397,8 @@ class PersonaVectorStore(PersonaQueries):
     ) -> np.ndarray:
         """`(len(persona_ids), len(layers) or num_layers, hidden_size)` float32; with `layers`,
         only those layers' bytes are read."""
-        manifest = self.read_manifest(variant) or {}
         layers = self._layer_indices(variant, layers)
-        array = stack_files(self.paths(persona_ids, variant), layers)
-        expected = (manifest.get("num_layers"), manifest.get("hidden_size"))
-        if layers is None and array.shape[1:] != expected:
-            raise ManifestError(
-                f"{self.manifest_path(variant)}: records shape {expected} but the tensors are "
-                f"{array.shape[1:]}; run `pvrs validate {self.variant_dir(variant)}`"
-            )
-        return array
+        return stack_files(self.paths(persona_ids, variant), layers)
 
     def mean(
         self,

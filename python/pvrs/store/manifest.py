@@ -4,6 +4,8 @@ parsing it, and merging a save's shape and provenance into it without mixing run
 from __future__ import annotations
 
 import json
+import re
+import stat
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
@@ -16,11 +18,13 @@ from pvrs.store.layout import (
     FORMAT_VERSION,
     LAYER_CONVENTION,
     POOLING,
+    TENSOR_SUFFIX,
     VectorRecord,
     strategy_name,
 )
 
 _JSON = json.JSONEncoder(ensure_ascii=False)
+_SHA256 = re.compile("[0-9a-fA-F]{64}")
 
 
 def entry_of(record: VectorRecord) -> dict[str, Any]:
@@ -60,27 +64,72 @@ def _now() -> str:
 
 
 def read_manifest_bytes(path: Path) -> bytes | None:
-    """The manifest's bytes, None when there is none."""
+    """The manifest's bytes, None when the folder has neither a manifest nor tensors.
+
+    The rules of `pvrs validate` (`rust/manifest/model.rs`): the manifest is a regular file
+    (not a symlink), and a folder holding tensors without one is an error, never "empty"
+    (a reader skipping it would hide vectors, a save would orphan them)."""
+    try:
+        info = path.lstat()
+    except FileNotFoundError:
+        if any(path.parent.glob(f"*{TENSOR_SUFFIX}")):
+            raise ManifestError(
+                f"{path.parent}: holds {TENSOR_SUFFIX} files but no {path.name}; restore the "
+                "manifest (or move the tensors out) and run "
+                f"`pvrs validate {path.parent}`"
+            ) from None
+        return None
+    except OSError as exc:
+        raise ManifestError(f"{path}: cannot read the manifest ({exc.strerror})") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise ManifestError(
+            f"{path}: not a regular file (symlink, folder or device); copy the manifest in "
+            f"and run `pvrs validate {path.parent}`"
+        )
     try:
         return path.read_bytes()
-    except FileNotFoundError:
-        return None
     except OSError as exc:
         raise ManifestError(f"{path}: cannot read the manifest ({exc.strerror})") from None
 
 
 def parse_manifest(path: Path, raw: bytes) -> dict[str, Any]:
+    """The manifest, its types checked as `pvrs validate` checks them, so no reader meets
+    a string where a count belongs."""
     try:
         manifest = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ManifestError(
             f"{path}: not valid JSON ({exc}); run `pvrs validate {path.parent}`"
         ) from None
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("personas"), dict):
-        raise ManifestError(
-            f"{path}: the manifest has no 'personas' mapping; run `pvrs validate {path.parent}`"
-        )
+    problem = _type_problem(manifest)
+    if problem:
+        raise ManifestError(f"{path}: {problem}; run `pvrs validate {path.parent}`")
     return manifest
+
+
+def _count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _type_problem(manifest: object) -> str | None:
+    """What in the manifest has the wrong type (None: nothing)."""
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("personas"), dict):
+        return "the manifest has no 'personas' mapping"
+    for key in ("num_layers", "hidden_size"):
+        if not _count(manifest.get(key)):
+            return f"{key!r} must be a positive integer, got {manifest.get(key)!r}"
+    for pid, entry in manifest["personas"].items():
+        if not isinstance(entry, dict):
+            return f"personas[{pid!r}] must be an object {{name, sample_ids}}"
+        if not isinstance(entry.get("name"), str):
+            return f"personas[{pid!r}]: 'name' must be a string"
+        ids = entry.get("sample_ids")
+        if not isinstance(ids, list) or not all(isinstance(s, str) for s in ids):
+            return f"personas[{pid!r}]: 'sample_ids' must be a list of strings"
+        sha256 = entry.get("sha256")
+        if sha256 is not None and not (isinstance(sha256, str) and _SHA256.fullmatch(sha256)):
+            return f"personas[{pid!r}]: 'sha256' must be 64 hex digits, got {sha256!r}"
+    return None
 
 
 def provenance_header(

@@ -1,0 +1,184 @@
+"""Every reader of the local store opens it through the checks of `pvrs validate`: a typed
+manifest, tensors that are regular files inside the store, no folder symlinked out of it,
+no tensors hidden by a missing manifest; and resume checks what it skips."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pvrs.errors import ArtifactError, ManifestError
+from pvrs.store import PersonaVectorStore, VectorRecord, load_analysis_dataset
+from pvrs.store.validation import validate
+from safetensors.numpy import save, save_file
+
+MODEL = "org/tiny-model"
+L, H = 4, 8
+
+
+def vec(seed: int, shape: tuple[int, ...] = (L, H)) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> PersonaVectorStore:
+    store = PersonaVectorStore(MODEL, root_dir=tmp_path / "store")
+    store.save_many("templated", [VectorRecord(p, vec(i), p.title(), ["q"]) for i, p in enumerate("ab")])
+    return store
+
+
+def _edit_manifest(store: PersonaVectorStore, **changes: object) -> None:
+    path = store.manifest_path("templated")
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+
+
+@pytest.mark.parametrize(
+    ("changes", "said"),
+    [
+        ({"num_layers": "4"}, "'num_layers' must be a positive integer, got '4'"),
+        ({"hidden_size": -8}, "'hidden_size' must be a positive integer"),
+        ({"personas": {"a": "A"}}, "personas['a'] must be an object"),
+        ({"personas": {"a": {"name": "A", "sample_ids": "q"}}}, "'sample_ids' must be a list"),
+    ],
+)
+def test_a_mistyped_manifest_is_one_manifest_error(
+    store: PersonaVectorStore, changes: dict[str, object], said: str
+) -> None:
+    _edit_manifest(store, **changes)
+    assert not validate(store.root_dir).ok
+    for read in (
+        lambda: store.list_personas(["templated"]),
+        lambda: load_analysis_dataset(store),
+        lambda: store.save("c", "templated", vec(2), name="C", sample_ids=["q"]),
+    ):
+        with pytest.raises(ManifestError, match=r"manifest\.json: .*pvrs validate") as info:
+            read()
+        assert said in str(info.value)
+
+
+def test_symlinked_tensors_leaving_the_store_are_not_read(store: PersonaVectorStore, tmp_path: Path) -> None:
+    outside = tmp_path / "outside.safetensors"
+    path = store.tensor_path("a", "templated")
+    outside.write_bytes(path.read_bytes())
+    path.unlink()
+    path.symlink_to(outside)
+    assert "symlink_outside_tree" in {p.kind for p in validate(store.root_dir).problems}
+    for read in (
+        lambda: store.load("a", "templated"),
+        lambda: store.stack(["a", "b"], "templated"),
+        lambda: store.mean("templated"),
+        lambda: load_analysis_dataset(store).samples("templated"),
+    ):
+        with pytest.raises(ArtifactError, match=r"a\.safetensors: symlink points outside the store"):
+            read()
+    path.unlink()
+    path.symlink_to("/etc/passwd")
+    with pytest.raises(ArtifactError, match="outside the store"):
+        store.load("a", "templated")
+    # A link inside the store (validate accepts it) is still read.
+    path.unlink()
+    path.symlink_to(store.tensor_path("b", "templated"))
+    np.testing.assert_array_equal(store.load("a", "templated"), vec(1))
+
+
+def test_non_regular_and_wrong_shape_tensors_are_refused(store: PersonaVectorStore) -> None:
+    path = store.tensor_path("a", "templated")
+    path.unlink()
+    os.mkfifo(path)  # a reader opening it would block forever
+    with pytest.raises(ArtifactError, match="not a regular file"):
+        store.load("a", "templated")
+    path.unlink()
+    save_file({"activations": vec(0, (L, H + 1))}, str(path))
+    with pytest.raises(ArtifactError, match=r"shape \(4, 9\) but the manifest says \(4, 8\)"):
+        store.stack(["a"], "templated", layers=[0])
+
+
+def test_a_variant_folder_symlinked_out_of_the_store_is_refused(store: PersonaVectorStore, tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    store.variant_dir("templated").rename(elsewhere)
+    store.variant_dir("templated").symlink_to(elsewhere, target_is_directory=True)
+    assert "symlink_outside_tree" in {p.kind for p in validate(store.root_dir).problems}
+    for use in (
+        lambda: store.list_personas(["templated"]),
+        lambda: store.load("a", "templated"),
+        lambda: store.save("c", "templated", vec(2), name="C", sample_ids=["q"]),
+    ):
+        with pytest.raises(ArtifactError, match="a symlink leads this folder out of the store"):
+            use()
+    assert sorted(p.name for p in elsewhere.iterdir()) == [".manifest.lock", "a.safetensors", "b.safetensors", "manifest.json"]
+
+
+def test_tensors_without_a_manifest_are_an_error_and_never_orphaned(store: PersonaVectorStore) -> None:
+    store.manifest_path("templated").unlink()
+    before = {p.name: p.read_bytes() for p in store.variant_dir("templated").glob("*.safetensors")}
+    for use in (
+        lambda: store.list_personas(["templated"]),
+        lambda: store.available_variants(),
+        lambda: load_analysis_dataset(store),
+        lambda: store.save("c", "templated", vec(2), name="C", sample_ids=["q"]),
+    ):
+        with pytest.raises(ManifestError, match=r"holds \.safetensors files but no manifest\.json; restore"):
+            use()
+    after = {p.name: p.read_bytes() for p in store.variant_dir("templated").glob("*.safetensors")}
+    assert after == before and not store.manifest_path("templated").exists()
+
+
+def test_a_symlinked_manifest_is_refused(store: PersonaVectorStore, tmp_path: Path) -> None:
+    manifest = store.manifest_path("templated")
+    (tmp_path / "m.json").write_bytes(manifest.read_bytes())
+    manifest.unlink()
+    manifest.symlink_to(tmp_path / "m.json")
+    with pytest.raises(ManifestError, match="not a regular file"):
+        store.list_personas(["templated"])
+
+
+def _nan_with_updated_sha(store: PersonaVectorStore, path: Path) -> None:
+    data = save({"activations": np.full((L, H), np.nan, np.float32)})
+    path.write_bytes(data)
+    manifest = json.loads(store.manifest_path("templated").read_text())
+    manifest["personas"]["a"]["sha256"] = hashlib.sha256(data).hexdigest()
+    store.manifest_path("templated").write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize(
+    ("damage", "reason"),
+    [
+        (lambda p: p.write_bytes(p.read_bytes()[:-4]), "truncated"),
+        (lambda p: os.truncate(p, 2 << 30), "2147483440 trailing bytes"),  # sparse 2 GB
+        (lambda p: (p.unlink(), p.symlink_to("/etc/passwd")), "outside the store"),
+        (lambda p: p.write_bytes(p.read_bytes()[:-8] + b"\0" * 8), "sha256 differs"),
+        (lambda p: save_file({"activations": vec(0, (L + 1, H))}, str(p)), "shape (5, 8)"),
+    ],
+)
+def test_has_checks_the_file_it_would_skip(
+    store: PersonaVectorStore, damage: Callable[[Path], object], reason: str
+) -> None:
+    damage(store.tensor_path("a", "templated"))
+    assert not store.has("a", "templated", ["q"])
+    assert reason in (store.tensor_problem("a", "templated") or "")
+    assert store.has("b", "templated", ["q"]) and store.tensor_problem("b", "templated") is None
+
+
+def test_has_refuses_a_nan_file_whose_sha256_was_updated(store: PersonaVectorStore) -> None:
+    _nan_with_updated_sha(store, store.tensor_path("a", "templated"))
+    # The digest matches, so the scan that `validate --deep` does is what catches it.
+    assert not store.has("a", "templated", ["q"])
+    assert "NaN" in (store.tensor_problem("a", "templated") or "")
+
+
+def test_a_save_cleans_temp_files_of_a_killed_run(store: PersonaVectorStore) -> None:
+    folder = store.variant_dir("templated")
+    stale = [folder / ".a.safetensors.x1y2.tmp", folder / ".manifest.json.abc.tmp"]
+    for path in stale:
+        path.write_bytes(b"partial")
+    keep = folder / "samples" / ".a.safetensors.q.tmp"  # per-sample writes take no lock
+    keep.parent.mkdir()
+    keep.write_bytes(b"in flight")
+    store.save("c", "templated", vec(2), name="C", sample_ids=["q"])
+    assert not any(p.exists() for p in stale) and keep.exists()
+    assert "stale_temp_file" not in {p.kind for p in validate(folder).problems if p.path != str(keep)}
