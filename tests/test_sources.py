@@ -20,25 +20,25 @@ def test_local_folders(tmp_path):
     assert store.root_dir == tmp_path / "activations"
 
 
-def test_packaged_folders_are_told_apart_from_stores(tmp_path, monkeypatch):
-    import sys
-    import types
+def test_packaged_folders_are_told_apart_from_stores(tmp_path):
+    import numpy as np
+    from pvrs import hub
 
-    monkeypatch.setitem(
-        sys.modules, "pvrs.hub.reading", types.SimpleNamespace(HFPersonaVectorStore=lambda *a, **k: "hub")
-    )
     project = tmp_path / "project"  # an artifacts folder beside a README
     (project / "activations").mkdir(parents=True)
     (project / "README.md").write_text("# my project\n")
     assert isinstance(open_store(MODEL, project, "answer_mean"), PersonaVectorStore)
+    store_root = tmp_path / "store"
+    PersonaVectorStore(MODEL, root_dir=store_root).save(
+        "pirate", "templated", np.ones((2, 3), np.float32), name="Pirate", sample_ids=["q1"]
+    )
+    assert isinstance(open_store(MODEL, store_root, "answer_mean"), PersonaVectorStore)
     packaged = tmp_path / "packaged"
-    (packaged / "org__tiny__answer_mean").mkdir(parents=True)
-    (packaged / "org__tiny__answer_mean" / "templated-00000-of-00001.parquet").write_bytes(b"")
-    assert open_store(MODEL, packaged, "answer_mean") == "hub"
-    store = tmp_path / "store" / "org__tiny" / "answer_mean" / "templated"
-    store.mkdir(parents=True)
-    (store / "manifest.json").write_text("{}")
-    assert isinstance(open_store(MODEL, tmp_path / "store", "answer_mean"), PersonaVectorStore)
+    hub.package(MODEL, packaged, root_dir=store_root, progress=False)
+    store = open_store(MODEL, packaged, "answer_mean")
+    assert isinstance(store, hub.HFPersonaVectorStore)
+    assert store.list_personas(["templated"]) == ["pirate"]
+    np.testing.assert_array_equal(store.load("pirate", "templated"), np.ones((2, 3), np.float32))
 
 
 def test_bad_sources_are_one_clear_error(tmp_path):

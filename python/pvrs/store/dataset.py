@@ -7,7 +7,6 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -19,9 +18,7 @@ from pvrs.store.layout import (
     VectorNotFoundError,
     strategy_name,
 )
-
-if TYPE_CHECKING:  # only for annotations: the local store imports this module
-    from pvrs.store.local import PersonaVectorStore
+from pvrs.store.queries import PersonaQueries
 
 
 def discover_activation_models(
@@ -49,9 +46,10 @@ def discover_activation_models(
 @dataclass
 class AnalysisDataset:
     """Persona vectors of several variants, aligned for analysis: the same personas (present
-    in every variant) in the same order, and the layers they share."""
+    in every variant) in the same order, and the layers they share. `store` is any store
+    with the shared queries: the local one or `pvrs.hub.HFPersonaVectorStore`."""
 
-    store: PersonaVectorStore
+    store: PersonaQueries
     variants: tuple[str, ...]
     persona_ids: list[str]
     names: list[str]
@@ -67,8 +65,7 @@ class AnalysisDataset:
             )
         chosen = tuple(int(i) for i in (self.layers if layers is None else layers))
         if chosen not in self._cache.setdefault(variant, {}):
-            manifest = self.store.read_manifest(variant) or {}
-            every_layer = chosen == tuple(range(manifest.get("num_layers") or 0))
+            every_layer = chosen == tuple(range(self.store.num_layers(variant) or 0))
             self._cache[variant][chosen] = self.store.stack(
                 self.persona_ids, variant, None if every_layer else chosen
             )
@@ -79,7 +76,7 @@ class AnalysisDataset:
 
 
 def load_analysis_dataset(
-    store: PersonaVectorStore,
+    store: PersonaQueries,
     variants: Sequence[str] | None = None,
     *,
     persona_ids: Sequence[str] | None = None,
@@ -88,9 +85,8 @@ def load_analysis_dataset(
     """Align the store's personas across `variants` (default: the store's available ones)."""
     chosen = tuple(store.available_variants() if variants is None else variants)
     if not chosen:
-        raise ArtifactError(
-            f"no persona vectors under {store.model_dir / store.mask_strategy}; run `pvrs extract` first"
-        )
+        where = ", ".join(store.location(v) for v in store.variants)
+        raise ArtifactError(f"no persona vectors in {where}; run `pvrs extract` first")
     shared = store.list_personas(chosen, include_baseline=include_baseline)
     if persona_ids is not None:
         available = set(store.list_personas(chosen, include_baseline=True))
@@ -101,9 +97,8 @@ def load_analysis_dataset(
             )
         shared = list(persona_ids)
     if not shared:
-        raise ArtifactError(
-            f"no persona is saved in every variant of {list(chosen)} under {store.model_dir / store.mask_strategy}"
-        )
+        where = ", ".join(store.location(v) for v in chosen)
+        raise ArtifactError(f"no persona is saved in every variant of {list(chosen)} ({where})")
     names = store.persona_names(shared, chosen)
     return AnalysisDataset(
         store=store,

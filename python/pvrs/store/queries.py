@@ -5,14 +5,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+import numpy as np
+
 from pvrs.errors import InvalidArgumentError
 from pvrs.store.layout import BASELINE_PERSONA_ID
 
 
 class PersonaQueries:
     """The persona-vectors 0.6.x query semantics, shared by the local store and
-    `pvrs.hub.HFPersonaVectorStore` so both answer alike. A store provides `variants` and
-    two lookups; everything else is defined here once."""
+    `pvrs.hub.HFPersonaVectorStore` so both answer alike. A store provides `variants`, two
+    lookups, `location` and `stack`; everything else is defined here once."""
 
     variants: tuple[str, ...]
 
@@ -28,6 +30,17 @@ class PersonaQueries:
     def location(self, variant: str) -> str:
         """Where `variant`'s vectors are, for messages."""
         raise NotImplementedError
+
+    def stack(
+        self, persona_ids: Sequence[str], variant: str, layers: Sequence[int] | None = None
+    ) -> np.ndarray:
+        """`(len(persona_ids), len(layers) or num_layers, hidden_size)` float32."""
+        raise NotImplementedError
+
+    def num_layers(self, variant: str) -> int | None:
+        """Layer count of `variant`'s vectors; None when the variant is missing or its count
+        unknown."""
+        return self._num_layers(variant)
 
     def _layer_indices(self, variant: str, layers: Sequence[int] | None) -> list[int] | None:
         """`layers` as non-negative indices (`-1` is the last layer), each checked against
