@@ -13,6 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import test_hub_push
 import torch
 import yaml
 from hypothesis import HealthCheck, given, settings
@@ -23,13 +24,22 @@ from pvrs.errors import (
     InputError,
     InvalidArgumentError,
     NonFiniteError,
+    PackagingError,
 )
-from pvrs.store import PersonaVectorStore, VectorNotFoundError, validate_persona_id
+from pvrs.hub.cards import match_data_files
+from pvrs.store import (
+    PersonaVectorStore,
+    VectorNotFoundError,
+    load_analysis_dataset,
+    validate_persona_id,
+)
 from safetensors.torch import save_file
+from test_hub_push import REPO, FakeHub
 
 MODEL = "org/tiny-model"
 CONFIG = "org__tiny-model__answer_mean"
 L, H = 4, 6
+fake_hub = test_hub_push.fake_hub  # the push tests' fake Hub, to read a repo from
 PERSONAS = {
     "baseline_assistant": ("Assistant", ["q1", "q2"]),
     "pirate": ("Pirate ☠", ["q1", "q2", "q3"]),
@@ -185,6 +195,19 @@ def test_round_trip_through_hf_store(root: Path, tmp_path: Path) -> None:
     # A missing requested variant gives no names, as in the local store.
     assert missing.persona_names(list(PERSONAS)) == {}
     assert local.persona_names(list(PERSONAS), ["templated", "other"]) == {}
+
+
+def test_analysis_dataset_reads_a_packaged_folder(root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "pkg"
+    package(root, out)
+    local = load_analysis_dataset(PersonaVectorStore(MODEL, root_dir=root), include_baseline=True)
+    remote = load_analysis_dataset(hub.HFPersonaVectorStore(out, MODEL), include_baseline=True)
+    assert (remote.persona_ids, remote.names, remote.layers) == (local.persona_ids, local.names, local.layers)
+    for variant in ("templated", "biography"):
+        for layers in (None, [2, 0]):
+            np.testing.assert_array_equal(remote.samples(variant, layers), local.samples(variant, layers))
+    with pytest.raises(ArtifactError, match=f"no persona vectors in {out} \\(config org__other__answer_mean"):
+        load_analysis_dataset(hub.HFPersonaVectorStore(out, "org/other"))
 
 
 def test_discovery(root: Path, tmp_path: Path) -> None:
@@ -354,9 +377,9 @@ def test_progress_reports_rows_and_its_exceptions_abort(root: Path, tmp_path: Pa
     assert shown.files == silent.files
 
 
-def test_reads_a_dataset_written_by_datasets_itself(tmp_path: Path) -> None:
-    """A folder as `datasets` writes it (Array2D extension type, snappy, no card): found by
-    its file names and read like pvrs' own output."""
+def write_with_datasets(folder: Path, split: str, ids: list[str], shards: int = 1) -> None:
+    """`<CONFIG>/<split>-NNNNN-of-NNNNN.parquet` as `datasets` writes them (`push_to_hub`'s
+    shards: Array2D extension type, snappy), the vector of `ids[i]` being `vec(i)`."""
     import datasets
 
     features = datasets.Features(
@@ -367,25 +390,121 @@ def test_reads_a_dataset_written_by_datasets_itself(tmp_path: Path) -> None:
             "vector": datasets.Array2D(shape=(L, H), dtype="float32"),
         }
     )
-    vectors = [vec(i) for i in range(3)]
     ds = datasets.Dataset.from_dict(
         {
-            "persona_id": ["a", "baseline_assistant", "b"],
-            "name": ["A", "Assistant", "B"],
-            "sample_ids": [["q1"], [], ["q2", "q3"]],
-            "vector": vectors,
+            "persona_id": ids,
+            "name": [p.title() for p in ids],
+            "sample_ids": [[f"q{i}"] * i for i in range(len(ids))],
+            "vector": [vec(i) for i in range(len(ids))],
         },
         features=features,
     )
-    (tmp_path / CONFIG).mkdir()
-    ds.to_parquet(str(tmp_path / CONFIG / "biography-00000-of-00001.parquet"))
+    (folder / CONFIG).mkdir(parents=True, exist_ok=True)
+    for i in range(shards):
+        path = folder / CONFIG / f"{split}-{i:05d}-of-{shards:05d}.parquet"
+        ds.shard(shards, i, contiguous=True).to_parquet(str(path))
+
+
+def test_reads_a_dataset_written_by_datasets_itself(tmp_path: Path) -> None:
+    """A folder as `datasets` writes it (no card): found by its file names and read like
+    pvrs' own output."""
+    ids = ["a", "baseline_assistant", "b"]
+    write_with_datasets(tmp_path, "biography", ids)
     store = hub.HFPersonaVectorStore(tmp_path, MODEL, variants=("biography",))
     assert store.list_personas() == ["a", "b"]
     assert store.persona_names(["b"]) == {"b": "B"}
     assert store.list_layers() == list(range(L))
-    np.testing.assert_array_equal(store.load("b", "biography"), vectors[2])
-    assert store.sample_ids("b", "biography") == ["q2", "q3"]
+    np.testing.assert_array_equal(store.load("b", "biography"), vec(2))
+    assert store.sample_ids("b", "biography") == ["q2", "q2"]
     assert [c.config_name for c in hub.list_hub_vector_models(tmp_path)] == [CONFIG]
+
+
+# ---- dataset cards: pvrs', `push_to_hub`'s, the reference tool's, none ------------------
+
+SPLIT_IDS = {"templated": ["a", "b", "baseline_assistant", "c", "d"], "biography": ["a", "b"]}
+
+
+def write_card(folder: Path, paths: dict[str, object]) -> None:
+    data_files = [{"split": split, "path": path} for split, path in paths.items()]
+    meta = {"configs": [{"config_name": CONFIG, "data_files": data_files}]}
+    (folder / "README.md").write_text(f"---\n{yaml.safe_dump(meta)}---\n\n# vectors\n")
+
+
+def card_paths(folder: Path, style: str) -> dict[str, object]:
+    """Each split's `data_files` path in a card style: pvrs lists every file, `push_to_hub`
+    writes `<config>/<split>-*`, the reference tool rewrites it to `<config>/<split>-*.parquet`."""
+    out: dict[str, object] = {}
+    for split in SPLIT_IDS:
+        if style == "pvrs":
+            out[split] = sorted(f"{CONFIG}/{p.name}" for p in (folder / CONFIG).glob(f"{split}-*"))
+        else:
+            out[split] = f"{CONFIG}/{split}-*" + (".parquet" if style == "reference" else "")
+    return out
+
+
+@pytest.fixture
+def written(tmp_path: Path) -> Path:
+    """Two splits written by `datasets`, the templated one in three shards."""
+    folder = tmp_path / "ds"
+    for split, ids in SPLIT_IDS.items():
+        write_with_datasets(folder, split, ids, shards=3 if split == "templated" else 1)
+    return folder
+
+
+@pytest.mark.parametrize("style", ["pvrs", "push_to_hub", "reference", "none"])
+def test_every_card_style_reads_like_datasets(written: Path, tmp_path: Path, style: str) -> None:
+    import datasets
+
+    if style != "none":
+        write_card(written, card_paths(written, style))
+    store = hub.HFPersonaVectorStore(written, MODEL)
+    assert store.available_variants() == ["templated", "biography"]
+    assert store.list_personas() == ["a", "b"]
+    for split, ids in SPLIT_IDS.items():
+        assert store.list_personas([split], include_baseline=True) == sorted(ids)
+        np.testing.assert_array_equal(store.stack(ids, split), np.stack([vec(i) for i in range(len(ids))]))
+        if style != "none":  # `datasets` needs the card to know the config
+            ds = datasets.load_dataset(str(written), CONFIG, split=split, cache_dir=str(tmp_path / "c"))
+            assert sorted(ds["persona_id"]) == sorted(ids)
+            rows = ds.with_format("numpy")
+            for i, pid in enumerate(ds["persona_id"]):
+                np.testing.assert_array_equal(rows[i]["vector"], store.load(pid, split))
+
+
+def test_card_globs_resolve_against_the_hub_file_list(written: Path, fake_hub: FakeHub) -> None:
+    write_card(written, card_paths(written, "push_to_hub"))
+    for path in written.rglob("*"):
+        if path.is_file():
+            fake_hub.files[path.relative_to(written).as_posix()] = path.read_bytes()
+    store = hub.HFPersonaVectorStore(REPO, MODEL)
+    assert store.list_personas() == ["a", "b"]
+    np.testing.assert_array_equal(store.stack(["d", "a"], "templated"), np.stack([vec(4), vec(0)]))
+
+
+def test_card_patterns_resolve_as_datasets_globs(written: Path, tmp_path: Path) -> None:
+    from datasets.data_files import resolve_pattern
+
+    files = [".hidden/c/x.parquet", "c/.x.parquet", "c/x-1.parquet", "c/d/x-2.parquet", "c/y.parquet"]
+    for f in files:
+        (tmp_path / "g" / f).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "g" / f).write_bytes(b"")
+    expected = {
+        "c/x-*": ["c/x-1.parquet"],  # `*` stays in its folder
+        "**/x-*": ["c/d/x-2.parquet", "c/x-1.parquet"],
+        "c/**": ["c/d/x-2.parquet", "c/x-1.parquet", "c/y.parquet"],  # not the hidden file
+        "c/.*": ["c/.x.parquet"],
+        "c/[xy]*.parquet": ["c/x-1.parquet", "c/y.parquet"],
+        "./c/x-1.parquet": ["c/x-1.parquet"],
+    }
+    for pattern, want in expected.items():
+        assert match_data_files(pattern, files) == want, pattern
+        found = resolve_pattern(pattern, str(tmp_path / "g"))
+        assert sorted(Path(f).relative_to(tmp_path / "g").as_posix() for f in found) == want, pattern
+    write_card(written, {"templated": f"{CONFIG}/templated-*", "biography": f"{CONFIG}/bio-*"})
+    store = hub.HFPersonaVectorStore(written, MODEL)
+    assert store.list_personas(["templated"]) == ["a", "b", "c", "d"]
+    with pytest.raises(PackagingError, match=f"'{CONFIG}/bio-\\*' for config '{CONFIG}' split 'biography', and no file"):
+        store.list_personas()
 
 
 def test_packaging_waits_for_a_save_in_progress(root: Path, tmp_path: Path) -> None:

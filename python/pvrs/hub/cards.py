@@ -3,7 +3,9 @@ split), merging a new card into a published one, and config names `<model_dir>__
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from fnmatch import fnmatchcase
 from typing import Any
 
 from pvrs.errors import InputError, PackagingError
@@ -98,3 +100,30 @@ def card_configs(card_text: str) -> dict[str, dict[str, list[str]]]:
             )
         out[str(entry.get("config_name", "default"))] = splits
     return out
+
+
+def match_data_files(pattern: str, files: Sequence[str]) -> list[str]:
+    """The files (relative posix paths) a card's `data_files` path matches, sorted, with the
+    glob rules `datasets` uses: `*`, `?` and `[...]` stay within one folder, a `**` folder
+    spans any number of folders, and wildcards skip hidden names unless the pattern spells
+    the dot. A path with no wildcard matches itself."""
+    parts = [p for p in pattern.split("/") if p not in ("", ".")]
+    return sorted(f for f in files if _matches(parts, f.split("/")))
+
+
+def _matches(pattern: list[str], path: list[str]) -> bool:
+    if not pattern:
+        return not path
+    head, rest = pattern[0], pattern[1:]
+    if head == "**":
+        return any(
+            _matches(rest, path[i:])
+            for i in range(len(path) + 1)
+            if not any(p.startswith(".") for p in path[:i])
+        )
+    return (
+        bool(path)
+        and fnmatchcase(path[0], head)
+        and (head.startswith(".") or not path[0].startswith("."))
+        and _matches(rest, path[1:])
+    )

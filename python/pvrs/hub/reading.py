@@ -51,15 +51,13 @@ class HFPersonaVectorStore(PersonaQueries):
         self._row_groups: dict[tuple[str, int, int], np.ndarray] = {}
 
     def __repr__(self) -> str:
-        where = self._source.local_dir or self._source.repo_id
         return (
-            f"HFPersonaVectorStore({str(where)!r}, model_name={self.model_name!r}, "
+            f"HFPersonaVectorStore({self._source.where!r}, model_name={self.model_name!r}, "
             f"mask_strategy={self.mask_strategy!r})"
         )
 
     def location(self, variant: str) -> str:
-        where = self._source.local_dir or self._source.repo_id
-        return f"{where} (config {self.config_name}, split {variant})"
+        return f"{self._source.where} (config {self.config_name}, split {variant})"
 
     def release_cache(self) -> None:
         """Drop cached indexes and decoded row groups (downloaded files stay in the Hub cache)."""
@@ -109,26 +107,14 @@ class HFPersonaVectorStore(PersonaQueries):
         if index is None or persona_id not in index.where:
             where = f"{self.config_name!r} split {variant!r}"
             if index is None:
-                have = ", ".join(self.available_variants(self._all_splits())) or "none"
+                splits = self._source.splits(self.config_name)
+                have = ", ".join(self.available_variants(splits)) or "none"
                 hint = f"no such split; available: {have}"
             else:
                 known = sorted(index.where)
                 hint = f"known personas: {', '.join(known[:8])}{' ...' if len(known) > 8 else ''}"
             raise VectorNotFoundError(f"no vector for persona {persona_id!r} in {where} ({hint})")
         return index, index.where[persona_id]
-
-    def _all_splits(self) -> list[str]:
-        card = self._source.card()
-        if self.config_name in card:
-            return sorted(card[self.config_name])
-        prefix = f"{self.config_name}/"
-        return sorted(
-            {
-                f[len(prefix) :].rsplit("-", 3)[0]
-                for f in self._source._list()
-                if f.startswith(prefix)
-            }
-        )
 
     # ---- vectors -------------------------------------------------------------------------
 

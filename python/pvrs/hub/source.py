@@ -4,6 +4,7 @@ per-split index of which file and row group hold each persona's vector."""
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -18,8 +19,13 @@ from pvrs.hub.cards import (
     REPO_TYPE,
     VectorConfig,
     card_configs,
+    match_data_files,
     parse_vector_config_name,
 )
+
+# A shard as `package` and `datasets` name it: `<split>-00000-of-00002.parquet` (older
+# `datasets` add `-<fingerprint>` before the suffix).
+SHARD_NAME = re.compile(r"(?P<split>[^/]+)-\d{5}-of-\d{5}[^/]*\.parquet")
 
 
 def list_hub_vector_models(
@@ -68,6 +74,11 @@ class DatasetSource:
                 f"{text!r} is neither a local dataset folder nor a Hub repo id like ORG/NAME"
             )
         return cls(local_dir=None, repo_id=text, revision=revision, token=token)
+
+    @property
+    def where(self) -> str:
+        """The folder or repo id, for messages."""
+        return str(self.local_dir) if self.local_dir is not None else str(self.repo_id)
 
     def _list(self) -> list[str]:
         if self._repo_files is None:
@@ -149,13 +160,39 @@ class DatasetSource:
             {f.split("/", 1)[0] for f in self._list() if f.endswith(".parquet") and "/" in f}
         )
 
-    def split_files(self, config: str, split: str) -> list[str]:
-        """Parquet files of one split (from the card, else `<config>/<split>-*.parquet`)."""
+    def splits(self, config: str) -> list[str]:
+        """The config's splits: from the card, else from its shards' file names."""
         card = self.card()
         if config in card:
-            return sorted(card[config].get(split, []))
-        prefix = f"{config}/{split}-"
-        return [f for f in self._list() if f.startswith(prefix) and f.endswith(".parquet")]
+            return sorted(card[config])
+        return sorted({split for _, split in self._shards(config)})
+
+    def split_files(self, config: str, split: str) -> list[str]:
+        """Files of one split: the card's `data_files` patterns resolved against the
+        dataset's files (as `datasets` does), else `<config>/<split>-NNNNN-of-NNNNN.parquet`."""
+        card = self.card()
+        if config not in card:
+            return [f for f, s in self._shards(config) if s == split]
+        found: list[str] = []
+        for pattern in card[config].get(split, []):
+            matched = match_data_files(pattern, self._list())
+            if not matched:
+                raise PackagingError(
+                    f"dataset {self.where}: its card lists {pattern!r} for config {config!r} "
+                    f"split {split!r}, and no file matches it; fix the card or re-push the dataset"
+                )
+            found += [f for f in matched if f not in found]
+        return found
+
+    def _shards(self, config: str) -> list[tuple[str, str]]:
+        """(path, split) of the `<config>/<split>-NNNNN-of-NNNNN.parquet` files."""
+        prefix = f"{config}/"
+        shards = []
+        for f in self._list():
+            m = SHARD_NAME.fullmatch(f[len(prefix) :]) if f.startswith(prefix) else None
+            if m:
+                shards.append((f, m["split"]))
+        return shards
 
     def fetch(self, relpath: str) -> Path:
         if self.local_dir is not None:
