@@ -222,6 +222,34 @@ def test_push_turns_hub_errors_into_packaging_errors(fake_hub: FakeHub, root: Pa
         hub.push(MODEL, REPO, root_dir=root, progress=False)
 
 
+def test_push_without_network_is_one_line(
+    fake_hub: FakeHub, root: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from huggingface_hub.errors import OfflineModeIsEnabled
+
+    def unreachable(request: httpx2.Request) -> httpx2.Response:
+        raise httpx2.ConnectError("[Errno -3] Temporary failure in name resolution", request=request)
+
+    _http.set_client_factory(lambda: httpx2.Client(transport=httpx2.MockTransport(unreachable)))
+    _http.close_session()
+    argv = ["push", "--model", MODEL, "--source", str(root), "--repo", REPO]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        f"pvrs push: error: pushing to {REPO!r} failed: the Hub cannot be reached (ConnectError: "
+        "[Errno -3] Temporary failure in name resolution); check the network, or use --dry-run "
+        "--out DIR to only write the dataset folder"
+    ]
+
+    def offline(request: httpx2.Request) -> httpx2.Response:
+        raise OfflineModeIsEnabled("Cannot reach https://huggingface.co: offline mode is enabled.")
+
+    _http.set_client_factory(lambda: httpx2.Client(transport=httpx2.MockTransport(offline)))
+    _http.close_session()
+    assert cli.main(argv) == 2
+    assert "HF_HUB_OFFLINE is set" in capsys.readouterr().err
+
+
 def test_a_push_racing_another_fails_instead_of_dropping_its_configs(fake_hub: FakeHub, root: Path) -> None:
     hub.push(MODEL, REPO, root_dir=root, progress=False)
     fake_hub.race = True

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pvrs.errors import InputError, PackagingError
+from pvrs.errors import InputError, PackagingError, PvrsIOError
 from pvrs.hub.cards import (
     CARD_FILENAME,
     REPO_TYPE,
@@ -91,7 +91,16 @@ def push(
     if not repo_id or repo_id.count("/") != 1 or "" in repo_id.split("/"):
         raise InputError(f"--repo must look like ORG/NAME, got {repo_id!r}")
     from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
-    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, RevisionNotFoundError
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        HfHubHTTPError,
+        OfflineModeIsEnabled,
+        RevisionNotFoundError,
+    )
+
+    # The HTTP client's base error (httpx's `HTTPError`): huggingface_hub's own derives from
+    # it, and so do the client's "no network", DNS and timeout errors.
+    client_error: type[Exception] = HfHubHTTPError.__bases__[0]
 
     api = HfApi(token=_resolve_token(token))
     with tempfile.TemporaryDirectory(prefix="pvrs-push-") as tmp:
@@ -145,6 +154,17 @@ def push(
                     "was committed, push again"
                 ) from None
             raise PackagingError(f"pushing to {repo_id!r} failed: {exc}") from None
+        except OfflineModeIsEnabled:
+            raise PvrsIOError(
+                f"pushing to {repo_id!r} needs the network and HF_HUB_OFFLINE is set; unset it, "
+                "or use --dry-run --out DIR to only write the dataset folder"
+            ) from None
+        except client_error as exc:
+            raise PvrsIOError(
+                f"pushing to {repo_id!r} failed: the Hub cannot be reached ({type(exc).__name__}: "
+                f"{(str(exc).strip().splitlines() or [''])[0]}); check the network, or use "
+                "--dry-run --out DIR to only write the dataset folder"
+            ) from None
     return PushResult(
         repo_id=repo_id,
         package=result,
