@@ -182,3 +182,30 @@ def test_a_save_cleans_temp_files_of_a_killed_run(store: PersonaVectorStore) -> 
     store.save("c", "templated", vec(2), name="C", sample_ids=["q"])
     assert not any(p.exists() for p in stale) and keep.exists()
     assert "stale_temp_file" not in {p.kind for p in validate(folder).problems if p.path != str(keep)}
+
+
+def test_packaging_for_push_refuses_hidden_tensors_and_folders_leaving_the_store(
+    store: PersonaVectorStore, tmp_path: Path
+) -> None:
+    from pvrs.hub import package
+
+    manifest = store.manifest_path("templated")
+    kept = manifest.read_bytes()
+    manifest.unlink()
+    with pytest.raises(ManifestError, match=r"no manifest\.json; restore"):
+        package(MODEL, tmp_path / "pkg", root_dir=store.root_dir, progress=False)
+    manifest.write_bytes(kept)
+    (tmp_path / "elsewhere").mkdir()
+    store.variant_dir("biography").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    with pytest.raises(ArtifactError, match="symlink points outside the store"):
+        package(MODEL, tmp_path / "pkg", root_dir=store.root_dir, progress=False)
+    assert not (tmp_path / "pkg").exists() or not any((tmp_path / "pkg").iterdir())
+
+
+def test_half_precision_is_a_shallow_validate_warning(store: PersonaVectorStore) -> None:
+    path = store.tensor_path("a", "templated")
+    save_file({"activations": vec(0).astype(np.float16)}, str(path))
+    report = validate(store.root_dir)
+    assert report.ok and [p.kind for p in report.warnings] == ["half_precision"]
+    assert "F16" in report.warnings[0].message
+    np.testing.assert_array_equal(store.load("a", "templated"), vec(0).astype(np.float16).astype(np.float32))

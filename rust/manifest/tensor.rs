@@ -123,6 +123,18 @@ pub(super) fn check_file(task: &FileTask, root: &Path, deep: bool) -> Vec<Proble
         ));
         return out;
     };
+    // Readers upcast half precision exactly, so it is usable (persona-vectors 0.6.x saved
+    // bf16), but pvrs writes F32 only: say so here, not only through a deep scan.
+    if info.dtype != "F32" {
+        out.push(warning(
+            path,
+            "half_precision",
+            format!(
+                "\"activations\" is {}; readers upcast it to float32, pvrs writes F32 (re-extract for full precision)",
+                info.dtype
+            ),
+        ));
+    }
     let (expected_shape, sha256) = match &task.expect {
         Expect::Vector { shape, sha256 } => (*shape, sha256.as_deref()),
         Expect::Samples { shape } => (*shape, None),
@@ -329,6 +341,19 @@ mod tests {
         ] {
             assert!(k.contains(&want), "{want} not in {k:?}");
         }
+    }
+
+    #[test]
+    fn half_precision_is_a_shallow_warning() {
+        let (tmp, dir) = tree();
+        fs::write(
+            dir.join("a.safetensors"),
+            build(&[(TENSOR_KEY, "F16", &[2, 3])], &[]),
+        )
+        .unwrap();
+        let report = validate(tmp.path(), false).unwrap();
+        assert_eq!(kinds(&report), vec!["half_precision"]);
+        assert!(report.is_clean() && report.problems[0].message.contains("F16"));
     }
 
     #[test]

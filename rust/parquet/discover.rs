@@ -6,12 +6,26 @@ use std::path::Path;
 use super::{SplitSource, MANIFEST};
 use crate::error::{Error, Result};
 
-fn sorted_subdirs(dir: &Path) -> Result<Vec<String>> {
+/// Sub-folders of `dir`; a symlinked one that leads out of `root` is refused, as `pvrs
+/// validate` refuses it (what is published must be the store's own data).
+fn sorted_subdirs(dir: &Path, root: &Path) -> Result<Vec<String>> {
     let mut names = Vec::new();
     for entry in fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
         let entry = entry.map_err(|e| Error::io(dir, e))?;
-        if !entry.path().is_dir() {
+        let path = entry.path();
+        if !path.is_dir() {
             continue;
+        }
+        if entry.file_type().is_ok_and(|t| t.is_symlink()) {
+            let target = fs::canonicalize(&path).map_err(|e| Error::io(&path, e))?;
+            if !target.starts_with(root) {
+                return Err(Error::Artifact(format!(
+                    "{}: symlink points outside the store (to {}); copy the data in instead \
+                     (`pvrs validate` reports it)",
+                    path.display(),
+                    target.display()
+                )));
+            }
         }
         match entry.file_name().into_string() {
             Ok(name) if !name.starts_with('.') => names.push(name),
@@ -36,7 +50,8 @@ pub fn discover(
             root.display()
         )));
     }
-    let present = sorted_subdirs(root)?;
+    let canonical = fs::canonicalize(root).map_err(|e| Error::io(root, e))?;
+    let present = sorted_subdirs(root, &canonical)?;
     let models: Vec<String> = match model_dirs {
         Some(wanted) => {
             for m in wanted {
@@ -58,7 +73,7 @@ pub fn discover(
     let mut out = Vec::new();
     for model in &models {
         let model_path = root.join(model);
-        let present_masks = sorted_subdirs(&model_path)?;
+        let present_masks = sorted_subdirs(&model_path, &canonical)?;
         let chosen: Vec<String> = match masks {
             Some(wanted) => {
                 let mut w: Vec<String> = wanted.to_vec();
@@ -77,8 +92,16 @@ pub fn discover(
             None => present_masks,
         };
         for mask in chosen {
-            for variant in sorted_subdirs(&model_path.join(&mask))? {
+            for variant in sorted_subdirs(&model_path.join(&mask), &canonical)? {
                 let dir = model_path.join(&mask).join(&variant);
+                if !dir.join(MANIFEST).is_file() && holds_tensors(&dir)? {
+                    return Err(Error::Manifest(format!(
+                        "{}: holds .safetensors files but no {MANIFEST}; restore the manifest \
+                         (or move the tensors out) and run `pvrs validate {}`",
+                        dir.display(),
+                        dir.display()
+                    )));
+                }
                 if dir.join(MANIFEST).is_file() {
                     out.push(SplitSource {
                         model_dir: model.clone(),
@@ -97,6 +120,20 @@ pub fn discover(
         )));
     }
     Ok(out)
+}
+
+fn holds_tensors(dir: &Path) -> Result<bool> {
+    for entry in fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+        let entry = entry.map_err(|e| Error::io(dir, e))?;
+        if entry
+            .file_name()
+            .to_string_lossy()
+            .ends_with(".safetensors")
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 fn listing(names: &[String]) -> String {
@@ -121,5 +158,21 @@ mod tests {
         assert!(err.to_string().contains("nope"));
         let err = discover(tmp.path(), None, Some(&["persona_last".into()])).unwrap_err();
         assert!(err.to_string().contains("answer_mean"));
+    }
+
+    #[test]
+    fn hidden_tensors_and_folders_leaving_the_store_are_errors() {
+        let (tmp, src) = tree(1);
+        let manifest = src.dir.join(MANIFEST);
+        let kept = fs::read(&manifest).unwrap();
+        fs::remove_file(&manifest).unwrap();
+        let err = discover(tmp.path(), None, None).unwrap_err().to_string();
+        assert!(err.contains("no manifest.json; restore"), "{err}");
+        fs::write(&manifest, kept).unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let linked = src.dir.with_file_name("biography");
+        std::os::unix::fs::symlink(outside.path(), &linked).unwrap();
+        let err = discover(tmp.path(), None, None).unwrap_err().to_string();
+        assert!(err.contains("symlink points outside the store"), "{err}");
     }
 }
