@@ -58,3 +58,48 @@ def test_builtin_model_converts_once_then_loads_fast() -> None:
     start = time.perf_counter()
     models.load("smollm2-135m")
     assert time.perf_counter() - start < 10
+
+
+def test_a_typo_of_the_builtin_name_fails_at_once() -> None:
+    with pytest.raises(pvrs.ModelError, match="unknown model 'smollm2-135'; did you mean the built-in 'smollm2-135m'"):
+        models.load_tokenizer("smollm2-135")
+
+
+@pytest.fixture
+def hub_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    cache = tmp_path / "hub"
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(cache))
+    return cache
+
+
+def test_an_unknown_id_fails_in_one_line_offline_or_unreachable(hub_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from huggingface_hub import HfApi
+
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    start = time.perf_counter()
+    with pytest.raises(pvrs.ModelError, match=r"'org/nonsense' is not a local folder, a built-in \(smollm2-135m\) or in the Hugging Face cache, and HF_HUB_OFFLINE is set"):
+        models.load("org/nonsense")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
+
+    def unreachable(*args, **kwargs):
+        raise ConnectionError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(HfApi, "model_info", unreachable)
+    with pytest.raises(pvrs.ModelError, match=r"the Hub cannot be reached \(ConnectionError\); check the network, or set HF_HUB_OFFLINE=1"):
+        models.load_tokenizer("org/nonsense")
+    with pytest.raises(pvrs.ModelError, match=r"is not a local folder, a built-in .* or a Hugging Face id"):
+        models.load_tokenizer("not an id!")
+    assert time.perf_counter() - start < 5
+
+
+def test_a_cached_id_is_not_checked_on_the_hub(hub_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from huggingface_hub import HfApi
+
+    snapshot = hub_cache / "models--org--cached" / "snapshots" / ("a" * 40)
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text("{}")
+    (hub_cache / "models--org--cached" / "refs").mkdir()
+    (hub_cache / "models--org--cached" / "refs" / "main").write_text("a" * 40)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(HfApi, "model_info", lambda *a, **k: pytest.fail("no Hub request for a cached id"))
+    assert models.resolve_model_path("org/cached") == "org/cached"

@@ -6,6 +6,7 @@ The built-in GGUF is converted once to a safetensors folder under the pvrs cache
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
 import shutil
 import tempfile
@@ -138,7 +139,7 @@ def ensure_builtin(builtin: BuiltinModel) -> Path:
     return target
 
 
-def resolve_model_path(model: str) -> str:
+def resolve_model_path(model: str, revision: str | None = None) -> str:
     """A built-in name becomes its cached folder; anything else is passed to transformers.
     A name written as a path (`/`, `./`, `../`, `~`) must be an existing folder: otherwise
     transformers would read it as a malformed Hub id and say so, which misleads."""
@@ -152,7 +153,52 @@ def resolve_model_path(model: str) -> str:
             f"model folder {model!r} {problem}; pass a local folder with config.json, a "
             f"Hugging Face id (ORG/NAME) or the built-in {DEFAULT_MODEL!r}"
         )
+    if not path.is_dir():
+        _check_hub_id(model, revision)
     return str(path) if model.startswith("~") else model
+
+
+def _check_hub_id(model: str, revision: str | None) -> None:
+    """Fail fast, in one line, for a name transformers would reject only after retrying the
+    Hub for half a minute: a typo of a built-in name, or an id neither cached nor on a
+    reachable Hub. A cached id is not checked, so offline runs keep working."""
+    from huggingface_hub import HfApi, constants, try_to_load_from_cache
+    from huggingface_hub.errors import (
+        HFValidationError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    kinds = f"a local folder, a built-in ({', '.join(BUILTIN_MODELS)})"
+    close = difflib.get_close_matches(model.lower(), BUILTIN_MODELS, n=1)
+    if close and "/" not in model:
+        raise ModelError(f"unknown model {model!r}; did you mean the built-in {close[0]!r}?")
+    try:
+        cached = [try_to_load_from_cache(model, f, revision=revision) for f in ("config.json", "tokenizer_config.json")]
+    except HFValidationError:
+        raise ModelError(f"model {model!r} is not {kinds} or a Hugging Face id (ORG/NAME)") from None
+    if any(isinstance(c, str) for c in cached):
+        return
+    if constants.HF_HUB_OFFLINE:
+        raise ModelError(
+            f"model {model!r} is not {kinds} or in the Hugging Face cache, and HF_HUB_OFFLINE "
+            "is set; unset it to download the model, or pass one of those"
+        )
+    try:
+        HfApi().model_info(model, revision=revision, timeout=10)
+    except RevisionNotFoundError:
+        raise ModelError(f"model {model!r} has no revision {revision!r} on the Hugging Face Hub") from None
+    except RepositoryNotFoundError:
+        raise ModelError(
+            f"model {model!r} is not {kinds}, or a model on the Hugging Face Hub (a private one "
+            "needs `hf auth login` or HF_TOKEN)"
+        ) from None
+    except Exception as exc:  # no network, DNS, timeouts, server errors: many types
+        raise ModelError(
+            f"model {model!r} is not {kinds} or in the Hugging Face cache, and the Hub cannot "
+            f"be reached ({type(exc).__name__}); check the network, or set HF_HUB_OFFLINE=1 "
+            "to use only cached models"
+        ) from None
 
 
 def builtin_model(model: str) -> BuiltinModel | None:
@@ -172,7 +218,7 @@ def load_tokenizer(
 ) -> PreTrainedTokenizerBase:
     from transformers import AutoTokenizer
 
-    path = resolve_model_path(model)
+    path = resolve_model_path(model, revision)
     try:
         return AutoTokenizer.from_pretrained(
             path, revision=revision, trust_remote_code=trust_remote_code
@@ -198,7 +244,7 @@ def load(
 
     resolved_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, resolved_device)
-    path = resolve_model_path(model)
+    path = resolve_model_path(model, revision)
     kwargs: dict[str, Any] = {
         "revision": revision,
         "trust_remote_code": trust_remote_code,
