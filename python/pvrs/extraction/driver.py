@@ -16,6 +16,7 @@ import numpy as np
 
 from pvrs.defaults import DEFAULT_BATCH_TOKENS, DEFAULT_MIN_SCORE
 from pvrs.engines.hooks import decoder_layers
+from pvrs.engines.models import builtin_source
 from pvrs.engines.transformers import (
     EngineConfig,
     SampleMeans,
@@ -220,7 +221,7 @@ def _prepare_jobs(
     source: SampleSource,
     variants: Sequence[str],
     strategies: list[MaskStrategy],
-    already_saved: Callable[[Persona, str, list[MaskStrategy], list[str], str], bool],
+    already_saved: Callable[[Persona, str, list[MaskStrategy], list[str], str], tuple[bool, str]],
     *,
     force: bool,
     console: Console,
@@ -243,7 +244,7 @@ def _prepare_jobs(
         baseline_strategies = [s for s in strategies if s not in persona_strategies]
         baseline_note = "no persona_* vectors: no system prompt"
     outcomes: list[PersonaOutcome] = []
-    pending: list[tuple[Persona, str, list[MaskStrategy], str]] = []
+    pending: list[tuple[Persona, str, list[MaskStrategy], str, str]] = []
     for persona in personas:
         job_strategies = baseline_strategies if persona.is_baseline else strategies
         if not job_strategies:
@@ -256,10 +257,12 @@ def _prepare_jobs(
             if not ids:
                 why = "no QA rows left after the score filter" if source.scores is not None else "no QA rows (train split, --qa-type)"
                 outcomes.append(PersonaOutcome(persona.id, variant, "failed", why))
-            elif not force and already_saved(persona, variant, job_strategies, ids, digest):
+                continue
+            saved, resume_note = (False, "") if force else already_saved(persona, variant, job_strategies, ids, digest)
+            if saved:
                 outcomes.append(PersonaOutcome(persona.id, variant, "skipped", "already saved with the same samples (use --force)"))
             else:
-                pending.append((persona, variant, job_strategies, digest))
+                pending.append((persona, variant, job_strategies, digest, resume_note))
 
     jobs: list[_Job] = []
     # Generating answers takes a while: a bar with answers/s. Rendering alone: a status line.
@@ -275,7 +278,7 @@ def _prepare_jobs(
             if bar is not None and task is not None:
                 bar.update(task, advance=n, rate=f"{generated / max(time.perf_counter() - start, 1e-9):.1f} answers/s")
 
-        for persona, variant, job_strategies, digest in pending:
+        for persona, variant, job_strategies, digest, resume_note in pending:
             label = f"{persona.id} [{variant}]"
             if bar is not None and task is not None:
                 bar.update(task, description=f"answering {label}")
@@ -288,7 +291,7 @@ def _prepare_jobs(
                 system_prompt=persona.system_prompt(variant),
                 strategies=job_strategies,
             )
-            note = baseline_note if persona.is_baseline else ""
+            note = "; ".join(n for n in (baseline_note if persona.is_baseline else "", resume_note) if n)
             jobs.append(_Job(persona, variant, samples, prepared, job_strategies, digest, note))
     return jobs, outcomes
 
@@ -349,6 +352,9 @@ def extract(
         "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
         "chat_template_sha256": chat_template_sha256(tokenizer),
     }
+    # The built-in's id names the Hub checkpoint, but its weights are a de-quantised GGUF.
+    if (model_source := builtin_source(model)) is not None:
+        provenance["model_source"] = model_source
 
     source = qa_pairs if isinstance(qa_pairs, SampleSource) else SampleSource(qa_pairs)
 
@@ -362,11 +368,17 @@ def extract(
 
     def already_saved(
         persona: Persona, variant: str, job_strategies: list[MaskStrategy], ids: list[str], digest: str
-    ) -> bool:
-        return saving and all(
-            stores[s].has(persona.id, variant, ids, samples_sha256=digest, with_samples=save_samples)
-            for s in job_strategies
-        )
+    ) -> tuple[bool, str]:
+        """Whether every strategy's vector is saved from these samples (`has` checks the file,
+        sha256 and a NaN/Inf scan included), and why any recorded one failing them is redone."""
+        if not saving:
+            return False, ""
+        missing = [
+            s for s in job_strategies
+            if not stores[s].has(persona.id, variant, ids, samples_sha256=digest, with_samples=save_samples)
+        ]
+        problems = [(s, stores[s].tensor_problem(persona.id, variant)) for s in missing]
+        return not missing, "; ".join(f"recomputed: {p} ({s.value})" for s, p in problems if p)
 
     todo, outcomes = _prepare_jobs(
         model, tokenizer, personas, source, variants, strategies, already_saved,
