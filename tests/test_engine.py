@@ -78,7 +78,8 @@ def test_prefix_reuse_gives_the_same_vectors(arch: str, padding_side: str) -> No
     expected = _reference(model, seqs, masks)
     reused = sample_means(model, seqs, masks, EngineConfig(batch_tokens=64, padding_side=padding_side, prefix_reuse=True))
     plain = sample_means(model, seqs, masks, EngineConfig(batch_tokens=64, padding_side=padding_side, prefix_reuse=False))
-    assert reused.tokens_processed < plain.tokens_processed  # the prefix really was encoded once
+    assert reused.tokens_computed < plain.tokens_computed  # the prefix really was encoded once
+    assert reused.conversation_tokens == plain.conversation_tokens == plain.tokens_computed
     np.testing.assert_allclose(reused.means, expected, atol=ATOL, rtol=1e-4)
     np.testing.assert_allclose(plain.means, expected, atol=ATOL, rtol=1e-4)
 

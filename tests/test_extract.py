@@ -365,6 +365,29 @@ def test_the_builtin_models_gguf_source_is_recorded(tmp_path: Path, monkeypatch:
     assert validate(tmp_path / "builtin").problems == []
 
 
+def test_tokens_per_second_counts_conversation_tokens_with_or_without_prefix_reuse() -> None:
+    from io import StringIO
+
+    from pvrs.cli.report import print_extraction_summary
+    from rich.console import Console
+
+    tokenizer = make_tokenizer("chatml")
+    model = tiny_model("llama", vocab_size=len(tokenizer))
+    rows = inputs.qa_for_persona(QA, PERSONAS[2])
+    prepared = prepare_inputs(tokenizer, [(r.qid, r.question, r.answer) for r in rows],
+                              system_prompt=PERSONAS[2].system_prompt("biography"), strategies=[MaskStrategy.ANSWER_MEAN])
+    conversation = sum(len(p.input_ids) for p in prepared)
+    run = dict(variants=("biography",), progress=False)
+    reused = extract(model, tokenizer, PERSONAS[2:3], QA, prefix_reuse=True, **run)
+    plain = extract(model, tokenizer, PERSONAS[2:3], QA, prefix_reuse=False, **run)
+    assert reused.tokens == plain.tokens == plain.tokens_computed == conversation
+    assert reused.tokens_computed < conversation and reused.computed_share < 1 == plain.computed_share
+    out = StringIO()
+    print_extraction_summary(Console(file=out, width=300), reused, Path("store"))
+    assert f"{conversation:,} conversation tokens" in out.getvalue()
+    assert f"{reused.computed_share:.0%} computed: prefix reused" in out.getvalue()
+
+
 def test_cli_extract_checks_inputs_and_output_before_loading_the_model(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

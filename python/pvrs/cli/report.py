@@ -21,7 +21,9 @@ def print_extraction_summary(console: Console, result: ExtractionResult, root: P
     for o in result.outcomes:
         table.add_row(o.persona_id, o.variant, f"[{style[o.status]}]{o.status}[/]", str(o.n_samples or ""), o.reason)
     console.print(table)
+    reuse = f", {result.computed_share:.0%} computed: prefix reused" if result.computed_share < 1 else ""
     console.print(
         f"{result.count('written')} written, {result.count('skipped')} skipped, {result.count('failed')} failed; "
-        f"{result.tokens:,} tokens in {result.seconds:.1f} s ({result.tokens_per_second:,.0f} tok/s). Store: {root}"
+        f"{result.tokens:,} conversation tokens in {result.seconds:.1f} s ({result.tokens_per_second:,.0f} tok/s"
+        f"{reuse}). Store: {root}"
     )

@@ -49,7 +49,8 @@ class SampleMeans:
     means: np.ndarray  # (N, S, L', H) float32
     counts: np.ndarray  # (N, S) int64: tokens averaged
     layers: list[int]
-    tokens_processed: int
+    conversation_tokens: int  # every sample's full length: the work a run without reuse does
+    tokens_computed: int  # what the forwards encoded: a reused prefix once, then each suffix
     batch_tokens: int  # the token budget in force at the end (lower after CUDA out-of-memory)
 
 
@@ -160,7 +161,8 @@ def sample_means(
     """Per-sample masked means for S strategies at once.
 
     `masks[n]` is a bool array (S, len(input_ids[n])). `on_batch(n_samples, n_tokens)` is
-    called after each batch (progress bars)."""
+    called after each batch (progress bars) with its conversation tokens, prefix included
+    whether or not it was reused, so rates compare across `prefix_reuse`."""
     if config.padding_side not in ("left", "right"):
         raise InvalidArgumentError(f"padding side must be 'left' or 'right', got {config.padding_side!r}")
     seqs = [np.asarray(s, dtype=np.int64) for s in input_ids]
@@ -231,11 +233,13 @@ def sample_means(
         done = set(idx)
         pending = [i for i in pending if i not in done]
         means[idx] = (sums / torch.as_tensor(counts[idx], device=sums.device)[:, :, None, None]).cpu().numpy()
-        batch_tokens = sum(lengths[i] - prefix_len for i in idx)
-        tokens += batch_tokens
+        tokens += sum(lengths[i] - prefix_len for i in idx)
         if on_batch:
-            on_batch(len(idx), batch_tokens)
-    return SampleMeans(means=means, counts=counts, layers=layers, tokens_processed=tokens, batch_tokens=budget)
+            on_batch(len(idx), sum(lengths[i] for i in idx))
+    return SampleMeans(
+        means=means, counts=counts, layers=layers, conversation_tokens=sum(lengths),
+        tokens_computed=tokens, batch_tokens=budget,
+    )
 
 
 def _text_config(model: nn.Module) -> Any:

@@ -64,7 +64,8 @@ class ExtractionResult:
     sample_ids: dict[tuple[str, str], list[str]] = field(default_factory=dict)
     sample_vectors: dict[tuple[str, str, MaskStrategy], np.ndarray] = field(default_factory=dict)
     outcomes: list[PersonaOutcome] = field(default_factory=list)
-    tokens: int = 0
+    tokens: int = 0  # conversation tokens (a reused prefix counted in each conversation)
+    tokens_computed: int = 0  # tokens the forwards encoded (a reused prefix once per persona)
     seconds: float = 0.0
     stopped: str = ""  # why the run stopped early (a write failed: disk full, ...); "" if it did not
 
@@ -76,7 +77,13 @@ class ExtractionResult:
 
     @property
     def tokens_per_second(self) -> float:
+        """Conversation tokens per second: the same count with or without prefix reuse."""
         return self.tokens / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def computed_share(self) -> float:
+        """The part of the conversation tokens the forwards encoded (below 1 with prefix reuse)."""
+        return self.tokens_computed / self.tokens if self.tokens else 1.0
 
 
 def chat_template_sha256(tokenizer: PreTrainedTokenizerBase) -> str | None:
@@ -414,6 +421,7 @@ def extract(
                 )
                 # A budget lowered by CUDA out-of-memory stays lowered for the next personas.
                 config = replace(config, batch_tokens=means.batch_tokens)
+                result.tokens_computed += means.tokens_computed
                 outcome = _store_job(job, means, stores if saving else None, provenance, save_samples, result)
             except PvrsError as exc:
                 outcome = PersonaOutcome(job.persona.id, job.variant, "failed", str(exc))
@@ -480,7 +488,7 @@ def _store_job(
                 samples_sha256=job.digest,
             )
     return PersonaOutcome(
-        job.persona.id, job.variant, "written", job.note, n_samples=len(job.prepared), n_tokens=means.tokens_processed
+        job.persona.id, job.variant, "written", job.note, n_samples=len(job.prepared), n_tokens=means.conversation_tokens
     )
 
 
