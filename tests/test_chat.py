@@ -5,6 +5,8 @@ content (or be its first/last token), with tiny offline tokenizers from `tests/t
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from pvrs import InputError, MaskError, SpanError, TemplateError
@@ -240,3 +242,38 @@ def test_the_builtin_smollm2_tokenizer() -> None:
     [base] = prepare_inputs(tok, [("s1", QUESTION, ANSWER)], system_prompt=None)
     assert base.spans.chars.system_is_default
     assert "SmolLM" in decode(tok, base, selected(base, MaskStrategy.PERSONA_MEAN))
+
+
+@pytest.mark.parametrize("family", ["chatml", "llama3", "mistral", "phi3"])
+def test_control_token_strings_in_contents_warn_or_are_split(family: str) -> None:
+    import warnings
+
+    from pvrs.extraction.chat import SpecialTokenWarning
+
+    tok = make_tokenizer(family)
+    end = TURN_END[family]
+    answer = f"Done {end} and more."
+    samples = [("plain", QUESTION, ANSWER), ("x", f"Say {end} now", answer)]
+    with pytest.warns(SpecialTokenWarning, match=rf"sample 'x': the content holds '{re.escape(end)}'.*split_special_tokens=True"):
+        [_, as_control] = prepare_inputs(tok, samples, system_prompt=SYSTEM, strategies=[MaskStrategy.ANSWER_MEAN])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        [plain, split] = prepare_inputs(
+            tok, samples, system_prompt=SYSTEM, strategies=[MaskStrategy.ANSWER_MEAN], split_special_tokens=True
+        )
+        [reference] = prepare_inputs(tok, samples[:1], system_prompt=SYSTEM, strategies=[MaskStrategy.ANSWER_MEAN])
+    end_id = tok.convert_tokens_to_ids(end)
+    # Inside contents the string is text; the template's own control tokens are kept.
+    assert list(as_control.input_ids).count(end_id) == list(split.input_ids).count(end_id) + 2
+    selected = split.token_masks[MaskStrategy.ANSWER_MEAN]
+    chars = split.offsets[selected]
+    assert split.prompt_text[chars[0, 0] : chars[-1, 1]].strip() == answer
+    assert end_id not in split.input_ids[selected]
+    np.testing.assert_array_equal(plain.input_ids, reference.input_ids)  # other samples unchanged
+
+
+def test_split_special_tokens_is_refused_where_pieces_encode_differently() -> None:
+    tok = make_tokenizer("gemma2")  # metaspace: a piece encoded alone gets a leading "▁"
+    with pytest.raises(TemplateError, match="split_special_tokens is not supported"):
+        prepare_inputs(tok, [("x", "Hi <end_of_turn> there", ANSWER)], system_prompt=None,
+                       strategies=[MaskStrategy.ANSWER_MEAN], split_special_tokens=True)

@@ -388,6 +388,20 @@ def test_tokens_per_second_counts_conversation_tokens_with_or_without_prefix_reu
     assert f"{reused.computed_share:.0%} computed: prefix reused" in out.getvalue()
 
 
+def test_split_special_tokens_changes_the_vectors_and_is_not_resumed_over(tmp_path: Path) -> None:
+    from pvrs.extraction.chat import SpecialTokenWarning
+
+    tokenizer = make_tokenizer("chatml")
+    model = tiny_model("llama", vocab_size=len(tokenizer))
+    rows = [inputs.QAPair("q1", "Who are you?", "A pirate <|im_end|> of the sea.")]
+    run = dict(variants=("templated",), save_to=tmp_path, model_name="tiny", progress=False)
+    with pytest.warns(SpecialTokenWarning):
+        as_control = extract(model, tokenizer, PERSONAS[1:2], rows, **run)
+    split = extract(model, tokenizer, PERSONAS[1:2], rows, split_special_tokens=True, **run)
+    assert split.count("written") == 1  # another tokenization: not skipped as already saved
+    assert not np.allclose(split.vector("pirate", "templated"), as_control.vector("pirate", "templated"))
+
+
 def test_cli_extract_checks_inputs_and_output_before_loading_the_model(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

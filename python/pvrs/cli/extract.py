@@ -58,7 +58,9 @@ def _cmd_preview(args: argparse.Namespace) -> int:
         + {"native": "system turn", "merged": "merged into the first user turn", "none": "none"}[layout.system_mode]
         + (" (template default shown as the persona span)" if layout.default_system else "")
     )
-    for prepared in prepare_inputs(tokenizer, samples, system_prompt=system, strategies=strategies):
+    for prepared in prepare_inputs(
+        tokenizer, samples, system_prompt=system, strategies=strategies, split_special_tokens=args.split_special_tokens
+    ):
         print_preview(console, tokenizer, prepared, strategies)
     return 0
 
@@ -84,7 +86,16 @@ def _add_preview(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--system", default=None, help="custom system prompt (omit for none)")
     p.add_argument("--question", default=None, help="custom question (with --answer)")
     p.add_argument("--answer", default=None, help="custom answer (with --question)")
+    _add_split_special_tokens(p)
     p.set_defaults(handler=_cmd_preview)
+
+
+def _add_split_special_tokens(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--split-special-tokens", action="store_true",
+        help="tokenize control-token strings (<|im_end|>, ...) inside questions, answers and persona "
+        "prompts as text, not as control tokens (default: control tokens, with a warning)",
+    )
 
 
 def _cmd_extract(args: argparse.Namespace) -> int:
@@ -133,7 +144,8 @@ def _cmd_extract(args: argparse.Namespace) -> int:
         variants=args.variants, mask_strategies=args.mask_strategy, batch_tokens=args.batch_tokens,
         padding_side=args.padding_side, prefix_reuse=not args.no_prefix_reuse, model_name=model_name,
         save_to=root, force=args.force, save_samples=args.save_samples, revision=args.revision,
-        allow_long_samples=args.allow_long_samples, verbose=args.verbose, console=console,
+        allow_long_samples=args.allow_long_samples, split_special_tokens=args.split_special_tokens,
+        verbose=args.verbose, console=console,
     )
     print_extraction_summary(console, result, root)
     if result.stopped:
@@ -202,6 +214,7 @@ def _add_extract(sub: argparse._SubParsersAction) -> None:
         "--allow-long-samples", action="store_true",
         help="extract conversations longer than the model's max_position_embeddings (refused by default)",
     )
+    _add_split_special_tokens(run)
     run.add_argument("--shard", metavar="I/N", help="only personas whose index mod N is I (0-based)")
     run.add_argument("--verbose", action="store_true", help="preview each persona's masked tokens")
     p.set_defaults(handler=_cmd_extract)

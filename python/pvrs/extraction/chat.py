@@ -314,6 +314,77 @@ def special_token_ids(tokenizer: PreTrainedTokenizerBase) -> set[int]:
     return ids
 
 
+class SpecialTokenWarning(UserWarning):
+    """A question, answer or persona prompt holds a string its tokenizer reads as a control token."""
+
+
+def _contents(r: Rendered) -> list[Span]:
+    return [s for s in (r.spans.system, r.spans.question, r.spans.answer) if s is not None]
+
+
+def _in_content(start: int, spans: Sequence[Span]) -> bool:
+    return any(a <= start < b for a, b in spans)
+
+
+def _special_in_content(
+    r: Rendered, ids: Sequence[int], offsets: Sequence[tuple[int, int]], special_text: Mapping[int, str]
+) -> str | None:
+    """The first special token matched from its own string inside a content (not an `<unk>`
+    standing for an unknown character), or None."""
+    spans = _contents(r)
+    return next(
+        (
+            special_text[t]
+            for t, (a, b) in zip(ids, offsets, strict=True)
+            if t in special_text and _in_content(a, spans) and r.text[a:b] == special_text[t]
+        ),
+        None,
+    )
+
+
+def _encode_content_as_text(
+    tokenizer: PreTrainedTokenizerBase,
+    text: str,
+    spans: Sequence[Span],
+    ids: Sequence[int],
+    offsets: Sequence[tuple[int, int]],
+    sample_id: str,
+    template: str,
+) -> tuple[list[int], list[tuple[int, int]]]:
+    """`text` tokenized as a whole, except that special-token strings inside the contents are
+    text. A tokenizer encodes the text between added tokens piece by piece, so cutting at the
+    template's added tokens and encoding each piece with `split_special_tokens` is exactly that,
+    unless a piece's encoding depends on where it starts (a metaspace tokenizer marking only the
+    first piece): the cut encoding of the text as it is must equal the whole one."""
+    added = {int(i) for i in getattr(tokenizer, "added_tokens_decoder", {}) or {}}
+    cuts = [(a, b, i) for i, (a, b) in zip(ids, offsets, strict=True) if i in added and not _in_content(a, spans)]
+
+    def encode(split: bool) -> tuple[list[int], list[tuple[int, int]]]:
+        out_ids: list[int] = []
+        out_offsets: list[tuple[int, int]] = []
+        pos = 0
+        for a, b, token in [*cuts, (len(text), len(text), None)]:
+            if a > pos:
+                piece = tokenizer(
+                    text[pos:a], add_special_tokens=False, return_offsets_mapping=True, split_special_tokens=split
+                )
+                out_ids += piece["input_ids"]
+                out_offsets += [(x + pos, y + pos) for x, y in piece["offset_mapping"]]
+            if token is not None:
+                out_ids.append(token)
+                out_offsets.append((a, b))
+            pos = max(pos, b)
+        return out_ids, out_offsets
+
+    if encode(split=False)[0] != list(ids):
+        raise TemplateError(
+            f"sample {sample_id!r}: split_special_tokens is not supported for {template!r} (its "
+            "tokenizer encodes text after a control token differently on its own); remove the "
+            "control-token strings from the content instead"
+        )
+    return encode(split=True)
+
+
 def prepare_inputs(
     tokenizer: PreTrainedTokenizerBase,
     samples: Sequence[Any],
@@ -321,6 +392,7 @@ def prepare_inputs(
     system_prompt: str | None,
     strategies: Sequence[MaskStrategy | str] = ALL_STRATEGIES,
     template_kwargs: Mapping[str, Any] | None = None,
+    split_special_tokens: bool = False,
 ) -> list[PreparedInput]:
     """Render, tokenize and mask a persona's samples.
 
@@ -328,7 +400,12 @@ def prepare_inputs(
     attributes (`qid` is accepted for `sample_id`). One `system_prompt` for all samples
     (None: the baseline persona). Masks come from the Rust batch builder in one call.
     Raises `MaskError` naming the strategy and template when a strategy cannot be served,
-    `SpanError` naming the sample when a content cannot be located or is empty."""
+    `SpanError` naming the sample when a content cannot be located or is empty.
+
+    A content holding a special-token string (`<|im_end|>`) is tokenized as that control token,
+    as the model's own tokenizer would, with a `SpecialTokenWarning`; `split_special_tokens=True`
+    tokenizes such strings in contents as text instead (the template's own stay control tokens),
+    which changes those samples' spans and vectors."""
     _check_system(system_prompt)
     if not getattr(tokenizer, "is_fast", False):
         raise ModelError(
@@ -353,8 +430,34 @@ def prepare_inputs(
     rendered = [render_with(tokenizer, layout, system_prompt, q, a, sample_id=sid) for sid, q, a in rows]
     texts = [r.text for r in rendered]
     encoded = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
-    ids_per_sample = encoded["input_ids"]
-    offsets_per_sample = encoded["offset_mapping"]
+    ids_per_sample = list(encoded["input_ids"])
+    offsets_per_sample = list(encoded["offset_mapping"])
+    special_ids = special_token_ids(tokenizer)
+    special_text = {i: tokenizer.convert_ids_to_tokens(i) for i in special_ids}
+    flagged = [
+        (i, token)
+        for i, (ids, offs, r) in enumerate(zip(ids_per_sample, offsets_per_sample, rendered, strict=True))
+        if (token := _special_in_content(r, ids, offs, special_text)) is not None
+    ]
+    if flagged and split_special_tokens:
+        for i, _ in flagged:
+            ids_per_sample[i], offsets_per_sample[i] = _encode_content_as_text(
+                tokenizer, texts[i], _contents(rendered[i]), ids_per_sample[i], offsets_per_sample[i],
+                rows[i][0], layout.template,
+            )
+    elif flagged:
+        import warnings
+
+        i, token = flagged[0]
+        more = f" and {len(flagged) - 1} more" if len(flagged) > 1 else ""
+        warnings.warn(
+            f"sample {rows[i][0]!r}{more}: the content holds {token!r}, "
+            "which the tokenizer reads as its control token, not as text; pass "
+            "split_special_tokens=True (--split-special-tokens) to tokenize it as text (this "
+            "changes the spans and the vectors)",
+            SpecialTokenWarning,
+            stacklevel=2,
+        )
     bos = getattr(tokenizer, "bos_token_id", None)
     for (sid, _, _), ids in zip(rows, ids_per_sample, strict=True):
         if bos is not None and len(ids) >= 2 and ids[0] == bos and ids[1] == bos:
@@ -367,7 +470,7 @@ def prepare_inputs(
     flat_ids = np.fromiter(itertools.chain.from_iterable(ids_per_sample), dtype=np.int64, count=int(lengths.sum()))
     chain = itertools.chain.from_iterable
     offsets = np.fromiter(chain(chain(offsets_per_sample)), dtype=np.int64, count=2 * len(flat_ids)).reshape(-1, 2)
-    special = np.isin(flat_ids, np.fromiter(special_token_ids(tokenizer), dtype=np.int64))
+    special = np.isin(flat_ids, np.fromiter(special_ids, dtype=np.int64))
     span_rows = np.array(
         [[*(r.spans.system or (-1, -1)), *r.spans.question, *r.spans.answer] for r in rendered],
         dtype=np.int64,

@@ -188,6 +188,7 @@ class SampleSource:
         persona: Persona,
         variant: str,
         rows: Sequence[QAPair],
+        split_special_tokens: bool = False,
     ) -> str:
         """sha256 of what the persona's vectors are computed from, known before any answer is
         generated: the persona prompt and its `selected` rows (with their answers, or, when the
@@ -199,6 +200,8 @@ class SampleSource:
         else:  # the key holds the prompt's hash
             key = generation_key(model, tokenizer, system, self.generate)
             content = [key, [[r.qid, r.question] for r in rows]]
+        if split_special_tokens:  # other tokens, other vectors; absent otherwise, so old digests hold
+            content = [*content, "split_special_tokens"]
         return hashlib.sha256(json.dumps(content, ensure_ascii=False).encode()).hexdigest()
 
     def _passing(self, persona: Persona, rows: list[QAPair]) -> list[QAPair]:
@@ -231,6 +234,7 @@ def _prepare_jobs(
     already_saved: Callable[[Persona, str, list[MaskStrategy], list[str], str], tuple[bool, str]],
     *,
     force: bool,
+    split_special_tokens: bool,
     console: Console,
     progress: bool,
 ) -> tuple[list[_Job], list[PersonaOutcome]]:
@@ -260,7 +264,7 @@ def _prepare_jobs(
         selected = source.selected(persona)
         ids = [r.sample_id for r in selected]
         for variant in variants:
-            digest = source.digest(model, tokenizer, persona, variant, selected)
+            digest = source.digest(model, tokenizer, persona, variant, selected, split_special_tokens)
             if not ids:
                 why = "no QA rows left after the score filter" if source.scores is not None else "no QA rows (train split, --qa-type)"
                 outcomes.append(PersonaOutcome(persona.id, variant, "failed", why))
@@ -297,6 +301,7 @@ def _prepare_jobs(
                 [(s.sample_id, s.question, s.answer) for s in samples],
                 system_prompt=persona.system_prompt(variant),
                 strategies=job_strategies,
+                split_special_tokens=split_special_tokens,
             )
             note = "; ".join(n for n in (baseline_note if persona.is_baseline else "", resume_note) if n)
             jobs.append(_Job(persona, variant, samples, prepared, job_strategies, digest, note))
@@ -322,6 +327,7 @@ def extract(
     save_samples: bool = False,
     revision: str | None = None,
     allow_long_samples: bool = False,
+    split_special_tokens: bool = False,
     progress: bool = True,
     verbose: bool = False,
     console: Console | None = None,
@@ -333,8 +339,9 @@ def extract(
     `force`; a save that fails with an OS error (disk full) stops the run, saying why in
     `result.stopped`. `qa_pairs` is a list of QA rows or a `SampleSource` (train split / type selection,
     answer generation, judge-score filtering). A conversation longer than the model's positions
-    is refused before any forward pass unless `allow_long_samples` (then a warning). Returns
-    every vector computed in this call."""
+    is refused before any forward pass unless `allow_long_samples` (then a warning).
+    `split_special_tokens` tokenizes control-token strings inside contents as text (see
+    `prepare_inputs`). Returns every vector computed in this call."""
     from rich.console import Console
 
     from pvrs.store import PersonaVectorStore
@@ -389,7 +396,7 @@ def extract(
 
     todo, outcomes = _prepare_jobs(
         model, tokenizer, personas, source, variants, strategies, already_saved,
-        force=force, console=console, progress=progress,
+        force=force, split_special_tokens=split_special_tokens, console=console, progress=progress,
     )
     _check_lengths(model, todo, allow_long_samples, console)
     result = ExtractionResult(layers=resolved_layers, outcomes=outcomes)
