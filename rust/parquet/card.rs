@@ -67,6 +67,22 @@ pub fn render_card(reports: &[SplitReport]) -> String {
             );
         }
     }
+    let sources: Vec<(&str, &str)> = by_config
+        .iter()
+        .filter_map(|(config, splits)| {
+            splits
+                .iter()
+                .find_map(|s| s.model_source.as_deref())
+                .map(|src| (*config, src))
+        })
+        .collect();
+    if !sources.is_empty() {
+        y += "\nThe model id names the architecture and tokenizer; these configs were computed \
+              from other weights than that Hub checkpoint:\n\n";
+        for (config, src) in sources {
+            y += &format!("- `{config}`: {src}\n");
+        }
+    }
     if let Some((config, splits)) = by_config.iter().next() {
         y += &format!(
             "\n```python\nfrom datasets import load_dataset\n\nds = load_dataset(\"<this repo>\", {}, split={})\nds = ds.with_format(\"numpy\")\nvector = ds[0][\"vector\"]  # ({}, {}) float32\n```\n",

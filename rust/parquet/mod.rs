@@ -91,6 +91,8 @@ pub struct SplitReport {
     pub num_bytes: u64,
     /// Bytes written to disk.
     pub written_bytes: u64,
+    /// The manifest's `model_source` as `key: value` pairs (the card states it), if any.
+    pub model_source: Option<String>,
 }
 
 /// Number of rows (personas) each source will produce, for progress totals.
@@ -183,6 +185,38 @@ mod tests {
         assert_eq!(layer1.values(), &[13.5, 14.5, 15.5]);
         let card = fs::read_to_string(out.path().join("README.md")).unwrap();
         assert!(card.contains("config_name: \"m__x__answer_mean\""));
+    }
+
+    #[test]
+    fn the_card_states_a_recorded_model_source() {
+        let (_tmp, src) = tree(1);
+        let path = src.dir.join(MANIFEST);
+        let mut manifest: serde_json::Value =
+            serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
+        manifest["model_source"] =
+            serde_json::json!({"gguf_file": "m.Q4_1.gguf", "quantization": "Q4_1"});
+        fs::write(&path, manifest.to_string()).unwrap();
+        let out = tempfile::tempdir().unwrap();
+        package(&[src], out.path(), &PackageOptions::default(), &mut |_| {
+            Ok(())
+        })
+        .unwrap();
+        let card = fs::read_to_string(out.path().join("README.md")).unwrap();
+        assert!(
+            card.contains("- `m__x__answer_mean`: gguf_file: m.Q4_1.gguf, quantization: Q4_1\n")
+        );
+
+        let (_tmp, plain) = tree(1);
+        let out = tempfile::tempdir().unwrap();
+        package(
+            &[plain],
+            out.path(),
+            &PackageOptions::default(),
+            &mut |_| Ok(()),
+        )
+        .unwrap();
+        let card = fs::read_to_string(out.path().join("README.md")).unwrap();
+        assert!(!card.contains("other weights"));
     }
 
     #[test]

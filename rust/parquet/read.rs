@@ -26,6 +26,9 @@ pub(super) struct Manifest {
     pub(super) hidden_size: usize,
     #[serde(default)]
     personas: BTreeMap<String, ManifestPersona>,
+    /// Where the weights came from when the model id does not say (the built-in model's GGUF).
+    #[serde(default)]
+    pub(super) model_source: Option<serde_json::Value>,
 }
 
 /// A persona row before its tensor is read.

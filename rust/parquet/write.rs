@@ -213,7 +213,24 @@ pub fn write_split(
         hidden_size: dims.1,
         num_bytes,
         written_bytes,
+        model_source: manifest.model_source.as_ref().map(describe_source),
     })
+}
+
+/// `{"gguf_file": "x.gguf", "quantization": "Q4_1"}` -> `gguf_file: x.gguf, quantization: Q4_1`.
+fn describe_source(value: &serde_json::Value) -> String {
+    match value {
+        serde_json::Value::Object(map) => map
+            .iter()
+            .map(|(k, v)| match v {
+                serde_json::Value::String(s) => format!("{k}: {s}"),
+                other => format!("{k}: {other}"),
+            })
+            .collect::<Vec<_>>()
+            .join(", "),
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
 }
 
 #[cfg(test)]
