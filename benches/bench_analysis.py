@@ -3,8 +3,9 @@
 Baseline, measured in the same run: scikit-learn's `PCA` fitted per layer (what a user
 would write by hand) against `pvrs.analysis.pca_by_layer`. Run by hand:
 
-    PYTHONPATH=python python benches/bench_analysis.py            # default sizes
-    PYTHONPATH=python python benches/bench_analysis.py 1000 42 3584
+    maturin develop --release          # once: builds and installs pvrs._core
+    python benches/bench_analysis.py            # default sizes
+    python benches/bench_analysis.py 1000 42 3584
 """
 
 from __future__ import annotations

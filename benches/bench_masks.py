@@ -1,7 +1,7 @@
 """Rust batch mask builder vs the plain-Python reference, all eight strategies.
 
-    cargo build --release --features python && cp target/release/lib_core.so python/pvrs/_core.abi3.so
-    PYTHONPATH=python python benches/bench_masks.py [--samples 10000] [--repeats 5]
+    maturin develop --release          # builds and installs pvrs._core (a release build)
+    python benches/bench_masks.py [--samples 10000] [--repeats 5]
 
 Synthetic chat prompts of 300-2,000 tokens (zero-width BOS, special turn markers, system,
 question and answer turns, content tokens 1-6 characters wide), the same shape as the

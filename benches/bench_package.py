@@ -6,8 +6,11 @@ timing) and reports its wall time for the work and its peak RSS. Both read the s
 (page cache warmed first) and write parquet (pvrs: zstd; datasets: its default, snappy). Run by hand; needs the native module
 built in release mode:
 
-    cargo build --release --features python && cp target/release/lib_core.so python/pvrs/_core.abi3.so
-    PYTHONPATH=$PWD/python /work/venv/bin/python benches/bench_package.py [--personas 1000]
+    maturin develop --release          # builds and installs pvrs._core (a release build)
+    python benches/bench_package.py [--personas 1000] [--repeats 5]
+
+The contenders alternate (pvrs, datasets, pvrs, ...) so both see the same machine load; the
+summary gives min/median/max of each and of the per-pair ratio.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ import sys
 import tempfile
 import textwrap
 from pathlib import Path
+
+from _timing import ratios, spread
 
 MODEL = "bench/model-42x3584"
 MASK = "answer_mean"
@@ -86,6 +91,7 @@ written = sum(f.stat().st_size for f in out.rglob("*.parquet"))
 print(json.dumps({"seconds": elapsed, "cpu_seconds": cpu, "peak_rss_mib": peak_mib, "work_rss_mib": peak_mib - before_mib, "bytes": written}))
 """
 
+
 def build_store(root: Path, personas: int, layers: int, hidden: int) -> None:
     import numpy as np
     from pvrs.store import PersonaVectorStore, VectorRecord
@@ -105,7 +111,9 @@ def build_store(root: Path, personas: int, layers: int, hidden: int) -> None:
 
 
 def run_worker(body: str, root: Path, out: Path, params: dict) -> dict:
-    code = textwrap.dedent(WORKER_PRELUDE) + textwrap.dedent(body) + textwrap.dedent(WORKER_EPILOGUE)
+    code = (
+        textwrap.dedent(WORKER_PRELUDE) + textwrap.dedent(body) + textwrap.dedent(WORKER_EPILOGUE)
+    )
     proc = subprocess.run(
         [sys.executable, "-c", code, str(root), str(out), json.dumps(params)],
         capture_output=True,
@@ -123,25 +131,33 @@ def warm_page_cache(root: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--personas", type=int, default=1000)
     parser.add_argument("--layers", type=int, default=42)
     parser.add_argument("--hidden", type=int, default=3584)
     parser.add_argument("--row-group-mb", type=float, default=64.0)
-    parser.add_argument("--repeats", type=int, default=3, help="runs per contender (best time, max RSS)")
-    parser.add_argument("--workdir", type=Path, default=None, help="where to build the store (default: a temp dir)")
+    parser.add_argument("--repeats", type=int, default=3, help="paired runs per contender")
+    parser.add_argument(
+        "--workdir", type=Path, default=None, help="where to build the store (default: a temp dir)"
+    )
     args = parser.parse_args()
 
     from pvrs import _core
 
     if _core.build_info()["profile"] != "release":
-        print("warning: pvrs._core is a debug build; timings are not representative", file=sys.stderr)
+        print(
+            "warning: pvrs._core is a debug build; timings are not representative", file=sys.stderr
+        )
 
     work = Path(tempfile.mkdtemp(prefix="pvrs-bench-", dir=args.workdir))
     try:
         root = work / "activations"
         size_mb = args.personas * args.layers * args.hidden * 4 / 1e6
-        print(f"store: {args.personas} personas x ({args.layers}, {args.hidden}) float32 = {size_mb:.0f} MB")
+        print(
+            f"store: {args.personas} personas x ({args.layers}, {args.hidden}) float32 = {size_mb:.0f} MB"
+        )
         build_store(root, args.personas, args.layers, args.hidden)
         params = {
             "model": MODEL,
@@ -149,39 +165,27 @@ def main() -> None:
             "variant": VARIANT,
             "row_group_bytes": int(args.row_group_mb * (1 << 20)),
         }
-        results: dict[str, dict] = {}
-        for name, body in (("pvrs", PVRS_WORKER), ("datasets", DATASETS_WORKER)):
-            runs = []
-            for r in range(args.repeats):
+        runs: dict[str, list[dict]] = {"pvrs": [], "datasets": []}
+        for r in range(args.repeats):
+            for name, body in (("pvrs", PVRS_WORKER), ("datasets", DATASETS_WORKER)):
                 out = work / f"out-{name}-{r}"
                 warm_page_cache(root)
-                runs.append(run_worker(body, root, out, params))
+                runs[name].append(run_worker(body, root, out, params))
                 shutil.rmtree(out)
-            results[name] = {
-                "seconds": min(x["seconds"] for x in runs),
-                "cpu_seconds": min(x["cpu_seconds"] for x in runs),
-                "peak_rss_mib": max(x["peak_rss_mib"] for x in runs),
-                "work_rss_mib": max(x["work_rss_mib"] for x in runs),
-                "bytes": runs[0]["bytes"],
+        print(f"{args.repeats} paired runs, min/median/max:")
+        for name, rs in runs.items():
+            summary = {
+                key: spread([x[key] for x in rs])
+                for key in ("seconds", "cpu_seconds", "peak_rss_mib", "work_rss_mib")
             }
+            print(f"{name:9s} {json.dumps(summary)} output {rs[0]['bytes'] / 1e6:.1f} MB")
+        pv, ds = runs["pvrs"], runs["datasets"]
+        wall = ratios([x["seconds"] for x in ds], [x["seconds"] for x in pv])
+        cpu = ratios([x["cpu_seconds"] for x in ds], [x["cpu_seconds"] for x in pv])
+        print(f"speed-up pvrs vs datasets (per pair): wall {wall}, CPU {cpu}")
         print(
-            f"{'contender':10s} {'time (s)':>9s} {'CPU (s)':>8s} {'peak RSS (MiB)':>15s} "
-            f"{'peak - after imports':>21s} {'output (MB)':>12s}"
-        )
-        for name, r in results.items():
-            print(
-                f"{name:10s} {r['seconds']:9.2f} {r['cpu_seconds']:8.2f} {r['peak_rss_mib']:15.0f} "
-                f"{r['work_rss_mib']:21.0f} {r['bytes'] / 1e6:12.1f}"
-            )
-        pv, ds = results["pvrs"], results["datasets"]
-        print(
-            f"speed-up pvrs vs datasets: {ds['seconds'] / pv['seconds']:.1f}x wall, "
-            f"{ds['cpu_seconds'] / pv['cpu_seconds']:.1f}x CPU"
-        )
-        print(f"peak RSS ratio datasets / pvrs: {ds['peak_rss_mib'] / pv['peak_rss_mib']:.1f}x")
-        print(
-            f"memory for the work: pvrs {pv['work_rss_mib']:.0f} MiB (row group {args.row_group_mb:.0f} MiB), "
-            f"datasets {ds['work_rss_mib']:.0f} MiB (data {size_mb / 1.048576:.0f} MiB)"
+            f"memory for the work: pvrs {max(x['work_rss_mib'] for x in pv):.0f} MiB (row group {args.row_group_mb:.0f} MiB), "
+            f"datasets {max(x['work_rss_mib'] for x in ds):.0f} MiB (data {size_mb / 1.048576:.0f} MiB)"
         )
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -1,20 +1,23 @@
-"""Store benchmarks (run by hand, not a test): streamed aggregation and stacking against a
-plain Python loop and the raw read time, and `pvrs validate` over a 10,000-file tree.
+"""Store benchmarks (run by hand, not a test): streamed aggregation and stacking against the
+loops a user would write (numpy: `np.fromfile` per tensor, float32 accumulation; torch:
+`safetensors.torch.load_file` + add, at one thread and at torch's default) and the raw
+`np.fromfile` read of the same bytes, and `pvrs validate --deep` against a single-threaded
+Python read + `hashlib.sha256` loop over the same tree.
 
-    PYTHONPATH=python python benches/bench_store.py            # the issue's sizes
-    PYTHONPATH=python python benches/bench_store.py --n 200    # smaller, quicker
+    maturin develop --release                        # builds and installs pvrs._core (release)
+    python benches/bench_store.py                    # the issue's sizes
+    python benches/bench_store.py --n 200            # smaller, quicker
 
-Build the native module in release mode first (`cargo build --release --features python`,
-copy target/release/lib_core.so to python/pvrs/_core.abi3.so); a debug build is ~10x slower.
-Every ratio is against a baseline measured in the same run on the same files."""
+Contenders run interleaved, `--repeat` rounds, page cache warm; every figure is min/median/max
+over the rounds and every ratio is per round (both sides measured back to back)."""
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable
@@ -22,18 +25,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _timing import paired, ratios, spread
 from pvrs import _core
 from pvrs.store.validation import validate
 from safetensors.torch import load_file, save
-
-
-def best_of(fn: Callable[[], object], repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def write_files(folder: Path, n: int, layers: int, hidden: int, dtype: torch.dtype) -> list[Path]:
@@ -48,13 +43,35 @@ def write_files(folder: Path, n: int, layers: int, hidden: int, dtype: torch.dty
     return paths
 
 
-def cat_time(paths: list[Path], repeat: int) -> float:
-    args = ["cat", *map(str, paths)]
-    return best_of(lambda: subprocess.run(args, stdout=subprocess.DEVNULL, check=True), repeat)
+def raw_read(paths: list[Path]) -> None:
+    """The floor: every byte of every file read once with `np.fromfile`, nothing computed."""
+    for p in paths:
+        np.fromfile(p, dtype=np.uint8)
 
 
-def python_loop_mean(paths: list[Path]) -> torch.Tensor:
-    """What a user writes without pvrs: load each file, accumulate, divide."""
+def numpy_tensor(path: Path) -> np.ndarray:
+    """One safetensors tensor as float32 with `np.fromfile` (numpy has no bfloat16: widen the bits)."""
+    with open(path, "rb") as f:
+        size = int.from_bytes(f.read(8), "little")
+        info = json.loads(f.read(size))["activations"]
+    offset = 8 + size + info["data_offsets"][0]
+    count = int(np.prod(info["shape"]))
+    if info["dtype"] == "BF16":
+        bits = np.fromfile(path, dtype=np.uint16, count=count, offset=offset)
+        return (bits.astype(np.uint32) << 16).view(np.float32).reshape(info["shape"])
+    return np.fromfile(path, dtype=np.float32, count=count, offset=offset).reshape(info["shape"])
+
+
+def numpy_loop_mean(paths: list[Path]) -> np.ndarray:
+    """What a user writes with numpy: read each tensor, accumulate in float32, divide."""
+    acc = numpy_tensor(paths[0]).copy()
+    for p in paths[1:]:
+        acc += numpy_tensor(p)
+    return acc / len(paths)
+
+
+def torch_loop_mean(paths: list[Path]) -> torch.Tensor:
+    """The same with torch: `load_file` each file, accumulate in float32, divide."""
     acc = None
     for p in paths:
         t = load_file(str(p))["activations"].to(torch.float32)
@@ -63,8 +80,22 @@ def python_loop_mean(paths: list[Path]) -> torch.Tensor:
     return acc / len(paths)
 
 
-def python_loop_layer(paths: list[Path], layer: int) -> torch.Tensor:
-    return torch.stack([load_file(str(p))["activations"][layer].to(torch.float32) for p in paths])
+def torch_threads(n: int, fn: Callable[[], object]) -> Callable[[], object]:
+    """`fn` run with torch limited to `n` threads (restored after)."""
+
+    def run() -> object:
+        before = torch.get_num_threads()
+        torch.set_num_threads(n)
+        try:
+            return fn()
+        finally:
+            torch.set_num_threads(before)
+
+    return run
+
+
+def python_loop_layer(paths: list[Path], layer: int) -> np.ndarray:
+    return np.stack([numpy_tensor(p)[layer] for p in paths])
 
 
 def evict(paths: list[Path]) -> None:
@@ -87,19 +118,31 @@ def storage_read_bytes() -> int:
 def bench_aggregation(root: Path, n: int, layers: int, hidden: int, repeat: int) -> dict:
     results: dict = {}
     layer = layers // 2
+    default_threads = torch.get_num_threads()
     for name, dtype in (("bf16", torch.bfloat16), ("f32", torch.float32)):
         paths = write_files(root / name, n, layers, hidden, dtype)
         size = sum(p.stat().st_size for p in paths)
-        cat_time(paths, 1)  # warm the page cache
-        raw = cat_time(paths, repeat)
-        py = best_of(lambda paths=paths: python_loop_mean(paths), repeat)
-        rs = best_of(lambda paths=paths: _core.aggregate_files(paths, "mean"), repeat)
-        var = best_of(lambda paths=paths: _core.aggregate_files(paths, "var"), repeat)
-        stack_all = best_of(lambda paths=paths: _core.stack_files(paths), repeat)
-        reference = python_loop_mean(paths).numpy()
-        assert np.allclose(_core.aggregate_files(paths, "mean"), reference, rtol=1e-5, atol=1e-5)
-        py_layer = best_of(lambda paths=paths: python_loop_layer(paths, layer), repeat)
-        rs_layer = best_of(lambda paths=paths: _core.stack_files(paths, [layer]), repeat)
+        raw_read(paths)  # warm the page cache
+        reference = numpy_loop_mean(paths)
+        assert np.allclose(_core.aggregate_files(paths, "mean"), reference, rtol=1e-4, atol=1e-4)
+        times = paired(
+            {
+                "raw_np_fromfile": lambda paths=paths: raw_read(paths),
+                "numpy_loop_mean": lambda paths=paths: numpy_loop_mean(paths),
+                "torch_loop_mean_1_thread": torch_threads(
+                    1, lambda paths=paths: torch_loop_mean(paths)
+                ),
+                f"torch_loop_mean_{default_threads}_threads": torch_threads(
+                    default_threads, lambda paths=paths: torch_loop_mean(paths)
+                ),
+                "pvrs_mean": lambda paths=paths: _core.aggregate_files(paths, "mean"),
+                "pvrs_var": lambda paths=paths: _core.aggregate_files(paths, "var"),
+                "pvrs_stack_all": lambda paths=paths: _core.stack_files(paths),
+                "numpy_loop_one_layer": lambda paths=paths: python_loop_layer(paths, layer),
+                "pvrs_stack_one_layer": lambda paths=paths: _core.stack_files(paths, [layer]),
+            },
+            repeat,
+        )
         # Cold single-layer read: bytes fetched from storage for one layer vs all layers.
         evict(paths)
         before = storage_read_bytes()
@@ -109,22 +152,21 @@ def bench_aggregation(root: Path, n: int, layers: int, hidden: int, repeat: int)
         before = storage_read_bytes()
         _core.stack_files(paths)
         all_layers_bytes = storage_read_bytes() - before
+        pvrs = times["pvrs_mean"]
         results[name] = {
             "files": n,
             "shape": [layers, hidden],
             "total_mb": round(size / 1e6, 1),
-            "raw_read_s": round(raw, 4),
-            "raw_read_gb_s": round(size / raw / 1e9, 2),
-            "python_loop_mean_s": round(py, 4),
-            "pvrs_mean_s": round(rs, 4),
-            "pvrs_mean_gb_s": round(size / rs / 1e9, 2),
-            "speedup_vs_python_loop": round(py / rs, 2),
-            "fraction_of_raw_read_bandwidth": round(raw / rs, 2),
-            "pvrs_var_s": round(var, 4),
-            "pvrs_stack_all_s": round(stack_all, 4),
-            "python_loop_one_layer_s": round(py_layer, 4),
-            "pvrs_stack_one_layer_s": round(rs_layer, 4),
-            "one_layer_speedup": round(py_layer / rs_layer, 2),
+            "seconds": {key: spread(t) for key, t in times.items()},
+            "pvrs_mean_gb_s": round(size / min(pvrs) / 1e9, 2),
+            "pvrs_mean_speedup_vs_numpy_loop": ratios(times["numpy_loop_mean"], pvrs),
+            "pvrs_mean_speedup_vs_torch_loop_1_thread": ratios(
+                times["torch_loop_mean_1_thread"], pvrs
+            ),
+            "pvrs_mean_fraction_of_raw_read": ratios(times["raw_np_fromfile"], pvrs),
+            "one_layer_speedup_vs_numpy_loop": ratios(
+                times["numpy_loop_one_layer"], times["pvrs_stack_one_layer"]
+            ),
             "cold_storage_mb_one_layer": round(one_layer_bytes / 1e6, 1),
             "cold_storage_mb_all_layers": round(all_layers_bytes / 1e6, 1),
         }
@@ -137,7 +179,7 @@ def bench_validation(root: Path, n_files: int, layers: int, hidden: int, repeat:
     """A tree of `n_files` vectors in 1,000-persona variant folders, manifests as pvrs writes."""
     per_dir = 1000
     data = save({"activations": torch.randn(layers, hidden)})
-    digest = __import__("hashlib").sha256(data).hexdigest()
+    digest = hashlib.sha256(data).hexdigest()
     tree = root / "tree"
     for d in range((n_files + per_dir - 1) // per_dir):
         folder = tree / "org__model" / "answer_mean" / f"variant{d:02d}"
@@ -157,16 +199,27 @@ def bench_validation(root: Path, n_files: int, layers: int, hidden: int, repeat:
             "personas": personas,
         }
         (folder / "manifest.json").write_text(json.dumps(manifest))
-    headers = best_of(lambda: validate(tree), repeat)
-    deep = best_of(lambda: validate(tree, deep=True), 1)
-    report = validate(tree)
+    files = sorted(tree.rglob("*.safetensors"))
+    times = paired(
+        {
+            "headers": lambda: validate(tree),
+            "python_read_sha256_loop": lambda: [
+                hashlib.sha256(p.read_bytes()).hexdigest() for p in files
+            ],
+            "deep": lambda: validate(tree, deep=True),
+        },
+        repeat,
+    )
+    report = validate(tree, deep=True)
     assert report.ok and report.files_checked == n_files, report.summary()
     out = {
         "files": n_files,
         "shape": [layers, hidden],
-        "headers_s": round(headers, 3),
-        "deep_s": round(deep, 3),
         "tree_mb": round(n_files * len(data) / 1e6, 1),
+        "seconds": {key: spread(t) for key, t in times.items()},
+        "deep_speedup_vs_python_sha256_loop": ratios(
+            times["python_read_sha256_loop"], times["deep"]
+        ),
     }
     print(json.dumps({"validate": out}, indent=2), flush=True)
     return out

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import shutil
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -70,3 +73,23 @@ def test_build_info() -> None:
     assert info["version"] == pvrs.__version__
     assert info["profile"] in {"debug", "release"}
     assert "python" in info["features"]
+
+
+def test_source_tree_without_the_compiled_module_says_how_to_build(tmp_path: Path) -> None:
+    """`PYTHONPATH=python` on a clean checkout: one line naming the fix, not a circular import."""
+    source = Path(pvrs.__file__).parent
+    shutil.copytree(
+        source,
+        tmp_path / "pvrs",
+        ignore=shutil.ignore_patterns("_core*.so", "_core*.pyd", "__pycache__"),
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", "import pvrs"],
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"},
+        cwd=tmp_path,
+    )
+    assert result.returncode != 0
+    assert "maturin develop --release" in result.stderr
+    assert "circular import" not in result.stderr.splitlines()[-1]

@@ -5,7 +5,15 @@ steer models with them and publish them as Hugging Face datasets."""
 
 from __future__ import annotations
 
-from pvrs import _core, errors
+try:
+    from pvrs import _core
+except ImportError as e:  # a source tree without the compiled module (e.g. PYTHONPATH=python)
+    raise ImportError(
+        f"pvrs's compiled module pvrs._core is missing from {__path__[0]}; build and install "
+        "it with `maturin develop --release` (or `pip install .`) and run without "
+        "PYTHONPATH=python"
+    ) from e
+from pvrs import errors
 from pvrs._lazy import lazy_getattr
 from pvrs.analysis import (
     agreement,
