@@ -273,3 +273,35 @@ def test_every_architecture_steers_block_outputs_and_agrees_with_and_without_cac
             _greedy(model, ids, True, **kwargs), _greedy(model, ids, False, **kwargs)
         )
     assert hook_count(model) == 0
+
+
+@torch.no_grad()
+def test_mean_ablation_sets_every_projection_to_the_calibration_mean(model, ids):
+    from pvrs.steering.interventions import mean_ablate
+
+    v = torch.randn(HIDDEN) * 2
+    v_hat = v / v.norm()
+    inputs = [ids[0], ids[1].tolist()]
+    with capture(model, [1]) as captured:
+        for item in inputs:
+            model(torch.as_tensor(item).view(1, -1))
+    expected = float(torch.cat([t[0] for t in captured[1]]).matmul(v_hat).double().mean())
+    before = hook_count(model)
+    with mean_ablate(model, v, layers=[1], calibration=inputs) as means, capture(
+        model, [1]
+    ) as after:
+        model(ids)
+    assert means == {1: pytest.approx(expected, rel=1e-5)}
+    torch.testing.assert_close(after[1][0] @ v_hat, torch.full((2, 9), expected), atol=1e-4, rtol=0)
+    with capture(model, [1]) as plain:
+        model(ids)
+    # Only the component along v changes.
+    diff = after[1][0] - plain[1][0]
+    assert (diff - (diff @ v_hat).unsqueeze(-1) * v_hat).abs().max() < 1e-4
+    with pytest.raises(InvalidArgumentError, match=r"mean=\.\.\. or calibration"), mean_ablate(
+        model, v, layers=[1]
+    ):
+        pass
+    with pytest.raises(RuntimeError), mean_ablate(model, v, layers=[0, 2], mean=0.5):
+        raise RuntimeError("boom")
+    assert hook_count(model) == before

@@ -617,3 +617,127 @@ def test_prompt_files_and_layer_ranges(tmp_path):
     assert read_prompts(ns()) == list(DEFAULT_PROMPTS[:3])
     with pytest.raises(InputError, match="'question' or 'prompt'"):
         read_prompts(ns(prompts=str(tmp_path / "bad.jsonl")))
+
+
+# ---- other tools' published vectors (issue 18) -----------------------------------------------
+
+
+def _reference_vector_folder(root: Path, persona: str, vector: np.ndarray, layer: int, alpha: float) -> Path:
+    """What persona-vectors 0.8.10's `save_steering_vector` writes: the tensor
+    `steering_vector` of shape (1, 1, H) and metadata.json with these keys."""
+    folder = root / "artifacts" / "vectors" / persona
+    folder.mkdir(parents=True)
+    save_file({"steering_vector": vector.reshape(1, 1, -1)}, str(folder / "steering_vector.safetensors"))
+    meta = {"suggested_alpha": alpha, "persona_id": persona, "layer": layer, "model_id": "tiny",
+            "hidden_size": vector.shape[-1]}  # fmt: skip
+    (folder / "metadata.json").write_text(json.dumps(meta, indent=2))
+    return folder
+
+
+def _capping_config(path: Path, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """An assistant-axis `capping_config.pt`: named {layer, vector} entries and experiments
+    of {vector, cap} interventions (one without a cap, which is skipped)."""
+    vectors = {f"axis_layer_{i}": rng.standard_normal(HIDDEN).astype(np.float32) for i in (1, 2)}
+    torch.save(
+        {
+            "vectors": {n: {"layer": int(n[-1]), "vector": torch.from_numpy(v)} for n, v in vectors.items()},
+            "experiments": [
+                {"id": "layers_1:2-p0.25", "interventions": [
+                    {"vector": "axis_layer_1", "cap": 0.5}, {"vector": "axis_layer_2", "cap": -0.25},
+                    {"vector": "axis_layer_2"}]},
+                {"id": "layers_2:2-p0.5", "interventions": [{"vector": "axis_layer_2", "cap": 1.0}]},
+            ],
+        },
+        path,
+    )  # fmt: skip
+    return vectors
+
+
+def test_biography_minus_templated_is_a_direction_kind(store, vectors):
+    with pytest.raises(InputError, match="biography and templated"):
+        from_spec("biography:pirate_captain", store)
+    bio = vectors["stoic_philosopher"] * 2
+    store.save("pirate_captain", "biography", bio, name="pirate_captain", sample_ids=["q1"])
+    expected = bio - vectors["pirate_captain"]
+    np.testing.assert_allclose(direction(store, "pirate_captain", kind="biography"), expected, rtol=1e-6)
+    np.testing.assert_allclose(direction(store, "pirate_captain", kind="biography", layer=2), expected[2], rtol=1e-6)
+    np.testing.assert_allclose(from_spec("biography:pirate_captain", store), expected, rtol=1e-6)
+    with pytest.raises(InvalidArgumentError, match="kind='nope'"):
+        direction(store, "pirate_captain", kind="nope")
+
+
+def test_reference_vector_folders_pt_files_and_probe_weights(tmp_path):
+    from pvrs.steering.published import read_pt, read_steering_vector
+
+    rng = np.random.default_rng(3)
+    v = rng.standard_normal(HIDDEN).astype(np.float32)
+    folder = _reference_vector_folder(tmp_path, "p1", v, layer=1, alpha=2.5)
+    published = read_steering_vector(folder)
+    np.testing.assert_array_equal(published.vector, v)
+    assert (published.layer, published.alpha) == (1, 2.5)
+    np.testing.assert_array_equal(load_vector(folder), v)  # the folder, or the file itself
+    np.testing.assert_array_equal(from_spec(str(folder / "steering_vector.safetensors"), None), v)
+    # assistant-axis's axis.pt: an (L, H) tensor, or a dict holding it.
+    axis = rng.standard_normal((NUM_LAYERS, HIDDEN)).astype(np.float32)
+    torch.save(torch.from_numpy(axis), tmp_path / "axis.pt")
+    torch.save({"axis": torch.from_numpy(axis), "norms": torch.ones(NUM_LAYERS)}, tmp_path / "d.pt")
+    np.testing.assert_array_equal(load_vector(tmp_path / "axis.pt"), axis)
+    np.testing.assert_array_equal(read_pt(tmp_path / "d.pt"), axis)
+    np.testing.assert_array_equal(load_vector(tmp_path / "axis.pt", layer=1), axis[1])
+    (tmp_path / "junk.pt").write_bytes(b"not a pickle")
+    with pytest.raises(ArtifactError, match="weights_only"):
+        load_vector(tmp_path / "junk.pt")
+    _capping_config(tmp_path / "capping_config.pt", rng)
+    with pytest.raises(InputError, match="capping config"):
+        load_vector(tmp_path / "capping_config.pt")
+    # A probe's per-class weights are never layers: (2, H) with a bias is refused.
+    save_file({"weight": axis[:2], "bias": np.zeros(2, np.float32)}, str(tmp_path / "w.safetensors"))
+    with pytest.raises(InvalidArgumentError, match=r"2 weight rows \(one per class, not layers\)"):
+        load_vector(tmp_path / "w.safetensors")
+    save_file({"weight": axis[:1], "bias": np.zeros(1, np.float32)}, str(tmp_path / "w1.safetensors"))
+    np.testing.assert_array_equal(load_vector(tmp_path / "w1.safetensors"), axis[0])
+
+
+def test_capping_configs_apply_as_published(tmp_path):
+    from pvrs.steering.published import capping_experiment, split_capping_spec
+
+    vectors = _capping_config(tmp_path / "capping_config.pt", np.random.default_rng(4))
+    config = tmp_path / "capping_config.pt"
+    assert split_capping_spec(f"{config}:layers_1:2-p0.25") == (config, "layers_1:2-p0.25")
+    assert split_capping_spec(f"{config}:2") == (config, "2")
+    caps = capping_experiment(config, "layers_1:2-p0.25")
+    assert [(c.name, c.layer, c.tau) for c in caps] == [("axis_layer_1", 1, 0.5), ("axis_layer_2", 2, -0.25)]
+    np.testing.assert_array_equal(caps[0].vector, vectors["axis_layer_1"])
+    assert [c.tau for c in capping_experiment(config, 1)] == [1.0]
+    with pytest.raises(InputError, match="holds 2 experiments; name one"):
+        capping_experiment(config)
+    with pytest.raises(InputError, match="no experiment 'layers_9'"):
+        capping_experiment(config, "layers_9")
+    torch.save(torch.zeros(HIDDEN), tmp_path / "axis.pt")
+    assert split_capping_spec(f"{tmp_path / 'axis.pt'}:1") is None  # a vector, not a config
+
+
+def test_chat_uses_reference_vectors_and_capping_configs_as_published(tiny_dir, store, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # short relative paths: rich wraps long lines
+    rng = np.random.default_rng(5)
+    _reference_vector_folder(Path("."), "p1", rng.standard_normal(HIDDEN).astype(np.float32), 1, 2.5)
+    folder = "artifacts/vectors/p1"
+    _capping_config(Path("cc.pt"), rng)
+    monkeypatch.setattr("sys.stdin", io.StringIO("hello\n"))
+    code, _, err = run_cli(
+        ["chat", "--model", str(tiny_dir), "--device", "cpu", "--max-new-tokens", "2",
+         "--steer", folder, "--cap", "cc.pt:layers_1:2-p0.25", "--cap-side", "lower"],
+        capsys,
+    )  # fmt: skip
+    assert code == 0, err
+    assert f"steer {folder} at layer 1, alpha 2.5" in err
+    assert "cap (upper) cc.pt:layers_1:2-p0.25/axis_layer_1 at layer 1, tau 0.500" in err
+    assert "cap (upper) cc.pt:layers_1:2-p0.25/axis_layer_2 at layer 2, tau -0.250" in err
+    monkeypatch.setattr("sys.stdin", io.StringIO("hello\n"))
+    code, _, err = run_cli(["chat", "--model", str(tiny_dir), "--steer", f"{folder}:2:1.5"], capsys)
+    assert code == 0 and f"steer {folder} at layer 2, alpha 1.5" in err
+    Path(folder, "metadata.json").write_text("{}")
+    code, _, err = run_cli(["chat", "--model", str(tiny_dir), "--steer", folder], capsys)
+    assert code == 2 and "names no layer; give" in err and len(err.strip().splitlines()) == 1
+    code, _, err = run_cli(["chat", "--model", str(tiny_dir), "--cap", "cc.pt:nope"], capsys)
+    assert code == 2 and "no experiment 'nope'" in err

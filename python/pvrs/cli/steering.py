@@ -29,7 +29,9 @@ def _add_steer(sub: argparse._SubParsersAction) -> None:
     add_model_and_store_args(p)
     p.add_argument("--persona-id", help="steer towards this stored persona (minus the baseline)")
     p.add_argument(
-        "--vector", help="or: a vector file (.safetensors/.npy/.gguf) or 'assistant-axis'"
+        "--vector",
+        help="or: a vector file (.safetensors/.npy/.pt/.gguf), a reference vector folder, "
+        "'assistant-axis' or 'biography:ID' (biography minus templated)",
     )
     p.add_argument(
         "--layer", nargs="+", required=True, help="block indices or ranges (12 or 10-14)"
@@ -77,19 +79,23 @@ def _add_chat(sub: argparse._SubParsersAction) -> None:
         "--steer",
         action="append",
         metavar="VECTOR:LAYER:ALPHA",
-        help="add ALPHA x VECTOR (persona id, vector file or assistant-axis) at LAYER; repeatable",
+        help="add ALPHA x VECTOR (persona id, biography:ID, vector file, assistant-axis) at LAYER; "
+        "a reference vector folder may omit LAYER and ALPHA (default: its metadata.json's); repeatable",
     )
     p.add_argument(
         "--cap",
         action="append",
         metavar="VECTOR:LAYER[:TAU]",
-        help="cap the projection on VECTOR at LAYER to TAU (default: calibrated); repeatable",
+        help="cap the projection on VECTOR at LAYER to TAU (default: calibrated), or apply an "
+        "assistant-axis capping config as published: CONFIG.pt:EXPERIMENT (e.g. "
+        "capping_config.pt:layers_46:54-p0.25); repeatable",
     )
     p.add_argument(
         "--cap-side",
         choices=("upper", "lower"),
         default="upper",
-        help="upper (default): projections <= tau; lower: a floor (use with assistant-axis)",
+        help="upper (default): projections <= tau; lower: a floor (use with assistant-axis); "
+        "capping configs keep their upper caps",
     )
     p.add_argument(
         "--cap-quantile",

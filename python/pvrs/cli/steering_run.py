@@ -40,7 +40,8 @@ def open_store(args: argparse.Namespace) -> Any:
 
 
 def resolve_vector(spec: str, args: argparse.Namespace) -> np.ndarray:
-    """A file, `assistant-axis`, or a persona id (minus the baseline) from the store."""
+    """A file or vector folder, `assistant-axis`, `biography:ID`, or a persona id (minus the
+    baseline) from the store."""
     from pvrs.steering.directions import from_spec
 
     return from_spec(spec, open_store(args), variant=args.variant)
@@ -163,6 +164,7 @@ class InterventionSpec:
     vector: str
     layer: int
     value: float | None  # alpha for --steer, tau for --cap (None: calibrate)
+    side: str | None = None  # a cap's side when fixed by its source (None: --cap-side)
 
 
 def parse_intervention(text: str, flag: str, value_required: bool) -> InterventionSpec:
@@ -179,21 +181,68 @@ def parse_intervention(text: str, flag: str, value_required: bool) -> Interventi
     raise InputError(f"{flag} {text!r} is not {form} (e.g. pirate_captain:12:4)")
 
 
+def parse_steer(text: str) -> InterventionSpec:
+    """`VECTOR:LAYER:ALPHA`, or a reference vector folder (or its steering_vector.safetensors)
+    alone or with `:LAYER[:ALPHA]`, the rest taken from its metadata.json."""
+    from pvrs.steering.published import STEERING_VECTOR_FILE, is_vector_folder, read_steering_vector
+
+    candidates: list[tuple[str, list[str]]] = [(text, [])]
+    if ":" in text:
+        head, tail = text.rsplit(":", 1)
+        candidates.append((head, [tail]))
+    parts = text.rsplit(":", 2)
+    if len(parts) == 3:
+        candidates.append((parts[0], parts[1:]))
+    for vector, fields in candidates:
+        path = Path(vector)
+        if not (is_vector_folder(path) or (path.is_file() and path.name == STEERING_VECTOR_FILE)):
+            continue
+        published = read_steering_vector(path)
+        try:
+            layer = int(fields[0]) if fields else published.layer
+            alpha = finite_float(fields[1]) if len(fields) > 1 else published.alpha
+        except (ValueError, argparse.ArgumentTypeError):
+            break
+        if layer is None or alpha is None:
+            raise InputError(
+                f"--steer {text!r}: {path}'s metadata.json names no "
+                f"{'layer' if layer is None else 'alpha'}; give {vector}:LAYER:ALPHA"
+            )
+        return InterventionSpec(vector, layer, alpha)
+    return parse_intervention(text, "--steer", value_required=True)
+
+
 @dataclass(frozen=True)
 class ResolvedIntervention:
     spec: InterventionSpec
     vector: np.ndarray
 
 
+def resolve_caps(text: str, args: argparse.Namespace) -> list[ResolvedIntervention]:
+    """One `--cap`: `VECTOR:LAYER[:TAU]`, or an assistant-axis capping config
+    `CONFIG.pt[:EXPERIMENT]`, whose every cap applies as published (upper caps at their
+    layers and thresholds)."""
+    from pvrs.steering.published import capping_experiment, split_capping_spec
+
+    config = split_capping_spec(text)
+    if config is None:
+        spec = parse_intervention(text, "--cap", value_required=False)
+        return [ResolvedIntervention(spec, resolve_vector(spec.vector, args))]
+    path, experiment = config
+    return [
+        ResolvedIntervention(InterventionSpec(f"{text}/{c.name}", c.layer, c.tau, "upper"), c.vector)
+        for c in capping_experiment(path, experiment)
+    ]
+
+
 def resolve_interventions(
     args: argparse.Namespace,
 ) -> tuple[list[ResolvedIntervention], list[ResolvedIntervention]]:
     """Parse and load every `--steer` and `--cap` before the model loads, so a typo fails fast."""
-    steers = [parse_intervention(t, "--steer", value_required=True) for t in args.steer or []]
-    caps = [parse_intervention(t, "--cap", value_required=False) for t in args.cap or []]
+    steers = [parse_steer(t) for t in args.steer or []]
     return (
         [ResolvedIntervention(s, resolve_vector(s.vector, args)) for s in steers],
-        [ResolvedIntervention(c, resolve_vector(c.vector, args)) for c in caps],
+        [item for text in args.cap or [] for item in resolve_caps(text, args)],
     )
 
 
@@ -232,8 +281,9 @@ def interventions(
             stack.enter_context(steer(model, item.vector, [layer], alpha=float(spec.value or 0.0)))
             described.append(f"steer {spec.vector} at layer {layer}, alpha {spec.value:g}")
         for item, layer, tau in zip(caps, cap_layers, taus, strict=True):
-            stack.enter_context(cap(model, item.vector, [layer], tau, side=args.cap_side))
-            described.append(f"cap ({args.cap_side}) {item.spec.vector} at layer {layer}, tau {tau:.3f}")
+            side = item.spec.side or args.cap_side
+            stack.enter_context(cap(model, item.vector, [layer], tau, side=side))
+            described.append(f"cap ({side}) {item.spec.vector} at layer {layer}, tau {tau:.3f}")
         yield described
 
 

@@ -1,5 +1,6 @@
 """Steering: directions to steer with (`directions`), interventions on the residual stream
-(`interventions`: steer, ablate, cap), residual reads and calibration (`residuals`), drift
+(`interventions`: steer, ablate, mean_ablate, cap), other tools' published vectors
+(`published`), residual reads and calibration (`residuals`), drift
 monitoring (`monitor`), contrastive vectors (`contrast`) and llama.cpp control vectors
 (`controlvector`)."""
 
@@ -10,6 +11,7 @@ from pvrs._lazy import lazy_getattr
 _EXPORTS = {
     "steer": "pvrs.steering.interventions",
     "ablate": "pvrs.steering.interventions",
+    "mean_ablate": "pvrs.steering.interventions",
     "cap": "pvrs.steering.interventions",
     "suggested_alpha": "pvrs.steering.interventions",
     "suggested_alphas": "pvrs.steering.interventions",

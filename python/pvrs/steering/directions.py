@@ -1,13 +1,15 @@
 """Directions to steer, ablate, cap or monitor with, as `(num_layers, hidden_size)` float32
 arrays (or one `(hidden_size,)` row with `layer=`):
 
-- `direction(store, persona_id)`: persona minus baseline (the reference tool's steering
-  vector);
+- `direction(store, persona_id)`: persona minus baseline (`kind="baseline"`, pvrs's
+  default), or, with `kind="biography"`, the persona's biography vector minus its templated
+  one at the same persona (the reference tool's steering direction);
 - `assistant_axis_direction(store)`: the baseline assistant minus the mean of the role personas,
   pointing from "playing a role" towards "being the assistant" (the assistant-axis paper);
 - `probe_direction(weights)`: a linear probe's weight vector (array or file);
 - `load_vector(path)`: a vector file (store `.safetensors`, any single-tensor
-  `.safetensors`, `.npy`, or a llama.cpp control-vector `.gguf`);
+  `.safetensors`, `.npy`, a PyTorch `.pt`, or a llama.cpp control-vector `.gguf`), or a
+  reference vector folder (`pvrs.steering.published`);
 - `from_spec(spec, store)`: the CLI's way to name any of these;
 - contrastive vectors from two prompt sets live in `pvrs.steering.contrast`."""
 
@@ -31,8 +33,12 @@ if TYPE_CHECKING:
 
 DEFAULT_VARIANT = "templated"
 ASSISTANT_AXIS_SPECS = ("assistant-axis", "assistant_axis", "assistant")
+# `direction(kind=...)`: persona minus `against`, or biography minus templated.
+DIRECTION_KINDS = ("baseline", "biography")
+BIOGRAPHY_SPEC_PREFIX = "biography:"
 # Tensor names tried, in order, in a multi-tensor safetensors file.
 PROBE_WEIGHTS_FILE = "weights.safetensors"  # inside a saved probe artifact folder
+PROBE_JSON = "probe.json"
 _TENSOR_NAMES = ("activations", "direction", "vector", "weight", "weights", "coef", "coef_")
 
 
@@ -60,11 +66,26 @@ def direction(
     against: str = BASELINE_PERSONA_ID,
     layer: int | None = None,
     variant: str = DEFAULT_VARIANT,
+    kind: str = "baseline",
 ) -> np.ndarray:
-    """`store.load(persona_id) - store.load(against)`, computed in float64: `(L, H)`, or
-    row `layer` as `(H,)`. Adding it steers towards the persona."""
-    diff = store.load(persona_id, variant).astype(np.float64) - store.load(against, variant)
-    what = f"the direction {persona_id!r} - {against!r}"
+    """A persona's direction, computed in float64: `(L, H)`, or row `layer` as `(H,)`.
+
+    `kind="baseline"`: `store.load(persona_id, variant) - store.load(against, variant)`;
+    adding it steers towards the persona. `kind="biography"`: the persona's `biography`
+    vector minus its `templated` one (`against` and `variant` do not apply), the reference
+    tool's steering direction: what the long description adds over the short one."""
+    if kind == "baseline":
+        diff = store.load(persona_id, variant).astype(np.float64) - store.load(against, variant)
+        what = f"the direction {persona_id!r} - {against!r}"
+    elif kind == "biography":
+        diff = store.load(persona_id, "biography").astype(np.float64) - store.load(
+            persona_id, "templated"
+        )
+        what = f"the direction biography - templated of {persona_id!r}"
+    else:
+        raise InvalidArgumentError(
+            f"kind={kind!r} is not one of {', '.join(map(repr, DIRECTION_KINDS))}"
+        )
     return _select_layer(_finite(diff.astype(np.float32), what), layer, what)
 
 
@@ -105,6 +126,8 @@ def _read_safetensors(path: Path) -> np.ndarray:
         raise ArtifactError(f"{path}: not a readable safetensors file ({exc})") from None
     if len(tensors) == 1:
         return next(iter(tensors.values()))
+    if "weight" in tensors and "bias" in tensors:  # a probe's linear map: rows are classes
+        return _single_probe_row(tensors["weight"], f"the probe weights in {path}")
     for name in _TENSOR_NAMES:
         if name in tensors:
             return tensors[name]
@@ -114,11 +137,33 @@ def _read_safetensors(path: Path) -> np.ndarray:
     )
 
 
+def _single_probe_row(weights: Any, what: str) -> np.ndarray:
+    """The one row of a probe's `(C, H)` weights; several rows are classes, never layers."""
+    rows = np.atleast_2d(np.asarray(weights, dtype=np.float32))
+    if rows.shape[0] != 1:
+        raise InvalidArgumentError(
+            f"{what} have {rows.shape[0]} weight rows (one per class, not layers); pass the "
+            "row you want, e.g. probe_direction(probe.coef_[k])"
+        )
+    return _finite(rows[0], what)
+
+
 def load_vector(path: str | Path, layer: int | None = None) -> np.ndarray:
     """A vector file as float32: `.safetensors` (a store tensor, or any file with a single
-    tensor), `.npy`, or a control-vector `.gguf` (rows for layers it lacks are zero).
-    A leading axis of size 1 (a binary probe's `(1, H)` weights) is dropped."""
+    tensor), `.npy`, `.pt` (`torch.load(weights_only=True)`), or a control-vector `.gguf`
+    (rows for layers it lacks are zero); a folder is read as a reference vector folder
+    (its `steering_vector.safetensors`). Leading axes of size 1 (a binary probe's `(1, H)`
+    weights, the reference's `(1, 1, H)` steering vector) are dropped; a probe's per-class
+    `(C, H)` weights (tensors `weight` and `bias`) are refused, not read as layers."""
+    from pvrs.steering import published
+
     path = Path(path)
+    if path.is_dir():
+        if not published.is_vector_folder(path):
+            raise InputError(
+                f"{path} is a folder without {published.STEERING_VECTOR_FILE}; pass a vector file"
+            )
+        path = path / published.STEERING_VECTOR_FILE
     if not path.is_file():
         raise InputError(f"vector file {path} does not exist")
     suffix = path.suffix.lower()
@@ -129,14 +174,16 @@ def load_vector(path: str | Path, layer: int | None = None) -> np.ndarray:
             array = np.load(path, allow_pickle=False)
         except (OSError, ValueError) as exc:
             raise ArtifactError(f"{path}: not a readable .npy array ({exc})") from None
+    elif suffix == ".pt":
+        array = published.read_pt(path)
     elif suffix == ".gguf":
         from pvrs.steering.controlvector import read_control_vector
 
         array = read_control_vector(path)
     else:
-        raise InputError(f"{path}: unknown vector format; use .safetensors, .npy or .gguf")
+        raise InputError(f"{path}: unknown vector format; use .safetensors, .npy, .pt or .gguf")
     array = np.asarray(array, dtype=np.float32)
-    if array.ndim == 2 and array.shape[0] == 1:
+    while array.ndim > 1 and array.shape[0] == 1:
         array = array[0]
     if array.ndim not in (1, 2):
         raise ArtifactError(f"{path}: a vector is (H,) or (L, H), this file holds {array.shape}")
@@ -159,13 +206,7 @@ def probe_direction(weights: Any, layer: int | None = None) -> np.ndarray:
     if fitted is None:
         fitted = getattr(weights, "weight", None)
     if fitted is not None:  # a fitted probe: one row per class, one row for two classes
-        rows = np.atleast_2d(np.asarray(fitted, dtype=np.float32))
-        if rows.shape[0] != 1:
-            raise InvalidArgumentError(
-                f"the probe has {rows.shape[0]} weight rows (one per class); pass the row "
-                "you want, e.g. probe_direction(probe.coef_[k])"
-            )
-        return _finite(rows[0], "the probe weights")
+        return _single_probe_row(fitted, "the probe weights")
     array = np.asarray(weights, dtype=np.float32)
     if array.ndim == 2 and array.shape[0] == 1:
         array = array[0]
@@ -175,18 +216,32 @@ def probe_direction(weights: Any, layer: int | None = None) -> np.ndarray:
 def from_spec(
     spec: str, store: VectorStore | None, variant: str = DEFAULT_VARIANT
 ) -> np.ndarray:
-    """Resolve a CLI vector spec: an existing file path (`load_vector`), `assistant-axis`,
-    or a persona id (persona minus baseline from `store`)."""
-    if Path(spec).is_file():
-        return load_vector(spec)
+    """Resolve a CLI vector spec: an existing file or vector folder (`load_vector`), a probe
+    artifact folder (`probe_direction`), `assistant-axis`, `biography:ID` (the persona's
+    biography minus templated vector) or a persona id (persona minus baseline from `store`)."""
+    path = Path(spec)
+    if path.is_dir() and (path / PROBE_JSON).is_file():
+        return probe_direction(path)
+    if path.is_file() or path.is_dir():
+        return load_vector(path)
     if store is None:
         raise InputError(f"{spec!r} is not a file, and no store was given to look it up in")
     if spec in ASSISTANT_AXIS_SPECS:
         return assistant_axis_direction(store, variant=variant)
+    if spec.startswith(BIOGRAPHY_SPEC_PREFIX):
+        persona_id = spec[len(BIOGRAPHY_SPEC_PREFIX) :]
+        missing = [v for v in ("biography", "templated") if not store.has(persona_id, v)]
+        if missing:
+            raise InputError(
+                f"{spec!r} needs {persona_id!r} saved as biography and templated; "
+                f"{' and '.join(missing)} missing in {store.location(missing[0])}: extract "
+                f"it with --variants biography templated"
+            )
+        return direction(store, persona_id, kind="biography")
     if not store.has(spec, variant):
         raise InputError(
             f"{spec!r} is neither a vector file nor a persona saved in "
             f"{store.location(variant)}; run `pvrs extract` for it, pass a .safetensors/"
-            f".npy/.gguf file, or use 'assistant-axis'"
+            f".npy/.pt/.gguf file, or use 'assistant-axis' or 'biography:ID'"
         )
     return direction(store, spec, variant=variant)

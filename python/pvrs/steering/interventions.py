@@ -1,5 +1,6 @@
 """Interventions on the residual stream of any Hugging Face causal LM: add a vector
-(`steer`), remove its component (`ablate`), or cap the projection on an axis (`cap`).
+(`steer`), remove its component (`ablate`), replace it by its mean over calibration texts
+(`mean_ablate`), or cap the projection on an axis (`cap`).
 
 Each is a context manager over forward hooks on the decoder blocks: the hook edits block
 `i`'s output, the same place row `i` of a persona vector was read. They stack (hooks run
@@ -47,6 +48,7 @@ from pvrs.steering.residuals import (
     TextLike,
     VectorLike,
     calibrate_tau,
+    calibration_projections,
     layer_vectors,
     residual_norms,
     resolve_layers,
@@ -65,6 +67,7 @@ __all__ = [
     "cap",
     "direction",
     "load_vector",
+    "mean_ablate",
     "probe_direction",
     "steer",
     "suggested_alpha",
@@ -261,6 +264,46 @@ def ablate(
 
     with _intervene(model, chosen, remove, positions):
         yield
+
+
+@contextmanager
+def mean_ablate(
+    model: nn.Module,
+    direction: VectorLike,
+    layers: int | Sequence[int],
+    mean: float | Mapping[int, float] | Sequence[float] | None = None,
+    *,
+    calibration: Sequence[TextLike] | None = None,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+    positions: Positions = "all",
+) -> Iterator[dict[int, float]]:
+    """Replace the projection on `direction` by a fixed value: `h <- h + (m - h . v_hat) v_hat`.
+
+    `mean` (a float, `{layer: m}` or one per layer) is the value; when None it is the mean
+    of every token's projection over `calibration` (texts, chats or token ids, with
+    `tokenizer` for text), so the direction carries what it carries on average and nothing
+    specific to the input. The block yields the per-layer means in use."""
+    chosen = resolve_layers(model, layers)
+    if mean is None:
+        if calibration is None:
+            raise InvalidArgumentError(
+                "mean_ablate needs mean=... or calibration=[texts] (the mean projection on the "
+                "direction over those texts)"
+            )
+        proj = calibration_projections(model, tokenizer, direction, chosen, calibration)
+        mean = {layer: float(p.double().mean()) for layer, p in proj.items()}
+    means = _per_layer(mean, chosen, "mean")
+    units = _OnDevice(
+        {i: unit(v) for i, v in layer_vectors(model, direction, chosen, "direction").items()}
+    )
+
+    def replace(hidden: torch.Tensor, layer: int) -> torch.Tensor:
+        v_hat = units.get(layer, hidden, torch.float32)
+        shift = means[layer] - _projection(hidden, v_hat)
+        return (hidden.float() + shift.unsqueeze(-1) * v_hat).to(hidden.dtype)
+
+    with _intervene(model, chosen, replace, positions):
+        yield means
 
 
 def default_cap_quantile(side: str) -> float:

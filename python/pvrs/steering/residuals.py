@@ -174,10 +174,21 @@ def calibrate_tau(
     floor (`side="lower"`; the assistant-axis paper floors at the 25th percentile)."""
     if not 0.0 <= quantile <= 1.0:
         raise InvalidArgumentError(f"quantile must lie in [0, 1], got {quantile}")
+    proj = calibration_projections(model, tokenizer, axis, layers, inputs)
+    return {layer: float(torch.quantile(p.double(), quantile)) for layer, p in proj.items()}
+
+
+def calibration_projections(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase | None,
+    axis: VectorLike,
+    layers: int | Sequence[int],
+    inputs: Sequence[TextLike],
+) -> dict[int, torch.Tensor]:
+    """Per layer, every token's projection `h . v_hat` on the axis over `inputs`."""
     chosen = resolve_layers(model, layers)
     directions = layer_vectors(model, axis, chosen, "axis")
-    proj = projections(activations(model, tokenizer, inputs, chosen), directions)
-    return {layer: float(torch.quantile(p.double(), quantile)) for layer, p in proj.items()}
+    return projections(activations(model, tokenizer, inputs, chosen), directions)
 
 
 def residual_norms(
