@@ -60,6 +60,11 @@ class RenderError(PvrsError):
     """A figure cannot be drawn or exported (plotly missing, no browser for PNG export)."""
 
 
+class JudgeError(PvrsError):
+    """A judge cannot score: its endpoint refuses, times out or replies in an unreadable way,
+    or a local judge model has no number tokens. The message names the endpoint or model."""
+
+
 class InternalError(PvrsError):
     """A bug in pvrs (for example a contained panic in the Rust core). Please report it."""
 
@@ -69,6 +74,7 @@ __all__ = [
     "InputError",
     "InternalError",
     "InvalidArgumentError",
+    "JudgeError",
     "ManifestError",
     "MaskError",
     "ModelError",

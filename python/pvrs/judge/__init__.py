@@ -1,0 +1,98 @@
+"""Judging answers 0-100 with a rubric prompt: an OpenAI-compatible endpoint
+(`EndpointJudge`) or a local model (`LocalJudge`), with an on-disk score cache
+(`ScoreCache`) so no answer is judged twice. `judge_answers` ties them together; `pvrs judge`
+is its command line and writes the `--scores` file `pvrs extract` reads."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from pvrs.errors import InputError
+from pvrs.judge.cache import ScoreCache, cache_key
+from pvrs.judge.rubrics import BUILTIN, Rubric, load_rubric
+
+
+class Judge(Protocol):
+    """Anything that scores prompts 0-100, in order, telling `on_score(i, score)` as each
+    is done. `id` names what decides the scores (it keys the cache)."""
+
+    @property
+    def id(self) -> str: ...
+
+    def score(self, prompts: Sequence[str], on_score: Callable[[int, float], object] | None = None) -> list[float]: ...
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One answer to judge; `trait` fills the rubric's {trait} (a trait or a role)."""
+
+    persona_id: str
+    qid: str
+    question: str
+    answer: str
+    trait: str | None = None
+
+
+def judge_answers(
+    judge: Judge,
+    rubric: Rubric,
+    answers: Sequence[Answer],
+    cache: ScoreCache | None = None,
+    on_score: Callable[[int, float, bool], object] | None = None,
+) -> list[float]:
+    """Scores of `answers`, in order. Cached scores are reused; new ones are cached as they
+    arrive, so an interrupted run loses none. `on_score(i, score, cached)` hears each."""
+    keys = [cache_key(judge.id, rubric.text, a.trait or "", a.question, a.answer) for a in answers]
+    scores = [None if cache is None else cache.get(k) for k in keys]
+    # Render before any request: a missing {trait} fails before the judge is asked anything.
+    todo = [i for i, s in enumerate(scores) if s is None]
+    prompts = [rubric.render(answers[i].question, answers[i].answer, answers[i].trait) for i in todo]
+    if on_score is not None:
+        for i, s in enumerate(scores):
+            if s is not None:
+                on_score(i, s, True)
+
+    def scored(j: int, score: float) -> None:
+        i = todo[j]
+        scores[i] = score
+        if cache is not None:
+            cache.put(keys[i], score)
+        if on_score is not None:
+            on_score(i, score, False)
+
+    judge.score(prompts, scored)
+    return [float(s) for s in scores if s is not None]
+
+
+def read_answers(paths: Sequence[str | Path]) -> list[Answer]:
+    """Answers from JSONL/JSON/parquet files of {qid, persona_id, question, answer} rows (the
+    files `pvrs extract --generate` saves) or folders of such `.jsonl` files. A
+    (persona_id, qid) pair may occur once: scores are keyed by it."""
+    from pvrs.extraction.inputs import read_rows
+
+    files: list[Path] = []
+    for spec in paths:
+        path = Path(spec)
+        found = sorted(path.rglob("*.jsonl")) if path.is_dir() else [path]
+        if not found:
+            raise InputError(f"{path}: a folder with no .jsonl answer files inside")
+        files.extend(found)
+    out: list[Answer] = []
+    seen: dict[tuple[str, str], Path] = {}
+    for file in files:
+        for n, row in enumerate(read_rows(file), 1):
+            missing = [k for k in ("persona_id", "qid", "question", "answer") if row.get(k) in (None, "")]
+            if missing:
+                raise InputError(f"{file} row {n}: missing {', '.join(missing)}; answer rows need persona_id, qid, question and answer")
+            key = (str(row["persona_id"]), str(row["qid"]))
+            if key in seen:
+                raise InputError(f"{file} row {n}: persona {key[0]!r} question {key[1]!r} also appears in {seen[key]}; judge each answer once")
+            seen[key] = file
+            out.append(Answer(key[0], key[1], str(row["question"]), str(row["answer"])))
+    return out
+
+
+__all__ = ["BUILTIN", "Answer", "Judge", "Rubric", "ScoreCache", "judge_answers", "load_rubric", "read_answers"]

@@ -1,0 +1,170 @@
+"""A judge behind any OpenAI-compatible chat-completions endpoint (vLLM, SGLang, llama.cpp
+server, hosted APIs). Requests run `concurrency` at a time; 429s, 5xx replies, timeouts and
+dropped connections are retried with exponential backoff (a Retry-After header wins), and
+every failure is one `JudgeError` naming the endpoint."""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from typing import Any
+
+import httpx2 as httpx
+
+from pvrs.errors import InputError, JudgeError
+from pvrs.judge.numbers import stated_score, weighted_score
+
+URL_ENV, MODEL_ENV, KEY_ENV = "PVRS_JUDGE_URL", "PVRS_JUDGE_MODEL", "OPENAI_API_KEY"
+TOP_LOGPROBS = 20  # the most OpenAI's API returns; enough to cover the plausible numbers
+
+
+@dataclass(frozen=True)
+class EndpointJudge:
+    """`url` is the API base (`http://host:8000/v1`) or the full `/chat/completions` URL.
+    `backoff` is the first wait between retries in seconds, doubled per retry up to
+    `max_wait`."""
+
+    url: str
+    model: str
+    api_key: str | None = None
+    concurrency: int = 8
+    timeout: float = 60.0
+    retries: int = 5
+    backoff: float = 1.0
+    max_wait: float = 60.0
+
+    @classmethod
+    def from_env(cls, url: str | None, model: str | None, api_key: str | None, **options: Any) -> EndpointJudge:
+        """Flags first, then $PVRS_JUDGE_URL, $PVRS_JUDGE_MODEL and $OPENAI_API_KEY."""
+        url = url or os.environ.get(URL_ENV)
+        model = model or os.environ.get(MODEL_ENV)
+        if not url:
+            raise InputError(f"no judge endpoint: pass --judge-url URL (e.g. http://localhost:8000/v1) or set ${URL_ENV}")
+        if not model:
+            raise InputError(f"no judge model for {url}: pass --judge-model NAME or set ${MODEL_ENV}")
+        judge = cls(url, model, api_key or os.environ.get(KEY_ENV), **options)
+        if judge.timeout <= 0 or judge.retries < 0:
+            raise InputError(f"--timeout must be > 0 and --retries >= 0, got {judge.timeout:g} and {judge.retries}")
+        return judge
+
+    @property
+    def id(self) -> str:
+        # The served model decides the scores, not the server it runs on: moving the same
+        # model elsewhere keeps its cached scores.
+        return f"endpoint:{self.model}"
+
+    @property
+    def endpoint(self) -> str:
+        base = self.url.rstrip("/")
+        return base if base.endswith("/chat/completions") else base + "/chat/completions"
+
+    def score(self, prompts: Sequence[str], on_score: Callable[[int, float], object] | None = None) -> list[float]:
+        """Scores of `prompts`, in order; `on_score(i, score)` hears each as it arrives (on
+        the calling thread). The first failure cancels the requests not yet sent."""
+        scores: list[float] = [math.nan] * len(prompts)
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        limits = httpx.Limits(max_connections=self.concurrency)
+        with httpx.Client(timeout=self.timeout, headers=headers, limits=limits) as client, \
+                ThreadPoolExecutor(self.concurrency) as pool:
+            futures = {pool.submit(self._score_one, client, p): i for i, p in enumerate(prompts)}
+            try:
+                for future in as_completed(futures):
+                    i = futures[future]
+                    scores[i] = future.result()
+                    if on_score is not None:
+                        on_score(i, scores[i])
+            except BaseException:
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
+        return scores
+
+    def _score_one(self, client: httpx.Client, prompt: str) -> float:
+        body = {
+            "model": self.model,
+            "messages": [{"role": "user", "content": prompt}],
+            "temperature": 0,
+            "max_tokens": 4,
+            "logprobs": True,
+            "top_logprobs": TOP_LOGPROBS,
+        }
+        return self._read_score(self._post(client, body))
+
+    def _post(self, client: httpx.Client, body: dict[str, Any]) -> bytes:
+        why = ""
+        for attempt in range(self.retries + 1):
+            wait = self.backoff * 2**attempt
+            try:
+                reply = client.post(self.endpoint, json=body)
+            except httpx.TimeoutException:
+                why = f"no reply within {self.timeout:g}s"
+            except httpx.TransportError as exc:
+                why = f"cannot connect ({exc})"
+            else:
+                if reply.status_code == 200:
+                    return reply.content
+                if reply.status_code != 429 and reply.status_code < 500:
+                    raise JudgeError(f"judge endpoint {self.endpoint}: HTTP {reply.status_code} {_snippet(reply.content)}{_hint(reply.status_code)}")
+                why = f"HTTP {reply.status_code}"
+                wait = _retry_after(reply.headers.get("retry-after"), wait)
+            if attempt < self.retries:
+                time.sleep(min(self.max_wait, wait))
+        raise JudgeError(
+            f"judge endpoint {self.endpoint}: {why} after {self.retries + 1} attempts; "
+            "check the server, or raise --timeout / --retries"
+        )
+
+    def _read_score(self, content: bytes) -> float:
+        """The weighted mean over the first token's top logprobs when the server sends them,
+        else the number the reply states."""
+        try:
+            choice = json.loads(content)["choices"][0]
+            text = choice["message"]["content"]
+            logprobs = (choice.get("logprobs") or {}).get("content") or []
+            top = logprobs[0]["top_logprobs"] if logprobs else []
+            score = weighted_score((t["token"], math.exp(t["logprob"])) for t in top)
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+            raise JudgeError(
+                f"judge endpoint {self.endpoint}: malformed reply, not an OpenAI chat completion: {_snippet(content)}"
+            ) from None
+        if score is None:
+            score = stated_score(text) if isinstance(text, str) else None
+        if score is None:
+            raise JudgeError(
+                f"judge endpoint {self.endpoint}: the reply {_snippet(str(text).encode())} is not a score "
+                "0-100; use a rubric that asks for the number only"
+            )
+        return score
+
+
+def _retry_after(header: str | None, default: float) -> float:
+    """Seconds from a Retry-After header (seconds or an HTTP date), else `default`."""
+    if not header:
+        return default
+    try:
+        return max(0.0, float(header))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(header)
+    except (TypeError, ValueError):
+        return default
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _snippet(content: bytes) -> str:
+    text = content.decode("utf-8", errors="replace").strip()
+    return repr(text[:160] + ("…" if len(text) > 160 else ""))
+
+
+def _hint(status: int) -> str:
+    if status in (401, 403):
+        return f"; check --api-key or ${KEY_ENV}"
+    if status == 404:
+        return "; check --judge-url (the API base, e.g. http://host:8000/v1) and --judge-model"
+    return ""

@@ -1,0 +1,348 @@
+"""`pvrs.judge` and `pvrs judge`: the endpoint backend against a real OpenAI-compatible HTTP
+server started here (scores, concurrency, retries, timeouts, malformed replies), the local
+backend, rubric files, the score cache, and the round trip into `pvrs extract --scores`."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pvrs
+import pytest
+from pvrs.cli import main
+from pvrs.judge import Answer, ScoreCache, judge_answers, load_rubric, read_answers
+from pvrs.judge.cache import cache_key
+from pvrs.judge.endpoint import EndpointJudge
+from pvrs.judge.numbers import stated_score, weighted_score
+
+
+def expected_score(prompt: str) -> float:
+    """The server's deterministic score of a prompt."""
+    return float(int(hashlib.sha256(prompt.encode()).hexdigest()[:8], 16) % 101)
+
+
+@dataclass
+class Server:
+    """What the fake endpoint does: `mode` for every request, after `fail_first` requests
+    answered with `fail_status` (and `retry_after`)."""
+
+    url: str = ""
+    mode: str = "number"
+    fail_first: int = 0
+    fail_status: int = 429
+    retry_after: str | None = None
+    delay: float = 0.0
+    requests: list[dict] = field(default_factory=list)
+    times: list[float] = field(default_factory=list)
+    in_flight: int = 0
+    max_in_flight: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+@pytest.fixture
+def server() -> Iterator[Server]:
+    state = Server()
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def _send(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+            self.send_response(status)
+            for k, v in (headers or {}).items():
+                self.send_header(k, v)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_POST(self) -> None:
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            with state.lock:
+                state.requests.append({"path": self.path, "auth": self.headers.get("Authorization"), **body})
+                state.times.append(time.monotonic())
+                n = len(state.requests)
+                state.in_flight += 1
+                state.max_in_flight = max(state.max_in_flight, state.in_flight)
+            try:
+                time.sleep(state.delay)
+                if self.path != "/v1/chat/completions":
+                    return self._send(404, b'{"error": "not found"}')
+                if n <= state.fail_first:
+                    headers = {"Retry-After": state.retry_after} if state.retry_after else {}
+                    return self._send(state.fail_status, b'{"error": "busy"}', headers)
+                if state.mode == "garbage":
+                    return self._send(200, b"<html>proxy error</html>")
+                prompt = body["messages"][0]["content"]
+                content = {"number": str(int(expected_score(prompt))), "words": "I would say it is fine"}.get(state.mode, "0")
+                choice: dict = {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}
+                if state.mode == "logprobs":
+                    top = [("80", 0.75), ("40", 0.25), ("Sure", 1e-3)]
+                    choice["logprobs"] = {"content": [{"token": "80", "logprob": math.log(0.75),
+                                                       "top_logprobs": [{"token": t, "logprob": math.log(p)} for t, p in top]}]}
+                self._send(200, json.dumps({"id": "x", "object": "chat.completion", "choices": [choice]}).encode(),
+                           {"Content-Type": "application/json"})
+            finally:
+                with state.lock:
+                    state.in_flight -= 1
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    httpd.daemon_threads = True
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    state.url = f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+    try:
+        yield state
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def judge_for(server: Server, **options: object) -> EndpointJudge:
+    return EndpointJudge(server.url, "judge-model", **{"backoff": 0.01, **options})  # type: ignore[arg-type]
+
+
+ANSWERS = [Answer("pirate", f"q{i}", f"Question {i}?", f"Answer number {i}, arr.") for i in range(12)]
+
+
+def test_endpoint_scores_in_order_within_the_concurrency_limit(server: Server) -> None:
+    server.delay = 0.05
+    rubric = load_rubric("coherence")
+    scores = judge_answers(judge_for(server, concurrency=3, api_key="sk-test"), rubric, ANSWERS)
+    assert scores == [expected_score(rubric.render(a.question, a.answer)) for a in ANSWERS]
+    assert 1 < server.max_in_flight <= 3
+    request = server.requests[0]
+    assert request["model"] == "judge-model" and request["temperature"] == 0 and request["auth"] == "Bearer sk-test"
+
+
+def test_endpoint_score_is_the_weighted_mean_over_number_logprobs(server: Server) -> None:
+    server.mode = "logprobs"
+    [score] = judge_for(server).score(["rate this"])
+    assert score == pytest.approx(70.0)
+
+
+def test_429_waits_for_retry_after(server: Server) -> None:
+    server.fail_first, server.retry_after = 1, "1"
+    assert judge_for(server).score(["p"]) == [expected_score("p")]
+    assert len(server.requests) == 2 and server.times[1] - server.times[0] >= 0.95
+
+
+def test_5xx_retried_with_backoff_then_one_error_naming_the_endpoint(server: Server) -> None:
+    server.fail_first, server.fail_status = 99, 503
+    with pytest.raises(pvrs.JudgeError, match=r"/v1/chat/completions: HTTP 503 after 3 attempts") as info:
+        judge_for(server, retries=2, backoff=0.1).score(["p"])
+    assert server.url in str(info.value) and len(server.requests) == 3
+    gaps = [b - a for a, b in zip(server.times, server.times[1:], strict=False)]
+    assert gaps[1] > gaps[0] * 1.5  # exponential
+
+
+def test_timeout_is_one_error(server: Server) -> None:
+    server.delay = 1.0
+    with pytest.raises(pvrs.JudgeError, match=r"no reply within 0.2s after 2 attempts"):
+        judge_for(server, timeout=0.2, retries=1).score(["p"])
+
+
+@pytest.mark.parametrize(
+    "mode,match",
+    [("garbage", "malformed reply, not an OpenAI chat completion: '<html>proxy error</html>'"),
+     ("words", "'I would say it is fine' is not a score 0-100")],
+)
+def test_malformed_reply_is_one_error(server: Server, mode: str, match: str) -> None:
+    server.mode = mode
+    with pytest.raises(pvrs.JudgeError, match=match):
+        judge_for(server).score(["p"])
+
+
+def test_client_errors_are_not_retried_and_hint_the_fix(server: Server) -> None:
+    judge = EndpointJudge(server.url + "/wrong", "m", backoff=0.01)
+    with pytest.raises(pvrs.JudgeError, match=r"HTTP 404 .*check --judge-url"):
+        judge.score(["p"])
+    assert len(server.requests) == 1
+
+
+def test_endpoint_settings_from_flags_or_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("PVRS_JUDGE_URL", "PVRS_JUDGE_MODEL", "OPENAI_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(pvrs.InputError, match=r"pass --judge-url URL .* or set \$PVRS_JUDGE_URL"):
+        EndpointJudge.from_env(None, None, None)
+    monkeypatch.setenv("PVRS_JUDGE_URL", "http://h/v1/")
+    monkeypatch.setenv("PVRS_JUDGE_MODEL", "env-model")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-env")
+    judge = EndpointJudge.from_env(None, None, None)
+    assert (judge.endpoint, judge.model, judge.api_key) == ("http://h/v1/chat/completions", "env-model", "sk-env")
+    assert EndpointJudge.from_env("http://o/v1/chat/completions", "flag", "k").endpoint == "http://o/v1/chat/completions"
+
+
+def test_score_readers() -> None:
+    assert weighted_score([("100", 0.5), (" 0", 0.5), ("101", 0.9), ("07", 0.9)]) == 50.0
+    assert weighted_score([("yes", 1.0)]) is None
+    assert (stated_score(" 85\n"), stated_score("85.5."), stated_score("101"), stated_score("85 points")) == (85.0, 85.5, None, None)
+
+
+def test_rubric_files(tmp_path: Path) -> None:
+    text = "Rate {trait} in {answer} to {question}; reply as {\"score\": N}"
+    (tmp_path / "r.txt").write_text(text)
+    (tmp_path / "r.json").write_text(json.dumps({"instruction": "x", "eval_prompt": text}))
+    (tmp_path / "r.yaml").write_text("prompt: |\n  " + text.replace("\"", "'") + "\n")
+    for name in ("r.txt", "r.json", "r.yaml"):
+        rubric = load_rubric(str(tmp_path / name))
+        rendered = rubric.render("Q?", "A.", "evil")
+        assert rendered.startswith("Rate evil in A. to Q?; reply as {") and rubric.needs_trait
+    with pytest.raises(pvrs.InputError, match=r"placeholder; pass --trait"):
+        load_rubric(str(tmp_path / "r.txt")).render("Q", "A")
+    (tmp_path / "bad.txt").write_text("Rate {question}")
+    with pytest.raises(pvrs.InputError, match=r"bad.txt: the prompt has no \{answer\} placeholder"):
+        load_rubric(str(tmp_path / "bad.txt"))
+    (tmp_path / "bad.yaml").write_text("prompt: [unclosed")
+    with pytest.raises(pvrs.InputError, match="cannot parse"):
+        load_rubric(str(tmp_path / "bad.yaml"))
+    with pytest.raises(pvrs.InputError, match="not a built-in rubric"):
+        load_rubric("nope")
+    assert not load_rubric("coherence").needs_trait and load_rubric("role").needs_trait
+
+
+def test_cache_survives_a_torn_line_and_keys_on_everything(tmp_path: Path) -> None:
+    path = tmp_path / "cache.jsonl"
+    cache = ScoreCache(path)
+    cache.put("a", 1.0)
+    with path.open("a") as f:
+        f.write('{"key": "b", "sco')  # killed mid-write
+    again = ScoreCache(path)
+    assert again.get("a") == 1.0 and again.get("b") is None
+    again.put("c", 3.0)
+    assert ScoreCache(path).get("c") == 3.0
+    keys = {cache_key(*parts) for parts in [("j", "r", "t", "q", "a"), ("j2", "r", "t", "q", "a"), ("j", "r2", "t", "q", "a"),
+                                            ("j", "r", "t2", "q", "a"), ("j", "r", "t", "q2", "a"), ("j", "r", "t", "q", "a2")]}
+    assert len(keys) == 6
+
+
+def _write_answers(path: Path, answers: list[Answer]) -> None:
+    path.write_text("".join(json.dumps({"qid": a.qid, "persona_id": a.persona_id, "question": a.question, "answer": a.answer}) + "\n" for a in answers))
+
+
+def test_cli_writes_scores_and_a_rerun_asks_nothing(server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    from pvrs.extraction.generate import load_scores
+
+    monkeypatch.setenv("PVRS_CACHE_DIR", str(tmp_path / "cache"))
+    _write_answers(tmp_path / "answers.jsonl", ANSWERS)
+    out = tmp_path / "scores.jsonl"
+    argv = ["judge", str(tmp_path / "answers.jsonl"), "-o", str(out), "--judge-url", server.url,
+            "--judge-model", "m", "--trait", "pirate speech"]
+    assert main(argv) == 0
+    assert len(server.requests) == len(ANSWERS) and (tmp_path / "cache" / "judge-scores.jsonl").is_file()
+    rubric = load_rubric("trait")
+    expected = {("pirate", a.qid): expected_score(rubric.render(a.question, a.answer, "pirate speech")) for a in ANSWERS}
+    assert load_scores(out) == expected
+    first = out.read_bytes()
+    out.unlink()
+    assert main(argv) == 0
+    assert len(server.requests) == len(ANSWERS) and out.read_bytes() == first
+    assert "12 answers (12 from the cache)" in capsys.readouterr().err.replace("\n", " ")
+    # Another trait is another question for the judge.
+    assert main([*argv[:-1], "sea shanties"]) == 0
+    assert len(server.requests) == 2 * len(ANSWERS)
+
+
+def test_cli_failure_leaves_the_scores_file_untouched(server: Server, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    server.mode = "garbage"
+    _write_answers(tmp_path / "answers.jsonl", ANSWERS[:3])
+    out = tmp_path / "scores.jsonl"
+    out.write_text("old scores\n")
+    code = main(["judge", str(tmp_path / "answers.jsonl"), "-o", str(out), "--judge-url", server.url,
+                 "--judge-model", "m", "--rubric", "coherence", "--no-cache"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert err.startswith(f"pvrs judge: error: judge endpoint {server.url}/chat/completions: malformed reply")
+    assert out.read_text() == "old scores\n" and sorted(p.name for p in tmp_path.iterdir()) == ["answers.jsonl", "scores.jsonl"]
+
+
+def test_answer_files_are_checked(tmp_path: Path) -> None:
+    _write_answers(tmp_path / "a.jsonl", ANSWERS[:2])
+    _write_answers(tmp_path / "b.jsonl", ANSWERS[1:3])
+    with pytest.raises(pvrs.InputError, match=r"b.jsonl row 1: persona 'pirate' question 'q1' also appears in .*a.jsonl"):
+        read_answers([tmp_path])
+    (tmp_path / "b.jsonl").write_text('{"qid": "q9", "persona_id": "pirate", "question": "Q"}\n')
+    with pytest.raises(pvrs.InputError, match=r"b.jsonl row 1: missing answer"):
+        read_answers([tmp_path / "b.jsonl"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(pvrs.InputError, match=r"empty: a folder with no \.jsonl answer files"):
+        read_answers([tmp_path / "empty"])
+
+
+def test_role_rubric_uses_each_personas_prompt(server: Server, tmp_path: Path) -> None:
+    from pvrs.extraction.inputs import load_personas
+
+    pirate = next(p for p in load_personas() if not p.is_baseline)
+    answers = [Answer(pirate.id, "q1", "Who are you?", "Me."), Answer("baseline_assistant", "q1", "Who are you?", "An AI.")]
+    _write_answers(tmp_path / "a.jsonl", answers)
+    assert main(["judge", str(tmp_path / "a.jsonl"), "-o", str(tmp_path / "s.jsonl"), "--judge-url", server.url,
+                 "--judge-model", "m", "--rubric", "role", "--no-cache"]) == 0
+    prompts = [r["messages"][0]["content"] for r in server.requests]
+    assert any(pirate.templated in p for p in prompts) and any("helpful AI assistant (no persona)" in p for p in prompts)
+    _write_answers(tmp_path / "a.jsonl", [Answer("stranger", "q1", "Q", "A")])
+    assert main(["judge", str(tmp_path / "a.jsonl"), "-o", str(tmp_path / "s.jsonl"), "--judge-url", server.url,
+                 "--judge-model", "m", "--rubric", "role"]) == 2
+
+
+def test_local_judge_on_a_tiny_model() -> None:
+    from pvrs.judge.local import LocalJudge
+
+    from tests.tiny import make_tokenizer
+    from tests.tiny_models import tiny_model
+
+    tokenizer = make_tokenizer("chatml")
+    model = tiny_model("llama", vocab_size=len(tokenizer))
+    prompts = [load_rubric("coherence").render(a.question, a.answer) for a in ANSWERS[:5]]
+    judge = LocalJudge(model, tokenizer, "tiny", batch_size=2)
+    scores = judge.score(prompts)
+    assert all(0 <= s <= 100 for s in scores) and len(set(scores)) > 1
+    assert judge.score(prompts) == scores
+    alone = [LocalJudge(model, tokenizer, "tiny", batch_size=1).score([p])[0] for p in prompts]
+    assert alone == pytest.approx(scores, abs=1e-3)
+
+
+@pytest.mark.slow
+def test_local_judge_on_the_builtin_model() -> None:
+    from pvrs.engines import models
+    from pvrs.judge.local import LocalJudge
+
+    model, tokenizer = models.load()
+    judge = LocalJudge(model, tokenizer, models.DEFAULT_MODEL)
+    rubric = load_rubric("coherence")
+    prompts = [rubric.render("What is the capital of France?", "The capital of France is Paris."),
+               rubric.render("What is the capital of France?", "purple the the seven banana of")]
+    scores = judge.score(prompts)
+    assert all(0 <= s <= 100 for s in scores) and judge.score(prompts) == scores
+
+
+def test_scores_round_trip_into_extract(server: Server, tmp_path: Path) -> None:
+    from pvrs.extraction.driver import SampleSource, extract
+    from pvrs.extraction.generate import SamplingConfig, load_scores
+    from pvrs.extraction.inputs import Persona, QAPair
+
+    from tests.tiny import make_tokenizer
+    from tests.tiny_models import tiny_model
+
+    tokenizer = make_tokenizer("chatml")
+    model = tiny_model("llama", vocab_size=len(tokenizer))
+    personas = [Persona("pirate", "Pirate", "You are a pirate captain.", "A pirate.")]
+    qa = [QAPair(f"q{i}", f"Question {i}?", "unused") for i in range(8)]
+    sampling = SamplingConfig(max_new_tokens=4, temperature=0.0)
+    run = dict(variants=("templated",), progress=False)
+    extract(model, tokenizer, personas, SampleSource(qa, generate=sampling, generations_dir=tmp_path / "gen"), **run)
+    out = tmp_path / "scores.jsonl"
+    assert main(["judge", str(tmp_path / "gen"), "-o", str(out), "--judge-url", server.url, "--judge-model", "m",
+                 "--trait", "piracy"]) == 0
+    scores = load_scores(out)
+    assert set(scores) == {("pirate", q.qid) for q in qa}
+    judged = SampleSource(qa, generate=sampling, generations_dir=tmp_path / "gen", scores=scores, min_score=50)
+    result = extract(model, tokenizer, personas, judged, **run)
+    kept = [q.qid for q in qa if scores[("pirate", q.qid)] >= 50]
+    assert 0 < len(kept) < len(qa) and result.sample_ids[("pirate", "templated")] == kept
