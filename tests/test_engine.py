@@ -84,6 +84,24 @@ def test_prefix_reuse_gives_the_same_vectors(arch: str, padding_side: str) -> No
     np.testing.assert_allclose(plain.means, expected, atol=ATOL, rtol=1e-4)
 
 
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("prefix", [0, 24])
+def test_grouped_mean_stays_on_the_device_until_the_end(arch: str, prefix: int) -> None:
+    """Without per-sample means only the (S, L, H) mean over samples leaves the device."""
+    model = tiny_model(arch)
+    seqs, masks = _samples(seed=8, prefix=prefix)
+    expected = _reference(model, seqs, masks)
+    grouped = sample_means(model, seqs, masks, EngineConfig(batch_tokens=64), per_sample=False)
+    assert grouped.means is None
+    np.testing.assert_allclose(grouped.mean, expected.mean(axis=0), atol=ATOL, rtol=1e-4)
+    vector_bytes = int(np.prod(expected.shape[1:])) * 4
+    assert grouped.host_bytes == vector_bytes
+    kept = sample_means(model, seqs, masks, EngineConfig(batch_tokens=64))
+    np.testing.assert_allclose(kept.means, expected, atol=ATOL, rtol=1e-4)
+    np.testing.assert_allclose(kept.mean, grouped.mean, atol=ATOL)
+    assert kept.host_bytes == (len(seqs) + 1) * vector_bytes
+
+
 def test_layer_subset_and_negative_indices() -> None:
     model = tiny_model("llama")
     seqs, masks = _samples(seed=3)

@@ -115,6 +115,21 @@ def test_save_samples(tmp_path: Path) -> None:
     np.testing.assert_allclose(array.mean(axis=0), result.vector("pirate", "templated"), atol=1e-6)
 
 
+def test_only_persona_vectors_leave_the_device_unless_samples_are_kept() -> None:
+    tokenizer = make_tokenizer("chatml")
+    model = tiny_model("llama", vocab_size=len(tokenizer))
+    strategies = [MaskStrategy.ANSWER_MEAN, MaskStrategy.ANSWER_LAST]
+    run = dict(variants=("templated", "biography"), mask_strategies=strategies, batch_tokens=64, progress=False)
+    vector_bytes = len(strategies) * 4 * 64 * 4  # (S, L, H) float32
+    plain = extract(model, tokenizer, PERSONAS[1:], QA, **run)
+    assert plain.host_bytes == 2 * 2 * vector_bytes and not plain.sample_vectors  # personas x variants
+    kept = extract(model, tokenizer, PERSONAS[1:], QA, save_samples=True, **run)
+    n_samples = sum(len(ids) for ids in kept.sample_ids.values())
+    assert kept.host_bytes == (2 * 2 + n_samples) * vector_bytes
+    for key, vector in plain.vectors.items():
+        np.testing.assert_allclose(kept.vectors[key], vector, atol=1e-6)
+
+
 def test_generate_answers_then_extract(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from pvrs.extraction import driver as extract_module
     from pvrs.extraction.generate import SamplingConfig, generate_answers

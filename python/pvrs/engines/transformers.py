@@ -44,14 +44,18 @@ class EngineConfig:
 
 @dataclass
 class SampleMeans:
-    """`means[n, s, l]` is sample n's mean over strategy s's tokens at layer `layers[l]`."""
+    """`mean[s, l]` is the mean over samples of each sample's mean over strategy s's tokens at
+    layer `layers[l]` (DESIGN.md pooling: the persona's vector); `means[n, s, l]` is sample n's
+    own mean, kept only when asked for (`per_sample=True`)."""
 
-    means: np.ndarray  # (N, S, L', H) float32
+    mean: np.ndarray  # (S, L', H) float32
+    means: np.ndarray | None  # (N, S, L', H) float32, or None
     counts: np.ndarray  # (N, S) int64: tokens averaged
     layers: list[int]
     conversation_tokens: int  # every sample's full length: the work a run without reuse does
     tokens_computed: int  # what the forwards encoded: a reused prefix once, then each suffix
     batch_tokens: int  # the token budget in force at the end (lower after CUDA out-of-memory)
+    host_bytes: int  # result bytes that left the model's device: (S, L', H) float32, plus means if kept
 
 
 def resolve_layers(model: nn.Module, layers: Sequence[int] | None) -> list[int]:
@@ -149,6 +153,37 @@ def _pad_masks(masks: Sequence[np.ndarray], width: int, side: str) -> np.ndarray
     return out
 
 
+class _ToHost:
+    """Per-sample means leaving the device. On CUDA each batch's go to a pinned buffer on a side
+    stream, so the copy overlaps the next batch's forward instead of stalling the GPU; they land
+    in `out` when `drain` finds them done. Elsewhere they are copied at once."""
+
+    def __init__(self, out: np.ndarray, device: torch.device) -> None:
+        self.out = out
+        self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+        self.pending: list[tuple[list[int], torch.Tensor, torch.cuda.Event]] = []
+
+    def put(self, idx: list[int], values: torch.Tensor) -> None:
+        if self.stream is None:
+            self.out[idx] = values.cpu().numpy()
+            return
+        host = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
+        self.stream.wait_stream(torch.cuda.current_stream(values.device))
+        with torch.cuda.stream(self.stream):
+            host.copy_(values, non_blocking=True)
+            done = torch.cuda.Event()
+            done.record()
+        values.record_stream(self.stream)  # the allocator must not reuse it before the copy ends
+        self.pending.append((idx, host, done))
+
+    def drain(self, keep: int = 0) -> None:
+        """Land the copies in `out`, waiting for all but the `keep` most recent."""
+        while len(self.pending) > keep:
+            idx, host, done = self.pending.pop(0)
+            done.synchronize()
+            self.out[idx] = host.numpy()
+
+
 def sample_means(
     model: nn.Module,
     input_ids: Sequence[Sequence[int] | np.ndarray],
@@ -157,8 +192,11 @@ def sample_means(
     *,
     sample_ids: Sequence[str] | None = None,
     on_batch: Callable[[int, int], None] | None = None,
+    per_sample: bool = True,
 ) -> SampleMeans:
-    """Per-sample masked means for S strategies at once.
+    """Masked means for S strategies at once: their mean over samples, and each sample's own
+    when `per_sample` (they then leave the device every batch; without them only the
+    (S, L', H) mean does, once).
 
     `masks[n]` is a bool array (S, len(input_ids[n])). `on_batch(n_samples, n_tokens)` is
     called after each batch (progress bars) with its conversation tokens, prefix included
@@ -202,7 +240,10 @@ def sample_means(
     else:
         prefix_len = 0
 
-    means = np.zeros((len(seqs), n_strategies, len(layers), hidden_size), dtype=np.float32)
+    means = np.zeros((len(seqs), n_strategies, len(layers), hidden_size), dtype=np.float32) if per_sample else None
+    to_host = _ToHost(means, device) if means is not None else None
+    # fp32 on the device: the sum over samples of their means, so per-sample means need not leave it.
+    total = torch.zeros((n_strategies, len(layers), hidden_size), dtype=torch.float32, device=device)
     counts = np.stack([m.sum(axis=1) for m in mask_arrays]).astype(np.int64)
     tokens = prefix_len
     budget = config.batch_tokens
@@ -232,13 +273,21 @@ def sample_means(
             continue
         done = set(idx)
         pending = [i for i in pending if i not in done]
-        means[idx] = (sums / torch.as_tensor(counts[idx], device=sums.device)[:, :, None, None]).cpu().numpy()
+        with torch.inference_mode():
+            batch_means = sums / torch.as_tensor(counts[idx], device=sums.device)[:, :, None, None]
+            total += batch_means.sum(dim=0)
+        if to_host is not None:
+            to_host.put(idx, batch_means)
+            to_host.drain(keep=1)  # the previous batch's copy overlapped this batch's forward
         tokens += sum(lengths[i] - prefix_len for i in idx)
         if on_batch:
             on_batch(len(idx), sum(lengths[i] for i in idx))
+    if to_host is not None:
+        to_host.drain()
+    mean = (total / len(seqs)).cpu().numpy()
     return SampleMeans(
-        means=means, counts=counts, layers=layers, conversation_tokens=sum(lengths),
-        tokens_computed=tokens, batch_tokens=budget,
+        mean=mean, means=means, counts=counts, layers=layers, conversation_tokens=sum(lengths),
+        tokens_computed=tokens, batch_tokens=budget, host_bytes=mean.nbytes + (0 if means is None else means.nbytes),
     )
 
 
@@ -367,5 +416,5 @@ def extract_activations(
     """The reference tool's call: one strategy's masks; returns (num_layers, hidden_size), the
     mean over samples of each sample's masked mean."""
     result = sample_means(model, input_ids_list, [np.asarray(m, dtype=bool)[None] for m in token_masks],
-                          EngineConfig(layers=layers, batch_tokens=batch_tokens))
-    return result.means[:, 0].astype(np.float64).mean(axis=0).astype(np.float32)
+                          EngineConfig(layers=layers, batch_tokens=batch_tokens), per_sample=False)
+    return result.mean[0]

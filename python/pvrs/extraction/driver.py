@@ -66,6 +66,7 @@ class ExtractionResult:
     outcomes: list[PersonaOutcome] = field(default_factory=list)
     tokens: int = 0  # conversation tokens (a reused prefix counted in each conversation)
     tokens_computed: int = 0  # tokens the forwards encoded (a reused prefix once per persona)
+    host_bytes: int = 0  # result bytes that left the model's device (per-sample means only if saved)
     seconds: float = 0.0
     stopped: str = ""  # why the run stopped early (a write failed: disk full, ...); "" if it did not
 
@@ -425,11 +426,13 @@ def extract(
                     config,
                     sample_ids=job.sample_ids,
                     on_batch=on_batch,
+                    per_sample=save_samples,
                 )
                 # A budget lowered by CUDA out-of-memory stays lowered for the next personas.
                 config = replace(config, batch_tokens=means.batch_tokens)
                 result.tokens_computed += means.tokens_computed
-                outcome = _store_job(job, means, stores if saving else None, provenance, save_samples, result)
+                result.host_bytes += means.host_bytes
+                outcome = _store_job(job, means, stores if saving else None, provenance, result)
             except PvrsError as exc:
                 outcome = PersonaOutcome(job.persona.id, job.variant, "failed", str(exc))
             except OSError as exc:
@@ -471,20 +474,19 @@ def _store_job(
     means: SampleMeans,
     stores: dict[MaskStrategy, PersonaVectorStore] | None,
     provenance: dict[str, Any],
-    save_samples: bool,
     result: ExtractionResult,
 ) -> PersonaOutcome:
     key = (job.persona.id, job.variant)
     result.sample_ids[key] = job.sample_ids
     for s_index, strategy in enumerate(job.strategies):
-        per_sample = means.means[:, s_index]
-        vector = per_sample.astype(np.float64).mean(axis=0).astype(np.float32)
+        vector = means.mean[s_index]
         result.vectors[(*key, strategy)] = vector
-        if save_samples:
+        per_sample = None if means.means is None else means.means[:, s_index]
+        if per_sample is not None:
             result.sample_vectors[(*key, strategy)] = per_sample
         if stores is not None:
             store = stores[strategy]
-            if save_samples:  # before the manifest entry: a recorded persona has its samples
+            if per_sample is not None:  # before the manifest entry: a recorded persona has its samples
                 store.save_samples(job.persona.id, job.variant, per_sample, job.sample_ids)
             else:
                 store.drop_samples(job.persona.id, job.variant)
