@@ -346,3 +346,21 @@ def test_scores_round_trip_into_extract(server: Server, tmp_path: Path) -> None:
     result = extract(model, tokenizer, personas, judged, **run)
     kept = [q.qid for q in qa if scores[("pirate", q.qid)] >= 50]
     assert 0 < len(kept) < len(qa) and result.sample_ids[("pirate", "templated")] == kept
+
+
+def test_cli_local_judge_from_a_model_folder(tmp_path: Path) -> None:
+    from pvrs.extraction.generate import load_scores
+
+    from tests.tiny import make_tokenizer
+    from tests.tiny_models import tiny_model
+
+    tokenizer = make_tokenizer("chatml")
+    tiny_model("llama", vocab_size=len(tokenizer)).save_pretrained(tmp_path / "judge")
+    tokenizer.save_pretrained(tmp_path / "judge")
+    _write_answers(tmp_path / "a.jsonl", ANSWERS[:3])
+    argv = ["judge", str(tmp_path / "a.jsonl"), "-o", str(tmp_path / "s.jsonl"), "--local", "--judge-model",
+            str(tmp_path / "judge"), "--device", "cpu", "--rubric", "coherence"]
+    assert main(argv) == 0
+    scores = load_scores(tmp_path / "s.jsonl")
+    assert len(scores) == 3 and all(0 <= s <= 100 for s in scores.values())
+    assert main([*argv, "--judge-url", "http://x/v1"]) == 2

@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pvrs.cli.common import add_model_args, check_writable, finite_float, positive_int, writing
+from pvrs.cli.common import check_writable, finite_float, positive_int, writing
 from pvrs.errors import InputError
 
 if TYPE_CHECKING:
-    from pvrs.judge import Judge
+    from pvrs.judge import Judge, ScoreCache
 
 # The baseline persona has no system prompt: the role its answers are judged against.
 BASELINE_ROLE = "a helpful AI assistant (no persona)"
@@ -34,8 +35,9 @@ def _traits(args: argparse.Namespace, persona_ids: list[str]) -> dict[str, str]:
     return out
 
 
-def _judge(args: argparse.Namespace) -> Judge:
-    from pvrs.judge.endpoint import EndpointJudge
+def make_judge(args: argparse.Namespace) -> Judge:
+    """The judge the `add_judge_args` flags describe (loads a local judge model)."""
+    from pvrs.judge.endpoint import MODEL_ENV, EndpointJudge
 
     if not args.local:
         return EndpointJudge.from_env(
@@ -43,12 +45,54 @@ def _judge(args: argparse.Namespace) -> Judge:
             concurrency=args.concurrency, timeout=args.timeout, retries=args.retries,
         )
     if args.judge_url:
-        raise InputError("pass either --local (with --model) or --judge-url, not both")
+        raise InputError("pass either --local or --judge-url, not both")
+    from rich.console import Console
+
     from pvrs.engines import models
     from pvrs.judge.local import LocalJudge
 
-    model, tokenizer = models.load(args.model, dtype=args.dtype, device=args.device)
-    return LocalJudge(model, tokenizer, models.canonical_model_name(args.model), batch_size=args.batch_size)
+    name = args.judge_model or os.environ.get(MODEL_ENV) or models.DEFAULT_MODEL
+    with Console(stderr=True).status(f"loading judge {name}"):
+        model, tokenizer = models.load(name, dtype=args.dtype, device=args.device)
+    return LocalJudge(model, tokenizer, models.canonical_model_name(name), batch_size=args.judge_batch_size)
+
+
+def add_judge_args(p: argparse.ArgumentParser) -> None:
+    """The judge flags shared by `pvrs judge` and `pvrs eval`; a local judge runs on the
+    command's --device and --dtype."""
+    from pvrs.engines.models import DEFAULT_MODEL
+    from pvrs.judge.cache import CACHE_ENV, CACHE_NAME
+    from pvrs.judge.endpoint import KEY_ENV, MODEL_ENV, URL_ENV
+
+    api = p.add_argument_group("judge (an OpenAI-compatible chat-completions endpoint, or --local)")
+    api.add_argument("--judge-url", help=f"API base, e.g. http://localhost:8000/v1 (default ${URL_ENV})")
+    api.add_argument(
+        "--judge-model",
+        help=f"model name the endpoint serves, or with --local a HF id, folder or built-in (default ${MODEL_ENV}; "
+        f"with --local, else {DEFAULT_MODEL})",
+    )
+    api.add_argument("--api-key", help=f"bearer token (default ${KEY_ENV}; none if unset)")
+    api.add_argument("--concurrency", type=positive_int, default=8, help="requests in flight at once (default %(default)s)")
+    api.add_argument("--timeout", type=finite_float, default=60.0, help="seconds to wait for one reply (default %(default)s)")
+    api.add_argument(
+        "--retries", type=int, default=5,
+        help="retries after a 429, 5xx, timeout or dropped connection, with exponential backoff (default %(default)s)",
+    )
+    api.add_argument(
+        "--local", action="store_true",
+        help="run --judge-model here with transformers (score: probability-weighted mean over the number tokens)",
+    )
+    api.add_argument("--judge-batch-size", type=positive_int, default=8, help="prompts per forward pass of a --local judge (default %(default)s)")
+    api.add_argument("--cache", metavar="FILE", help=f"score cache (default ${CACHE_ENV}/{CACHE_NAME}, else beside the output)")
+    api.add_argument("--no-cache", action="store_true", help="neither read nor write the score cache")
+
+
+def score_cache(args: argparse.Namespace, beside: Path) -> ScoreCache | None:
+    """The cache the flags choose; by default in $PVRS_CACHE_DIR or the folder of `beside`."""
+    from pvrs.judge import ScoreCache
+    from pvrs.judge.cache import default_cache_path
+
+    return None if args.no_cache else ScoreCache(Path(args.cache) if args.cache else default_cache_path(beside))
 
 
 def _cmd_judge(args: argparse.Namespace) -> int:
@@ -57,8 +101,7 @@ def _cmd_judge(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
-    from pvrs.judge import ScoreCache, judge_answers, load_rubric, read_answers
-    from pvrs.judge.cache import default_cache_path
+    from pvrs.judge import judge_answers, load_rubric, read_answers
     from pvrs.store import atomic_write_bytes
 
     output = Path(args.output)
@@ -68,8 +111,8 @@ def _cmd_judge(args: argparse.Namespace) -> int:
     if rubric.needs_trait:
         traits = _traits(args, [a.persona_id for a in answers])
         answers = [replace(a, trait=traits[a.persona_id]) for a in answers]
-    cache = None if args.no_cache else ScoreCache(Path(args.cache) if args.cache else default_cache_path(output))
-    judge = _judge(args)
+    cache = score_cache(args, output)
+    judge = make_judge(args)
     console = Console(stderr=True)
     cached = 0
     with Progress(
@@ -99,9 +142,8 @@ def _cmd_judge(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from pvrs.engines.models import DTYPES
     from pvrs.extraction.inputs import VARIANTS
-    from pvrs.judge.cache import CACHE_ENV, CACHE_NAME
-    from pvrs.judge.endpoint import KEY_ENV, MODEL_ENV, URL_ENV
     from pvrs.judge.rubrics import BUILTIN
 
     p = sub.add_parser(
@@ -122,21 +164,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--trait", help="the text for {trait}: a trait, or a role for the role rubric (default: each persona's prompt)")
     p.add_argument("--personas", metavar="FILE", help="personas whose prompts fill {trait} without --trait (default: the built-in set)")
     p.add_argument("--variant", choices=VARIANTS, default="templated", help="which persona prompt fills {trait} (default %(default)s)")
-    api = p.add_argument_group("endpoint judge (OpenAI-compatible chat completions)")
-    api.add_argument("--judge-url", help=f"API base, e.g. http://localhost:8000/v1 (default ${URL_ENV})")
-    api.add_argument("--judge-model", help=f"model name the endpoint serves (default ${MODEL_ENV})")
-    api.add_argument("--api-key", help=f"bearer token (default ${KEY_ENV}; none if unset)")
-    api.add_argument("--concurrency", type=positive_int, default=8, help="requests in flight at once (default %(default)s)")
-    api.add_argument("--timeout", type=finite_float, default=60.0, help="seconds to wait for one reply (default %(default)s)")
-    api.add_argument(
-        "--retries", type=int, default=5,
-        help="retries after a 429, 5xx, timeout or dropped connection, with exponential backoff (default %(default)s)",
-    )
-    loc = p.add_argument_group("local judge (a transformers model)")
-    loc.add_argument("--local", action="store_true", help="judge with the local --model instead of an endpoint")
-    add_model_args(loc)
-    loc.add_argument("--batch-size", type=positive_int, default=8, help="prompts per forward pass (default %(default)s)")
-    cache = p.add_argument_group("cache")
-    cache.add_argument("--cache", metavar="FILE", help=f"score cache (default ${CACHE_ENV}/{CACHE_NAME}, else beside --output)")
-    cache.add_argument("--no-cache", action="store_true", help="neither read nor write the score cache")
+    add_judge_args(p)
+    p.add_argument("--device", default="auto", help="device of a --local judge: cpu, cuda, cuda:1, ... (default auto)")
+    p.add_argument("--dtype", default="auto", choices=DTYPES, help="dtype of a --local judge (default auto: bfloat16 on GPU, float32 on CPU)")
     p.set_defaults(handler=_cmd_judge)
