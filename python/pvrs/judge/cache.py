@@ -12,7 +12,8 @@ import os
 import threading
 from pathlib import Path
 
-CACHE_ENV = "PVRS_CACHE_DIR"
+from pvrs.paths import CACHE_ENV
+
 CACHE_NAME = "judge-scores.jsonl"
 
 

@@ -1,0 +1,165 @@
+"""`pvrs eval`: does a direction steer? For each cell of a layers x alphas grid, the model
+answers held-out questions with the direction added at one layer; a judge scores every
+answer for the trait and for coherence. The unsteered model and, optionally, the model
+told the trait in a system prompt are the baselines. Each cell is saved as it finishes
+(keyed by everything that decided it), so an interrupted run resumes where it stopped."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from pvrs.judge import Answer, Judge, ScoreCache, judge_answers
+from pvrs.judge.rubrics import Rubric
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from pvrs.extraction.generate import SamplingConfig
+    from pvrs.steering.interventions import Positions
+
+DEFAULT_MIN_COHERENCE = 50.0  # persona_vectors' cut-off for a usable steered answer
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One setting: `kind` is `steered`, `unsteered` or `prompted`; `alpha` is the strength
+    as given (a fraction of the residual norm with `relative`), `strength` the one added."""
+
+    kind: str
+    layer: int | None = None
+    alpha: float | None = None
+    strength: float | None = None
+
+    @property
+    def slug(self) -> str:
+        return self.kind if self.kind != "steered" else f"layer{self.layer}_alpha{self.alpha:g}"
+
+
+@dataclass(frozen=True)
+class CellResult:
+    cell: Cell
+    answers: list[str]
+    trait_scores: list[float]
+    coherence_scores: list[float]
+
+    @property
+    def trait(self) -> float:
+        return float(np.mean(self.trait_scores))
+
+    @property
+    def coherence(self) -> float:
+        return float(np.mean(self.coherence_scores))
+
+
+@dataclass(frozen=True)
+class EvalSetup:
+    """What every cell shares; `fingerprint` keys saved cells to it."""
+
+    questions: Sequence[str]
+    trait: str
+    trait_rubric: Rubric
+    coherence_rubric: Rubric
+    sampling: SamplingConfig
+    system_prompt: str | None = None  # the prompted baseline; None: no such baseline
+    positions: Positions = "all"
+
+    def fingerprint(self, model_name: str, vector: np.ndarray, judge_id: str) -> str:
+        content = [
+            model_name, hashlib.sha256(np.ascontiguousarray(vector, dtype=np.float32).tobytes()).hexdigest(),
+            judge_id, list(self.questions), self.trait, self.trait_rubric.text, self.coherence_rubric.text,
+            asdict(self.sampling), self.system_prompt, self.positions,
+        ]
+        return hashlib.sha256(json.dumps(content, ensure_ascii=False).encode()).hexdigest()
+
+
+def grid(
+    layers: Sequence[int], alphas: Sequence[float], strengths: dict[int, float] | None, prompted: bool
+) -> list[Cell]:
+    """The baselines, then every (layer, alpha); `strengths[layer]` scales a relative alpha."""
+    cells = [Cell("unsteered")] + ([Cell("prompted")] if prompted else [])
+    for layer in layers:
+        for alpha in alphas:
+            unit = 1.0 if strengths is None else strengths[layer]
+            cells.append(Cell("steered", layer, alpha, alpha * unit))
+    return cells
+
+
+def run_eval(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    vector: np.ndarray,
+    cells: Sequence[Cell],
+    setup: EvalSetup,
+    judge: Judge,
+    out_dir: Path,
+    *,
+    model_name: str,
+    cache: ScoreCache | None = None,
+    on_cell: Callable[[CellResult, bool], object] | None = None,
+) -> list[CellResult]:
+    """Every cell's answers and scores; a cell saved under `out_dir/cells` for the same
+    fingerprint is read back instead of run. `on_cell(result, resumed)` hears each."""
+    from pvrs.store import atomic_write_bytes
+
+    key = setup.fingerprint(model_name, vector, judge.id)
+    results = []
+    for cell in cells:
+        path = out_dir / "cells" / f"{cell.slug}.json"
+        result = _saved(path, key, cell)
+        resumed = result is not None
+        if result is None:
+            answers = _answers(model, tokenizer, vector, cell, setup)
+            result = CellResult(cell, answers, *_scores(judge, setup, answers, cache))
+            record = {"key": key, "cell": asdict(cell), "questions": list(setup.questions), "answers": answers,
+                      "trait_scores": result.trait_scores, "coherence_scores": result.coherence_scores}
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(path, json.dumps(record, indent=1, ensure_ascii=False).encode())
+        results.append(result)
+        if on_cell is not None:
+            on_cell(result, resumed)
+    return results
+
+
+def _saved(path: Path, key: str, cell: Cell) -> CellResult | None:
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        if record["key"] != key or Cell(**record["cell"]) != cell:
+            return None
+        return CellResult(cell, record["answers"], record["trait_scores"], record["coherence_scores"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # absent, torn or from other settings: run the cell again
+
+
+def _answers(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, vector: np.ndarray, cell: Cell, setup: EvalSetup
+) -> list[str]:
+    from pvrs.extraction.generate import generate, prompt_messages
+    from pvrs.steering.interventions import steer
+
+    system = setup.system_prompt if cell.kind == "prompted" else None
+    context: AbstractContextManager[Any] = nullcontext()
+    if cell.kind == "steered":
+        assert cell.layer is not None and cell.strength is not None
+        context = steer(model, vector, [cell.layer], alpha=cell.strength, positions=setup.positions)
+    with context:
+        return [generate(model, tokenizer, prompt_messages(tokenizer, system, q), setup.sampling) for q in setup.questions]
+
+
+def _scores(judge: Judge, setup: EvalSetup, answers: list[str], cache: ScoreCache | None) -> tuple[list[float], list[float]]:
+    items = [Answer("eval", str(i), q, a, setup.trait) for i, (q, a) in enumerate(zip(setup.questions, answers, strict=True))]
+    return (judge_answers(judge, setup.trait_rubric, items, cache), judge_answers(judge, setup.coherence_rubric, items, cache))
+
+
+def recommend(results: Sequence[CellResult], min_coherence: float) -> CellResult | None:
+    """The steered cell with the highest trait score among those whose coherence is at least
+    `min_coherence` (ties: the smaller alpha, then the earlier layer); None when none is."""
+    usable = [r for r in results if r.cell.kind == "steered" and r.coherence >= min_coherence]
+    return max(usable, key=lambda r: (r.trait, -abs(r.cell.alpha or 0.0), -(r.cell.layer or 0)), default=None)
