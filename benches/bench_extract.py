@@ -1,6 +1,9 @@
 """End-to-end extraction throughput: pvrs vs a bare forward pass vs the reference approach.
 
-Run by hand, not by CI. Each mode runs in its own subprocess so peak memory is per mode.
+Run by hand, not by CI. Each mode runs in its own subprocess so peak memory is per mode;
+`--rounds R` runs every mode once per round, interleaved, and reports min/median/max
+(ratios per round). Each pvrs mode also reports the result bytes that left the device per
+batch and, on CUDA, the share of CUDA time spent in device-to-host copies (torch.profiler).
 
     python benches/bench_extract.py                                  # built-in SmolLM2-135M on CPU
     python benches/bench_extract.py --model qwen2.5-7b --device cuda # real-size config, random weights
@@ -10,6 +13,8 @@ Modes, all over the same samples (biography variant: long persona prompt, N ques
   bare-body  the same without the LM head (`model.model`), the stricter ceiling
   pvrs       all eight strategies, all layers, batched, prefix reuse
   pvrs-noprefix  the same without prefix reuse (the persona prompt re-encoded per question)
+  pvrs-samples   pvrs keeping per-sample means too (`--save-samples`): B x S x L x H per batch
+                 leave the device, as every run did before the mean moved onto it (issue 14)
   reference  one sample per pass, output_hidden_states=True, one strategy (answer_mean)
 """
 
@@ -23,6 +28,7 @@ import sys
 import time
 
 import numpy as np
+from _timing import ratios, spread
 
 # Public config.json values of real models; weights are random (throughput only).
 CONFIGS = {
@@ -85,11 +91,15 @@ def run_mode(args: argparse.Namespace) -> dict:
         if cuda:
             torch.cuda.synchronize()
 
+    pvrs_mode = args.mode.startswith("pvrs")
+    host_bytes = 0
+
     def once() -> None:
-        if args.mode in ("pvrs", "pvrs-noprefix"):
+        nonlocal host_bytes
+        if pvrs_mode:
             masks = [np.stack([p.token_masks[s] for s in ALL_STRATEGIES]) for p in prepared]
-            config = EngineConfig(batch_tokens=args.batch_tokens, prefix_reuse=args.mode == "pvrs")
-            sample_means(model, ids, masks, config)
+            config = EngineConfig(batch_tokens=args.batch_tokens, prefix_reuse=args.mode != "pvrs-noprefix")
+            host_bytes = sample_means(model, ids, masks, config, per_sample=args.mode == "pvrs-samples").host_bytes
         elif args.mode in ("bare", "bare-body"):
             forward = model if args.mode == "bare" else model.get_decoder()
             with torch.inference_mode():
@@ -118,8 +128,26 @@ def run_mode(args: argparse.Namespace) -> dict:
     sync()
     seconds = (time.perf_counter() - start) / args.repeat
     peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    return {"mode": args.mode, "tokens": n_tokens, "seconds": seconds, "tokens_per_s": n_tokens / seconds,
-            "peak_gib": peak, "peak_kind": "cuda max allocated" if cuda else "process max RSS"}
+    out = {"mode": args.mode, "tokens": n_tokens, "seconds": seconds, "tokens_per_s": n_tokens / seconds,
+           "peak_gib": peak, "peak_kind": "cuda max allocated" if cuda else "process max RSS"}
+    if pvrs_mode:  # the same plan the engine follows (no out-of-memory here)
+        out.update(host_bytes=host_bytes, batches=len(plan_batches([len(i) for i in ids], args.batch_tokens)))
+    if cuda:
+        out["dtoh_share"] = dtoh_share(once)
+    return out
+
+
+def dtoh_share(once) -> float:
+    """The share of CUDA time (kernels and copies) spent in device-to-host copies, one pass."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        once()
+        torch.cuda.synchronize()
+    times = {e.key: e.self_device_time_total for e in prof.key_averages()}
+    total = sum(times.values())
+    return sum(t for key, t in times.items() if "DtoH" in key) / total if total else 0.0
 
 
 def main() -> None:
@@ -129,28 +157,44 @@ def main() -> None:
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--questions", type=int, default=50)
     ap.add_argument("--batch-tokens", type=int, default=8192)
-    ap.add_argument("--repeat", type=int, default=1)
-    ap.add_argument("--modes", nargs="+", default=["bare", "bare-body", "pvrs", "pvrs-noprefix", "reference"])
+    ap.add_argument("--repeat", type=int, default=1, help="timed passes per mode run (after one warm-up)")
+    ap.add_argument("--rounds", type=int, default=1, help="runs of every mode, interleaved; min/median/max over them")
+    ap.add_argument("--modes", nargs="+", default=["bare", "bare-body", "pvrs", "pvrs-noprefix", "pvrs-samples", "reference"])
     ap.add_argument("--mode", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.mode:
         print(json.dumps(run_mode(args)))
         return
-    results = {}
-    for mode in args.modes:
-        cmd = [sys.executable, __file__, "--mode", mode, "--model", args.model, "--device", args.device, "--dtype", args.dtype,
-               "--questions", str(args.questions), "--batch-tokens", str(args.batch_tokens), "--repeat", str(args.repeat)]
-        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-        results[mode] = json.loads(out.strip().splitlines()[-1])
-        r = results[mode]
-        print(f"{mode:>9}: {r['tokens']:,} tokens in {r['seconds']:.2f} s = {r['tokens_per_s']:,.0f} tok/s, peak {r['peak_gib']:.2f} GiB ({r['peak_kind']})")
-    for fast, base in (("pvrs", "bare"), ("pvrs", "bare-body"), ("pvrs-noprefix", "bare-body")):
-        if {fast, base} <= results.keys():
-            ratio = results[fast]["tokens_per_s"] / results[base]["tokens_per_s"]
-            print(f"{fast} / {base} = {ratio:.2f}x (target >= 0.90)")
-    if {"reference", "pvrs"} <= results.keys():
-        print(f"pvrs / reference method = {results['pvrs']['tokens_per_s'] / results['reference']['tokens_per_s']:.1f}x (target >= 10x; pvrs does 8 strategies, reference 1)")
+    runs: dict[str, list[dict]] = {mode: [] for mode in args.modes}
+    for _ in range(args.rounds):
+        for mode in args.modes:
+            cmd = [sys.executable, __file__, "--mode", mode, "--model", args.model, "--device", args.device, "--dtype", args.dtype,
+                   "--questions", str(args.questions), "--batch-tokens", str(args.batch_tokens), "--repeat", str(args.repeat)]
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+            runs[mode].append(json.loads(out.strip().splitlines()[-1]))
+    report(runs)
 
+
+def report(runs: dict[str, list[dict]]) -> None:
+    """Per mode: tok/s, ratio to the bare decoder forward (per round), bytes to host, D2H share."""
+    rate = {mode: [r["tokens_per_s"] for r in rs] for mode, rs in runs.items()}
+    for mode, rs in runs.items():
+        first = rs[0]
+        tok = spread(rate[mode])
+        line = (f"{mode:>13}: {first['tokens']:,} tokens, tok/s min/median/max {tok['min']:,.0f} / {tok['median']:,.0f} / "
+                f"{tok['max']:,.0f}, peak {max(r['peak_gib'] for r in rs):.2f} GiB ({first['peak_kind']})")
+        if "bare-body" in rate and mode != "bare-body":
+            x = ratios(rate[mode], rate["bare-body"])
+            line += f"; / bare decoder {x['min']:.2f} / {x['median']:.2f} / {x['max']:.2f}x"
+        print(line)
+        if "host_bytes" in first:
+            print(f"{'':>15}to host: {first['host_bytes']:,} bytes in {first['batches']} batches "
+                  f"({first['host_bytes'] / first['batches']:,.0f} per batch)")
+        if "dtoh_share" in first:
+            print(f"{'':>15}device-to-host copies: {100 * spread([r['dtoh_share'] for r in rs])['median']:.2f} % of CUDA time (median)")
+    if {"reference", "pvrs"} <= rate.keys():
+        x = ratios(rate["pvrs"], rate["reference"])
+        print(f"pvrs / reference method = {x['median']:.1f}x median (pvrs does 8 strategies, reference 1)")
 
 if __name__ == "__main__":
     main()
