@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ from pvrs.analysis.probes import (
     load_probe_artifact,
     save_probe_artifact,
 )
-from pvrs.errors import ArtifactError, InputError
+from pvrs.errors import ArtifactError, InputError, InvalidArgumentError
 
 P, H = 40, 24
 LAYERS = [2, 5, 9]
@@ -171,3 +172,59 @@ def test_load_persona_attributes(tmp_path):
     assert {"kind", "tone"} <= set(attribute_names(builtin))
     with pytest.raises(InputError, match="no such file"):
         load_persona_attributes(tmp_path / "missing.jsonl")
+
+
+# ---- the reference's probe artifacts (persona-vectors 0.8.10, probe.json schema 2) -----------
+
+REFERENCE = Path(__file__).parent / "data" / "reference_probes"
+
+
+def _reference_probe(attribute: str, name: str):
+    return load_probe_artifact(REFERENCE / "out/tiny__model/answer_mean/templated" / attribute / name)
+
+
+@pytest.mark.parametrize(
+    "attribute, name",
+    [
+        ("binary_attr", "logistic_regression_layer3"),
+        ("binary_attr", "logistic_regression_pca6_layer3"),
+        ("categorical_attr", "logistic_regression_layer3"),
+        ("ordinal_attr", "ridge_regression_layer3"),
+    ],
+)
+def test_reference_schema_2_probes_reproduce_the_reference_pipeline(attribute, name):
+    # Fixtures written by the reference's own save_probe_artifact (make_fixtures.py there);
+    # expected.npz holds its scikit-learn pipeline's scores on the same vectors.
+    expected = np.load(REFERENCE / "expected.npz")
+    art = _reference_probe(attribute, name)
+    scores = expected[f"tiny__model__answer_mean__templated__{attribute}__{name}"]
+    np.testing.assert_allclose(art.decision_function(expected["x"]), scores, rtol=1e-3, atol=1e-3)
+    assert art.layer == 3 and art.meta["source"].endswith("schema 2")
+    assert art.weight.shape[1] == 16  # on raw vectors, whatever PCA the reference used
+    if attribute == "binary_attr":
+        assert art.weight.shape[0] == 1 and art.classes == ["no", "yes"]
+        np.testing.assert_array_equal(art.predict(expected["x"]), np.where(scores > 0, "yes", "no"))
+    if attribute == "ordinal_attr":
+        assert art.task == "regression" and art.meta["class_names"] == ["low", "mid", "high"]
+
+
+def test_reference_difference_of_means_probe_matches_its_own_direction():
+    from pvrs.steering.directions import load_vector, probe_direction
+    from safetensors.numpy import load_file
+
+    x = np.load(REFERENCE / "expected.npz")["x"]
+    name = "difference_of_means_pca4_layer3"
+    art = _reference_probe("binary_attr", name)
+    assert art.method == "diffmeans" and art.weight.shape == (1, 16)
+    # The reference scores scaler -> PCA features with its `direction`, `direction_bias`.
+    t = load_file(str(REFERENCE / "out/tiny__model/answer_mean/templated/binary_attr" / name / "weights.safetensors"))
+    features = ((x - t["scaler_mean"]) / t["scaler_scale"] - t["pca_mean"]) @ t["pca_components"].T
+    reference = features @ t["direction"] + t["direction_bias"][0]
+    np.testing.assert_allclose(art.decision_function(x), reference, rtol=1e-4, atol=1e-4)
+    truth = np.where(np.arange(24) % 2, "yes", "no")
+    assert (art.predict(x) == truth).mean() >= 0.8  # the planted class, through 4 components
+    folder = REFERENCE / "out/tiny__model/answer_mean/templated/binary_attr/logistic_regression_layer3"
+    assert probe_direction(folder).shape == (16,)
+    # Its weights file holds two rows [-w/2, w/2]: classes, not two layers.
+    with pytest.raises(InvalidArgumentError, match="one per class, not layers"):
+        load_vector(folder / "weights.safetensors")

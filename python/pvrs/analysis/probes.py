@@ -5,7 +5,15 @@ Three methods: `logistic` (classification), `ridge` (regression on a numeric att
 `RidgeClassifier` on a categorical one) and `diffmeans` (difference of class means, the
 classic persona-vector direction). Scores are cross-validated per layer on out-of-fold
 predictions; the chosen probe is refit on all personas and saved as its linear map on
-raw vectors: `probe.json` + `weights.safetensors` (`weight` (C, H), `bias` (C,))."""
+raw vectors: `probe.json` + `weights.safetensors` (`weight` (C, H), `bias` (C,)), the schema
+the README's "Probe artifacts" describes. `load_probe_artifact` also reads the reference
+tool's schema 2 (persona-vectors 0.8: scaler and PCA tensors before `weight`/`bias`), folding
+those steps into the same linear map on raw vectors.
+
+Options beyond the defaults: `pca_components` (a PCA fitted inside each fold before the
+probe, folded back into raw space when saved), ordinal attributes (`ordinal_ranks`: ordered
+classes probed as a regression on their ranks) and `drop_rare_classes` (classes too small
+to cross-validate left out and reported)."""
 
 from __future__ import annotations
 
@@ -24,6 +32,8 @@ from pvrs.errors import ArtifactError, InputError, InvalidArgumentError
 
 METHODS = ("logistic", "ridge", "diffmeans")
 SCHEMA_VERSION = 1
+FORMAT = "pvrs.probe"  # probe.json's `format`: tells pvrs's schema from the reference's
+REFERENCE_SCHEMA_VERSION = 2  # persona-vectors 0.8's probe.json
 PROBE_JSON = "probe.json"
 RIDGE_ALPHAS = tuple(10.0**k for k in range(-3, 5))
 WEIGHTS_FILE = "weights.safetensors"
@@ -54,6 +64,61 @@ def _is_scalar(value: Any) -> bool:
     if isinstance(value, float) and math.isnan(value):
         return False
     return isinstance(value, (str, bool, int, float))
+
+
+def ordinal_ranks(
+    attributes: Mapping[str, Mapping[str, Any]], attribute: str, order: Sequence[str]
+) -> dict[str, dict[str, Any]]:
+    """`attributes` with `attribute`'s values replaced by their rank in `order` (lowest
+    first), so it is probed as a regression on ranks: an ordered attribute has no classes to
+    stratify, and a rank held by one persona is no error. `InputError` names a value that
+    `order` lacks."""
+    ranks = {str(v): i for i, v in enumerate(order)}
+    if len(ranks) < 2:
+        raise InputError(f"the order of {attribute!r} needs two or more values, got {list(order)}")
+    out: dict[str, dict[str, Any]] = {}
+    for pid, attrs in attributes.items():
+        value = attrs.get(attribute)
+        if value is None or not _is_scalar(value):
+            out[pid] = dict(attrs)
+            continue
+        if str(value) not in ranks:
+            raise InputError(
+                f"persona {pid!r}: {attribute}={value!r} is not in the order given "
+                f"({', '.join(ranks)}); add it"
+            )
+        out[pid] = {**attrs, attribute: ranks[str(value)]}
+    return out
+
+
+def drop_rare_classes(
+    attributes: Mapping[str, Mapping[str, Any]],
+    persona_ids: Sequence[str],
+    attribute: str,
+    min_count: int = 2,
+) -> tuple[dict[str, dict[str, Any]], dict[str, int]]:
+    """Leave out the attribute of personas whose class has fewer than `min_count` members
+    among `persona_ids`; returns the attributes and `{class: count}` of the classes left out.
+    `InputError` when fewer than two classes are left."""
+    values = {p: attributes.get(p, {}).get(attribute) for p in persona_ids}
+    counts: dict[str, int] = {}
+    for v in values.values():
+        if v is not None and _is_scalar(v):
+            counts[str(v)] = counts.get(str(v), 0) + 1
+    rare = {c: n for c, n in counts.items() if n < min_count}
+    if not rare:
+        return {p: dict(a) for p, a in attributes.items()}, {}
+    if len(counts) - len(rare) < 2:
+        raise InputError(
+            f"attribute {attribute!r}: fewer than two of its classes have {min_count}+ personas "
+            f"({', '.join(f'{c}: {n}' for c, n in sorted(counts.items()))}); lower "
+            "--min-class-count or add personas"
+        )
+    left_out = {p for p, v in values.items() if v is not None and str(v) in rare}
+    return {
+        p: {k: v for k, v in a.items() if k != attribute} if p in left_out else dict(a)
+        for p, a in attributes.items()
+    }, rare
 
 
 # ---- the difference-of-means classifier -------------------------------------------------
@@ -120,6 +185,7 @@ class ProbeCurve:
     # The best layer's score is a maximum over layers, so it is optimistic; this is the
     # maximum the same sweep reaches with shuffled labels, the level to beat.
     shuffled_best: float = float("nan")
+    pca_components: int | None = None
 
     @property
     def scores(self) -> np.ndarray:
@@ -162,12 +228,25 @@ def probe_labels(
     return rows, np.asarray([str(v) for v in values]), task
 
 
-def _make_estimator(method: str, task: Task, seed: int) -> Any:
+def _make_estimator(method: str, task: Task, seed: int, pca_components: int | None = None) -> Any:
     """Probes act on raw vectors: with far more dimensions than personas, standardising
     would give pure-noise dimensions the same weight as the informative ones. Logistic
     inputs are only centered (its solver converges ~10x faster; the shift is folded into
     the bias when saving). Ridge picks its penalty by efficient leave-one-out, since
-    vector scales differ by model and layer."""
+    vector scales differ by model and layer. With `pca_components` a PCA (which centers)
+    comes first, fitted on each training fold only."""
+    from sklearn.decomposition import PCA
+    from sklearn.pipeline import make_pipeline
+
+    probe = _make_probe(method, task, seed)
+    if pca_components is None:
+        return probe
+    steps = getattr(probe, "steps", None)
+    final = steps[-1][1] if steps else probe
+    return make_pipeline(PCA(n_components=pca_components, random_state=seed), final)
+
+
+def _make_probe(method: str, task: Task, seed: int) -> Any:
     from sklearn.linear_model import LogisticRegression, RidgeClassifierCV, RidgeCV
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
@@ -191,6 +270,18 @@ def _make_estimator(method: str, task: Task, seed: int) -> Any:
     raise InvalidArgumentError(
         f"unknown probe method {method!r}; choose one of {', '.join(METHODS)}"
     )
+
+
+def _check_pca(pca_components: int | None, n_rows: int, splitter: Any) -> None:
+    """PCA cannot have more components than the smallest training fold has personas."""
+    if pca_components is None:
+        return
+    smallest = n_rows - -(-n_rows // splitter.get_n_splits())
+    if not 1 <= pca_components <= smallest:
+        raise InputError(
+            f"--pca-components {pca_components}: the smallest training fold has {smallest} "
+            f"personas; use 1..{smallest}"
+        )
 
 
 def _splitter(task: Task, y: np.ndarray, folds: int, seed: int, attribute: str) -> Any:
@@ -248,6 +339,7 @@ def cross_validate_probe(
     seed: int = 0,
     task: Task | Literal["auto"] = "auto",
     shuffled_baseline: bool = True,
+    pca_components: int | None = None,
 ) -> ProbeCurve:
     """Out-of-fold scores of a probe at every layer (same folds at every layer), and, with
     `shuffled_baseline`, the best score the same sweep reaches on shuffled labels."""
@@ -257,8 +349,9 @@ def cross_validate_probe(
     x = check_samples(samples, persona_ids)
     check_layers(x, layers)
     rows, y, task = probe_labels(persona_ids, attributes, attribute, task)
-    estimator = _make_estimator(method, task, seed)
+    estimator = _make_estimator(method, task, seed, pca_components)
     splitter = _splitter(task, y, folds, seed, attribute)
+    _check_pca(pca_components, len(rows), splitter)
     primary = "r2" if task == "regression" else "balanced_accuracy"
     shuffled = np.random.default_rng(seed).permutation(y)
     metrics, null_scores = [], []
@@ -279,6 +372,7 @@ def cross_validate_probe(
         primary=primary,
         folds=splitter.get_n_splits(),
         shuffled_best=float(np.nanmax(null_scores)) if null_scores else float("nan"),
+        pca_components=pca_components,
     )
 
 
@@ -332,8 +426,8 @@ def fit_probe(
     layer = curve.best_layer if layer is None else layer
     li = layer_position(layers, layer)
     rows, y, task = probe_labels(persona_ids, attributes, curve.attribute, curve.task)
-    estimator = _make_estimator(curve.method, task, seed).fit(x[rows, li], y)
-    weight, bias = _linear_map(estimator)
+    estimator = _make_estimator(curve.method, task, seed, curve.pca_components)
+    weight, bias = _linear_map(estimator.fit(x[rows, li], y))
     return ProbeArtifact(
         attribute=curve.attribute,
         method=curve.method,
@@ -343,18 +437,45 @@ def fit_probe(
         bias=bias.astype(np.float32),
         classes=curve.classes,
         metrics=curve.metrics[layer_position(curve.layers, layer)],
-        meta={"n_personas": len(rows), "folds": curve.folds, "hidden_size": int(x.shape[2])},
+        meta={
+            "n_personas": len(rows),
+            "folds": curve.folds,
+            "hidden_size": int(x.shape[2]),
+            "pca_components": curve.pca_components,
+        },
     )
 
 
 def _linear_map(estimator: Any) -> tuple[np.ndarray, np.ndarray]:
-    """(weight, bias) on raw inputs, folding a leading centering step into the bias."""
-    steps = getattr(estimator, "steps", None)
-    model = steps[-1][1] if steps else estimator
+    """(weight, bias) on raw inputs, folding the pipeline's centering, scaling and PCA
+    steps (each affine) into the final linear model."""
+    steps = getattr(estimator, "steps", None) or [("probe", estimator)]
+    model = steps[-1][1]
     weight = np.atleast_2d(model.coef_).astype(np.float64)
     bias = np.atleast_1d(model.intercept_).astype(np.float64)
-    if steps:
-        bias = bias - weight @ steps[0][1].mean_
+    for _, step in reversed(steps[:-1]):
+        components = getattr(step, "components_", None)
+        scale = getattr(step, "scale_", None)
+        weight, bias = fold_affine(weight, bias, step.mean_, scale, components)
+    return weight, bias
+
+
+def fold_affine(
+    weight: np.ndarray,
+    bias: np.ndarray,
+    mean: np.ndarray | None,
+    scale: np.ndarray | None = None,
+    components: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The linear map `z -> z @ weight.T + bias` composed with the step before it,
+    `x -> ((x - mean) / scale) @ components.T`: the same map on `x`."""
+    weight = np.asarray(weight, dtype=np.float64)
+    if components is not None:
+        weight = weight @ np.asarray(components, dtype=np.float64)
+    if scale is not None:
+        weight = weight / np.asarray(scale, dtype=np.float64)
+    if mean is not None:
+        bias = np.asarray(bias, dtype=np.float64) - weight @ np.asarray(mean, dtype=np.float64)
     return weight, bias
 
 
@@ -367,6 +488,7 @@ def save_probe_artifact(artifact: ProbeArtifact, directory: str | Path) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     doc = {
+        "format": FORMAT,
         "schema_version": SCHEMA_VERSION,
         "attribute": artifact.attribute,
         "layer": artifact.layer,
@@ -384,8 +506,8 @@ def save_probe_artifact(artifact: ProbeArtifact, directory: str | Path) -> Path:
 
 
 def load_probe_artifact(directory: str | Path) -> ProbeArtifact:
-    """Read a probe saved by `save_probe_artifact`; `ArtifactError` when files are missing
-    or disagree."""
+    """Read a probe saved by `save_probe_artifact`, or by the reference tool (probe.json
+    schema 2); `ArtifactError` when files are missing or disagree."""
     from safetensors import SafetensorError
     from safetensors.numpy import load_file
 
@@ -399,10 +521,14 @@ def load_probe_artifact(directory: str | Path) -> ProbeArtifact:
         tensors = load_file(str(weights_path))
     except (json.JSONDecodeError, SafetensorError, OSError) as exc:
         raise ArtifactError(f"probe artifact {str(directory)!r} is unreadable: {exc}") from None
-    if doc.get("schema_version") != SCHEMA_VERSION:
+    if not isinstance(doc, dict) or doc.get("schema_version") not in (
+        SCHEMA_VERSION,
+        REFERENCE_SCHEMA_VERSION,
+    ):
+        version = doc.get("schema_version") if isinstance(doc, dict) else None
         raise ArtifactError(
-            f"probe artifact {str(directory)!r}: schema_version {doc.get('schema_version')!r}, "
-            f"this pvrs reads {SCHEMA_VERSION}"
+            f"probe artifact {str(directory)!r}: schema_version {version!r}, this pvrs reads "
+            f"{SCHEMA_VERSION} (pvrs) and {REFERENCE_SCHEMA_VERSION} (persona-vectors)"
         )
     if "weight" not in tensors or "bias" not in tensors:
         raise ArtifactError(
@@ -413,8 +539,10 @@ def load_probe_artifact(directory: str | Path) -> ProbeArtifact:
         raise ArtifactError(
             f"probe artifact {str(directory)!r}: weight {weight.shape} and bias {bias.shape} disagree"
         )
-    known = {"schema_version", "attribute", "layer", "method", "task", "metrics", "classes"}
     try:
+        if doc["schema_version"] == REFERENCE_SCHEMA_VERSION:
+            return _from_reference(doc, tensors)
+        known = {"format", "schema_version", "attribute", "layer", "method", "task", "metrics", "classes"}
         return ProbeArtifact(
             attribute=doc["attribute"],
             method=doc["method"],
@@ -430,3 +558,60 @@ def load_probe_artifact(directory: str | Path) -> ProbeArtifact:
         raise ArtifactError(
             f"probe artifact {str(directory)!r}: probe.json lacks a valid {exc}"
         ) from None
+
+
+# persona-vectors' probe kinds and tasks, as pvrs names them.
+_REFERENCE_METHODS = {
+    "logistic_regression": "logistic",
+    "ridge_regression": "ridge",
+    "difference_of_means": "diffmeans",
+}
+_REFERENCE_TASKS: dict[str, Task] = {
+    "binary": "classification",
+    "categorical": "classification",
+    "ordinal": "regression",
+    "numeric": "regression",
+}
+
+
+def _from_reference(doc: dict[str, Any], tensors: dict[str, np.ndarray]) -> ProbeArtifact:
+    """A persona-vectors schema-2 probe as a linear map on raw vectors. Its pipeline is
+    scaler (`scaler_mean`, `scaler_scale`), optional PCA (`pca_mean`, `pca_components`), then
+    `weight`/`bias`; binary probes store two rows `[-w/2, w/2]`, kept here as the one row
+    `w` (positive means `class_names[1]`). Ordinal probes regress on class ranks."""
+    kind, task = doc["probe_kind"], doc["task"]
+    if kind not in _REFERENCE_METHODS or task not in _REFERENCE_TASKS:
+        raise ValueError(f"probe_kind/task ({kind!r}, {task!r})")
+    weight, bias = tensors["weight"], tensors["bias"]
+    if "pca_components" in tensors:
+        weight, bias = fold_affine(weight, bias, tensors["pca_mean"], None, tensors["pca_components"])
+    if "scaler_mean" in tensors:
+        weight, bias = fold_affine(weight, bias, tensors["scaler_mean"], tensors["scaler_scale"])
+    weight, bias = np.asarray(weight, dtype=np.float64), np.asarray(bias, dtype=np.float64)
+    if weight.shape[0] == 2 and task in ("binary", "categorical"):
+        weight, bias = weight[1:] - weight[:1], bias[1:] - bias[:1]
+    metrics = {
+        k: float(v)
+        for k, v in dict(doc.get("metrics") or {}).items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
+    return ProbeArtifact(
+        attribute=doc["attribute_name"],
+        method=_REFERENCE_METHODS[kind],
+        task=_REFERENCE_TASKS[task],
+        layer=int(doc["layer"]),
+        weight=weight.astype(np.float32),
+        bias=bias.astype(np.float32),
+        classes=None if task in ("ordinal", "numeric") else doc.get("class_names"),
+        metrics=metrics,
+        meta={
+            "source": f"persona-vectors probe.json schema {REFERENCE_SCHEMA_VERSION}",
+            "reference_task": task,
+            "class_names": doc.get("class_names"),
+            "model": doc.get("model_name"),
+            "variant": doc.get("variant"),
+            "mask_strategy": doc.get("mask_strategy"),
+            "pca_components": doc.get("n_pca_components"),
+            "hidden_size": doc.get("input_dim"),
+        },
+    )

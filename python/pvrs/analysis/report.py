@@ -360,24 +360,13 @@ def _drop_rare_classes(
     """Leave out personas whose class of `attribute` has a single member among
     `persona_ids` (cross-validation cannot score it), saying so in `notes`; `InputError`
     when fewer than two classes are left."""
-    values = {p: attributes.get(p, {}).get(attribute) for p in persona_ids}
-    counts: dict[str, int] = {}
-    for v in values.values():
-        if v is not None:
-            counts[str(v)] = counts.get(str(v), 0) + 1
-    rare = {p for p, v in values.items() if v is not None and counts[str(v)] < 2}
-    if not rare:
-        return attributes
-    if sum(c >= 2 for c in counts.values()) < 2:
-        raise InputError(
-            f"attribute {attribute!r}: fewer than two of its classes have 2+ personas, "
-            "so there is nothing to cross-validate"
+    from pvrs.analysis.probes import drop_rare_classes
+
+    kept, _ = drop_rare_classes(attributes, persona_ids, attribute, 2)
+    left_out = sorted(p for p in persona_ids if attribute in attributes.get(p, {}) and attribute not in kept[p])
+    if left_out:
+        notes.append(
+            f"probe on {attribute!r}: left out {len(left_out)} persona(s) whose class has a single "
+            f"member ({', '.join(left_out)})"
         )
-    notes.append(
-        f"probe on {attribute!r}: left out {len(rare)} persona(s) whose class has a single "
-        f"member ({', '.join(sorted(rare))})"
-    )
-    return {
-        p: {k: v for k, v in a.items() if k != attribute} if p in rare else a
-        for p, a in attributes.items()
-    }
+    return kept
