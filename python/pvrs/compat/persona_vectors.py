@@ -1,0 +1,141 @@
+"""The reference tool's store API (`persona_vectors.artifacts`, 0.8) over pvrs's store, so a
+script written for it runs on a pvrs store by changing its import:
+
+    from pvrs.compat.persona_vectors import PersonaVectorStore, activation_config_name
+
+Same argument order and semantics as the reference: `load(prompt_variant, persona_id,
+mask_strategy=None)` returns a torch tensor and raises `FileNotFoundError` when nothing is
+saved; `list_personas(variants, mask_strategy=, warn_missing=, include_baseline=)` warns
+when personas miss a requested variant; `persona_sample_ids` returns None when unknown; every
+method takes a per-call `mask_strategy`. Behind it is one `pvrs.PersonaVectorStore` per mask
+strategy (`store(mask_strategy)`), so checks, atomic writes and provenance are pvrs's.
+pvrs's own API differs on purpose: `PersonaVectorStore.load(persona_id, variant)` returns
+numpy, and a pvrs store is bound to one mask strategy."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pvrs.engines.models import model_dir_name
+from pvrs.store import PersonaVectorStore as _PvrsStore
+from pvrs.store.layout import DEFAULT_MASK_STRATEGY, SUPPORTED_VARIANTS, strategy_name
+
+__all__ = [
+    "PersonaVectorStore",
+    "activation_config_name",
+    "model_dir_name",
+    "normalize_mask_strategy",
+]
+
+
+def normalize_mask_strategy(mask_strategy: object | None) -> str:
+    """A mask strategy's folder name (`MaskStrategy` members or strings; None: the default)."""
+    return strategy_name(mask_strategy)
+
+
+def activation_config_name(model_name: str, mask_strategy: object | None = DEFAULT_MASK_STRATEGY) -> str:
+    """The Hub dataset config of a model's vectors: `<model_dir>__<mask_strategy>`."""
+    return f"{model_dir_name(model_name)}__{normalize_mask_strategy(mask_strategy)}"
+
+
+class PersonaVectorStore:
+    """`persona_vectors.artifacts.PersonaVectorStore`'s methods over pvrs stores."""
+
+    def __init__(
+        self,
+        model_name: str,
+        root_dir: str | os.PathLike[str] | None = None,
+        mask_strategy: object | None = DEFAULT_MASK_STRATEGY,
+        variants: Sequence[str] = SUPPORTED_VARIANTS,
+    ) -> None:
+        self.model_name = model_name
+        self.mask_strategy = mask_strategy
+        self.variants = tuple(variants)
+        self._root = root_dir
+        self._stores: dict[str, _PvrsStore] = {}
+        self.root_dir = self.store().root_dir
+
+    def store(self, mask_strategy: object | None = None) -> _PvrsStore:
+        """The pvrs store behind one mask strategy (default: this store's)."""
+        name = normalize_mask_strategy(self.mask_strategy if mask_strategy is None else mask_strategy)
+        if name not in self._stores:
+            self._stores[name] = _PvrsStore(self.model_name, self._root, name, self.variants)
+        return self._stores[name]
+
+    def save(
+        self,
+        prompt_variant: str,
+        persona_id: str,
+        persona_name: str,
+        vectors: Any,
+        sample_ids: list[str],
+        mask_strategy: object | None = None,
+    ) -> Path:
+        """Save a `(num_layers, hidden_size)` tensor; returns the variant folder."""
+        store = self.store(mask_strategy)
+        store.save(persona_id, prompt_variant, vectors, name=persona_name, sample_ids=sample_ids)
+        return store.variant_dir(prompt_variant)
+
+    def load(self, prompt_variant: str, persona_id: str, mask_strategy: object | None = None) -> Any:
+        """The `(num_layers, hidden_size)` vector as a float32 torch tensor;
+        `FileNotFoundError` (pvrs's `VectorNotFoundError`) when none is saved."""
+        import torch
+
+        return torch.from_numpy(self.store(mask_strategy).load(persona_id, prompt_variant))
+
+    def list_personas(
+        self,
+        variants: Sequence[str] | None = None,
+        mask_strategy: object | None = None,
+        warn_missing: bool = True,
+        *,
+        include_baseline: bool = False,
+    ) -> list[str]:
+        """Persona ids saved in every requested variant (baseline hidden unless asked for);
+        with `warn_missing`, a warning counts the personas some variant lacks."""
+        store = self.store(mask_strategy)
+        requested = self.variants if variants is None else tuple(variants)
+        shared = store.list_personas(requested, include_baseline=include_baseline)
+        if warn_missing and len(requested) > 1 and shared:
+            each = [set(store.list_personas([v], include_baseline=True)) for v in requested]
+            skipped = len(set.union(*each) - set.intersection(*each))
+            if skipped:
+                warnings.warn(
+                    f"Skipping {skipped} persona(s) missing one or more requested variants.",
+                    stacklevel=2,
+                )
+        return shared
+
+    def persona_sample_ids(
+        self, prompt_variant: str, persona_id: str, mask_strategy: object | None = None
+    ) -> list[str] | None:
+        """The persona's sample ids from the manifest, or None when unknown."""
+        manifest = self.store(mask_strategy).read_manifest(prompt_variant)
+        entry = None if manifest is None else manifest["personas"].get(persona_id)
+        ids = entry.get("sample_ids") if isinstance(entry, dict) else None
+        return [str(i) for i in ids] if isinstance(ids, list) else None
+
+    def persona_names(
+        self,
+        persona_ids: Sequence[str],
+        variants: Sequence[str] | None = None,
+        mask_strategy: object | None = None,
+    ) -> dict[str, str]:
+        return self.store(mask_strategy).persona_names(persona_ids, variants)
+
+    def list_layers(
+        self,
+        variants: Sequence[str],
+        persona_ids: Sequence[str] | None = None,
+        mask_strategy: object | None = None,
+    ) -> list[int]:
+        return self.store(mask_strategy).list_layers(variants, persona_ids)
+
+    def available_variants(
+        self, variants: Sequence[str] | None = None, mask_strategy: object | None = None
+    ) -> list[str]:
+        return self.store(mask_strategy).available_variants(variants)
