@@ -91,7 +91,15 @@ def hierarchical_order(similarity: np.ndarray) -> np.ndarray:
     n = similarity.shape[0]
     if n < 3:
         return np.arange(n)
-    from scipy.cluster.hierarchy import leaves_list, linkage, optimal_leaf_ordering
+    from scipy.cluster.hierarchy import leaves_list
+
+    return leaves_list(linkage_tree(similarity))
+
+
+def linkage_tree(similarity: np.ndarray) -> np.ndarray:
+    """The scipy linkage matrix `(P - 1, 4)` of the average-linkage clustering on
+    `1 - similarity` that `hierarchical_order` orders by (a dendrogram draws it)."""
+    from scipy.cluster.hierarchy import linkage, optimal_leaf_ordering
     from scipy.spatial.distance import squareform
 
     dist = np.clip(1.0 - similarity, 0.0, 2.0)
@@ -99,9 +107,9 @@ def hierarchical_order(similarity: np.ndarray) -> np.ndarray:
     np.fill_diagonal(dist, 0.0)
     condensed = squareform(dist, checks=False)
     tree = linkage(condensed, method="average")
-    if n <= OPTIMAL_ORDER_MAX:
+    if similarity.shape[0] <= OPTIMAL_ORDER_MAX:
         tree = optimal_leaf_ordering(tree, condensed)
-    return leaves_list(tree)
+    return tree
 
 
 @dataclass(frozen=True)
