@@ -159,9 +159,12 @@ def test_cli_writes_scores_and_a_rerun_asks_nothing(server: Server, tmp_path: Pa
     assert main(argv) == 0
     assert len(server.requests) == len(ANSWERS) and out.read_bytes() == first
     assert "12 answers (12 from the cache)" in capsys.readouterr().err.replace("\n", " ")
-    # Another trait is another question for the judge.
+    # Another trait is another question for the judge, unless the rubric has no {trait}.
     assert main([*argv[:-1], "sea shanties"]) == 0
     assert len(server.requests) == 2 * len(ANSWERS)
+    assert main([*argv, "--rubric", "coherence"]) == 0
+    assert main([*argv[:-1], "sea shanties", "--rubric", "coherence"]) == 0
+    assert len(server.requests) == 3 * len(ANSWERS)
 
 
 def test_cli_failure_leaves_the_scores_file_untouched(server: Server, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

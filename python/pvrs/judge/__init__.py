@@ -45,7 +45,8 @@ def judge_answers(
 ) -> list[float]:
     """Scores of `answers`, in order. Cached scores are reused; new ones are cached as they
     arrive, so an interrupted run loses none. `on_score(i, score, cached)` hears each."""
-    keys = [cache_key(judge.id, rubric.text, a.trait or "", a.question, a.answer) for a in answers]
+    # A rubric without {trait} scores the same whatever the trait: key it without one.
+    keys = [cache_key(judge.id, rubric.text, (rubric.needs_trait and a.trait) or "", a.question, a.answer) for a in answers]
     scores = [None if cache is None else cache.get(k) for k in keys]
     # Render before any request: a missing {trait} fails before the judge is asked anything.
     todo = [i for i, s in enumerate(scores) if s is None]
