@@ -76,7 +76,7 @@ def server_fixture() -> Iterator[Server]:
                 prompt = body["messages"][0]["content"]
                 content = {"number": str(int(state.scorer(prompt))), "words": "I would say it is fine"}.get(state.mode, "0")
                 choice: dict = {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}
-                if state.mode == "logprobs":
+                if state.mode == "logprobs" and body.get("logprobs"):
                     top = [("80", 0.75), ("40", 0.25), ("Sure", 1e-3)]
                     choice["logprobs"] = {"content": [{"token": "80", "logprob": math.log(0.75),
                                                        "top_logprobs": [{"token": t, "logprob": math.log(p)} for t, p in top]}]}

@@ -41,6 +41,12 @@ def test_endpoint_score_is_the_weighted_mean_over_number_logprobs(server: Server
     assert score == pytest.approx(70.0)
 
 
+def test_no_logprobs_asks_for_the_stated_number(server: Server) -> None:
+    server.mode = "logprobs"
+    assert judge_for(server, logprobs=False).score(["p"]) == [0.0]  # the reply's content, "0"
+    assert "logprobs" not in server.requests[0] and server.requests[0]["max_tokens"] == 4
+
+
 def test_429_waits_for_retry_after(server: Server) -> None:
     server.fail_first, server.retry_after = 1, "1"
     assert judge_for(server).score(["p"]) == [expected_score("p")]

@@ -42,7 +42,7 @@ def make_judge(args: argparse.Namespace) -> Judge:
     if not args.local:
         return EndpointJudge.from_env(
             args.judge_url, args.judge_model, args.api_key,
-            concurrency=args.concurrency, timeout=args.timeout, retries=args.retries,
+            concurrency=args.concurrency, timeout=args.timeout, retries=args.retries, logprobs=not args.no_logprobs,
         )
     if args.judge_url:
         raise InputError("pass either --local or --judge-url, not both")
@@ -77,6 +77,10 @@ def add_judge_args(p: argparse.ArgumentParser) -> None:
     api.add_argument(
         "--retries", type=int, default=5,
         help="retries after a 429, 5xx, timeout or dropped connection, with exponential backoff (default %(default)s)",
+    )
+    api.add_argument(
+        "--no-logprobs", action="store_true",
+        help="ask the endpoint for the number only, not its top logprobs (for servers that refuse logprobs)",
     )
     api.add_argument(
         "--local", action="store_true",

@@ -38,6 +38,7 @@ class EndpointJudge:
     retries: int = 5
     backoff: float = 1.0
     max_wait: float = 60.0
+    logprobs: bool = True  # False for endpoints that refuse them: the stated number is read
 
     @classmethod
     def from_env(cls, url: str | None, model: str | None, api_key: str | None, **options: Any) -> EndpointJudge:
@@ -85,14 +86,14 @@ class EndpointJudge:
         return scores
 
     def _score_one(self, client: httpx.Client, prompt: str) -> float:
-        body = {
+        body: dict[str, Any] = {
             "model": self.model,
             "messages": [{"role": "user", "content": prompt}],
             "temperature": 0,
             "max_tokens": 4,
-            "logprobs": True,
-            "top_logprobs": TOP_LOGPROBS,
         }
+        if self.logprobs:
+            body.update(logprobs=True, top_logprobs=TOP_LOGPROBS)
         return self._read_score(self._post(client, body))
 
     def _post(self, client: httpx.Client, body: dict[str, Any]) -> bytes:
@@ -165,6 +166,8 @@ def _snippet(content: bytes) -> str:
 def _hint(status: int) -> str:
     if status in (401, 403):
         return f"; check --api-key or ${KEY_ENV}"
+    if status == 400:
+        return "; if the endpoint refuses logprobs, pass --no-logprobs"
     if status == 404:
         return "; check --judge-url (the API base, e.g. http://host:8000/v1) and --judge-model"
     return ""
