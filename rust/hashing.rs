@@ -8,7 +8,8 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
 
-const CHUNK: usize = 1 << 20;
+/// Read size of the streamed passes (a multiple of every element size).
+pub const CHUNK: usize = 1 << 20;
 
 /// Lower-case hex sha256 of the file's bytes.
 pub fn sha256_file(path: &Path) -> Result<String> {
@@ -30,7 +31,8 @@ pub fn sha256_bytes(bytes: &[u8]) -> String {
     to_hex(&Sha256::digest(bytes))
 }
 
-fn to_hex(digest: &[u8]) -> String {
+/// Lower-case hex of a digest.
+pub fn to_hex(digest: &[u8]) -> String {
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 

@@ -9,11 +9,11 @@ use serde_json::Value;
 
 use super::report::{error, warning, Problem};
 use super::TENSOR_KEY;
-use crate::aggregate::{decode_into, Dtype};
-use crate::hashing::sha256_file;
-use crate::header::{read_header, Header};
+use sha2::{Digest, Sha256};
 
-const SCAN_CHUNK: usize = 1 << 20;
+use crate::aggregate::Dtype;
+use crate::hashing::{to_hex, CHUNK};
+use crate::header::{read_header, Header};
 
 /// What a tensor file must hold.
 #[derive(Clone, Debug)]
@@ -148,21 +148,28 @@ pub(super) fn check_file(task: &FileTask, root: &Path, deep: bool) -> Vec<Proble
         &mut out,
     );
     if deep {
-        if let Some(want) = sha256 {
-            match sha256_file(path) {
-                Ok(got) if got == want => {}
-                Ok(got) => out.push(error(
-                    path,
-                    "sha256_mismatch",
-                    format!("sha256 {got} differs from the manifest's {want}; the file changed after it was saved"),
-                )),
-                Err(e) => out.push(error(path, "unreadable", e.to_string())),
+        let scan = shape_ok.then_some((info.begin, info.len(), dtype));
+        match hash_and_scan(path, sha256.is_some(), scan) {
+            Ok(pass) => {
+                if let (Some(want), Some(got)) = (sha256, pass.sha256) {
+                    if got != want {
+                        out.push(error(
+                            path,
+                            "sha256_mismatch",
+                            format!("sha256 {got} differs from the manifest's {want}; the file changed after it was saved"),
+                        ));
+                    }
+                }
+                if pass.non_finite > 0 {
+                    out.push(non_finite(
+                        path,
+                        &info.shape,
+                        pass.non_finite,
+                        pass.first_non_finite,
+                    ));
+                }
             }
-        }
-        if shape_ok {
-            if let Some(p) = scan_non_finite(path, info.begin, info.len(), dtype, &info.shape) {
-                out.push(p);
-            }
+            Err(e) => out.push(error(path, "unreadable", format!("reading the file: {e}"))),
         }
     }
     out
@@ -232,71 +239,120 @@ fn check_shape(
     ok
 }
 
-/// Stream the tensor bytes and report NaN/Inf (count and first row).
-fn scan_non_finite(
+/// What one deep pass over a file found.
+struct DeepPass {
+    sha256: Option<String>,
+    non_finite: u64,
+    first_non_finite: Option<u64>,
+}
+
+/// One read of the file: every chunk feeds the sha256 (when `hash`) and, inside the tensor's
+/// byte range `scan` = (begin, len, dtype), the NaN/Inf scan, so each byte is read once.
+fn hash_and_scan(
     path: &Path,
-    begin: u64,
-    len: u64,
-    dtype: Dtype,
-    shape: &[u64],
-) -> Option<Problem> {
-    let read = || -> std::io::Result<(u64, Option<u64>)> {
-        let mut file = File::open(path)?;
+    hash: bool,
+    scan: Option<(u64, u64, Dtype)>,
+) -> std::io::Result<DeepPass> {
+    let mut file = File::open(path)?;
+    let mut hasher = hash.then(Sha256::new);
+    let (begin, len, dtype) = scan.unwrap_or((0, 0, Dtype::F32));
+    if hasher.is_none() {
         file.seek(SeekFrom::Start(begin))?;
-        let mut reader = file.take(len);
-        let size = dtype.size();
-        let mut bytes = vec![0u8; SCAN_CHUNK];
-        let mut values = vec![0f32; SCAN_CHUNK / size];
-        let (mut bad, mut first, mut index) = (0u64, None, 0u64);
-        let mut pending = 0usize;
-        loop {
-            let n = reader.read(&mut bytes[pending..])?;
-            if n == 0 {
-                break;
-            }
-            let filled = pending + n;
-            let whole = filled - filled % size;
-            let count = whole / size;
-            decode_into(dtype, &bytes[..whole], &mut values[..count]);
-            for (i, v) in values[..count].iter().enumerate() {
-                if !v.is_finite() {
-                    bad += 1;
-                    first.get_or_insert(index + i as u64);
-                }
-            }
-            index += count as u64;
-            bytes.copy_within(whole..filled, 0);
-            pending = filled - whole;
-        }
-        Ok((bad, first))
-    };
-    match read() {
-        Ok((0, _)) => None,
-        Ok((bad, first)) => {
-            // shape is (layers, hidden) or (samples, layers, hidden), checked by the caller.
-            let (hidden, layers) = (shape[shape.len() - 1].max(1), shape[shape.len() - 2].max(1));
-            let i = first.unwrap_or(0);
-            let at = if shape.len() == 3 {
-                format!(
-                    "sample {}, layer {}",
-                    i / (layers * hidden),
-                    (i / hidden) % layers
-                )
-            } else {
-                format!("layer {}", i / hidden)
-            };
-            Some(error(
-                path,
-                "non_finite",
-                format!("{bad} NaN/Inf value(s), the first at {at}; re-extract (float16 overflows: try bfloat16)"),
-            ))
-        }
-        Err(e) => Some(error(
-            path,
-            "unreadable",
-            format!("reading tensor data: {e}"),
-        )),
     }
+    // Segments: the bytes before the tensor (hashed only), the tensor (hashed and scanned),
+    // the rest (hashed only). Without a hash only the tensor is read.
+    let segments = [
+        (if hasher.is_some() { begin } else { 0 }, false),
+        (len, true),
+        (if hasher.is_some() { u64::MAX } else { 0 }, false),
+    ];
+    let mut buf = vec![0u8; CHUNK];
+    let mut pass = DeepPass {
+        sha256: None,
+        non_finite: 0,
+        first_non_finite: None,
+    };
+    let mut index = 0u64;
+    for (mut remaining, scanned) in segments {
+        while remaining > 0 {
+            // CHUNK is a multiple of every element size, so only the last chunk can split one.
+            let want = usize::try_from(remaining).map_or(CHUNK, |r| r.min(CHUNK));
+            let n = fill(&mut file, &mut buf[..want])?;
+            if let Some(h) = hasher.as_mut() {
+                h.update(&buf[..n]);
+            }
+            if scanned {
+                let (bad, first) = count_non_finite(dtype, &buf[..n]);
+                pass.non_finite += bad;
+                if let (None, Some(i)) = (pass.first_non_finite, first) {
+                    pass.first_non_finite = Some(index + i);
+                }
+                index += (n / dtype.size()) as u64;
+            }
+            remaining -= n as u64;
+            if n < want {
+                break; // end of file
+            }
+        }
+    }
+    pass.sha256 = hasher.map(|h| to_hex(&h.finalize()));
+    Ok(pass)
+}
+
+/// Read until `buf` is full or the file ends; the number of bytes read.
+fn fill(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+/// NaN/Inf among the little-endian values in `bytes`: (count, index of the first). An
+/// all-ones exponent is NaN or Inf in every float format, so no value is decoded.
+fn count_non_finite(dtype: Dtype, bytes: &[u8]) -> (u64, Option<u64>) {
+    fn count<const N: usize>(bytes: &[u8], is_bad: impl Fn([u8; N]) -> bool) -> (u64, Option<u64>) {
+        let bad = |c: &[u8]| is_bad(c.try_into().expect("chunks_exact"));
+        // The branch-free count vectorises; the position is looked up only when needed.
+        let total = bytes.chunks_exact(N).filter(|c| bad(c)).count() as u64;
+        let first = (total > 0)
+            .then(|| bytes.chunks_exact(N).position(bad).map(|i| i as u64))
+            .flatten();
+        (total, first)
+    }
+    match dtype {
+        Dtype::F32 => count::<4>(bytes, |c| {
+            u32::from_le_bytes(c) & 0x7f80_0000 == 0x7f80_0000
+        }),
+        Dtype::BF16 => count::<2>(bytes, |c| u16::from_le_bytes(c) & 0x7f80 == 0x7f80),
+        Dtype::F16 => count::<2>(bytes, |c| u16::from_le_bytes(c) & 0x7c00 == 0x7c00),
+    }
+}
+
+/// The report of `bad` NaN/Inf values, naming where the first one is.
+fn non_finite(path: &Path, shape: &[u64], bad: u64, first: Option<u64>) -> Problem {
+    // shape is (layers, hidden) or (samples, layers, hidden), checked by the caller.
+    let (hidden, layers) = (shape[shape.len() - 1].max(1), shape[shape.len() - 2].max(1));
+    let i = first.unwrap_or(0);
+    let at = if shape.len() == 3 {
+        format!(
+            "sample {}, layer {}",
+            i / (layers * hidden),
+            (i / hidden) % layers
+        )
+    } else {
+        format!("layer {}", i / hidden)
+    };
+    error(
+        path,
+        "non_finite",
+        format!("{bad} NaN/Inf value(s), the first at {at}; re-extract (float16 overflows: try bfloat16)"),
+    )
 }
 
 /// Errors from `crate::header` start with the path; the report already has it.
@@ -375,5 +431,58 @@ mod tests {
             "{}",
             nan.message
         );
+    }
+
+    #[test]
+    fn exponent_test_agrees_with_decoding_every_half_pattern() {
+        for dtype in [Dtype::BF16, Dtype::F16] {
+            let bytes: Vec<u8> = (0..=u16::MAX).flat_map(u16::to_le_bytes).collect();
+            let mut values = vec![0f32; 1 << 16];
+            crate::aggregate::decode_into(dtype, &bytes, &mut values);
+            let want = values.iter().filter(|v| !v.is_finite()).count() as u64;
+            let first = values.iter().position(|v| !v.is_finite()).map(|i| i as u64);
+            assert_eq!(count_non_finite(dtype, &bytes), (want, first), "{dtype:?}");
+        }
+        let specials = [
+            1.0f32,
+            f32::INFINITY,
+            -0.0,
+            f32::NAN,
+            f32::MAX,
+            f32::NEG_INFINITY,
+        ];
+        let bytes: Vec<u8> = specials.iter().flat_map(|v| v.to_le_bytes()).collect();
+        assert_eq!(count_non_finite(Dtype::F32, &bytes), (3, Some(1)));
+    }
+
+    #[test]
+    fn one_pass_hashes_the_whole_file_and_scans_across_chunks() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big.bin");
+        // A tensor spanning several read chunks, after a 100-byte "header", with a trailer.
+        let values = CHUNK; // floats: 4 chunks of bytes
+        let mut data = vec![7u8; 100];
+        for i in 0..values {
+            let v = if i == values - 1 || i == CHUNK / 4 + 3 {
+                f32::NAN
+            } else {
+                i as f32
+            };
+            data.extend(v.to_le_bytes());
+        }
+        data.extend(b"trailer");
+        fs::write(&path, &data).unwrap();
+        let scan = Some((100, (values * 4) as u64, Dtype::F32));
+        let pass = hash_and_scan(&path, true, scan).unwrap();
+        assert_eq!(
+            pass.sha256.as_deref(),
+            Some(crate::hashing::sha256_bytes(&data).as_str())
+        );
+        assert_eq!(
+            (pass.non_finite, pass.first_non_finite),
+            (2, Some((CHUNK / 4 + 3) as u64))
+        );
+        let pass = hash_and_scan(&path, false, scan).unwrap();
+        assert_eq!((pass.sha256, pass.non_finite), (None, 2));
     }
 }
