@@ -96,7 +96,8 @@ def test_analyze_writes_everything(store_root, persona_file, tmp_path, capsys):
     pngs = sorted((out / "png").glob("*.png"))
     slugs = {p.stem for p in pngs}
     assert {"layer_curves", "similarity", "pca_scree", "pca_2d", "pca_3d", "axis_projection",
-            "axis_layers", "variant_agreement", "strategy_agreement", "probes"} <= slugs  # fmt: skip
+            "axis_layers", "variant_agreement", "strategy_agreement", "probes", "isomap",
+            "kmeans", "dendrogram"} <= slugs  # fmt: skip
     for p in pngs:
         w, h = _png_size(p)
         assert w >= 400 and h >= 300
@@ -329,3 +330,77 @@ def test_png_of_a_slider_figure_renders_at_its_own_size(tmp_path):
         fig.layout.width * export.PNG_SCALE,
         fig.layout.height * export.PNG_SCALE,
     )
+
+
+def _planted_clusters() -> tuple[list[str], np.ndarray, dict[str, dict[str, object]]]:
+    """24 personas in three tight clusters at layer 1 (noise at layers 0 and 2), with a
+    categorical and a numeric attribute."""
+    rng = np.random.default_rng(0)
+    truth = np.repeat([0, 1, 2], 8)
+    x = rng.standard_normal((24, 3, 32))
+    x[:, 1] = rng.standard_normal((3, 32))[truth] * 6 + 0.3 * rng.standard_normal((24, 32))
+    ids = [f"p{i:02d}" for i in range(24)]
+    attrs = {p: {"kind": "abc"[t], "age": 20 + i} for i, (p, t) in enumerate(zip(ids, truth, strict=True))}
+    return ids, x.astype(np.float32), attrs
+
+
+class _FakeUMAP:
+    """umap.UMAP's interface, fitted as a PCA (the real one JIT-compiles for a minute)."""
+
+    def __init__(self, n_components: int, **_kw: object) -> None:
+        self.n_components = n_components
+
+    def fit_transform(self, x: np.ndarray) -> np.ndarray:
+        centred = x - x.mean(0)
+        return centred @ np.linalg.svd(centred, full_matrices=False)[2][: self.n_components].T
+
+
+@pytest.mark.parametrize("umap_installed", [False, True])
+def test_geometry_views_find_planted_clusters_and_colour_by_attributes(
+    tmp_path, monkeypatch, umap_installed
+):
+    import sys
+    import types
+
+    from pvrs.analysis.report import ReportOptions, VectorSet, run_analysis
+
+    fake = types.SimpleNamespace(UMAP=_FakeUMAP) if umap_installed else None
+    monkeypatch.setitem(sys.modules, "umap", fake)  # None: `import umap` fails
+    ids, x, attrs = _planted_clusters()
+    vs = VectorSet("answer_mean", "templated", ids, ids, [0, 1, 2], x, "tiny/m")
+    opts = ReportOptions(attributes=attrs, png=False, probe_methods=["diffmeans"], folds=2)
+    res = run_analysis([vs], tmp_path / "o", opts)
+    page = res.html.read_text()
+    scatters = ["pca_2d", "pca_3d", "isomap", *(["umap"] if umap_installed else [])]
+    for section in [*scatters, "kmeans", "dendrogram"]:
+        assert f'id="{section}"' in page, section
+    assert ('id="umap"' in page) is umap_installed
+    assert any("pip install 'pvrs[umap]'" in n for n in res.notes) is not umap_installed
+    # One colour-by menu per scatter, one entry per attribute (and the k-means clusters).
+    for label in ("k-means cluster", "age", "kind"):
+        assert page.count(f'"label":"{label}"') == len(scatters), label
+    with (res.out_dir / "tables" / "kmeans_layers.csv").open() as f:
+        by_layer = {r["layer"]: r for r in csv.DictReader(f)}
+    assert by_layer["1"]["k"] == "3" and float(by_layer["1"]["silhouette"]) > 0.8
+    with (res.out_dir / "tables" / "kmeans_clusters.csv").open() as f:
+        found = {r["persona_id"]: r["layer_1"] for r in csv.DictReader(f)}
+    groups = {tuple(sorted(p for p in ids if found[p] == c)) for c in set(found.values())}
+    assert groups == {tuple(ids[i : i + 8]) for i in (0, 8, 16)}
+    with (res.out_dir / "tables" / "embeddings.csv").open() as f:
+        header = next(csv.reader(f))
+    assert header[2:] == ["isomap1", "isomap2", *(["umap1", "umap2"] if umap_installed else [])]
+    geometry = res.summary["geometry"]
+    assert geometry["normalize"] == "center" and geometry["kmeans_k_at_focus"] == 3
+    assert geometry["embeddings"] == ["isomap", *(["umap"] if umap_installed else [])]
+
+
+def test_geometry_flags(store_root, tmp_path):
+    base = ["analyze", "--model", MODEL, "--source", str(store_root), "--no-png"]
+    assert main([*base, "--out", str(tmp_path / "skip"), "--no-geometry"]) == 0
+    assert "geometry" not in json.loads((tmp_path / "skip" / "summary.json").read_text())
+    assert not (tmp_path / "skip" / "tables" / "kmeans_layers.csv").exists()
+    assert 'id="dendrogram"' not in (tmp_path / "skip" / "report.html").read_text()
+    assert main([*base, "--out", str(tmp_path / "unit"), "--geometry-normalize", "center-unit"]) == 0
+    summary = json.loads((tmp_path / "unit" / "summary.json").read_text())
+    assert summary["geometry"]["normalize"] == "center-unit"
+    assert (tmp_path / "unit" / "tables" / "kmeans_clusters.csv").exists()

@@ -3,10 +3,11 @@ k, Isomap and UMAP projections, and the hierarchical clustering (the tree `pvrs 
 orders its heatmaps by) as a dendrogram's linkage matrix. Each can first normalise the
 vectors as the reference tool offers: centre them (subtract the mean persona) and/or scale
 each to unit norm. Arrays are `(P, L, H)` with persona ids and layer indices, as in
-`pvrs.analysis.compute`. The report does not draw these yet."""
+`pvrs.analysis.compute`; `geometry_views` runs them all for the `pvrs analyze` report."""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +26,14 @@ from pvrs.analysis.compute import (
 from pvrs.errors import InputError, InvalidArgumentError
 
 EMBEDDINGS = ("isomap", "umap")
+# `--geometry-normalize` choices: (centre, unit norm).
+NORMALISATIONS = {
+    "none": (False, False),
+    "center": (True, False),
+    "unit": (False, True),
+    "center-unit": (True, True),
+}
+UMAP_INSTALL = "pip install umap-learn, or pip install 'pvrs[umap]'"
 
 
 def normalised(x: np.ndarray, *, centre: bool = False, unit_norm: bool = False) -> np.ndarray:
@@ -109,14 +118,19 @@ def embedding_by_layer(
     check_layers(x, layers)
     require_personas(x.shape[0], n_components + 2, f"a {n_components}-D {method} projection")
     neighbours = max(2, min(n_neighbors, x.shape[0] - 1))
-    return np.stack(
-        [
-            _embedder(method, n_components, neighbours, seed).fit_transform(
-                normalised(x[:, i], centre=centre, unit_norm=unit_norm)
-            )
-            for i in range(x.shape[1])
-        ]
-    )
+    with warnings.catch_warnings():
+        # Well-separated clusters leave Isomap's neighbour graph in pieces, which it joins
+        # itself (cheaply at persona counts); its warnings about that are noise here.
+        warnings.filterwarnings("ignore", "The number of connected components", UserWarning)
+        warnings.filterwarnings("ignore", "Changing the sparsity structure")
+        return np.stack(
+            [
+                _embedder(method, n_components, neighbours, seed).fit_transform(
+                    normalised(x[:, i], centre=centre, unit_norm=unit_norm)
+                )
+                for i in range(x.shape[1])
+            ]
+        )
 
 
 def _embedder(method: str, n_components: int, neighbours: int, seed: int) -> Any:
@@ -124,8 +138,11 @@ def _embedder(method: str, n_components: int, neighbours: int, seed: int) -> Any
         try:
             import umap
         except ImportError:
-            raise InputError("UMAP needs the umap-learn package: pip install umap-learn") from None
-        return umap.UMAP(n_components=n_components, n_neighbors=neighbours, random_state=seed)
+            raise InputError(f"UMAP needs the umap-learn package: {UMAP_INSTALL}") from None
+        # Seeded UMAP runs on one thread; saying so spares its warning.
+        return umap.UMAP(
+            n_components=n_components, n_neighbors=neighbours, random_state=seed, n_jobs=1
+        )
     from sklearn.manifold import Isomap
 
     return Isomap(n_components=n_components, n_neighbors=neighbours)
@@ -143,3 +160,47 @@ def dendrogram_by_layer(
     return np.stack(
         [linkage_tree(cosine_matrix(normalised(x[:, i], centre=centre))) for i in range(x.shape[1])]
     )
+
+
+@dataclass(frozen=True)
+class GeometryViews:
+    """What the report draws beyond PCA, all on vectors normalised as `normalize` says
+    (the dendrogram uses cosine distance, so only its centring matters)."""
+
+    normalize: str
+    kmeans: KMeansResult | None
+    embeddings: dict[str, np.ndarray]  # method -> (L, P, 2)
+    trees: np.ndarray  # (L, P - 1, 4)
+
+
+def geometry_views(
+    samples: np.ndarray,
+    persona_ids: Sequence[str],
+    layers: Sequence[int],
+    normalize: str = "center",
+    notes: list[str] | None = None,
+) -> GeometryViews:
+    """k-means, Isomap, UMAP (when umap-learn is installed) and the dendrogram's trees.
+    A view that cannot be drawn (too few personas, no umap-learn) is left out with a line
+    in `notes`."""
+    if normalize not in NORMALISATIONS:
+        raise InvalidArgumentError(
+            f"normalize={normalize!r} is not one of {', '.join(NORMALISATIONS)}"
+        )
+    centre, unit_norm = NORMALISATIONS[normalize]
+    said = notes if notes is not None else []
+    kmeans = None
+    try:
+        kmeans = kmeans_by_layer(samples, persona_ids, layers, centre=centre, unit_norm=unit_norm)
+    except InputError as exc:
+        said.append(f"k-means skipped: {exc}")
+    embeddings: dict[str, np.ndarray] = {}
+    for method in EMBEDDINGS:
+        try:
+            embeddings[method] = embedding_by_layer(
+                samples, persona_ids, layers, method, centre=centre, unit_norm=unit_norm
+            )
+        except InputError as exc:
+            said.append(f"{method} skipped: {exc}")  # too few personas, or no umap-learn
+    trees = dendrogram_by_layer(samples, persona_ids, layers, centre=centre)
+    return GeometryViews(normalize, kmeans, embeddings, trees)

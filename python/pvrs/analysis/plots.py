@@ -66,7 +66,7 @@ def size(n_rows: int, base: int = 420) -> int:
 LayerDraw = Callable[["go.Figure", int], dict[str, Any]]
 
 
-def _layer_slider(fig: go.Figure, layers: Sequence[int], focus: int, draw: LayerDraw) -> go.Figure:
+def layer_slider(fig: go.Figure, layers: Sequence[int], focus: int, draw: LayerDraw) -> go.Figure:
     """Draw every layer of `layers` into `fig`, show the focus layer, and (with more than
     one layer) add a slider whose steps show one layer each: its traces visible, the
     others hidden, its layout changes applied. Traces already in `fig` stay visible on
@@ -193,7 +193,7 @@ def similarity_figure(sim: SimilarityResult, names: Sequence[str], layer: int) -
     fig.update_yaxes(showticklabels=labelled(len(labels)), row=1, col=1)
     fig.update_yaxes(showticklabels=False, row=1, col=2)  # same rows as the left panel
     fig.update_layout(width=2 * side + 160, height=side + 120)
-    _layer_slider(fig, sim.layers if slides else [layer], layer, draw)
+    layer_slider(fig, sim.layers if slides else [layer], layer, draw)
     if not slides:
         fig.layout["title.subtitle.text"] = (
             f"focus layer only: {len(labels)}² personas × {len(sim.layers)} layers is past "
@@ -229,7 +229,7 @@ def scree_figure(pca: PCAResult, layer: int) -> go.Figure:
     fig.update_yaxes(range=[0, 1.02], tickformat=".0%")
     fig.update_xaxes(title_text="layer", row=1, col=2)
     finish(fig, "PCA of persona vectors (centered)", 1100, 500)
-    return _layer_slider(fig, pca.layers, layer, draw)
+    return layer_slider(fig, pca.layers, layer, draw)
 
 
 def pca_scatter_figure(
@@ -242,12 +242,54 @@ def pca_scatter_figure(
     color_label: str = "",
 ) -> go.Figure:
     """Personas on the first 2 or 3 principal components, with a layer slider starting at
-    `layer`; names on hover (and as labels up to `SCATTER_TEXT_MAX` personas). `color`,
-    `(P, L)` on `pca.layers`, colours each layer's points by a per-persona value."""
-    go = plotly_go()
+    `layer` (see `persona_scatter`). `color`, `(P, L)` on `pca.layers`, colours each
+    layer's points by a per-persona value."""
     k = pca.projections.shape[2]
     if dims not in (2, 3) or k < dims:
         raise RenderError(f"a {dims}-D PCA plot needs {dims} components, have {k}")
+
+    def titles(i: int, at: int) -> tuple[str, list[str]]:
+        ratio = pca.explained_ratio[i]
+        pcs = [f"PC{j + 1} ({ratio[j]:.0%})" for j in range(dims)]
+        return f"Personas on the principal components, layer {at}", pcs
+
+    return persona_scatter(
+        pca.projections[:, :, :dims],
+        pca.layers,
+        names,
+        layer,
+        titles,
+        color=None if color is None else color.T,
+        color_label=color_label,
+    )
+
+
+def numeric_marker(values: Sequence[Any], label: str) -> dict[str, Any]:
+    """Marker settings that colour points by a number on a colour scale with its bar."""
+    return {
+        "color": values,
+        "colorscale": "Viridis",
+        "showscale": True,
+        "colorbar": {"title": {"text": label}},
+    }
+
+
+def persona_scatter(
+    coords: np.ndarray,
+    layers: Sequence[int],
+    names: Sequence[str],
+    layer: int,
+    titles: Callable[[int, int], tuple[str, list[str]]],
+    *,
+    color: np.ndarray | None = None,
+    color_label: str = "",
+) -> go.Figure:
+    """Personas at `coords` `(L, P, 2 or 3)`, one trace per layer of `layers` (in that
+    order) with a layer slider starting at `layer`; names on hover (and as labels up to
+    `SCATTER_TEXT_MAX` personas). `titles(i, layer)` gives the figure title and the axis
+    titles of layer `i`; `color` `(L, P)` colours each layer's points by a number."""
+    go = plotly_go()
+    dims = coords.shape[2]
     title_paths = (
         ["xaxis.title.text", "yaxis.title.text"]
         if dims == 2
@@ -260,12 +302,11 @@ def pca_scatter_figure(
     }
 
     def draw(fig: go.Figure, at: int) -> dict[str, Any]:
-        i = layer_position(pca.layers, at)
-        proj = pca.projections[i]
+        i = layer_position(layers, at)
+        proj = coords[i]
         marker: dict[str, Any] = {"size": 9 if dims == 2 else 5}
         if color is not None:
-            marker |= {"color": color[:, i], "colorscale": "Viridis", "showscale": True}
-            marker["colorbar"] = {"title": color_label}
+            marker |= numeric_marker(color[i], color_label)
         if dims == 2:
             fig.add_trace(
                 go.Scatter(
@@ -280,15 +321,12 @@ def pca_scatter_figure(
             fig.add_trace(
                 go.Scatter3d(x=proj[:, 0], y=proj[:, 1], z=proj[:, 2], marker=marker, **common)
             )
-        ratio = pca.explained_ratio[i]
-        return {
-            "title.text": f"Personas on the principal components, layer {at}",
-            **{path: f"PC{j + 1} ({ratio[j]:.0%})" for j, path in enumerate(title_paths)},
-        }
+        title, axes = titles(i, at)
+        return {"title.text": title, **dict(zip(title_paths, axes, strict=True))}
 
     fig = finish(go.Figure(), "", 900, 700)
     fig.update_layout(showlegend=False)
-    return _layer_slider(fig, pca.layers, layer, draw)
+    return layer_slider(fig, layers, layer, draw)
 
 
 def _text_positions(x: np.ndarray) -> list[str]:
@@ -337,7 +375,7 @@ def axis_projection_figure(axis: AxisResult, names: Sequence[str], layer: int) -
         height=size(len(names)),
         showlegend=False,
     )
-    return _layer_slider(fig, axis.layers, layer, draw)
+    return layer_slider(fig, axis.layers, layer, draw)
 
 
 def trace_color(i: int) -> str:

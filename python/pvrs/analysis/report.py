@@ -19,6 +19,7 @@ from pvrs.analysis.tables import (
     ALL_LAYER_SIMILARITY_MAX,
     agreement_table,
     axis_tables,
+    geometry_tables,
     layer_span,
     layer_table,
     neighbour_tables,
@@ -144,6 +145,9 @@ class ReportOptions:
     probe_methods: Sequence[str] = PROBE_METHODS
     folds: int = 5
     neighbours: int = 5
+    # k-means, Isomap, UMAP and the dendrogram on vectors normalised as
+    # `geometry.NORMALISATIONS` names; None skips them.
+    geometry: str | None = "center"
     png: bool = True
     title: str = "pvrs analysis"
     facts: list[tuple[str, str]] = field(default_factory=list)
@@ -214,6 +218,13 @@ def run_analysis(
     variant_agreements = _agreements(variant_pairs, layers)
     strategy_agreements = _agreements(strategy_pairs, layers)
 
+    geometry = None
+    if opts.geometry is not None:
+        from pvrs.analysis.geometry import geometry_views
+
+        step("geometry: k-means, Isomap, UMAP, dendrogram")
+        geometry = geometry_views(x, ids, layers, opts.geometry, notes)
+
     probe_curves, probe_dirs = _run_probes(main, opts, out / "probes", notes, step)
 
     step("writing tables")
@@ -238,9 +249,21 @@ def run_analysis(
         tables += axis_tables(axis, names, out)
     if probe_curves:
         tables.append(probe_table(probe_curves, tables_dir / "probe_scores.csv"))
+    if geometry is not None:
+        tables += geometry_tables(geometry, ids, names, layers, focus, tables_dir)
 
     findings = Findings(
-        main, focus, sim, pca, curves, axis, variant_agreements, strategy_agreements, probe_curves
+        main,
+        focus,
+        sim,
+        pca,
+        curves,
+        axis,
+        variant_agreements,
+        strategy_agreements,
+        probe_curves,
+        geometry,
+        opts.attributes,
     )
     sections = report_sections(findings)
     summary = summary_of(findings, probe_dirs, notes)

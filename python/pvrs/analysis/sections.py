@@ -8,8 +8,10 @@ from typing import TYPE_CHECKING, Any
 
 from pvrs.analysis import compute as an
 from pvrs.analysis import curves, export, plots
+from pvrs.analysis import geometry_plots as gp
 
 if TYPE_CHECKING:  # the report module imports this one
+    from pvrs.analysis.geometry import GeometryViews
     from pvrs.analysis.report import VectorSet
 
 
@@ -26,6 +28,16 @@ class Findings:
     variant_agreements: list[an.AgreementResult]
     strategy_agreements: list[an.AgreementResult]
     probe_curves: list[Any]
+    geometry: GeometryViews | None = None
+    attributes: dict[str, dict[str, Any]] | None = None
+
+    def colourings(self) -> list[gp.Colouring]:
+        """The colour-by menu of every persona scatter: the assistant axis, the k-means
+        clusters, then each attribute of the persona file (whichever there are)."""
+        out = [] if self.axis is None else [gp.axis_colouring(self.axis)]
+        if self.geometry is not None and self.geometry.kmeans is not None:
+            out.append(gp.cluster_colouring(self.geometry.kmeans))
+        return out + gp.attribute_colourings(self.main.persona_ids, self.attributes)
 
 
 # How the per-layer figures read when there are several layers; PNGs show the focus layer.
@@ -61,15 +73,15 @@ def report_sections(f: Findings) -> list[export.Section]:
             plots.scree_figure(pca, focus),
         ),
     ]
-    color = None if axis is None else axis.projections
-    label = "assistant axis" if axis is not None else ""
+    colourings = f.colourings()
+    menu = f" Colour: {_colour_caption(colourings)}." if colourings else ""
     if pca.projections.shape[2] >= 2:
         out.append(
             S(
                 "pca_2d",
                 "PCA: personas in 2-D",
-                f"Personas on PC1 and PC2; colour: projection on the assistant axis. {slide}",
-                plots.pca_scatter_figure(pca, names, focus, color=color, color_label=label),
+                f"Personas on PC1 and PC2.{menu} {slide}",
+                gp.colour_menu(plots.pca_scatter_figure(pca, names, focus), colourings),
             )
         )
     if pca.projections.shape[2] >= 3:
@@ -77,10 +89,12 @@ def report_sections(f: Findings) -> list[export.Section]:
             S(
                 "pca_3d",
                 "PCA: personas in 3-D",
-                f"Personas on the first three components (rotate it in the HTML report). {slide}",
-                plots.pca_scatter_figure(pca, names, focus, dims=3, color=color, color_label=label),
+                f"Personas on the first three components (rotate it in the HTML report).{menu} {slide}",
+                gp.colour_menu(plots.pca_scatter_figure(pca, names, focus, dims=3), colourings),
             )
         )
+    if f.geometry is not None:
+        out += _geometry_sections(f.geometry, f, colourings, menu, slide)
     if axis is not None:
         out.append(
             S(
@@ -125,4 +139,54 @@ def report_sections(f: Findings) -> list[export.Section]:
                 curves.probe_figure(f.probe_curves),
             )
         )
+    return out
+
+
+def _colour_caption(colourings: list[gp.Colouring]) -> str:
+    first = colourings[0].name
+    if len(colourings) == 1:
+        return f"{first}"
+    return f"{first}; the menu on the right switches to " + ", ".join(c.name for c in colourings[1:])
+
+
+# What `--geometry-normalize` did to the vectors, for the captions.
+_NORMALISED = {
+    "none": "raw vectors",
+    "center": "centred vectors (the mean persona subtracted)",
+    "unit": "vectors scaled to unit norm",
+    "center-unit": "centred vectors scaled to unit norm",
+}
+
+
+def _geometry_sections(
+    g: GeometryViews, f: Findings, colourings: list[gp.Colouring], menu: str, slide: str
+) -> list[export.Section]:
+    names, layers, focus, how = f.main.names, f.main.layers, f.focus, _NORMALISED[g.normalize]
+    S = export.Section
+    out = [
+        S(
+            method,
+            f"{gp.EMBEDDING_LABELS[method]}: personas in 2-D",
+            f"A non-linear 2-D map of the personas ({gp.EMBEDDING_LABELS[method]} on {how}): near personas stay near.{menu} {slide}",
+            gp.colour_menu(gp.embedding_figure(coords, layers, names, focus, method), colourings),
+        )
+        for method, coords in g.embeddings.items()
+    ]
+    if g.kmeans is not None:
+        out.append(
+            S(
+                "kmeans",
+                "k-means clusters by layer",
+                f"k-means on {how} for every k from 2 up, keeping the k with the best silhouette (1: tight, well-separated clusters; near 0: no cluster structure). The scatters can be coloured by these clusters; tables/kmeans_*.csv hold the labels and every k's silhouette.",
+                gp.kmeans_figure(g.kmeans),
+            )
+        )
+    out.append(
+        S(
+            "dendrogram",
+            "Hierarchical clustering",
+            f"Average-linkage clustering on the cosine distance of {'centred' if g.normalize.startswith('center') else 'raw'} vectors (on centred ones, the tree that orders the similarity heatmaps); branches below 0.7 of the top merge are coloured by cluster. {slide}",
+            gp.dendrogram_figure(g.trees, layers, names, focus, g.normalize),
+        )
+    )
     return out

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from pvrs.analysis import compute as an
+from pvrs.analysis.geometry import GeometryViews
 from pvrs.analysis.sections import Findings
 
 # Past this many values (personas^2 x layers, e.g. 700 personas x 40 layers) the all-layer
@@ -96,6 +97,46 @@ def pca_tables(pca: an.PCAResult, names: list[str], focus: int, d: Path) -> list
         [[pid, n, *p] for pid, n, p in zip(pca.persona_ids, names, proj, strict=True)],
     )
     return [ev, pr]
+
+
+def geometry_tables(
+    g: GeometryViews, ids: list[str], names: list[str], layers: list[int], focus: int, d: Path
+) -> list[Path]:
+    """k-means per layer (chosen k, its silhouette, every k's) and per persona (its cluster
+    at every layer, numbered from 0), and the Isomap/UMAP coordinates at the focus layer."""
+    out = []
+    km = g.kmeans
+    if km is not None:
+        ks = sorted(km.silhouettes[0])
+        out.append(
+            _write_csv(
+                d / "kmeans_layers.csv",
+                ["layer", "k", "silhouette", *[f"silhouette_k{k}" for k in ks]],
+                [
+                    [layer, k, s[int(k)], *(s[c] for c in ks)]
+                    for layer, k, s in zip(layers, km.k, km.silhouettes, strict=True)
+                ],
+            )
+        )
+        out.append(
+            _write_csv(
+                d / "kmeans_clusters.csv",
+                ["persona_id", "name", *[f"layer_{layer}" for layer in layers]],
+                [[pid, n, *row] for pid, n, row in zip(ids, names, km.labels.T, strict=True)],
+            )
+        )
+    if g.embeddings:
+        fi = an.layer_position(layers, focus)
+        columns = [f"{m}{j + 1}" for m in g.embeddings for j in range(2)]
+        coords = np.concatenate([e[fi] for e in g.embeddings.values()], axis=1)
+        out.append(
+            _write_csv(
+                d / "embeddings.csv",
+                ["persona_id", "name", *columns],
+                [[pid, n, *row] for pid, n, row in zip(ids, names, coords, strict=True)],
+            )
+        )
+    return out
 
 
 def layer_table(
@@ -214,6 +255,14 @@ def summary_of(f: Findings, probe_dirs: list[Path], notes: list[str]) -> dict[st
             "norm_at_focus": float(axis.norm[fi]),
             "cos_pc1_at_focus": None if axis.cos_pc1 is None else float(axis.cos_pc1[fi]),
             "file": "assistant_axis.safetensors",
+        }
+    if f.geometry is not None:
+        km = f.geometry.kmeans
+        summary["geometry"] = {
+            "normalize": f.geometry.normalize,
+            "embeddings": list(f.geometry.embeddings),
+            "kmeans_k_at_focus": None if km is None else int(km.k[fi]),
+            "kmeans_silhouette_at_focus": None if km is None else float(km.silhouette[fi]),
         }
     summary["agreement"] = [
         {

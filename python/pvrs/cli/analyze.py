@@ -49,6 +49,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
             probe_methods=args.probe_method or analyze.PROBE_METHODS,
             folds=args.folds,
             neighbours=args.neighbours,
+            geometry=None if args.no_geometry else args.geometry_normalize,
             png=not args.no_png,
             title=f"pvrs analysis: {model}",
             facts=[("model", model), ("source", str(args.source or "local store"))],
@@ -74,6 +75,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def _add_analyze(sub: argparse._SubParsersAction) -> None:
+    from pvrs.analysis.geometry import NORMALISATIONS
     from pvrs.engines.models import DEFAULT_MODEL
     from pvrs.extraction.masks import DEFAULT_STRATEGY
 
@@ -146,6 +148,19 @@ def _add_analyze(sub: argparse._SubParsersAction) -> None:
         nargs="+",
         metavar="ID",
         help="also print these personas' nearest neighbours at the focus layer",
+    )
+    p.add_argument(
+        "--geometry-normalize",
+        choices=NORMALISATIONS,
+        default="center",
+        help="vectors for k-means, Isomap/UMAP and the dendrogram: none, center (subtract "
+        "the mean persona), unit (unit norm) or center-unit (default: %(default)s)",
+    )
+    p.add_argument(
+        "--no-geometry",
+        action="store_true",
+        help="skip k-means, Isomap, UMAP and the dendrogram (seconds to minutes with many "
+        "personas and layers; UMAP needs pip install 'pvrs[umap]')",
     )
     p.add_argument(
         "--no-png", action="store_true", help="skip PNG export (it needs Chrome/Chromium)"
