@@ -241,8 +241,11 @@ def dendrogram_figure(
                 hovertemplate="%{text}<extra></extra>",
             )
         )
+        top = max(max(xs) for xs in d["dcoord"])
         return {
             "title.text": f"Hierarchical clustering of personas, layer {at}",
+            # The top merge clear of the edge (identical vectors: nothing to scale).
+            "xaxis.range": [-0.02 * top, 1.03 * top] if top > 0 else None,
             "yaxis.tickvals": ticks,
             "yaxis.ticktext": leaves,
         }
