@@ -103,3 +103,36 @@ def test_a_cached_id_is_not_checked_on_the_hub(hub_cache: Path, monkeypatch: pyt
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
     monkeypatch.setattr(HfApi, "model_info", lambda *a, **k: pytest.fail("no Hub request for a cached id"))
     assert models.resolve_model_path("org/cached") == "org/cached"
+
+
+def test_cpu_thread_count_defaults_to_the_available_cores_and_follows_threads_flag(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Torch's default (every logical CPU of the machine) oversubscribes a shared box."""
+    import os
+
+    import torch
+    from pvrs.cli import build_parser
+    from tiny import make_tokenizer
+    from tiny_models import tiny_model
+
+    tiny_model().save_pretrained(tmp_path)
+    make_tokenizer().save_pretrained(tmp_path)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(models, "_chosen_threads", None)
+    before = torch.get_num_threads()
+    try:
+        assert 1 <= models.default_threads() <= len(os.sched_getaffinity(0))
+        torch.set_num_threads(7)
+        models.load(str(tmp_path), device="cpu")
+        assert torch.get_num_threads() == models.default_threads()
+        assert models.thread_choice()[1] == "physical cores available"
+        args = build_parser().parse_args(
+            ["steer", "--threads", "3", "--model", str(tmp_path), "--layer", "0", "--alpha", "1"]
+        )
+        assert args.threads == 3
+        models.load(str(tmp_path), device="cpu")
+        assert torch.get_num_threads() == 3
+        assert models.thread_choice() == (3, "--threads")
+    finally:
+        torch.set_num_threads(before)

@@ -94,6 +94,28 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--dtype", default="auto", choices=DTYPES, help="default auto: bfloat16 on GPU, float32 on CPU"
     )
+    p.add_argument(
+        "--threads",
+        type=positive_int,
+        action=_ThreadsAction,
+        help="torch CPU threads (default: the physical cores available to this process, or OMP_NUM_THREADS)",
+    )
+
+
+class _ThreadsAction(argparse.Action):
+    """`--threads N` takes effect as it is parsed, so every command that loads a model uses it."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option: str | None = None,
+    ) -> None:
+        from pvrs.engines.models import set_threads
+
+        set_threads(values)
+        setattr(namespace, self.dest, values)
 
 
 def add_model_and_store_args(p: argparse.ArgumentParser) -> None:

@@ -10,7 +10,7 @@ import sys
 from typing import Any
 
 from pvrs import _core
-from pvrs.engines.models import BUILTIN_MODELS
+from pvrs.engines.models import BUILTIN_MODELS, thread_choice
 from pvrs.paths import activations_dir, cache_dir
 
 
@@ -57,6 +57,11 @@ def report() -> dict[str, Any]:
         "cuda_available": cuda,
         "cuda_version": torch.version.cuda,
         "cuda_devices": devices,
+        "cpu_threads": {
+            "torch_default": torch.get_num_threads(),
+            "pvrs": thread_choice()[0],
+            "why": thread_choice()[1],
+        },
         "mps_available": bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()),
         "builtin_models": builtins,
         "artifacts_dir": str(activations_dir().resolve()),
@@ -84,6 +89,12 @@ def print_report(info: dict[str, Any]) -> None:
     cuda = f"yes, CUDA {info['cuda_version']}: {', '.join(info['cuda_devices'])}" if info["cuda_available"] else "no"
     table.add_row("CUDA", cuda)
     table.add_row("MPS", "yes" if info["mps_available"] else "no")
+    threads = info["cpu_threads"]
+    table.add_row(
+        "CPU threads",
+        f"{threads['pvrs']} for models on CPU ({threads['why']}; torch alone would use "
+        f"{threads['torch_default']}); set with --threads",
+    )
     for name, b in info["builtin_models"].items():
         if b["installed"]:
             state = f"installed: {b['gguf']}"
