@@ -160,9 +160,8 @@ def test_eval_on_the_builtin_model_shows_a_planted_direction(server: Server, tmp
     out = tmp_path / "out"
     assert main(["eval", "--vector", str(tmp_path / "cat.npy"), "--layer", layer, "--alpha", "0", "0.5", "1.5",
                  "--relative", "--trait", "talks about cats", "--max-new-tokens", "24", "--judge-url", server.url,
-                 "--judge-model", "m", "--device", "cpu", "--output-dir", str(out)]) == 0
+                 "--judge-model", "m", "--device", "cpu", "--no-png", "--output-dir", str(out)]) == 0
     with (out / "results.csv").open() as f:
         traits = [float(r["trait"]) for r in csv.DictReader(f) if r["kind"] == "steered"]
     assert traits[0] < traits[1] < traits[2] and traits[2] > 20
-    assert (out / "png" / "eval.png").is_file()
     assert json.loads((out / "summary.json").read_text())["recommended"]["alpha"] == 1.5
