@@ -59,16 +59,21 @@ def load_conversation(path: str | Path) -> list[dict[str, str]]:
             ) from None
     if isinstance(data, Mapping):
         data = data.get("messages")
+    return check_messages(data, str(path))
+
+
+def check_messages(data: object, where: str) -> list[dict[str, str]]:
+    """`data` as a list of `{role, content}` messages, or one `InputError` naming `where`."""
     if not isinstance(data, list) or not data:
         raise InputError(
-            f"{path}: expected a non-empty list of messages (or {{'messages': [...]}})"
+            f"{where}: expected a non-empty list of messages (or {{'messages': [...]}})"
         )
     messages = []
     for i, row in enumerate(data):
         if not isinstance(row, Mapping) or not isinstance(row.get("content"), str):
-            raise InputError(f"{path}: message {i} needs a string 'content'")
+            raise InputError(f"{where}: message {i} needs a string 'content'")
         if row.get("role") not in ROLES:
-            raise InputError(f"{path}: message {i} has role {row.get('role')!r}; use {ROLES}")
+            raise InputError(f"{where}: message {i} has role {row.get('role')!r}; use {ROLES}")
         messages.append({"role": str(row["role"]), "content": row["content"]})
     return messages
 
@@ -119,20 +124,13 @@ def _spans_by_search(text: str, messages: Sequence[Mapping[str, str]]) -> list[t
     return spans
 
 
-@torch.no_grad()
-def turn_projections(
-    model: nn.Module,
-    tokenizer: PreTrainedTokenizerBase,
-    messages: Sequence[Mapping[str, str]],
-    axis: VectorLike,
-    layers: int | Sequence[int],
-) -> list[TurnProjection]:
-    """Per turn, the mean projection of its content tokens on the unit axis, per layer.
-    Empty turns get `n_tokens == 0` and NaN projections."""
+def encode_conversation(
+    tokenizer: PreTrainedTokenizerBase, messages: Sequence[Mapping[str, str]]
+) -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, int]]]:
+    """The conversation rendered with the chat template and tokenized: its token ids `(T,)`,
+    their character offsets `(T, 2)`, and each message's content span in the rendered text."""
     if not getattr(tokenizer, "is_fast", False):
-        raise ModelError("monitoring needs a fast tokenizer (offset mappings)")
-    chosen = resolve_layers(model, layers)
-    directions = {i: unit(v, "axis") for i, v in layer_vectors(model, axis, chosen, "axis").items()}
+        raise ModelError("projecting turns needs a fast tokenizer (offset mappings)")
     from jinja2 import TemplateError as JinjaTemplateError
 
     try:
@@ -145,15 +143,28 @@ def turn_projections(
     encoded = tokenizer(
         text, add_special_tokens=False, return_offsets_mapping=True, return_tensors="pt"
     )
-    offsets = encoded["offset_mapping"][0]
+    return encoded["input_ids"][0], encoded["offset_mapping"][0], _content_spans(tokenizer, text, messages)
+
+
+@torch.no_grad()
+def turn_projections(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    messages: Sequence[Mapping[str, str]],
+    axis: VectorLike,
+    layers: int | Sequence[int],
+) -> list[TurnProjection]:
+    """Per turn, the mean projection of its content tokens on the unit axis, per layer.
+    Empty turns get `n_tokens == 0` and NaN projections."""
+    chosen = resolve_layers(model, layers)
+    directions = {i: unit(v, "axis") for i, v in layer_vectors(model, axis, chosen, "axis").items()}
+    input_ids, offsets, spans = encode_conversation(tokenizer, messages)
     device = next(model.parameters()).device
     with capture(model, chosen) as captured:
-        model(input_ids=encoded["input_ids"].to(device), use_cache=False)
+        model(input_ids=input_ids[None].to(device), use_cache=False)
     proj = {i: captured[i][0][0] @ directions[i] for i in chosen}
     out = []
-    for turn, (message, (start, end)) in enumerate(
-        zip(messages, _content_spans(tokenizer, text, messages), strict=True)
-    ):
+    for turn, (message, (start, end)) in enumerate(zip(messages, spans, strict=True)):
         mask = (offsets[:, 0] < end) & (offsets[:, 1] > start)
         n = int(mask.sum())
         values = {i: float(proj[i][mask].mean()) if n else float("nan") for i in chosen}

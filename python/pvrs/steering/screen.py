@@ -1,0 +1,217 @@
+"""Dataset screening: the projection of every conversation of a dataset on a direction, to
+flag training data that would move a model toward a trait.
+
+It lives in steering/ because it is `pvrs monitor` at dataset scale: a direction read on a
+model's residual stream, not a computation over stored vectors (analysis/). Each conversation
+is rendered with the chat template and tokenized as the monitor does; the extraction engine
+then runs them in token-budget batches (one forward per conversation, every chosen layer at
+once) and keeps each conversation's mean over its chosen tokens. Since the mean of `h . u` is
+`mean(h) . u`, projecting those means on the unit direction gives each conversation's mean
+projection exactly.
+
+Tokens averaged (`tokens=`): `assistant` (default) every content token of every assistant
+turn, what fine-tuning on the conversation trains on; `all` every token of the rendered
+conversation, template included; `last` the last content token of the last assistant turn."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from pvrs.defaults import DEFAULT_BATCH_TOKENS
+from pvrs.errors import InputError, MaskError
+
+if TYPE_CHECKING:
+    import plotly.graph_objects as go
+    from torch import nn
+    from transformers import PreTrainedTokenizerBase
+
+    from pvrs.steering.residuals import VectorLike
+
+TOKEN_CHOICES = ("assistant", "all", "last")
+DEFAULT_TOKENS = "assistant"
+# Per-sample means of one chunk held on the host at a time: the engine keeps (N, L', H) float32.
+_CHUNK_BYTES = 1 << 28
+
+
+@dataclass(frozen=True)
+class Conversation:
+    index: int  # row position in the dataset
+    id: str  # the row's `id`, else its position
+    messages: list[dict[str, str]]
+
+
+@dataclass(frozen=True)
+class Screened:
+    """`projections[n, j]` is conversation n's mean projection on the unit direction at
+    `layers[j]`; `n_tokens[n]` how many tokens were averaged."""
+
+    conversations: list[Conversation]
+    layers: list[int]
+    projections: np.ndarray  # (N, L') float64
+    n_tokens: np.ndarray  # (N,) int64
+
+
+def read_conversations(path: str | Path, split: str | None = None) -> list[Conversation]:
+    """Rows with a `messages` list (OpenAI chat format) from a .jsonl/.json/.parquet file or a
+    folder saved by `datasets` (`save_to_disk`; `split` picks one of a DatasetDict)."""
+    from pvrs.extraction.inputs import read_rows
+    from pvrs.steering.monitor import check_messages
+
+    source = Path(path)
+    rows = _dataset_rows(source, split) if source.is_dir() else read_rows(source)
+    if not rows:
+        raise InputError(f"--data {source}: holds no rows")
+    out = []
+    for i, row in enumerate(rows):
+        where = f"--data {source} row {i}"
+        if not isinstance(row, Mapping) or "messages" not in row:
+            raise InputError(f"{where}: no 'messages' field; each row needs a list of {{role, content}}")
+        rid = row.get("id")
+        out.append(Conversation(i, str(i) if rid is None else str(rid), check_messages(row["messages"], where)))
+    return out
+
+
+def _dataset_rows(root: Path, split: str | None) -> list[Any]:
+    if not (root / "dataset_dict.json").is_file() and not (root / "dataset_info.json").is_file():
+        raise InputError(f"--data {root}: not a dataset saved by datasets (save_to_disk); pass a .jsonl/.parquet file or such a folder")
+    try:
+        from datasets import DatasetDict, load_from_disk
+    except ImportError:
+        raise InputError(f"--data {root}: reading a saved dataset needs the datasets package (pip install datasets)") from None
+
+    data = load_from_disk(str(root))
+    if isinstance(data, DatasetDict):
+        names = list(data.keys())
+        chosen = split or (names[0] if len(names) == 1 else None)
+        if chosen not in data:
+            raise InputError(f"--data {root}: pick a split with --split ({', '.join(names)})")
+        data = data[chosen]
+    elif split is not None:
+        raise InputError(f"--split {split}: --data {root} is a single dataset with no splits; drop --split")
+    return list(data)
+
+
+def token_mask(
+    tokenizer: PreTrainedTokenizerBase, conversation: Conversation, tokens: str = DEFAULT_TOKENS
+) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids `(T,)` of the rendered conversation and the bool mask `(T,)` of the tokens
+    averaged (see the module docstring)."""
+    from pvrs.steering.monitor import encode_conversation
+
+    if tokens not in TOKEN_CHOICES:
+        raise InputError(f"--tokens {tokens!r}: choose {', '.join(TOKEN_CHOICES)}")
+    ids, offsets, spans = encode_conversation(tokenizer, conversation.messages)
+    ids_np, offsets_np = ids.numpy(), offsets.numpy()
+    if tokens == "all":
+        return ids_np, np.ones(len(ids_np), dtype=bool)
+    mask = np.zeros(len(ids_np), dtype=bool)
+    for message, (start, end) in zip(conversation.messages, spans, strict=True):
+        if message["role"] == "assistant":
+            mask |= (offsets_np[:, 0] < end) & (offsets_np[:, 1] > start)
+    if not mask.any():
+        raise MaskError(
+            f"conversation {conversation.id!r} (row {conversation.index}) has no assistant content "
+            "to average; drop it or pass --tokens all"
+        )
+    if tokens == "last":
+        last = np.flatnonzero(mask)[-1]
+        mask[:] = False
+        mask[last] = True
+    return ids_np, mask
+
+
+def screen(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    conversations: Sequence[Conversation],
+    direction: VectorLike,
+    layers: Sequence[int],
+    *,
+    tokens: str = DEFAULT_TOKENS,
+    batch_tokens: int = DEFAULT_BATCH_TOKENS,
+    on_batch: Callable[[int, int], None] | None = None,
+) -> Screened:
+    """Every conversation's mean projection on the unit `direction` (a `(hidden,)` vector or
+    one row per decoder block) at `layers`, through the extraction engine. `on_batch(n, t)`
+    follows each engine batch (progress bars)."""
+    import torch
+
+    from pvrs.engines.transformers import EngineConfig, max_positions, sample_means
+    from pvrs.steering.residuals import layer_vectors, resolve_layers, unit
+
+    chosen = resolve_layers(model, list(layers))
+    units = torch.stack([unit(v) for v in layer_vectors(model, direction, chosen, "direction").values()])
+    prepared = [token_mask(tokenizer, c, tokens) for c in conversations]
+    limit = max_positions(model)
+    for c, (ids, _) in zip(conversations, prepared, strict=True):
+        if limit is not None and len(ids) > limit:
+            raise InputError(
+                f"conversation {c.id!r} (row {c.index}) has {len(ids)} tokens; the model takes at most {limit}; "
+                "drop or shorten it"
+            )
+    config = EngineConfig(layers=chosen, batch_tokens=batch_tokens)
+    chunk = max(1, _CHUNK_BYTES // (4 * units.numel()))
+    projections = np.zeros((len(prepared), len(chosen)), dtype=np.float64)
+    n_tokens = np.zeros(len(prepared), dtype=np.int64)
+    directions = units.double().numpy()
+    for lo in range(0, len(prepared), chunk):
+        part = prepared[lo : lo + chunk]
+        result = sample_means(
+            model, [ids for ids, _ in part], [mask for _, mask in part], config,
+            sample_ids=[c.id for c in conversations[lo : lo + chunk]], on_batch=on_batch,
+        )
+        assert result.means is not None  # per_sample=True keeps them
+        projections[lo : lo + len(part)] = np.einsum("nlh,lh->nl", result.means[:, 0].astype(np.float64), directions)
+        n_tokens[lo : lo + len(part)] = result.counts[:, 0]
+    return Screened(list(conversations), chosen, projections, n_tokens)
+
+
+def table(result: Screened) -> Any:
+    """The per-sample table (pyarrow): `index`, `id`, `n_tokens`, then `layer_<i>` per layer."""
+    import pyarrow as pa
+
+    columns: dict[str, Any] = {
+        "index": pa.array([c.index for c in result.conversations], pa.int64()),
+        "id": pa.array([c.id for c in result.conversations], pa.string()),
+        "n_tokens": pa.array(result.n_tokens, pa.int64()),
+    }
+    for j, layer in enumerate(result.layers):
+        columns[f"layer_{layer}"] = pa.array(result.projections[:, j], pa.float64())
+    return pa.table(columns)
+
+
+def write_tables(result: Screened, directory: Path) -> list[Path]:
+    """`projections.parquet` and `projections.csv` in `directory`, each written atomically."""
+    import io
+
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    from pvrs.store import atomic_write_bytes
+
+    data = table(result)
+    directory.mkdir(parents=True, exist_ok=True)
+    parquet, csv = io.BytesIO(), io.BytesIO()
+    pq.write_table(data, parquet)
+    pacsv.write_csv(data, csv)
+    paths = [directory / "projections.parquet", directory / "projections.csv"]
+    for path, buffer in zip(paths, (parquet, csv), strict=True):
+        atomic_write_bytes(path, buffer.getvalue())
+    return paths
+
+
+def histogram(result: Screened, title: str) -> go.Figure:
+    """One overlaid histogram of the per-sample projections per layer."""
+    import plotly.graph_objects as go
+
+    figure = go.Figure()
+    for j, layer in enumerate(result.layers):
+        figure.add_trace(go.Histogram(x=result.projections[:, j], name=f"layer {layer}", opacity=0.6))
+    figure.update_layout(title=title, barmode="overlay", xaxis_title="mean projection on the unit direction",
+                         yaxis_title="conversations", width=900, height=500)
+    return figure
