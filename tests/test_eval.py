@@ -16,7 +16,7 @@ from pvrs.cli import main
 from pvrs.judge.evaluation import Cell, CellResult, EvalSetup, grid, recommend, run_eval
 from pvrs.judge.rubrics import load_rubric
 
-from tests.judge_server import Server, server_fixture  # noqa: F401 (the `server` fixture)
+from tests.judge_server import Server, expected_score, server_fixture  # noqa: F401 (the `server` fixture)
 from tests.tiny import make_tokenizer
 from tests.tiny_models import tiny_model
 
@@ -165,3 +165,51 @@ def test_eval_on_the_builtin_model_shows_a_planted_direction(server: Server, tmp
         traits = [float(r["trait"]) for r in csv.DictReader(f) if r["kind"] == "steered"]
     assert traits[0] < traits[1] < traits[2] and traits[2] > 20
     assert json.loads((out / "summary.json").read_text())["recommended"]["alpha"] == 1.5
+
+
+def test_eval_caps_x_taus_grid(server: Server, tiny_folder: Path, tmp_path: Path) -> None:
+    """--cap/--tau run a capped cell per (set of layers, tau) beside the steered ones; an
+    upper cap's recommendation is the lowest trait at enough coherence."""
+    server.scorer = lambda prompt: 90.0 if "coherence" in prompt else expected_score(prompt)
+    argv = _eval_argv(server, tmp_path, "--cap", "1", "2-3", "--tau", "0", "0.5")
+    argv = argv[: argv.index("--layer")] + argv[argv.index("--trait"):]  # caps only
+    assert main(argv) == 0
+    out = tmp_path / "out"
+    with (out / "results.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["kind"], r["cap"], r["tau"]) for r in rows] == [
+        ("unsteered", "", ""), ("prompted", "", ""), ("capped", "1", "0"), ("capped", "1", "0.5"),
+        ("capped", "2+3", "0"), ("capped", "2+3", "0.5")]
+    summary = json.loads((out / "summary.json").read_text())
+    lowest = min((r for r in rows if r["kind"] == "capped"), key=lambda r: float(r["trait"]))
+    assert summary["recommended"] is None
+    assert (summary["recommended_cap"]["cap"], summary["recommended_cap"]["tau"]) == (lowest["cap"], float(lowest["tau"]))
+    assert sorted(p.name for p in (out / "cells").glob("capped*")) == [
+        "capped1_tau0.5.json", "capped1_tau0.json", "capped2+3_tau0.5.json", "capped2+3_tau0.json"]
+
+
+def test_eval_cap_without_tau_is_one_line(tiny_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["eval", "--model", str(tmp_path / "model"), "--vector", str(tmp_path / "vector.npy"), "--cap", "1",
+            "--trait", "x", "--judge-url", "http://127.0.0.1:9/v1", "--judge-model", "m"]
+    assert main(argv) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "pvrs eval: error: --cap needs --tau: the grid is every pair of them"]
+    assert main(argv[:5] + argv[7:]) == 2  # neither --layer nor --cap
+    assert "nothing to evaluate" in capsys.readouterr().err
+
+
+def test_capped_cell_caps_the_projection(tmp_path: Path) -> None:
+    """A capped cell's answers are generated under `cap`: a tau far below every projection
+    changes them, one far above leaves them as the unsteered ones."""
+    tokenizer = make_tokenizer("chatml")
+    model = tiny_model("llama", vocab_size=len(tokenizer))
+    vector = np.random.default_rng(2).standard_normal((4, 64)).astype(np.float32)
+    from pvrs.extraction.generate import SamplingConfig
+    from pvrs.judge.evaluation import cap_grid
+
+    setup = EvalSetup(["Hi?", "Why?"], "x", load_rubric("trait"), load_rubric("coherence"),
+                      SamplingConfig(max_new_tokens=6, temperature=0))
+    cells = grid([], [], None, prompted=False) + cap_grid([[0, 1, 2, 3]], [-1e4, 1e4], "upper")
+    results = run_eval(model, tokenizer, vector, cells, setup, _FailingJudge(99), tmp_path, model_name="tiny")
+    unsteered, low, high = (r.answers for r in results)
+    assert high == unsteered and low != unsteered

@@ -1,11 +1,12 @@
-"""`pvrs eval`: judge-scored steering over a grid of layers x alphas, with the unsteered and
-prompted baselines, a report, and the recommended layer and alpha."""
+"""`pvrs eval`: judge-scored steering over a grid of layers x alphas (or caps x taus), with the
+unsteered and prompted baselines, a report, and the recommended layer and alpha (or cap)."""
 
 from __future__ import annotations
 
 import argparse
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from pvrs.cli.common import (
     add_generation_args,
@@ -15,6 +16,14 @@ from pvrs.cli.common import (
     writing,
 )
 from pvrs.cli.judge import add_judge_args, make_judge, score_cache
+from pvrs.errors import InputError
+
+if TYPE_CHECKING:
+    import numpy as np
+    from rich.console import Console
+
+    from pvrs.judge import Judge
+    from pvrs.judge.evaluation import EvalSetup
 
 
 def _output_dir(args: argparse.Namespace) -> Path:
@@ -29,20 +38,16 @@ def _output_dir(args: argparse.Namespace) -> Path:
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-    from rich.table import Table
 
-    from pvrs.cli.steering_run import load_model, read_prompts, resolve_vector, vector_layers
+    from pvrs.cli.steering_run import load_model, read_prompts, resolve_vector
     from pvrs.engines.models import canonical_model_name
     from pvrs.extraction.generate import SamplingConfig
     from pvrs.judge import load_rubric
-    from pvrs.judge.evalreport import write_report, write_table
-    from pvrs.judge.evaluation import EvalSetup, grid, recommend, run_eval
-    from pvrs.steering.interventions import suggested_alphas
-    from pvrs.store import atomic_write_bytes
+    from pvrs.judge.evaluation import EvalSetup
 
     out = _output_dir(args)
     check_writable("--output-dir", out, is_dir=True)
+    check_grid_args(args)
     setup = EvalSetup(
         questions=read_prompts(args), trait=args.trait,
         trait_rubric=load_rubric(args.trait_rubric), coherence_rubric=load_rubric(args.coherence_rubric),
@@ -50,79 +55,163 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         system_prompt=args.prompted, positions=args.positions,
     )
     vector = resolve_vector(args.vector, args)
-    layers = vector_layers(args.layer, vector)
+    grid_layers(args, vector)  # a bad --layer or --cap fails before any model or judge loads
     judge = make_judge(args)
     model, tokenizer = load_model(args)
-    strengths = suggested_alphas(model, tokenizer, vector, layers, 1.0) if args.relative else None
-    cells = grid(layers, args.alpha, strengths, prompted=args.prompted is not None)
-    console = Console(stderr=True)
+    evaluate(args, args.vector, vector, setup, judge, (model, tokenizer, canonical_model_name(args.model)), out, Console(stderr=True))
+    return 0
+
+
+def check_grid_args(args: argparse.Namespace) -> None:
+    """A grid needs --layer with --alpha, --cap with --tau, or both pairs."""
+    for a, b in (("layer", "alpha"), ("cap", "tau")):
+        if bool(getattr(args, a)) != bool(getattr(args, b)):
+            given, missing = (a, b) if getattr(args, a) else (b, a)
+            raise InputError(f"--{given} needs --{missing}: the grid is every pair of them")
+    if not args.layer and not args.cap:
+        raise InputError("nothing to evaluate: pass --layer and --alpha (steering), --cap and --tau (capping), or both")
+
+
+def grid_layers(args: argparse.Namespace, vector: np.ndarray) -> tuple[list[int], list[list[int]]]:
+    """The --layer blocks and each --cap's set of blocks, checked against `vector`."""
+    from pvrs.cli.steering_run import vector_layers
+
+    layers = vector_layers(args.layer, vector) if args.layer else []
+    return layers, [vector_layers([spec], vector, "--cap") for spec in args.cap or []]
+
+
+def evaluate(
+    args: argparse.Namespace,
+    name: str,
+    vector: np.ndarray,
+    setup: EvalSetup,
+    judge: Judge,
+    loaded: tuple[Any, Any, str],
+    out: Path,
+    console: Console,
+) -> dict[str, Any]:
+    """Run the grid the flags describe for `vector` (called `name`) into `out`: cells,
+    results.csv, summary.json and the report; prints the table and the recommendation and
+    returns the summary. `loaded` is (model, tokenizer, model name)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+
+    from pvrs.judge.evalreport import write_report, write_table
+    from pvrs.judge.evaluation import cap_grid, grid, recommend, recommend_cap, run_eval
+    from pvrs.steering.interventions import suggested_alphas
+    from pvrs.store import atomic_write_bytes
+
+    model, tokenizer, model_name = loaded
+    layers, caps = grid_layers(args, vector)
+    strengths = suggested_alphas(model, tokenizer, vector, layers, 1.0) if args.relative and layers else None
+    cells = grid(layers, args.alpha or [], strengths, prompted=setup.system_prompt is not None)
+    cells += cap_grid(caps, args.tau or [], args.cap_side)
     resumed = 0
     with Progress(TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=True) as progress:
-        task = progress.add_task("evaluating", total=len(cells))
+        task = progress.add_task(f"evaluating {name}"[:28], total=len(cells))
 
         def done(result: object, was_saved: bool) -> None:
             nonlocal resumed
             resumed += was_saved
             progress.advance(task)
 
-        results = run_eval(model, tokenizer, vector, cells, setup, judge, out, model_name=canonical_model_name(args.model),
+        results = run_eval(model, tokenizer, vector, cells, setup, judge, out, model_name=model_name,
                            cache=score_cache(args, out / "cells"), on_cell=done)
-    best = recommend(results, args.min_coherence)
-    table = Table(title=f"pvrs eval: {args.vector} on {args.model} (trait: {args.trait})")
-    for column in ("cell", "layer", "alpha", "trait", "coherence"):
+    best = recommend(results, args.min_coherence) if layers else None
+    best_cap = recommend_cap(results, args.min_coherence) if caps else None
+    table = Table(title=f"pvrs eval: {name} on {args.model} (trait: {setup.trait})")
+    for column in ("cell", "layer", "alpha", "cap", "tau", "trait", "coherence"):
         table.add_column(column, justify="left" if column == "cell" else "right")
     for r in results:
-        mark = " *" if r is best else ""
-        table.add_row(r.cell.kind + mark, *("" if v is None else f"{v:g}" for v in (r.cell.layer, r.cell.alpha)),
-                      f"{r.trait:.1f}", f"{r.coherence:.1f}")
+        mark = " *" if r is best or r is best_cap else ""
+        c = r.cell
+        table.add_row(c.kind + mark, *("" if v is None else f"{v:g}" for v in (c.layer, c.alpha)), c.cap or "",
+                      "" if c.tau is None else f"{c.tau:g}", f"{r.trait:.1f}", f"{r.coherence:.1f}")
     console.print(table)
-    verdict = (
-        f"layer {best.cell.layer}, alpha {best.cell.alpha:g}: trait {best.trait:.1f} at coherence {best.coherence:.1f}"
-        if best is not None
-        else f"none: no steered cell keeps coherence >= {args.min_coherence:g}; try smaller alphas"
-    )
-    summary = {
-        "vector": args.vector, "model": args.model, "trait": args.trait, "judge": judge.id,
+    verdicts = []
+    if layers:
+        verdicts.append(
+            f"layer {best.cell.layer}, alpha {best.cell.alpha:g}: trait {best.trait:.1f} at coherence {best.coherence:.1f}"
+            if best is not None
+            else f"none: no steered cell keeps coherence >= {args.min_coherence:g}; try smaller alphas"
+        )
+    if caps:
+        verdicts.append(
+            f"{best_cap.cell.kind} layers {best_cap.cell.cap}, tau {best_cap.cell.tau:g}: trait {best_cap.trait:.1f} "
+            f"at coherence {best_cap.coherence:.1f}"
+            if best_cap is not None
+            else f"none: no capped cell keeps coherence >= {args.min_coherence:g}"
+        )
+    verdict = "; ".join(verdicts)
+    summary: dict[str, Any] = {
+        "vector": name, "model": args.model, "trait": setup.trait, "judge": judge.id,
         "min_coherence": args.min_coherence, "cells_resumed": resumed,
         "recommended": None if best is None else {**vars(best.cell), "trait": best.trait, "coherence": best.coherence},
     }
+    if caps:
+        summary["recommended_cap"] = None if best_cap is None else {
+            **vars(best_cap.cell), "trait": best_cap.trait, "coherence": best_cap.coherence}
     with writing(out):
         write_table(results, out / "results.csv")
         atomic_write_bytes(out / "summary.json", json.dumps(summary, indent=1, ensure_ascii=False).encode())
-        facts = [("vector", args.vector), ("model", args.model), ("trait", args.trait), ("judge", judge.id),
+        facts = [("vector", name), ("model", args.model), ("trait", setup.trait), ("judge", judge.id),
                  ("questions", str(len(setup.questions))), ("recommended", verdict)]
         if not args.no_report:
             write_report(results, out, facts, args.min_coherence, png=not args.no_png)
     console.print(f"recommended: {verdict}\nwrote {out} ({resumed} of {len(cells)} cells resumed)")
-    return 0
+    return summary
+
+
+def add_grid_args(p: argparse.ArgumentParser) -> None:
+    """The grid flags shared by `pvrs eval` and `pvrs trait`: layers x alphas and caps x taus,
+    the tokens touched, the recommendation threshold and the report."""
+    from pvrs.judge.evaluation import DEFAULT_MIN_COHERENCE
+
+    g = p.add_argument_group("grid (layers x alphas, caps x taus, or both)")
+    g.add_argument("--layer", nargs="+", help="block indices or ranges to steer at, one at a time (12 or 10-14)")
+    g.add_argument("--alpha", nargs="+", type=finite_float, help="strengths to try at each --layer")
+    g.add_argument("--relative", action="store_true", help="read each alpha as a fraction of the layer's median residual norm")
+    g.add_argument(
+        "--cap", nargs="+", metavar="LAYERS",
+        help="instead of steering, cap the projection on the direction: each item a set of blocks capped together (12 or 10-14)",
+    )
+    g.add_argument("--tau", nargs="+", type=finite_float, help="cap thresholds to try for each --cap: projections on the unit direction")
+    g.add_argument(
+        "--cap-side", choices=("upper", "lower"), default="upper",
+        help="upper: projections above tau are cut to tau (limits the trait); lower: a floor at tau (default %(default)s)",
+    )
+    g.add_argument(
+        "--positions", choices=("all", "prompt", "generated"), default="all",
+        help="tokens steered or capped: all, the prompt's or the generated ones (default %(default)s)",
+    )
+    g.add_argument(
+        "--min-coherence", type=finite_float, default=DEFAULT_MIN_COHERENCE,
+        help="lowest mean coherence a recommended cell may have, 0-100 (default %(default)s)",
+    )
+    g.add_argument("--no-report", action="store_true", help="write the table only, no HTML report (it needs plotly)")
+    g.add_argument("--no-png", action="store_true", help="skip the PNG figure (it needs Chrome/Chromium)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from pvrs.judge.evaluation import DEFAULT_MIN_COHERENCE
     from pvrs.judge.rubrics import BUILTIN
 
     p = sub.add_parser(
         "eval",
-        help="judge-scored steering: trait and coherence over layers x alphas, and the best setting",
+        help="judge-scored steering: trait and coherence over layers x alphas (or caps x taus), and the best setting",
         description="Steer with a direction at each layer and alpha of a grid, answer held-out "
         "questions, have a judge score every answer for the trait and for coherence, and report "
         "the scores next to the unsteered (and, with --prompted, the prompted) baseline. "
         "Recommends the layer and alpha with the highest trait score whose coherence stays at "
-        "or above --min-coherence. Each cell is saved as it finishes; a rerun resumes.",
+        "or above --min-coherence. With --cap and --tau the direction caps instead (each cap a "
+        "set of layers, each tau a threshold on the projection), and the cap that moves the trait "
+        "furthest at that coherence is recommended. Each cell is saved as it finishes; a rerun resumes.",
     )
     add_model_and_store_args(p)
     p.add_argument(
         "--vector", required=True,
         help="the direction: a stored persona id (minus the baseline), 'assistant-axis', 'biography:ID', "
         "or a vector file (.safetensors/.npy/.pt/.gguf) or folder",
-    )
-    p.add_argument("--layer", nargs="+", required=True, help="block indices or ranges to try (12 or 10-14)")
-    p.add_argument("--alpha", nargs="+", type=finite_float, required=True, help="strengths to try at each layer")
-    p.add_argument("--relative", action="store_true", help="read each alpha as a fraction of the layer's median residual norm")
-    p.add_argument(
-        "--positions", choices=("all", "prompt", "generated"), default="all",
-        help="tokens steered: all, the prompt's or the generated ones (default %(default)s)",
     )
     p.add_argument("--trait", required=True, help="what the judge looks for, e.g. 'speaks like a pirate'")
     p.add_argument("--prompted", metavar="SYSTEM_PROMPT", help="also score the unsteered model under this system prompt (the prompted baseline)")
@@ -131,13 +220,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     group.add_argument("--prompts", help="file of held-out questions: one per line, or JSON/JSONL with 'question' (default: 3 built-in ones)")
     p.add_argument("--trait-rubric", default="trait", help=f"rubric for the trait: {', '.join(BUILTIN)} or a file (default %(default)s)")
     p.add_argument("--coherence-rubric", default="coherence", help="rubric for coherence: a built-in name or a file (default %(default)s)")
-    p.add_argument(
-        "--min-coherence", type=finite_float, default=DEFAULT_MIN_COHERENCE,
-        help="lowest mean coherence a recommended cell may have, 0-100 (default %(default)s)",
-    )
     p.add_argument("--output-dir", metavar="DIR", help="where cells, table and report go (default $ARTIFACTS_DIR/eval/<model>/<vector>)")
-    p.add_argument("--no-report", action="store_true", help="write the table only, no HTML report (it needs plotly)")
-    p.add_argument("--no-png", action="store_true", help="skip the PNG figure (it needs Chrome/Chromium)")
+    add_grid_args(p)
     add_generation_args(p, system=False)
     add_judge_args(p)
     p.set_defaults(handler=_cmd_eval)

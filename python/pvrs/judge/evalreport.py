@@ -1,19 +1,20 @@
 """The `pvrs eval` report: a CSV table of every cell, and an HTML page (plus PNGs) with
-trait score against alpha per layer, coherence beside it, and the baselines as lines."""
+trait score against alpha per layer (and against tau per cap), coherence beside it, and the
+baselines as lines."""
 
 from __future__ import annotations
 
 import csv
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from pvrs.judge.evaluation import CellResult
+from pvrs.judge.evaluation import CAP_KINDS, CellResult
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
 
-COLUMNS = ("kind", "layer", "alpha", "strength", "trait", "coherence", "n")
+COLUMNS = ("kind", "layer", "alpha", "strength", "trait", "coherence", "n", "cap", "tau")
 
 
 def write_table(results: Sequence[CellResult], path: Path) -> Path:
@@ -25,7 +26,7 @@ def write_table(results: Sequence[CellResult], path: Path) -> Path:
         for r in results:
             c = r.cell
             writer.writerow([c.kind, _blank(c.layer), _blank(c.alpha), _blank(c.strength),
-                             f"{r.trait:.2f}", f"{r.coherence:.2f}", len(r.answers)])
+                             f"{r.trait:.2f}", f"{r.coherence:.2f}", len(r.answers), c.cap or "", _blank(c.tau)])
     return path
 
 
@@ -34,31 +35,46 @@ def _blank(value: float | None) -> str:
 
 
 def figure(results: Sequence[CellResult], min_coherence: float) -> go.Figure:
-    """Two panels sharing the alpha axis: trait (left) and coherence (right), one line per
-    layer; the baselines are horizontal lines, the coherence threshold a dotted one."""
+    """Two panels: trait (left) and coherence (right), one line per layer against alpha; a
+    second row, one line per cap against tau, when the grid has caps. The baselines are
+    horizontal lines, the coherence threshold a dotted one."""
     from plotly.subplots import make_subplots
 
-    from pvrs.analysis.plots import finish, plotly_go, trace_color
+    from pvrs.analysis.plots import finish, plotly_go
 
     go = plotly_go()
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("trait score", "coherence"), horizontal_spacing=0.08)
     steered = [r for r in results if r.cell.kind == "steered"]
-    layers = sorted({r.cell.layer for r in steered if r.cell.layer is not None})
-    for i, layer in enumerate(layers):
-        cells = sorted((r for r in steered if r.cell.layer == layer), key=lambda r: r.cell.alpha or 0.0)
-        alphas = [r.cell.alpha for r in cells]
-        for col, values in ((1, [r.trait for r in cells]), (2, [r.coherence for r in cells])):
-            fig.add_trace(go.Scatter(x=alphas, y=values, mode="lines+markers", name=f"layer {layer}",
-                                     legendgroup=str(layer), showlegend=col == 1,
-                                     line={"color": trace_color(i)}), row=1, col=col)
-    for r in results:
-        if r.cell.kind != "steered":
-            for col, value in ((1, r.trait), (2, r.coherence)):
-                fig.add_hline(y=value, line_dash="dash", annotation_text=r.cell.kind, row=1, col=col)
-    fig.add_hline(y=min_coherence, line_dash="dot", line_color="grey", annotation_text="threshold", row=1, col=2)
-    fig.update_xaxes(title_text="alpha")
+    capped = [r for r in results if r.cell.kind in CAP_KINDS]
+    rows = [(x, cells) for x, cells in (("alpha", steered), ("tau", capped)) if cells] or [("alpha", [])]
+    titles = [f"{name} vs {x}" for x, _ in rows for name in ("trait score", "coherence")]
+    fig = make_subplots(rows=len(rows), cols=2, subplot_titles=titles, horizontal_spacing=0.08, vertical_spacing=0.15)
+    for row, (x, cells) in enumerate(rows, 1):
+        _lines(go, fig, cells, x, row)
+        for r in results:
+            if r.cell.kind in ("unsteered", "prompted"):
+                for col, value in ((1, r.trait), (2, r.coherence)):
+                    fig.add_hline(y=value, line_dash="dash", annotation_text=r.cell.kind, row=row, col=col)
+        fig.add_hline(y=min_coherence, line_dash="dot", line_color="grey", annotation_text="threshold", row=row, col=2)
+        fig.update_xaxes(title_text=x, row=row)
     fig.update_yaxes(range=[0, 100])
-    return finish(fig, "Trait and coherence against steering strength", 1100, 480)
+    title = "Trait and coherence against steering strength" + (" and cap threshold" if capped else "")
+    return finish(fig, title, 1100, 480 * len(rows))
+
+
+def _lines(go: Any, fig: go.Figure, cells: Sequence[CellResult], x: str, row: int) -> None:
+    """One line per layer (x = alpha) or per cap (x = tau), in both panels of `row`."""
+    from pvrs.analysis.plots import trace_color
+
+    def group(r: CellResult) -> str:
+        return f"layer {r.cell.layer}" if x == "alpha" else f"{r.cell.kind} {r.cell.cap}"
+
+    names = list(dict.fromkeys(group(r) for r in cells))
+    for i, name in enumerate(names):
+        line = sorted((r for r in cells if group(r) == name), key=lambda r: getattr(r.cell, x) or 0.0)
+        xs = [getattr(r.cell, x) for r in line]
+        for col, values in ((1, [r.trait for r in line]), (2, [r.coherence for r in line])):
+            fig.add_trace(go.Scatter(x=xs, y=values, mode="lines+markers", name=name, legendgroup=name,
+                                     showlegend=col == 1, line={"color": trace_color(i)}), row=row, col=col)
 
 
 def write_report(
@@ -69,7 +85,7 @@ def write_report(
 
     section = Section(
         "eval", "Trait and coherence by layer and alpha",
-        "Mean judge scores (0-100) of the steered answers; dashed lines are the unsteered and "
+        "Mean judge scores (0-100) of the steered (and capped) answers; dashed lines are the unsteered and "
         "prompted baselines, the dotted line the coherence threshold of the recommendation.",
         figure(results, min_coherence),
     )

@@ -1,5 +1,6 @@
 """`pvrs eval`: does a direction steer? For each cell of a layers x alphas grid, the model
-answers held-out questions with the direction added at one layer; a judge scores every
+answers held-out questions with the direction added at one layer (or, in a caps x taus
+grid, its projection on the direction capped at tau over a set of layers); a judge scores every
 answer for the trait and for coherence. The unsteered model and, optionally, the model
 told the trait in a system prompt are the baselines. Each cell is saved as it finishes
 (keyed by everything that decided it), so an interrupted run resumes where it stopped."""
@@ -26,21 +27,32 @@ if TYPE_CHECKING:
     from pvrs.steering.interventions import Positions
 
 DEFAULT_MIN_COHERENCE = 50.0  # persona_vectors' cut-off for a usable steered answer
+CAP_KINDS = ("capped", "floored")  # an upper cap, a lower one (a floor)
 
 
 @dataclass(frozen=True)
 class Cell:
-    """One setting: `kind` is `steered`, `unsteered` or `prompted`; `alpha` is the strength
-    as given (a fraction of the residual norm with `relative`), `strength` the one added."""
+    """One setting: `kind` is `steered`, `unsteered`, `prompted`, or `capped` / `floored` (an
+    upper / lower cap); `alpha` is the strength as given (a fraction of the residual norm with
+    `relative`), `strength` the one added; `cap` names the layers capped together (`10+11`)
+    and `tau` the threshold on the projection onto the unit direction."""
 
     kind: str
     layer: int | None = None
     alpha: float | None = None
     strength: float | None = None
+    cap: str | None = None
+    tau: float | None = None
 
     @property
     def slug(self) -> str:
+        if self.kind in CAP_KINDS:
+            return f"{self.kind}{self.cap}_tau{self.tau:g}"
         return self.kind if self.kind != "steered" else f"layer{self.layer}_alpha{self.alpha:g}"
+
+    @property
+    def cap_layers(self) -> list[int]:
+        return [int(i) for i in (self.cap or "").split("+") if i]
 
 
 @dataclass(frozen=True)
@@ -90,6 +102,12 @@ def grid(
             unit = 1.0 if strengths is None else strengths[layer]
             cells.append(Cell("steered", layer, alpha, alpha * unit))
     return cells
+
+
+def cap_grid(caps: Sequence[Sequence[int]], taus: Sequence[float], side: str) -> list[Cell]:
+    """Every (cap, tau): `caps` are sets of layers capped together, `side` `upper` or `lower`."""
+    kind = "capped" if side == "upper" else "floored"
+    return [Cell(kind, cap="+".join(map(str, layers)), tau=tau) for layers in caps for tau in taus]
 
 
 def run_eval(
@@ -142,13 +160,17 @@ def _answers(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, vector: np.ndarray, cell: Cell, setup: EvalSetup
 ) -> list[str]:
     from pvrs.extraction.generate import generate, prompt_messages
-    from pvrs.steering.interventions import steer
+    from pvrs.steering.interventions import cap, steer
 
     system = setup.system_prompt if cell.kind == "prompted" else None
     context: AbstractContextManager[Any] = nullcontext()
     if cell.kind == "steered":
         assert cell.layer is not None and cell.strength is not None
         context = steer(model, vector, [cell.layer], alpha=cell.strength, positions=setup.positions)
+    elif cell.kind in CAP_KINDS:
+        assert cell.tau is not None
+        side = "upper" if cell.kind == "capped" else "lower"
+        context = cap(model, vector, cell.cap_layers, tau=cell.tau, side=side, positions=setup.positions)
     with context:
         return [generate(model, tokenizer, prompt_messages(tokenizer, system, q), setup.sampling) for q in setup.questions]
 
@@ -163,3 +185,11 @@ def recommend(results: Sequence[CellResult], min_coherence: float) -> CellResult
     `min_coherence` (ties: the smaller alpha, then the earlier layer); None when none is."""
     usable = [r for r in results if r.cell.kind == "steered" and r.coherence >= min_coherence]
     return max(usable, key=lambda r: (r.trait, -abs(r.cell.alpha or 0.0), -(r.cell.layer or 0)), default=None)
+
+
+def recommend_cap(results: Sequence[CellResult], min_coherence: float) -> CellResult | None:
+    """The capped cell that moves the trait furthest at coherence >= `min_coherence`: the
+    lowest trait under an upper cap (it limits the trait), the highest under a floor; ties go
+    to the earlier cell. None when no capped cell is usable."""
+    usable = [r for r in results if r.cell.kind in CAP_KINDS and r.coherence >= min_coherence]
+    return min(usable, key=lambda r: r.trait if r.cell.kind == "capped" else -r.trait, default=None)
