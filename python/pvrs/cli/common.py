@@ -39,6 +39,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_int(text: str) -> int:
+    """argparse type for counts that may be 0 (`--gpus-per-replica 0`: CPU replicas)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be 0 or more")
+    return value
+
+
 class UniqueList(argparse.Action):
     """`nargs="+"` that drops repeated values (keeping the first), so `--variants templated
     templated` does the work once."""

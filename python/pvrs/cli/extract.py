@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pvrs.cli.common import (
     UniqueList,
@@ -13,9 +15,13 @@ from pvrs.cli.common import (
     add_model_args,
     check_writable,
     finite_float,
+    non_negative_int,
     positive_int,
 )
 from pvrs.errors import InputError
+
+if TYPE_CHECKING:
+    from pvrs.engines.ray_engine import RayConfig
 
 
 def _cmd_preview(args: argparse.Namespace) -> int:
@@ -134,23 +140,58 @@ def _cmd_extract(args: argparse.Namespace) -> int:
         source.selected(persona)
         for variant in args.variants:
             persona.system_prompt(variant)
+    ray = _ray_config(args)
     console.print(f"[bold]pvrs extract[/]: {len(personas)} personas x {len(args.variants)} variants, model {model_name}")
-    model, tokenizer = models.load(
-        args.model, dtype=args.dtype, device=args.device, device_map=args.device_map,
-        revision=args.revision, trust_remote_code=args.trust_remote_code,
-    )
+    if ray is not None:
+        from pvrs.engines.ray_engine import skeleton
+
+        model, tokenizer = skeleton(ray.model, ray.gpus_per_replica or 0)
+    else:
+        model, tokenizer = models.load(
+            args.model, dtype=args.dtype, device=args.device, device_map=args.device_map,
+            revision=args.revision, trust_remote_code=args.trust_remote_code,
+        )
     result = extract(
         model, tokenizer, personas, source,
         variants=args.variants, mask_strategies=args.mask_strategy, batch_tokens=args.batch_tokens,
         padding_side=args.padding_side, prefix_reuse=not args.no_prefix_reuse, model_name=model_name,
         save_to=root, force=args.force, save_samples=args.save_samples, revision=args.revision,
         allow_long_samples=args.allow_long_samples, split_special_tokens=args.split_special_tokens,
-        verbose=args.verbose, console=console,
+        verbose=args.verbose, console=console, ray=ray,
     )
     print_extraction_summary(console, result, root)
     if result.stopped:
         print(f"pvrs extract: error: {result.stopped}", file=sys.stderr)
     return 1 if result.count("failed") else 0
+
+
+def _ray_config(args: argparse.Namespace) -> RayConfig | None:
+    """`--ray` flags checked against each other and the cluster (joined here: an unreachable
+    address is a user error before the model loads), with replicas and GPUs fitted to it."""
+    if args.ray is None:
+        ray_only = [f for f, v in (("--replicas", args.replicas), ("--gpus-per-replica", args.gpus_per_replica)) if v is not None]
+        if ray_only:
+            raise InputError(f"{ray_only[0]} spreads work over Ray replicas; add --ray (or drop {ray_only[0]})")
+        return None
+    clash = [f for f, on in (("--shard", args.shard), ("--generate", args.generate), ("--device-map", args.device_map),
+                             ("--device", args.device != "auto")) if on]
+    if clash:
+        why = {
+            "--shard": "Ray spreads the personas itself; drop --shard",
+            "--generate": "answers are not generated on Ray yet; run `pvrs extract --generate` without --ray",
+            "--device-map": "use --gpus-per-replica K (K > 1 spreads each replica over K GPUs)",
+            "--device": "replicas use a GPU when --gpus-per-replica > 0, else the CPU",
+        }[clash[0]]
+        raise InputError(f"--ray with {clash[0]}: {why}")
+    from pvrs.engines.ray_engine import ModelSpec, RayConfig, connect, plan
+
+    config = RayConfig(
+        ModelSpec(args.model, dtype=args.dtype, revision=args.revision, trust_remote_code=args.trust_remote_code,
+                  threads=args.threads),
+        address=args.ray or None, replicas=args.replicas, gpus_per_replica=args.gpus_per_replica,
+    )
+    replicas, gpus = plan(connect(config.address), config)
+    return replace(config, replicas=replicas, gpus_per_replica=gpus)
 
 
 def _add_extract(sub: argparse._SubParsersAction) -> None:
@@ -216,6 +257,20 @@ def _add_extract(sub: argparse._SubParsersAction) -> None:
     )
     _add_split_special_tokens(run)
     run.add_argument("--shard", metavar="I/N", help="only personas whose index mod N is I (0-based)")
+    ray = p.add_argument_group("Ray (pip install 'pvrs[ray]')")
+    ray.add_argument(
+        "--ray", nargs="?", const="", metavar="auto|ADDRESS",
+        help="run on Ray replicas: alone, a local Ray (or RAY_ADDRESS); 'auto', the cluster of "
+        "`ray start --head` on this machine; or HOST:6379 / ray://HOST:10001 (default: no Ray)",
+    )
+    ray.add_argument(
+        "--replicas", type=positive_int, metavar="N",
+        help="model replicas (default: one per GPU-per-replica the cluster has; 1 on CPU)",
+    )
+    ray.add_argument(
+        "--gpus-per-replica", type=non_negative_int, metavar="K",
+        help="GPUs per replica; K > 1 spreads the model over them (default: 1 if the cluster has GPUs, else 0)",
+    )
     run.add_argument("--verbose", action="store_true", help="preview each persona's masked tokens")
     p.set_defaults(handler=_cmd_extract)
 

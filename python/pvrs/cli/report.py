@@ -27,3 +27,5 @@ def print_extraction_summary(console: Console, result: ExtractionResult, root: P
         f"{result.tokens:,} conversation tokens in {result.seconds:.1f} s ({result.tokens_per_second:,.0f} tok/s"
         f"{reuse}). Store: {root}"
     )
+    if result.replicas:
+        console.print("Ray replicas: " + ", ".join(f"{name}: {n}" for name, n in sorted(result.replicas.items())))

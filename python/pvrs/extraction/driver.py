@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from torch import nn
     from transformers import PreTrainedTokenizerBase
 
+    from pvrs.engines.ray_engine import RayConfig
     from pvrs.extraction.chat import PreparedInput
     from pvrs.store import PersonaVectorStore
 
@@ -68,6 +69,7 @@ class ExtractionResult:
     tokens_computed: int = 0  # tokens the forwards encoded (a reused prefix once per persona)
     host_bytes: int = 0  # result bytes that left the model's device (per-sample means only if saved)
     seconds: float = 0.0
+    replicas: dict[str, int] = field(default_factory=dict)  # Ray runs: personas computed per replica
     stopped: str = ""  # why the run stopped early (a write failed: disk full, ...); "" if it did not
 
     def vector(self, persona_id: str, variant: str = "templated", strategy: str | MaskStrategy = DEFAULT_STRATEGY) -> np.ndarray:
@@ -107,6 +109,15 @@ class _Job:
     @property
     def sample_ids(self) -> list[str]:
         return [p.sample_id for p in self.prepared]
+
+    @property
+    def input_ids(self) -> list[np.ndarray]:
+        return [np.asarray(p.input_ids, dtype=np.int64) for p in self.prepared]
+
+    @property
+    def masks(self) -> list[np.ndarray]:
+        """Per sample, one mask row per strategy: what `sample_means` takes."""
+        return [np.stack([p.token_masks[s] for s in self.strategies]) for p in self.prepared]
 
 
 @dataclass(frozen=True)
@@ -332,6 +343,7 @@ def extract(
     progress: bool = True,
     verbose: bool = False,
     console: Console | None = None,
+    ray: RayConfig | None = None,
 ) -> ExtractionResult:
     """Extract persona vectors (DESIGN.md pooling and layer convention).
 
@@ -342,7 +354,9 @@ def extract(
     answer generation, judge-score filtering). A conversation longer than the model's positions
     is refused before any forward pass unless `allow_long_samples` (then a warning).
     `split_special_tokens` tokenizes control-token strings inside contents as text (see
-    `prepare_inputs`). Returns every vector computed in this call."""
+    `prepare_inputs`). With `ray` the jobs run on Ray replicas (`pvrs.engines.ray_engine`:
+    `model` may be its weightless `skeleton`) and come back here to be saved. Returns every
+    vector computed in this call."""
     from rich.console import Console
 
     from pvrs.store import PersonaVectorStore
@@ -372,6 +386,12 @@ def extract(
         provenance["model_source"] = model_source
 
     source = qa_pairs if isinstance(qa_pairs, SampleSource) else SampleSource(qa_pairs)
+    if ray is not None and source.generate is not None:
+        # Answers are generated where the jobs are planned, and on Ray the driver holds no weights.
+        raise InvalidArgumentError(
+            "--generate does not run on Ray yet (the driver holds no weights to answer with); "
+            "run `pvrs extract --generate` without --ray (--shard I/N spreads it over processes)"
+        )
 
     if saving:
         # A folder made with another model, dtype, revision or template refuses the first save:
@@ -403,6 +423,13 @@ def extract(
     result = ExtractionResult(layers=resolved_layers, outcomes=outcomes)
 
     start = time.perf_counter()
+    saver = _Saver(stores if saving else None, provenance, result, save_to)
+    if ray is not None:
+        from pvrs.engines.ray_engine import run_on_ray
+
+        run_on_ray(ray, config, todo, save_samples, saver, console, progress=progress)
+        result.seconds = time.perf_counter() - start
+        return result
     with _progress(console, enabled=progress) as bar:
         task_personas = bar.add_task("personas", total=len(todo), rate="")
         task_samples = bar.add_task("samples", total=sum(len(j.prepared) for j in todo), rate="")
@@ -420,29 +447,16 @@ def extract(
 
             try:
                 means = sample_means(
-                    model,
-                    [p.input_ids for p in job.prepared],
-                    [np.stack([p.token_masks[s] for s in job.strategies]) for p in job.prepared],
-                    config,
-                    sample_ids=job.sample_ids,
-                    on_batch=on_batch,
-                    per_sample=save_samples,
+                    model, job.input_ids, job.masks, config,
+                    sample_ids=job.sample_ids, on_batch=on_batch, per_sample=save_samples,
                 )
+            except PvrsError as exc:
+                result.outcomes.append(PersonaOutcome(job.persona.id, job.variant, "failed", str(exc)))
+            else:
                 # A budget lowered by CUDA out-of-memory stays lowered for the next personas.
                 config = replace(config, batch_tokens=means.batch_tokens)
-                result.tokens_computed += means.tokens_computed
-                result.host_bytes += means.host_bytes
-                outcome = _store_job(job, means, stores if saving else None, provenance, result)
-            except PvrsError as exc:
-                outcome = PersonaOutcome(job.persona.id, job.variant, "failed", str(exc))
-            except OSError as exc:
-                # Disk full, file size limit, permissions: every later save would fail the same
-                # way, so stop; the personas saved so far stay valid.
-                where = exc.filename or save_to or "the store"
-                result.stopped = f"cannot write {where}: {exc.strerror or exc}"
-                result.outcomes.append(PersonaOutcome(job.persona.id, job.variant, "failed", result.stopped))
-                break
-            result.outcomes.append(outcome)
+                if not saver.save(job, means):
+                    break
             bar.advance(task_personas)
     result.seconds = time.perf_counter() - start
     return result
@@ -467,6 +481,38 @@ def _check_lengths(model: nn.Module, jobs: Sequence[_Job], allow: bool, console:
             "extract them anyway"
         )
     console.print(f"[yellow]warning:[/] {what}; extracting them anyway (--allow-long-samples)")
+
+
+class _Saver:
+    """Records each computed job in the result and, when saving, in the store: the one place
+    vectors are written, whichever engine computed them."""
+
+    def __init__(
+        self,
+        stores: dict[MaskStrategy, PersonaVectorStore] | None,
+        provenance: dict[str, Any],
+        result: ExtractionResult,
+        save_to: str | Path | None,
+    ) -> None:
+        self.stores, self.provenance, self.result, self.save_to = stores, provenance, result, save_to
+
+    def save(self, job: _Job, means: SampleMeans) -> bool:
+        """False when the run must stop: a write failed with an OS error (disk full, file size
+        limit, permissions), as every later save would; the personas saved so far stay valid."""
+        result = self.result
+        result.tokens_computed += means.tokens_computed
+        result.host_bytes += means.host_bytes
+        try:
+            outcome = _store_job(job, means, self.stores, self.provenance, result)
+        except PvrsError as exc:
+            outcome = PersonaOutcome(job.persona.id, job.variant, "failed", str(exc))
+        except OSError as exc:
+            where = exc.filename or self.save_to or "the store"
+            result.stopped = f"cannot write {where}: {exc.strerror or exc}"
+            result.outcomes.append(PersonaOutcome(job.persona.id, job.variant, "failed", result.stopped))
+            return False
+        result.outcomes.append(outcome)
+        return True
 
 
 def _store_job(

@@ -1,0 +1,293 @@
+"""The Ray engine: persona jobs spread over model replicas on a Ray cluster (`pvrs[ray]`).
+
+Actors with a work queue, not Ray Data: a job is one persona (its samples must meet in one
+`sample_means` call to be averaged, and the prefix cache is per persona), the driver must see
+each result as it finishes to save it (it is the only writer to the store) and must know which
+persona a dead replica held, to retry it once and then report it. Actors give all of that with
+a plain `ray.wait` loop; Ray Data would add a dataset layer, its own batching of rows and a
+streaming executor that hides which replica ran what, for no gain here.
+
+Each replica is an actor that loads the model once; the driver keeps at most `IN_FLIGHT` jobs
+queued per replica, so a fast replica pulls more work and results never pile up in memory.
+A replica that dies is restarted by Ray (`max_restarts`) and its queued jobs are retried once
+(`max_task_retries`); a second death of the same job reports the persona failed."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from pvrs.errors import InputError, InvalidArgumentError, ModelError, PvrsError
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from pvrs.engines.transformers import EngineConfig, SampleMeans
+
+INSTALL_HINT = "pip install 'pvrs[ray]'"
+IN_FLIGHT = 2  # jobs queued per replica: one running, one ready when it ends
+MAX_RESTARTS = 3  # restarts per replica before Ray gives up on it
+TASK_RETRIES = 1  # a job whose replica died is run once more: "fails twice" = failed
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """How each replica loads the model (the arguments of `pvrs.engines.models.load`)."""
+
+    model: str
+    dtype: str = "auto"
+    revision: str | None = None
+    trust_remote_code: bool = False
+    threads: int | None = None  # CPU replicas: torch threads (default: the replica's CPUs)
+
+
+@dataclass(frozen=True)
+class RayConfig:
+    """Where and how wide: `address` None starts a local Ray (or joins RAY_ADDRESS), "auto"
+    joins the cluster started on this machine by `ray start --head`, else that address.
+    `gpus_per_replica` None: 1 when the cluster has GPUs, else 0 (CPU replicas)."""
+
+    model: ModelSpec
+    address: str | None = None
+    replicas: int | None = None  # default: as many as the cluster's GPUs (CPUs: 1) allow
+    gpus_per_replica: int | None = None
+    cpus_per_replica: int = 1
+
+    def __post_init__(self) -> None:
+        if self.replicas is not None and self.replicas < 1:
+            raise InvalidArgumentError(f"--replicas must be >= 1, got {self.replicas}")
+        if self.gpus_per_replica is not None and self.gpus_per_replica < 0:
+            raise InvalidArgumentError(f"--gpus-per-replica must be >= 0, got {self.gpus_per_replica}")
+
+
+def import_ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise InputError(f"--ray needs Ray, which is not installed; {INSTALL_HINT}") from None
+    return ray
+
+
+def connect(address: str | None) -> Any:
+    """Ray, started or joined; an unreachable address is one line. A Ray already initialised in
+    this process (a notebook, a test) is used as it is."""
+    ray = import_ray()
+    if ray.is_initialized():
+        return ray
+    where = address or os.environ.get("RAY_ADDRESS") or "a local Ray"
+    fix = (
+        "start the cluster with `ray start --head`, or pass its address (HOST:6379 or "
+        "ray://HOST:10001), or --ray alone for a local Ray"
+    )
+    if address not in (None, "auto", "local"):
+        _reachable(address, fix)
+    try:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"--ray {where}: cannot connect ({first}); {fix}") from None
+    return ray
+
+
+def _reachable(address: str, fix: str) -> None:
+    """Ray retries an unreachable address for minutes; a plain TCP connect says so at once."""
+    import socket
+
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise InputError(f"--ray {address!r} is not HOST:PORT, ray://HOST:PORT or auto; {fix}")
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as exc:
+        raise InputError(f"--ray {address}: cannot connect ({exc.strerror or exc}); {fix}") from None
+
+
+def plan(ray: Any, config: RayConfig) -> tuple[int, int]:
+    """(replicas, gpus per replica) fitted to the cluster, refused when it cannot hold them."""
+    resources = ray.cluster_resources()
+    gpus, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 0))
+    per = config.gpus_per_replica if config.gpus_per_replica is not None else (1 if gpus else 0)
+    if per > 0 and gpus < per:
+        raise InputError(f"--gpus-per-replica {per}: the Ray cluster has {gpus} GPU(s); lower it, or 0 for CPU replicas")
+    most = gpus // per if per else max(1, cpus // config.cpus_per_replica)
+    replicas = config.replicas if config.replicas is not None else (most if per else 1)
+    if replicas > most:
+        kind = f"{per} GPU(s)" if per else f"{config.cpus_per_replica} CPU(s)"
+        raise InputError(f"--replicas {replicas}: the Ray cluster fits {most} replica(s) of {kind}; lower --replicas")
+    return replicas, per
+
+
+def skeleton(spec: ModelSpec, gpus_per_replica: int) -> tuple[nn.Module, Any]:
+    """The model without weights (meta device) and its tokenizer, for the driver: it renders,
+    plans, resumes and records provenance from the config alone, with the dtype the replicas
+    will load, while only the replicas hold weights."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from pvrs.engines import models
+
+    path = models.resolve_model_path(spec.model, spec.revision)
+    try:
+        config = AutoConfig.from_pretrained(path, revision=spec.revision, trust_remote_code=spec.trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot load the config of model {spec.model!r}: {exc}") from exc
+    dtype = models.resolve_dtype(spec.dtype, "cuda" if gpus_per_replica else "cpu")
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=spec.trust_remote_code)
+    model.config.name_or_path = config.name_or_path
+    tokenizer = models.load_tokenizer(spec.model, revision=spec.revision, trust_remote_code=spec.trust_remote_code)
+    return model.eval(), tokenizer
+
+
+class _Replica:
+    """One model copy (an actor): loads the model once, then reduces persona jobs with the
+    transformers engine. Its batch budget, lowered after CUDA out-of-memory, stays lowered."""
+
+    def __init__(self, spec: ModelSpec, gpus: int, config: EngineConfig) -> None:
+        from pvrs.engines import models
+
+        if spec.threads is not None:
+            models.set_threads(spec.threads)
+        device = "cuda" if gpus else "cpu"
+        self.model, _ = models.load(
+            spec.model, dtype=spec.dtype, device=device, device_map="auto" if gpus > 1 else None,
+            revision=spec.revision, trust_remote_code=spec.trust_remote_code,
+        )
+        self.config = config
+        self.dtype = str(next(self.model.parameters()).dtype).removeprefix("torch.")
+
+    def info(self) -> tuple[int, str]:
+        return os.getpid(), self.dtype
+
+    def run(self, input_ids: list[np.ndarray], masks: list[np.ndarray], sample_ids: list[str], per_sample: bool) -> SampleMeans:
+        from pvrs.engines.transformers import sample_means
+
+        means = sample_means(self.model, input_ids, masks, self.config, sample_ids=sample_ids, per_sample=per_sample)
+        self.config = replace(self.config, batch_tokens=means.batch_tokens)
+        return means
+
+
+@dataclass
+class Job:
+    """One persona x variant: what a replica needs, and the driver's handle for the result."""
+
+    key: Any
+    input_ids: list[np.ndarray]
+    masks: list[np.ndarray]
+    sample_ids: list[str]
+
+
+@dataclass
+class Done:
+    key: Any
+    replica: str
+    means: SampleMeans | None
+    error: str = ""
+
+
+class Cluster:
+    """Replicas on Ray and the queue that feeds them. `stream` yields each job's result as it
+    finishes; leaving it early (Ctrl-C, a failed write) cancels the queued work and ends the
+    replicas, so a rerun starts from what the driver saved."""
+
+    def __init__(self, config: RayConfig, engine: EngineConfig, expect_dtype: str) -> None:
+        self.ray = connect(config.address)
+        self.replicas_n, gpus = plan(self.ray, config)
+        actor = self.ray.remote(_Replica).options(
+            num_gpus=gpus, num_cpus=config.cpus_per_replica,
+            max_restarts=MAX_RESTARTS, max_task_retries=TASK_RETRIES,
+        )
+        self.actors = [actor.remote(config.model, gpus, engine) for _ in range(self.replicas_n)]
+        self.names = [f"replica {i}" for i in range(self.replicas_n)]
+        try:
+            infos = self.ray.get([a.info.remote() for a in self.actors])
+        except Exception as exc:
+            self.close()
+            raise ModelError(f"a Ray replica could not load model {config.model.model!r}: {_cause(exc)}") from None
+        if any(dtype != expect_dtype for _, dtype in infos):
+            self.close()
+            raise ModelError(f"Ray replicas loaded {infos[0][1]}, the driver planned {expect_dtype}; pass --dtype")
+        self.pids = [pid for pid, _ in infos]
+
+    def stream(self, jobs: Sequence[Job], per_sample: bool, on_submit: Callable[[Job], None] | None = None) -> Iterator[Done]:
+        queue = list(reversed(jobs))
+        running: dict[Any, tuple[int, Job]] = {}
+        load = [0] * len(self.actors)
+        try:
+            while queue or running:
+                for i, actor in enumerate(self.actors):
+                    while queue and load[i] < IN_FLIGHT:
+                        job = queue.pop()
+                        ref = actor.run.remote(job.input_ids, job.masks, job.sample_ids, per_sample)
+                        running[ref] = (i, job)
+                        load[i] += 1
+                        if on_submit is not None:
+                            on_submit(job)
+                [ref], _ = self.ray.wait(list(running), num_returns=1)
+                i, job = running.pop(ref)
+                load[i] -= 1
+                try:
+                    means = self.ray.get(ref)
+                except Exception as exc:  # a PvrsError inside the task, or the replica died twice
+                    yield Done(job.key, self.names[i], None, _cause(exc))
+                else:
+                    yield Done(job.key, self.names[i], means)
+        finally:
+            for ref in running:
+                self.ray.cancel(ref, force=False)
+            self.close()
+
+    def close(self) -> None:
+        for actor in self.actors:
+            self.ray.kill(actor, no_restart=True)
+
+
+def _cause(exc: BaseException) -> str:
+    """The user-facing line of a Ray error: the PvrsError inside a task error, else a death."""
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, PvrsError):
+        return str(cause)
+    if type(exc).__name__ in ("ActorDiedError", "RayActorError", "ActorUnavailableError"):
+        return f"its Ray replica died {TASK_RETRIES + 1} times while computing it"
+    first = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {first[0] if first else ''}"
+
+
+def run_on_ray(
+    config: RayConfig,
+    engine: EngineConfig,
+    todo: Sequence[Any],
+    per_sample: bool,
+    saver: Any,
+    console: Any,
+    *,
+    progress: bool,
+) -> None:
+    """The driver's side of a Ray run: the planned jobs (`extraction.driver._Job`) go out,
+    results are saved by `saver` as they come back, one bar over personas with tokens/s."""
+    import contextlib
+    import time
+
+    from pvrs.extraction.driver import PersonaOutcome, _progress
+
+    result = saver.result
+    cluster = Cluster(config, engine, saver.provenance["dtype"])
+    jobs = [Job(i, job.input_ids, job.masks, job.sample_ids) for i, job in enumerate(todo)]
+    start = time.perf_counter()
+    with _progress(console, enabled=progress) as bar, contextlib.closing(cluster.stream(jobs, per_sample)) as results:
+        task = bar.add_task(f"personas on {cluster.replicas_n} replica(s)", total=len(jobs), rate="")
+        for done in results:
+            job = todo[done.key]
+            result.replicas[done.replica] = result.replicas.get(done.replica, 0) + 1
+            if done.means is None:
+                result.outcomes.append(PersonaOutcome(job.persona.id, job.variant, "failed", done.error))
+            else:
+                result.tokens += done.means.conversation_tokens
+                if not saver.save(job, done.means):
+                    break
+            rate = result.tokens / max(time.perf_counter() - start, 1e-9)
+            bar.update(task, advance=1, rate=f"{rate:,.0f} tok/s")

@@ -1,0 +1,175 @@
+"""`pvrs extract --ray`: the same store as a single process, nothing lost when a replica dies,
+resume across Ray and plain runs, user errors before any work. One local Ray per module
+(it takes seconds to start)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from pvrs.cli import main
+from pvrs.engines.models import model_dir_name
+
+from tests.test_extract import tiny_model_dir  # noqa: F401  (fixture)
+
+ray = pytest.importorskip("ray")
+
+
+@pytest.fixture(scope="module")
+def local_ray() -> object:
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+def _inputs(tmp_path: Path, n: int) -> list[str]:
+    personas = tmp_path / "personas.jsonl"
+    personas.write_text("".join(
+        json.dumps({"id": f"p{i:02d}", "name": f"P{i}", "templated": f"You are persona number {i}.",
+                    "biography": f"Persona {i} was born in a town with {i} bridges."}) + "\n"
+        for i in range(n)
+    ))
+    qa = tmp_path / "qa.jsonl"
+    qa.write_text("".join(
+        json.dumps({"qid": f"q{j}", "question": f"Question {j}?", "answer": f"Answer {j}, I think."}) + "\n" for j in range(3)
+    ))
+    return ["--personas", str(personas), "--qa", str(qa)]
+
+
+def _store(root: Path) -> dict[str, object]:
+    """Every file of a store; manifests without their timestamps."""
+    out: dict[str, object] = {}
+    for path in sorted(root.rglob("*")):
+        if not path.is_file() or path.name.endswith(".lock"):
+            continue
+        if path.name == "manifest.json":
+            manifest = json.loads(path.read_text())
+            for entry in manifest["personas"].values():
+                entry.pop("created_at", None)
+            manifest.pop("created_at", None)
+            manifest.pop("updated_at", None)
+            out[str(path.relative_to(root))] = manifest
+        elif path.suffix == ".safetensors":
+            # The header as JSON (safetensors writes metadata keys in a per-process hash order),
+            # the tensor bytes as bytes.
+            data = path.read_bytes()
+            size = int.from_bytes(data[:8], "little")
+            out[str(path.relative_to(root))] = (json.loads(data[8 : 8 + size]), data[8 + size :])
+        else:
+            out[str(path.relative_to(root))] = path.read_bytes()
+    return out
+
+
+def test_ray_run_writes_what_a_single_process_writes(local_ray: object, tiny_model_dir: Path, tmp_path: Path) -> None:  # noqa: F811
+    base = ["extract", "--model", str(tiny_model_dir), *_inputs(tmp_path, 4), "--mask-strategy", "all", "--save-samples", "--threads", "1"]
+    assert main([*base, "--output-dir", str(tmp_path / "plain")]) == 0
+    assert main([*base, "--output-dir", str(tmp_path / "ray"), "--ray", "--replicas", "2"]) == 0
+    plain, on_ray = _store(tmp_path / "plain"), _store(tmp_path / "ray")
+    assert any(k.endswith("p03.safetensors") for k in plain)
+    assert on_ray == plain
+
+
+def test_killed_replica_loses_nothing(
+    local_ray: object, tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]  # noqa: F811
+) -> None:
+    from pvrs.engines import ray_engine
+
+    out = tmp_path / "store"
+    argv = ["extract", "--model", str(tiny_model_dir), *_inputs(tmp_path, 24), "--variants", "templated",
+            "--output-dir", str(out), "--ray", "--replicas", "2"]
+    pids: list[int] = []
+    real_init = ray_engine.Cluster.__init__
+
+    def recording_init(self: ray_engine.Cluster, *args: object) -> None:
+        real_init(self, *args)
+        pids.extend(self.pids)
+
+    manifest = out / model_dir_name(str(tiny_model_dir)) / "answer_mean" / "templated" / "manifest.json"
+
+    def kill_when_started() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if pids and manifest.exists() and len(json.loads(manifest.read_text())["personas"]) >= 2:
+                os.kill(pids[0], signal.SIGKILL)
+                return
+            time.sleep(0.01)
+
+    killer = threading.Thread(target=kill_when_started)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ray_engine.Cluster, "__init__", recording_init)
+        killer.start()
+        code = main(argv)
+        killer.join()
+    saved = json.loads(manifest.read_text())["personas"]
+    assert pids and not _alive(pids[0]), "the replica was not killed"
+    assert code == 0 and len(saved) == 24, capsys.readouterr().err
+    assert "replica 0" in capsys.readouterr().err  # per-replica counts in the summary
+    assert main(["validate", str(out), "--deep"]) == 0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_resume_across_ray_and_plain_runs(
+    local_ray: object, tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]  # noqa: F811
+) -> None:
+    out = tmp_path / "store"
+    base = ["extract", "--model", str(tiny_model_dir), *_inputs(tmp_path, 4), "--variants", "templated", "--output-dir", str(out)]
+    assert main([*base, "--persona-id", "p00", "p01"]) == 0
+    capsys.readouterr()
+    assert main([*base, "--ray"]) == 0
+    err = capsys.readouterr().err
+    assert "2 written, 2 skipped" in err
+    assert main(base) == 0
+    assert "0 written, 4 skipped" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--ray", "--persona-id", "nobody"], "nobody"),
+        (["--replicas", "2"], "add --ray"),
+        (["--ray", "--generate"], "--generate"),
+        (["--ray", "--shard", "0/2"], "drop --shard"),
+        (["--ray", "--replicas", "9"], "lower --replicas"),
+        (["--ray", "--gpus-per-replica", "1"], "GPU"),
+        (["--ray", "--replicas", "0"], "must be at least 1"),
+    ],
+)
+def test_user_errors_are_one_line_before_any_work(
+    local_ray: object, tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],  # noqa: F811
+    extra: list[str], message: str,
+) -> None:
+    out = tmp_path / "store"
+    argv = ["extract", "--model", str(tiny_model_dir), *_inputs(tmp_path, 2), "--output-dir", str(out), *extra]
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse
+        code = exc.code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert message in err[-1]
+    assert not out.exists() or not any(out.rglob("*.safetensors"))
+
+
+def test_unreachable_address_and_missing_ray_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from pvrs.engines import ray_engine
+    from pvrs.errors import InputError
+
+    with pytest.raises(InputError, match=r"--ray 127\.0\.0\.1:1: cannot connect .*ray start --head"):
+        ray_engine._reachable("127.0.0.1:1", "start the cluster with `ray start --head`")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
+        with pytest.raises(InputError, match=r"pip install 'pvrs\[ray\]'"):
+            ray_engine.connect(None)
