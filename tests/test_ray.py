@@ -173,3 +173,61 @@ def test_unreachable_address_and_missing_ray_are_one_line(tmp_path: Path, capsys
         mp.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
         with pytest.raises(InputError, match=r"pip install 'pvrs\[ray\]'"):
             ray_engine.connect(None)
+
+
+def test_ctrl_c_stops_the_replicas_and_a_rerun_resumes(
+    local_ray: object, tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]  # noqa: F811
+) -> None:
+    from pvrs.engines import ray_engine
+    from pvrs.extraction import driver
+
+    out = tmp_path / "store"
+    argv = ["extract", "--model", str(tiny_model_dir), *_inputs(tmp_path, 6), "--variants", "templated",
+            "--output-dir", str(out), "--ray", "--replicas", "2"]
+    real_store_job, pids = driver._store_job, []
+    real_init = ray_engine.Cluster.__init__
+
+    def recording_init(self: ray_engine.Cluster, *args: object) -> None:
+        real_init(self, *args)
+        pids.extend(self.pids)
+
+    def interrupt_on_the_third(*args: object, **kwargs: object) -> object:
+        if len(list(out.rglob("*.safetensors"))) >= 2:
+            raise KeyboardInterrupt
+        return real_store_job(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(driver, "_store_job", interrupt_on_the_third)
+        mp.setattr(ray_engine.Cluster, "__init__", recording_init)
+        assert main(argv) == 130
+    deadline = time.monotonic() + 30
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert pids and not any(_alive(p) for p in pids), "replicas outlived the interrupted run"
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert "4 written, 2 skipped" in capsys.readouterr().err
+
+
+def test_a_persona_that_fails_is_reported_and_the_run_exits_1(
+    local_ray: object, tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]  # noqa: F811
+) -> None:
+    from pvrs.engines import ray_engine
+
+    real_stream = ray_engine.Cluster.stream
+
+    def one_dies_twice(self: ray_engine.Cluster, jobs: list[ray_engine.Job], *args: object, **kwargs: object) -> object:
+        for done in real_stream(self, jobs, *args, **kwargs):
+            if done.key == 0:  # what `_cause` says of a job whose replica died on both tries
+                done = ray_engine.Done(done.key, done.replica, None, ray_engine._cause(ray.exceptions.ActorDiedError()))
+            yield done
+
+    out = tmp_path / "store"
+    argv = ["extract", "--model", str(tiny_model_dir), *_inputs(tmp_path, 3), "--variants", "templated",
+            "--output-dir", str(out), "--ray"]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ray_engine.Cluster, "stream", one_dies_twice)
+        assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "2 written, 0 skipped, 1 failed" in err and "died 2 times" in err
+    assert sorted(p.stem for p in out.rglob("*.safetensors")) == ["p01", "p02"]
