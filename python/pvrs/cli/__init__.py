@@ -10,7 +10,18 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from pvrs.cli import analyze, doctor, evaluate, extract, judge, probe, screen, steering, store
+from pvrs.cli import (
+    analyze,
+    doctor,
+    evaluate,
+    extract,
+    judge,
+    probe,
+    screen,
+    steering,
+    store,
+    trait,
+)
 from pvrs.cli.common import EXIT_USAGE
 from pvrs.errors import PvrsError
 
@@ -24,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"pvrs {doctor.pvrs_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for group in (doctor, extract, store, analyze, probe, steering, judge, evaluate, screen):
+    for group in (doctor, extract, store, analyze, probe, steering, judge, evaluate, trait, screen):
         group.register(sub)
     return parser
 

@@ -163,9 +163,10 @@ def evaluate(
     return summary
 
 
-def add_grid_args(p: argparse.ArgumentParser) -> None:
+def add_grid_args(p: argparse.ArgumentParser, min_coherence_help: str | None = None) -> None:
     """The grid flags shared by `pvrs eval` and `pvrs trait`: layers x alphas and caps x taus,
-    the tokens touched, the recommendation threshold and the report."""
+    the tokens touched, the recommendation threshold (`min_coherence_help` says what else a
+    command uses it for) and the report."""
     from pvrs.judge.evaluation import DEFAULT_MIN_COHERENCE
 
     g = p.add_argument_group("grid (layers x alphas, caps x taus, or both)")
@@ -187,7 +188,7 @@ def add_grid_args(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--min-coherence", type=finite_float, default=DEFAULT_MIN_COHERENCE,
-        help="lowest mean coherence a recommended cell may have, 0-100 (default %(default)s)",
+        help=min_coherence_help or "lowest mean coherence a recommended cell may have, 0-100 (default %(default)s)",
     )
     g.add_argument("--no-report", action="store_true", help="write the table only, no HTML report (it needs plotly)")
     g.add_argument("--no-png", action="store_true", help="skip the PNG figure (it needs Chrome/Chromium)")

@@ -169,8 +169,8 @@ def _answers(
         context = steer(model, vector, [cell.layer], alpha=cell.strength, positions=setup.positions)
     elif cell.kind in CAP_KINDS:
         assert cell.tau is not None
-        side = "upper" if cell.kind == "capped" else "lower"
-        context = cap(model, vector, cell.cap_layers, tau=cell.tau, side=side, positions=setup.positions)
+        context = cap(model, vector, cell.cap_layers, tau=cell.tau, side="upper" if cell.kind == "capped" else "lower",
+                      positions=setup.positions)
     with context:
         return [generate(model, tokenizer, prompt_messages(tokenizer, system, q), setup.sampling) for q in setup.questions]
 

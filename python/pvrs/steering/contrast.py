@@ -25,6 +25,8 @@ if TYPE_CHECKING:
     from torch import nn
     from transformers import PreTrainedTokenizerBase
 
+    from pvrs.extraction.chat import PreparedInput
+
 FORMAT = "pvrs-contrast"
 
 
@@ -56,6 +58,25 @@ def load_responses(path: str | Path) -> list[Response]:
     return out
 
 
+def prepare_responses(
+    tokenizer: PreTrainedTokenizerBase, responses: Sequence[Response], strategies: Sequence[MaskStrategy]
+) -> list[PreparedInput]:
+    """`responses` rendered, tokenized and masked for `strategies`, grouped by system prompt
+    (one template render per group); the order within a group is kept."""
+    from pvrs.extraction.chat import prepare_inputs
+
+    groups: dict[str | None, list[Response]] = defaultdict(list)
+    for r in responses:
+        groups[r.system].append(r)
+    return [
+        prepared
+        for system, group in groups.items()
+        for prepared in prepare_inputs(
+            tokenizer, [(r.sample_id, r.question, r.answer) for r in group], system_prompt=system, strategies=strategies
+        )
+    ]
+
+
 def mean_activations(
     model: nn.Module,
     tokenizer: PreTrainedTokenizerBase,
@@ -64,24 +85,12 @@ def mean_activations(
     layers: Sequence[int] | None = None,
 ) -> np.ndarray:
     """Mean over `responses` of each one's masked mean activation (`(num_layers, H)`, or
-    `(len(layers), H)`). Responses are grouped by system prompt to render them."""
+    `(len(layers), H)`)."""
     from pvrs.engines.transformers import extract_activations
-    from pvrs.extraction.chat import prepare_inputs
 
     (strategy,) = parse_strategies(mask_strategy)
-    groups: dict[str | None, list[Response]] = defaultdict(list)
-    for r in responses:
-        groups[r.system].append(r)
-    ids: list[np.ndarray] = []
-    masks: list[np.ndarray] = []
-    for system, group in groups.items():
-        samples = [(r.sample_id, r.question, r.answer) for r in group]
-        for prepared in prepare_inputs(
-            tokenizer, samples, system_prompt=system, strategies=[strategy]
-        ):
-            ids.append(prepared.input_ids)
-            masks.append(prepared.token_masks[strategy])
-    return extract_activations(model, ids, masks, layers=layers)
+    prepared = prepare_responses(tokenizer, responses, [strategy])
+    return extract_activations(model, [p.input_ids for p in prepared], [p.token_masks[strategy] for p in prepared], layers=layers)
 
 
 def contrast_vector(

@@ -1,0 +1,222 @@
+"""`pvrs trait`: a trait vector end to end from a persona_vectors trait file: answers under
+the positive and negative system prompts, judged; the pairs past the thresholds; the
+difference vectors; and `pvrs eval` on them. Every step is saved under one folder and reused
+by a rerun."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pvrs.cli.common import (
+    add_generation_args,
+    add_model_args,
+    check_writable,
+    finite_float,
+    positive_int,
+    writing,
+)
+from pvrs.cli.evaluate import add_grid_args, check_grid_args, evaluate
+from pvrs.cli.judge import add_judge_args, make_judge, score_cache
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from pvrs.extraction.inputs import QAPair
+    from pvrs.judge import Judge, Rubric, ScoreCache
+    from pvrs.judge.trait import TraitFile
+
+
+def _output_dir(args: argparse.Namespace, trait: TraitFile) -> Path:
+    from pvrs.engines.models import canonical_model_name, model_dir_name
+    from pvrs.paths import artifacts_dir
+
+    if args.output_dir:
+        return Path(args.output_dir)
+    return artifacts_dir() / "traits" / model_dir_name(canonical_model_name(args.model)) / trait.name
+
+
+def _eval_questions(args: argparse.Namespace, trait: TraitFile) -> list[str]:
+    """--eval-questions: a trait file (its questions: persona_vectors' trait_data_eval set) or a
+    questions file; default the trait file's own questions."""
+    from pvrs.cli.steering_run import read_prompts
+    from pvrs.judge.trait import load_trait_file
+
+    if args.eval_questions is None:
+        return trait.questions
+    path = Path(args.eval_questions)
+    if path.suffix.lower() == ".json":
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError, UnicodeDecodeError):
+            data = None  # read_prompts names the problem
+        if isinstance(data, dict) and "questions" in data:
+            return load_trait_file(path).questions
+    return read_prompts(argparse.Namespace(prompt=None, prompts=str(path)))
+
+
+def _judge_all(
+    judge: Judge, trait: TraitFile, answers: dict[str, list[QAPair]], rubrics: dict[str, Rubric],
+    cache: ScoreCache | None, console: Console,
+) -> dict[str, dict[tuple[str, str], float]]:
+    """Scores per rubric name, keyed by (persona, qid); cached scores are not asked again."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    from pvrs.judge import Answer, judge_answers
+
+    items = [Answer(pid, r.qid, r.question, r.answer, trait.name) for pid, rows in answers.items() for r in rows]
+    out: dict[str, dict[tuple[str, str], float]] = {}
+    with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=True) as progress:
+        task = progress.add_task("judging", total=len(items) * len(rubrics))
+        for name, rubric in rubrics.items():
+            scores = judge_answers(judge, rubric, items, cache, on_score=lambda *_: progress.advance(task))
+            out[name] = {(a.persona_id, a.qid): s for a, s in zip(items, scores, strict=True)}
+    return out
+
+
+def _write_scores(out: Path, scores: dict[str, dict[tuple[str, str], float]], judge_id: str) -> None:
+    """scores/<rubric>.jsonl in the --scores format `pvrs extract` reads."""
+    from pvrs.store import atomic_write_bytes
+
+    for name, by_key in scores.items():
+        rows = [{"persona_id": pid, "qid": qid, "score": s, "rubric": name, "judge": judge_id} for (pid, qid), s in by_key.items()]
+        path = out / "scores" / f"{name}.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode())
+
+
+def _cmd_trait(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    from pvrs.cli.steering_run import load_model
+    from pvrs.engines.models import canonical_model_name
+    from pvrs.extraction.generate import SamplingConfig
+    from pvrs.judge import load_rubric
+    from pvrs.judge.evaluation import EvalSetup
+    from pvrs.judge.trait import (
+        SIDES,
+        difference_vectors,
+        generate_all,
+        load_trait_file,
+        pairs,
+        responses,
+        summary,
+        write_pairs,
+    )
+    from pvrs.steering.contrast import save_vector
+    from pvrs.store import atomic_write_bytes
+
+    trait = load_trait_file(args.trait_file, args.name)
+    out = _output_dir(args, trait)
+    check_writable("--output-dir", out, is_dir=True)
+    if not args.no_eval:
+        check_grid_args(args)
+    eval_questions = None if args.no_eval else _eval_questions(args, trait)
+    rubrics = {"trait": trait.rubric, "coherence": load_rubric(args.coherence_rubric)}
+    judge = make_judge(args)
+    model, tokenizer = load_model(args)
+    model_name = canonical_model_name(args.model)
+    sampling = SamplingConfig(args.max_new_tokens, args.temperature, args.top_p, args.seed, args.batch_size)
+    console = Console(stderr=True)
+
+    with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=True) as progress:
+        task = progress.add_task("answering", total=2 * len(trait.instructions) * len(trait.questions) * args.samples)
+        answers = generate_all(model, tokenizer, trait, args.samples, sampling, out / "answers", model_name,
+                               on_batch=lambda n: progress.advance(task, n))
+    scores = _judge_all(judge, trait, answers, rubrics, score_cache(args, out / "pairs.csv"), console)
+    rows = pairs(trait, answers, scores)
+    kept = [p.kept(args.min_trait_pos, args.max_trait_neg, args.min_coherence) for p in rows]
+    chosen = [p for p, k in zip(rows, kept, strict=True) if k]
+    with writing(out):
+        _write_scores(out, scores, judge.id)
+        write_pairs(rows, kept, out / "pairs.csv")
+        for side in SIDES:  # the kept answers, in the rows `pvrs contrast` reads
+            data = "".join(json.dumps({"id": r.sample_id, "question": r.question, "answer": r.answer, "system": r.system},
+                                      ensure_ascii=False) + "\n" for r in responses(trait, chosen, side))
+            (out / "kept").mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(out / "kept" / f"{side}.jsonl", data.encode())
+    vectors = difference_vectors(model, tokenizer, trait, chosen)
+    thresholds = {"min_trait_pos": args.min_trait_pos, "max_trait_neg": args.max_trait_neg,
+                  "min_coherence": args.min_coherence}
+    meta = {"format": "pvrs-trait", "trait": trait.name, "model": model_name, "pairs": len(chosen), **thresholds}
+    with writing(out):
+        paths = {kind: str(save_vector(out / "vectors" / f"{kind}.safetensors", v, {**meta, "kind": kind}))
+                 for kind, v in vectors.items()}
+    record: dict[str, Any] = {**summary(trait, rows, kept), "model": model_name, "judge": judge.id,
+                              "thresholds": thresholds, "sampling": asdict(sampling), "vectors": paths}
+    console.print(f"pvrs trait {trait.name}: kept {sum(kept)} of {len(rows)} pairs; wrote {out / 'vectors'}")
+    if eval_questions is not None:
+        setup = EvalSetup(eval_questions, trait.name, trait.rubric, rubrics["coherence"], sampling,
+                          system_prompt=trait.system_prompt("pos", 0), positions=args.positions)
+        record["eval"] = {}
+        for kind in args.eval_vectors:
+            result = evaluate(args, kind, vectors[kind], setup, judge, (model, tokenizer, model_name), out / "eval" / kind, console)
+            record["eval"][kind] = {k: result.get(k) for k in ("recommended", "recommended_cap") if k in result}
+    with writing(out):
+        atomic_write_bytes(out / "summary.json", json.dumps(record, indent=1, ensure_ascii=False).encode())
+    return 0
+
+
+def _threshold(text: str) -> float:
+    value = finite_float(text)
+    if not 0 <= value <= 100:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a score 0-100")
+    return value
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from pvrs.judge.trait import DEFAULT_THRESHOLD, VECTOR_KINDS
+
+    p = sub.add_parser(
+        "trait",
+        help="a trait vector end to end from a persona_vectors trait file: generate, judge, filter, extract, eval",
+        description="From a trait file in Anthropic's persona_vectors format (JSON: 'instruction' "
+        "[{pos, neg}] system-prompt pairs, 'questions', and 'eval_prompt', a rubric with {question} "
+        "and {answer}): answer every question under each positive and negative system prompt "
+        "('You are a/an <trait> assistant. <pos>' / 'You are a helpful assistant. <neg>'), judge "
+        "each answer for the trait (the file's rubric) and for coherence, keep the pairs whose "
+        "positive answer shows the trait, negative answer does not and both are coherent, save "
+        "the positive-minus-negative vectors (response mean, prompt mean, prompt last), and run "
+        "`pvrs eval` on them. Answers, scores, pairs, vectors and eval cells are all saved under "
+        "--output-dir; a rerun reuses them.",
+    )
+    p.add_argument("trait_file", metavar="TRAIT_FILE", help="a persona_vectors trait file (data_generation/trait_data_extract/<trait>.json)")
+    p.add_argument("--name", help="the trait's name in the positive system prompts and the report (default: the file's stem)")
+    add_model_args(p)
+    p.add_argument("--output-dir", metavar="DIR", help="where every step goes (default $ARTIFACTS_DIR/traits/<model>/<trait>)")
+    p.add_argument(
+        "--samples", type=positive_int, default=10,
+        help="answers per question and system prompt (default %(default)s, persona_vectors' n_per_question)",
+    )
+    p.add_argument("--batch-size", type=positive_int, default=8, help="questions generated at once (default %(default)s)")
+    f = p.add_argument_group("pair filter (persona_vectors' generate_vec thresholds)")
+    f.add_argument("--min-trait-pos", type=_threshold, default=DEFAULT_THRESHOLD,
+                   help="keep a pair when its positive answer's trait score is >= this (default %(default)s)")
+    f.add_argument("--max-trait-neg", type=_threshold, default=DEFAULT_THRESHOLD,
+                   help="... and its negative answer's trait score is < this (default %(default)s)")
+    p.add_argument("--coherence-rubric", default="coherence", help="rubric for coherence: a built-in name or a file (default %(default)s)")
+    e = p.add_argument_group("evaluation of the vectors (`pvrs eval`)")
+    e.add_argument("--no-eval", action="store_true", help="stop after saving the vectors (then no --layer/--alpha needed)")
+    e.add_argument(
+        "--eval-vectors", nargs="+", choices=VECTOR_KINDS, default=["response_mean"],
+        help="which vectors to evaluate (default response_mean, the one persona_vectors steers with)",
+    )
+    e.add_argument(
+        "--eval-questions", metavar="FILE",
+        help="held-out questions: a trait file (persona_vectors' trait_data_eval/<trait>.json) or a questions "
+        "file (default: the trait file's own questions, not held out)",
+    )
+    add_grid_args(p, min_coherence_help="keep a pair when both answers' coherence is >= this, 0-100; also the "
+                  "lowest mean coherence a recommended eval cell may have (default %(default)s)")
+    add_generation_args(p, max_new_tokens=256, temperature=1.0, system=False,
+                        why="persona_vectors samples its extraction answers at temperature 1, seeded here")
+    add_judge_args(p)
+    p.set_defaults(handler=_cmd_trait)
+

@@ -1,0 +1,216 @@
+"""Trait vectors end to end (`pvrs trait`), after Anthropic's persona_vectors pipeline: answer
+a trait file's questions under each positive and negative system prompt, judge every answer
+for the trait (the file's own rubric) and for coherence, keep the (positive, negative) pairs
+past the thresholds, and take the difference of their mean activations three ways.
+
+A trait file is the persona_vectors format (`data_generation/trait_data_extract/<trait>.json`):
+`{"instruction": [{"pos": ..., "neg": ...}, ...], "questions": [...], "eval_prompt": ...}`,
+the rubric with `{question}` and `{answer}` placeholders."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from pvrs.errors import InputError, NonFiniteError
+from pvrs.extraction.inputs import Persona, QAPair
+from pvrs.judge.rubrics import Rubric
+
+if TYPE_CHECKING:
+    from torch import nn
+    from transformers import PreTrainedTokenizerBase
+
+    from pvrs.extraction.generate import SamplingConfig
+    from pvrs.steering.contrast import Response
+
+SIDES = ("pos", "neg")
+NEGATIVE_NAME = "helpful"  # persona_vectors' assistant name under the negative instructions
+# persona_vectors' generate_vec: pos trait >= 50, neg trait < 100 - 50, both coherences >= 50.
+DEFAULT_THRESHOLD = 50.0
+# The vectors generate_vec saves (response_avg_diff, prompt_avg_diff, prompt_last_diff).
+VECTOR_KINDS = ("response_mean", "prompt_mean", "prompt_last")
+
+
+@dataclass(frozen=True)
+class TraitFile:
+    name: str
+    instructions: list[tuple[str, str]]  # (positive, negative) system-prompt instructions
+    questions: list[str]
+    eval_prompt: str
+
+    @property
+    def rubric(self) -> Rubric:
+        return Rubric(self.name, self.eval_prompt)
+
+    def system_prompt(self, side: str, k: int) -> str:
+        """persona_vectors' system prompt: "You are a/an <name> assistant. <instruction>"."""
+        name = self.name if side == "pos" else NEGATIVE_NAME
+        article = "an" if name[:1].lower() in "aeiou" else "a"
+        return f"You are {article} {name} assistant. {self.instructions[k][SIDES.index(side)]}"
+
+    def personas(self) -> list[Persona]:
+        """One persona per (side, instruction): `pos_0`, `neg_0`, `pos_1`, ..."""
+        return [Persona(f"{side}_{k}", f"{side}_{k}", self.system_prompt(side, k))
+                for k in range(len(self.instructions)) for side in SIDES]
+
+    def samples(self, per_question: int) -> list[QAPair]:
+        """Each question `per_question` times (`q3_s1`: question 3, sample 1)."""
+        return [QAPair(f"q{i}_s{j}", q, "") for i, q in enumerate(self.questions) for j in range(per_question)]
+
+
+def load_trait_file(path: str | Path, name: str | None = None) -> TraitFile:
+    """A persona_vectors trait file; `name` (default: the file's stem) is the trait's name in
+    the positive system prompts."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise InputError(f"trait file {path}: cannot read ({exc.strerror or exc})") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InputError(f"trait file {path}: not JSON ({exc})") from None
+    fix = "expected the persona_vectors format {instruction: [{pos, neg}], questions: [...], eval_prompt}"
+    if not isinstance(data, dict):
+        raise InputError(f"trait file {path}: {fix}")
+    pairs = data.get("instruction")
+    if not isinstance(pairs, list) or not pairs or not all(
+        isinstance(p, dict) and all(isinstance(p.get(s), str) and p[s].strip() for s in SIDES) for p in pairs
+    ):
+        raise InputError(f"trait file {path}: 'instruction' must be a non-empty list of {{pos, neg}} strings; {fix}")
+    questions = data.get("questions")
+    if not isinstance(questions, list) or not questions or not all(isinstance(q, str) and q.strip() for q in questions):
+        raise InputError(f"trait file {path}: 'questions' must be a non-empty list of strings; {fix}")
+    prompt = data.get("eval_prompt")
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise InputError(f"trait file {path}: 'eval_prompt' must be the rubric string; {fix}")
+    for field in ("question", "answer"):
+        if "{" + field + "}" not in prompt:
+            raise InputError(f"trait file {path}: 'eval_prompt' has no {{{field}}} placeholder; add one where the {field} goes")
+    return TraitFile(name or path.stem, [(p["pos"], p["neg"]) for p in pairs], list(questions), prompt)
+
+
+def generate_all(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    trait: TraitFile,
+    per_question: int,
+    sampling: SamplingConfig,
+    out_dir: Path,
+    model_name: str,
+    on_batch: Callable[[int], object] | None = None,
+) -> dict[str, list[QAPair]]:
+    """Answers per persona (`pos_0`, ...), saved as `out_dir/<persona>.jsonl`; a file saved for
+    the same model, prompt and sampling is read back instead (`on_batch` hears those too)."""
+    from pvrs.extraction.generate import generate_answers, save_generations, saved_generations
+
+    questions = trait.samples(per_question)
+    out: dict[str, list[QAPair]] = {}
+    for persona in trait.personas():
+        path = out_dir / f"{persona.id}.jsonl"
+        key = {"model": model_name, "system": persona.templated, "sampling": asdict(sampling)}
+        rows = saved_generations(path, questions, key)
+        if rows is None:
+            rows = generate_answers(model, tokenizer, persona, "templated", questions, sampling, on_batch)
+            save_generations(path, rows, key)
+        elif on_batch is not None:
+            on_batch(len(rows))
+        out[persona.id] = rows
+    return out
+
+
+@dataclass(frozen=True)
+class Pair:
+    """The positive and negative answer to one question sample under one instruction pair."""
+
+    instruction: int
+    qid: str
+    question: str
+    pos_answer: str
+    neg_answer: str
+    pos_trait: float
+    neg_trait: float
+    pos_coherence: float
+    neg_coherence: float
+
+    def kept(self, min_trait_pos: float, max_trait_neg: float, min_coherence: float) -> bool:
+        return (self.pos_trait >= min_trait_pos and self.neg_trait < max_trait_neg
+                and min(self.pos_coherence, self.neg_coherence) >= min_coherence)
+
+
+def pairs(trait: TraitFile, answers: Mapping[str, Sequence[QAPair]], scores: Mapping[str, Mapping[tuple[str, str], float]]) -> list[Pair]:
+    """Every (instruction, sample) pair with its four scores; `scores[rubric][(persona, qid)]`
+    for the rubrics `trait` and `coherence`."""
+    out = []
+    for k in range(len(trait.instructions)):
+        for pos, neg in zip(answers[f"pos_{k}"], answers[f"neg_{k}"], strict=True):
+            values = [scores[r][(f"{side}_{k}", pos.qid)] for side in SIDES for r in ("trait", "coherence")]
+            out.append(Pair(k, pos.qid, pos.question, pos.answer, neg.answer, values[0], values[2], values[1], values[3]))
+    return out
+
+
+def write_pairs(rows: Sequence[Pair], kept: Sequence[bool], path: Path) -> None:
+    from pvrs.store import atomic_path
+
+    fields = list(Pair.__dataclass_fields__)
+    with atomic_path(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow([*fields, "kept"])
+        for row, keep in zip(rows, kept, strict=True):
+            writer.writerow([*(getattr(row, k) for k in fields), int(keep)])
+
+
+def responses(trait: TraitFile, kept: Sequence[Pair], side: str) -> list[Response]:
+    """The kept answers of one side as contrast rows (question, answer, system)."""
+    from pvrs.steering.contrast import Response
+
+    return [Response(f"{side}_{p.instruction}:{p.qid}", p.question, p.pos_answer if side == "pos" else p.neg_answer,
+                     trait.system_prompt(side, p.instruction)) for p in kept]
+
+
+def side_means(model: nn.Module, tokenizer: PreTrainedTokenizerBase, rows: Sequence[Response]) -> np.ndarray:
+    """`(3, num_layers, H)`: the mean over `rows` of the answer-token mean, the whole-prompt
+    mean and the last prompt token (VECTOR_KINDS order), one forward per conversation."""
+    from pvrs.engines.transformers import sample_means
+    from pvrs.extraction.masks import MaskStrategy
+    from pvrs.steering.contrast import prepare_responses
+
+    strategies = [MaskStrategy.ANSWER_MEAN, MaskStrategy.ANSWER_PREVIOUS]
+    prepared = prepare_responses(tokenizer, rows, strategies)
+    masks = []
+    for p in prepared:
+        answer, last = p.token_masks[MaskStrategy.ANSWER_MEAN], p.token_masks[MaskStrategy.ANSWER_PREVIOUS]
+        # The prompt is every token up to and including the one before the answer (the
+        # rendered system prompt, question and template tokens: generate_vec's prompt).
+        prompt = np.arange(len(last)) <= int(np.flatnonzero(last)[0])
+        masks.append(np.stack([answer, prompt, last]))
+    return sample_means(model, [p.input_ids for p in prepared], masks, per_sample=False).mean
+
+
+def difference_vectors(
+    model: nn.Module, tokenizer: PreTrainedTokenizerBase, trait: TraitFile, kept: Sequence[Pair]
+) -> dict[str, np.ndarray]:
+    """Positive minus negative mean per kind (`(num_layers, H)` float32 each)."""
+    if not kept:
+        raise InputError("no pair passed the thresholds; lower --min-trait-pos / --min-coherence, raise --max-trait-neg, or use more --samples")
+    pos, neg = (side_means(model, tokenizer, responses(trait, kept, side)).astype(np.float64) for side in SIDES)
+    diff = (pos - neg).astype(np.float32)
+    if not np.isfinite(diff).all():
+        raise NonFiniteError("the trait vectors hold NaN or Inf; check the model's dtype")
+    return dict(zip(VECTOR_KINDS, diff, strict=True))
+
+
+def summary(trait: TraitFile, rows: Sequence[Pair], kept: Sequence[bool]) -> dict[str, Any]:
+    """Counts and mean scores for summary.json."""
+    def mean(values: Sequence[float]) -> float | None:
+        return float(np.mean(values)) if values else None
+
+    return {
+        "trait": trait.name, "instructions": len(trait.instructions), "questions": len(trait.questions),
+        "pairs": len(rows), "kept": int(sum(kept)),
+        **{f"mean_{side}_{r}": mean([getattr(p, f"{side}_{r}") for p in rows]) for side in SIDES for r in ("trait", "coherence")},
+    }
