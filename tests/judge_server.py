@@ -9,6 +9,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -42,6 +43,13 @@ class Server:
 @pytest.fixture(name="server")
 def server_fixture() -> Iterator[Server]:
     """Import `server_fixture` into a test module to get the `server` fixture."""
+    with serve() as state:
+        yield state
+
+
+@contextmanager
+def serve() -> Iterator[Server]:
+    """The server running on a free port for the `with` block (benches use it directly)."""
     state = Server()
 
     class Handler(BaseHTTPRequestHandler):
