@@ -177,10 +177,28 @@ def test_trait_errors_are_one_line(server: Server, tiny_folder: Path, tmp_path: 
     no_grid = [*argv[: argv.index("--layer")], "--no-png"]
     assert main(no_grid) == 2
     assert lines() == ["pvrs trait: error: nothing to evaluate: pass --layer and --alpha (steering), --cap and --tau (capping), or both"]
-    assert not server.requests  # both fail before any model or judge work
+    assert main([*argv, "--layer", "9"]) == 2  # the tiny model has 4 blocks
+    assert lines()[-1] == "pvrs trait: error: --layer '9': layer 9 does not exist (0..3)"
+    assert not server.requests and not (tmp_path / "out" / "answers").exists()  # all fail before any judge or generation work
     server.scorer = lambda prompt: 100.0  # negative answers show the trait too: no pair passes
     assert main(argv) == 2
     err = [line for line in lines() if line.strip() and "Loading weights" not in line]  # transformers' own bar
     assert len(err) == 1, err
     assert err[0].startswith("pvrs trait: error: no pair passed the thresholds; lower --min-trait-pos")
     assert (tmp_path / "out" / "pairs.csv").is_file()  # what was judged is kept
+
+
+def test_eval_questions_from_a_trait_file_or_a_questions_file(tmp_path: Path) -> None:
+    import argparse
+
+    from pvrs.cli.trait import _eval_questions
+
+    trait = load_trait_file(FIXTURE)
+    held_out = tmp_path / "eval.json"
+    held_out.write_text(json.dumps({"instruction": [{"pos": "a", "neg": "b"}], "questions": ["Held out?"],
+                                    "eval_prompt": "{question} {answer}"}))
+    lines = tmp_path / "q.txt"
+    lines.write_text("One?\nTwo?\n")
+    assert _eval_questions(argparse.Namespace(eval_questions=None), trait) == trait.questions
+    assert _eval_questions(argparse.Namespace(eval_questions=str(held_out)), trait) == ["Held out?"]
+    assert _eval_questions(argparse.Namespace(eval_questions=str(lines)), trait) == ["One?", "Two?"]

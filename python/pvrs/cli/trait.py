@@ -95,6 +95,7 @@ def _cmd_trait(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
     from pvrs.cli.steering_run import load_model
+    from pvrs.engines.hooks import decoder_layers
     from pvrs.engines.models import canonical_model_name
     from pvrs.extraction.generate import SamplingConfig
     from pvrs.judge import load_rubric
@@ -111,6 +112,7 @@ def _cmd_trait(args: argparse.Namespace) -> int:
     )
     from pvrs.steering.contrast import save_vector
     from pvrs.store import atomic_write_bytes
+    from pvrs.store.layerspec import parse_layers
 
     trait = load_trait_file(args.trait_file, args.name)
     out = _output_dir(args, trait)
@@ -121,6 +123,11 @@ def _cmd_trait(args: argparse.Namespace) -> int:
     rubrics = {"trait": trait.rubric, "coherence": load_rubric(args.coherence_rubric)}
     judge = make_judge(args)
     model, tokenizer = load_model(args)
+    if not args.no_eval:  # a bad --layer / --cap fails now, not after generating and judging
+        blocks = range(len(decoder_layers(model)))
+        for flag, spec in [("--layer", args.layer)] + [("--cap", [c]) for c in args.cap or []]:
+            if spec:
+                parse_layers(spec, blocks, flag)
     model_name = canonical_model_name(args.model)
     sampling = SamplingConfig(args.max_new_tokens, args.temperature, args.top_p, args.seed, args.batch_size)
     console = Console(stderr=True)
