@@ -145,6 +145,8 @@ def test_resume_across_ray_and_plain_runs(
         (["--ray", "--replicas", "9"], "lower --replicas"),
         (["--ray", "--gpus-per-replica", "1"], "GPU"),
         (["--ray", "--replicas", "0"], "must be at least 1"),
+        (["--ray", "127.0.0.1:1"], "--ray 127.0.0.1:1: cannot connect"),
+        (["--ray", "nowhere"], "is not HOST:PORT"),
     ],
 )
 def test_user_errors_are_one_line_before_any_work(
@@ -163,16 +165,13 @@ def test_user_errors_are_one_line_before_any_work(
     assert not out.exists() or not any(out.rglob("*.safetensors"))
 
 
-def test_unreachable_address_and_missing_ray_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from pvrs.engines import ray_engine
-    from pvrs.errors import InputError
-
-    with pytest.raises(InputError, match=r"--ray 127\.0\.0\.1:1: cannot connect .*ray start --head"):
-        ray_engine._reachable("127.0.0.1:1", "start the cluster with `ray start --head`")
+def test_missing_ray_is_one_line(tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: F811
+    argv = ["extract", "--model", str(tiny_model_dir), *_inputs(tmp_path, 2), "--output-dir", str(tmp_path / "s"), "--ray"]
     with pytest.MonkeyPatch.context() as mp:
         mp.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
-        with pytest.raises(InputError, match=r"pip install 'pvrs\[ray\]'"):
-            ray_engine.connect(None)
+        assert main(argv) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith("pip install 'pvrs[ray]'")
+    assert not (tmp_path / "s").exists() or not any((tmp_path / "s").rglob("*.safetensors"))
 
 
 def test_ctrl_c_stops_the_replicas_and_a_rerun_resumes(

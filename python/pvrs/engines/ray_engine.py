@@ -74,10 +74,8 @@ def import_ray() -> Any:
 
 def connect(address: str | None) -> Any:
     """Ray, started or joined; an unreachable address is one line. A Ray already initialised in
-    this process (a notebook, a test) is used as it is."""
+    this process (a notebook, a test) is used as it is, once a given address answers."""
     ray = import_ray()
-    if ray.is_initialized():
-        return ray
     where = address or os.environ.get("RAY_ADDRESS") or "a local Ray"
     fix = (
         "start the cluster with `ray start --head`, or pass its address (HOST:6379 or "
@@ -85,6 +83,8 @@ def connect(address: str | None) -> Any:
     )
     if address not in (None, "auto", "local"):
         _reachable(address, fix)
+    if ray.is_initialized():
+        return ray
     try:
         ray.init(address=address, include_dashboard=False, log_to_driver=False)
     except (ConnectionError, RuntimeError, ValueError) as exc:

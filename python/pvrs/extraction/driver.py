@@ -427,6 +427,8 @@ def extract(
     if ray is not None:
         from pvrs.engines.ray_engine import run_on_ray
 
+        for job in todo if verbose else ():  # jobs run out of order there: previews first
+            _preview(console, tokenizer, job)
         run_on_ray(ray, config, todo, save_samples, saver, console, progress=progress)
         result.seconds = time.perf_counter() - start
         return result
@@ -436,9 +438,7 @@ def extract(
         for job in todo:
             bar.update(task_personas, description=f"{job.persona.id} [{job.variant}]")
             if verbose:
-                from pvrs.extraction.chat import print_preview
-
-                print_preview(console, tokenizer, job.prepared[0], job.strategies)
+                _preview(console, tokenizer, job)
 
             def on_batch(n_samples: int, n_tokens: int) -> None:
                 result.tokens += n_tokens
@@ -460,6 +460,12 @@ def extract(
             bar.advance(task_personas)
     result.seconds = time.perf_counter() - start
     return result
+
+
+def _preview(console: Console, tokenizer: PreTrainedTokenizerBase, job: _Job) -> None:
+    from pvrs.extraction.chat import print_preview
+
+    print_preview(console, tokenizer, job.prepared[0], job.strategies)
 
 
 def _check_lengths(model: nn.Module, jobs: Sequence[_Job], allow: bool, console: Console) -> None:
