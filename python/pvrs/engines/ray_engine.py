@@ -15,7 +15,7 @@ A replica that dies is restarted by Ray (`max_restarts`) and its queued jobs are
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -213,7 +213,7 @@ class Cluster:
             raise ModelError(f"Ray replicas loaded {infos[0][1]}, the driver planned {expect_dtype}; pass --dtype")
         self.pids = [pid for pid, _ in infos]
 
-    def stream(self, jobs: Sequence[Job], per_sample: bool, on_submit: Callable[[Job], None] | None = None) -> Iterator[Done]:
+    def stream(self, jobs: Sequence[Job], per_sample: bool) -> Generator[Done, None, None]:
         queue = list(reversed(jobs))
         running: dict[Any, tuple[int, Job]] = {}
         load = [0] * len(self.actors)
@@ -225,8 +225,6 @@ class Cluster:
                         ref = actor.run.remote(job.input_ids, job.masks, job.sample_ids, per_sample)
                         running[ref] = (i, job)
                         load[i] += 1
-                        if on_submit is not None:
-                            on_submit(job)
                 [ref], _ = self.ray.wait(list(running), num_returns=1)
                 i, job = running.pop(ref)
                 load[i] -= 1
