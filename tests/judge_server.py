@@ -24,7 +24,9 @@ def expected_score(prompt: str) -> float:
 @dataclass
 class Server:
     """What the fake endpoint does: `mode` for every request, after `fail_first` requests
-    answered with `fail_status` (and `retry_after`)."""
+    answered with `fail_status` (and `retry_after`). In `number` mode the reply is the
+    scorer's number, or `REFUSAL` when it returns None; in `logprobs` mode the first token's
+    top logprobs are `top`."""
 
     url: str = ""
     mode: str = "number"
@@ -32,7 +34,8 @@ class Server:
     fail_status: int = 429
     retry_after: str | None = None
     delay: float = 0.0
-    scorer: Callable[[str], float] = field(default=lambda prompt: expected_score(prompt))
+    scorer: Callable[[str], float | None] = field(default=lambda prompt: expected_score(prompt))
+    top: list[tuple[str, float]] = field(default_factory=lambda: [("80", 0.75), ("40", 0.25), ("Sure", 1e-3)])
     requests: list[dict] = field(default_factory=list)
     times: list[float] = field(default_factory=list)
     in_flight: int = 0
@@ -81,13 +84,16 @@ def serve() -> Iterator[Server]:
                     return self._send(state.fail_status, b'{"error": "busy"}', headers)
                 if state.mode == "garbage":
                     return self._send(200, b"<html>proxy error</html>")
-                prompt = body["messages"][0]["content"]
-                content = {"number": str(int(state.scorer(prompt))), "words": "I would say it is fine"}.get(state.mode, "0")
+                if state.mode == "no_choices":
+                    return self._send(200, b'{"id": "x", "object": "chat.completion"}')
+                score = state.scorer(body["messages"][0]["content"]) if state.mode == "number" else 0
+                content = {"number": "REFUSAL" if score is None else str(int(score)),
+                           "words": "I would say it is fine"}.get(state.mode, "0")
                 choice: dict = {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}
                 if state.mode == "logprobs" and body.get("logprobs"):
-                    top = [("80", 0.75), ("40", 0.25), ("Sure", 1e-3)]
-                    choice["logprobs"] = {"content": [{"token": "80", "logprob": math.log(0.75),
-                                                       "top_logprobs": [{"token": t, "logprob": math.log(p)} for t, p in top]}]}
+                    token, p = max(state.top, key=lambda tp: tp[1])
+                    choice["logprobs"] = {"content": [{"token": token, "logprob": math.log(p), "top_logprobs": [
+                        {"token": t, "logprob": math.log(q)} for t, q in state.top]}]}
                 self._send(200, json.dumps({"id": "x", "object": "chat.completion", "choices": [choice]}).encode(),
                            {"Content-Type": "application/json"})
             finally:

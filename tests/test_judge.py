@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pvrs
 import pytest
@@ -16,6 +17,10 @@ from pvrs.judge.endpoint import EndpointJudge
 from pvrs.judge.numbers import stated_score, weighted_score
 
 from tests.judge_server import Server, expected_score, server_fixture  # noqa: F401 (the `server` fixture)
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedTokenizerBase
 
 
 def judge_for(server: Server, **options: object) -> EndpointJudge:
@@ -71,12 +76,36 @@ def test_timeout_is_one_error(server: Server) -> None:
 @pytest.mark.parametrize(
     "mode,match",
     [("garbage", "malformed reply, not an OpenAI chat completion: '<html>proxy error</html>'"),
-     ("words", "'I would say it is fine' is not a score 0-100")],
+     ("no_choices", "malformed reply, not an OpenAI chat completion: '{\"id\": \"x\"")],
 )
 def test_malformed_reply_is_one_error(server: Server, mode: str, match: str) -> None:
     server.mode = mode
-    with pytest.raises(pvrs.JudgeError, match=match):
+    with pytest.raises(pvrs.JudgeError, match=match) as info:
         judge_for(server).score(["p"])
+    assert f"judge endpoint {server.url}/chat/completions: " in str(info.value)
+
+
+def test_refusal_or_words_is_no_score_and_the_run_continues(server: Server) -> None:
+    rubric = load_rubric("coherence")
+    refused = {rubric.render(a.question, a.answer) for a in ANSWERS[::3]}
+    server.scorer = lambda prompt: None if prompt in refused else expected_score(prompt)  # None: the reply is REFUSAL
+    scores = judge_answers(judge_for(server), rubric, ANSWERS)
+    assert scores == [None if i % 3 == 0 else expected_score(rubric.render(a.question, a.answer)) for i, a in enumerate(ANSWERS)]
+    assert len(server.requests) == len(ANSWERS)
+    server.mode = "words"
+    assert judge_for(server).score(["p"]) == [None]
+
+
+def test_low_number_mass_is_no_score(server: Server) -> None:
+    """persona_vectors' rule: under 0.25 of the top-logprob mass on the numbers, no score,
+    even when the sampled token is a number."""
+    server.mode = "logprobs"
+    server.top = [("REF", 0.6), ("80", 0.2), ("40", 0.04)]
+    assert judge_for(server).score(["p"]) == [None]
+    server.top = [("80", 0.2), ("REF", 0.15), ("Sure", 0.1)]  # the number is sampled, but 0.2 < 0.25
+    assert judge_for(server).score(["p"]) == [None]
+    server.top = [("REF", 0.7), ("80", 0.25)]
+    assert judge_for(server).score(["p"]) == [80.0]
 
 
 def test_client_errors_are_not_retried_and_hint_the_fix(server: Server) -> None:
@@ -102,7 +131,10 @@ def test_endpoint_settings_from_flags_or_environment(monkeypatch: pytest.MonkeyP
 def test_score_readers() -> None:
     assert weighted_score([("100", 0.5), (" 0", 0.5), ("101", 0.9), ("07", 0.9)]) == 50.0
     assert weighted_score([("yes", 1.0)]) is None
+    assert weighted_score([("REFUSAL", 0.75), ("60", 0.2), ("7", 0.04)]) is None  # 0.24 on numbers
+    assert weighted_score([("REFUSAL", 0.75), ("60", 0.25)]) == 60.0
     assert (stated_score(" 85\n"), stated_score("85.5."), stated_score("101"), stated_score("85 points")) == (85.0, 85.5, None, None)
+    assert stated_score("REFUSAL") is None and stated_score(" refusal\n") is None
 
 
 def test_rubric_files(tmp_path: Path) -> None:
@@ -137,6 +169,9 @@ def test_cache_survives_a_torn_line_and_keys_on_everything(tmp_path: Path) -> No
     assert again.get("a") == 1.0 and again.get("b") is None
     again.put("c", 3.0)
     assert ScoreCache(path).get("c") == 3.0
+    again.put("none", None)  # the judge gave no score: cached as such
+    reread = ScoreCache(path)
+    assert "none" in reread and reread.get("none") is None and "b" not in reread
     keys = {cache_key(*parts) for parts in [("j", "r", "t", "q", "a"), ("j2", "r", "t", "q", "a"), ("j", "r2", "t", "q", "a"),
                                             ("j", "r", "t2", "q", "a"), ("j", "r", "t", "q2", "a"), ("j", "r", "t", "q", "a2")]}
     assert len(keys) == 6
@@ -171,6 +206,33 @@ def test_cli_writes_scores_and_a_rerun_asks_nothing(server: Server, tmp_path: Pa
     assert main([*argv, "--rubric", "coherence"]) == 0
     assert main([*argv[:-1], "sea shanties", "--rubric", "coherence"]) == 0
     assert len(server.requests) == 3 * len(ANSWERS)
+
+
+def test_cli_unscored_answers_are_counted_left_out_and_cached(server: Server, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    from pvrs.extraction.generate import filter_by_score, load_scores
+    from pvrs.extraction.inputs import Persona, QAPair
+
+    refused = {a.answer for a in ANSWERS[:5]}
+    server.scorer = lambda prompt: None if any(a in prompt for a in refused) else 90.0
+    _write_answers(tmp_path / "answers.jsonl", ANSWERS)
+    out = tmp_path / "scores.jsonl"
+    argv = ["judge", str(tmp_path / "answers.jsonl"), "-o", str(out), "--judge-url", server.url,
+            "--judge-model", "m", "--rubric", "coherence", "--cache", str(tmp_path / "cache.jsonl")]
+    assert main(argv) == 0
+    err = " ".join(capsys.readouterr().err.split())  # rich wraps the line
+    assert "12 answers (0 from the cache), mean coherence score 90.0; 5 answers could not be scored (REFUSAL or no number)" in err
+    assert set(load_scores(out)) == {("pirate", a.qid) for a in ANSWERS[5:]}  # no row for an unscored answer
+    assert sum('"score": null' in line for line in (tmp_path / "cache.jsonl").read_text().splitlines()) == 5
+    # A rerun asks nothing: the unscored answers are cached as such.
+    assert main(argv) == 0
+    assert len(server.requests) == len(ANSWERS)
+    assert "12 answers (12 from the cache), mean coherence score 90.0; 5 answers could not be scored" in " ".join(
+        capsys.readouterr().err.split())
+    # `pvrs extract --scores` drops an answer with no row as unscored, whatever --min-score.
+    rows = [QAPair(a.qid, a.question, a.answer) for a in ANSWERS]
+    kept = filter_by_score(Persona("pirate", "Pirate", "p"), rows, load_scores(out), min_score=0)
+    assert [r.qid for r in kept] == [a.qid for a in ANSWERS[5:]]
 
 
 def test_cli_failure_leaves_the_scores_file_untouched(server: Server, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -214,6 +276,23 @@ def test_role_rubric_uses_each_personas_prompt(server: Server, tmp_path: Path) -
                  "--judge-model", "m", "--rubric", "role"]) == 2
 
 
+def _favour_numbers(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase) -> torch.nn.Module:
+    """A random tiny model spreads its next-token mass over the whole vocabulary, far under
+    the judge's minimum on the numbers: lift the number tokens' logits by about 4 at the end
+    of a rubric prompt (where the final hidden state barely depends on the prompt), keeping
+    their own differences so that scores still vary."""
+    import torch
+    from pvrs.extraction.generate import as_chat, render
+    from pvrs.judge.numbers import number_value
+
+    numbers = [i for i in range(len(tokenizer)) if number_value(str(tokenizer.decode([i]))) is not None]
+    ids = tokenizer(render(tokenizer, as_chat(load_rubric("coherence").render("Q?", "A."))), add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        h = model(input_ids=torch.tensor([ids]), output_hidden_states=True).hidden_states[-1][0, -1]
+        model.get_output_embeddings().weight[numbers] += 4 * h / h.dot(h)
+    return model
+
+
 def test_local_judge_on_a_tiny_model() -> None:
     from pvrs.judge.local import LocalJudge
 
@@ -221,14 +300,26 @@ def test_local_judge_on_a_tiny_model() -> None:
     from tests.tiny_models import tiny_model
 
     tokenizer = make_tokenizer("chatml")
-    model = tiny_model("llama", vocab_size=len(tokenizer))
+    model = _favour_numbers(tiny_model("llama", vocab_size=len(tokenizer)), tokenizer)
     prompts = [load_rubric("coherence").render(a.question, a.answer) for a in ANSWERS[:5]]
     judge = LocalJudge(model, tokenizer, "tiny", batch_size=2)
     scores = judge.score(prompts)
-    assert all(0 <= s <= 100 for s in scores) and len(set(scores)) > 1
+    assert all(s is not None and 0 <= s <= 100 for s in scores) and len(set(scores)) > 1
     assert judge.score(prompts) == scores
     alone = [LocalJudge(model, tokenizer, "tiny", batch_size=1).score([p])[0] for p in prompts]
     assert alone == pytest.approx(scores, abs=1e-3)
+
+
+def test_local_judge_below_the_minimum_number_mass_gives_no_score() -> None:
+    """The untouched tiny model puts about 0.03 of its mass on the number tokens."""
+    from pvrs.judge.local import LocalJudge
+
+    from tests.tiny import make_tokenizer
+    from tests.tiny_models import tiny_model
+
+    tokenizer = make_tokenizer("chatml")
+    judge = LocalJudge(tiny_model("llama", vocab_size=len(tokenizer)), tokenizer, "tiny", batch_size=2)
+    assert judge.score([load_rubric("coherence").render(a.question, a.answer) for a in ANSWERS[:3]]) == [None] * 3
 
 
 @pytest.mark.slow
@@ -242,7 +333,7 @@ def test_local_judge_on_the_builtin_model() -> None:
     prompts = [rubric.render("What is the capital of France?", "The capital of France is Paris."),
                rubric.render("What is the capital of France?", "purple the the seven banana of")]
     scores = judge.score(prompts)
-    assert all(0 <= s <= 100 for s in scores) and judge.score(prompts) == scores
+    assert all(s is not None and 0 <= s <= 100 for s in scores) and judge.score(prompts) == scores
 
 
 def test_scores_round_trip_into_extract(server: Server, tmp_path: Path) -> None:
@@ -278,7 +369,7 @@ def test_cli_local_judge_from_a_model_folder(tmp_path: Path) -> None:
     from tests.tiny_models import tiny_model
 
     tokenizer = make_tokenizer("chatml")
-    tiny_model("llama", vocab_size=len(tokenizer)).save_pretrained(tmp_path / "judge")
+    _favour_numbers(tiny_model("llama", vocab_size=len(tokenizer)), tokenizer).save_pretrained(tmp_path / "judge")
     tokenizer.save_pretrained(tmp_path / "judge")
     _write_answers(tmp_path / "a.jsonl", ANSWERS[:3])
     argv = ["judge", str(tmp_path / "a.jsonl"), "-o", str(tmp_path / "s.jsonl"), "--local", "--judge-model",

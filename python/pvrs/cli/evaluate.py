@@ -129,6 +129,10 @@ def evaluate(
         table.add_row(c.kind + mark, *("" if v is None else f"{v:g}" for v in (c.layer, c.alpha)), c.cap or "",
                       "" if c.tau is None else f"{c.tau:g}", f"{r.trait:.1f}", f"{r.coherence:.1f}")
     console.print(table)
+    unscored = {"trait": sum(r.unscored[0] for r in results), "coherence": sum(r.unscored[1] for r in results)}
+    if any(unscored.values()):
+        console.print(f"{unscored['trait']} trait and {unscored['coherence']} coherence scores missing (REFUSAL or no number): "
+                      "cell means are over the scored answers (counts per cell in results.csv)")
     verdicts = []
     if layers:
         verdicts.append(
@@ -147,6 +151,7 @@ def evaluate(
     summary: dict[str, Any] = {
         "vector": name, "model": args.model, "trait": setup.trait, "judge": judge.id,
         "min_coherence": args.min_coherence, "cells_resumed": resumed,
+        "unscored": unscored,
         "recommended": None if best is None else {**vars(best.cell), "trait": best.trait, "coherence": best.coherence},
     }
     if caps:

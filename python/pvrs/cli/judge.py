@@ -1,11 +1,14 @@
 """`pvrs judge`: score saved answers 0-100 with a rubric, by an OpenAI-compatible endpoint
-or a local model, and write them in the `--scores` format `pvrs extract` reads."""
+or a local model, and write them in the `--scores` format `pvrs extract` reads. An answer
+the judge gives no score (a `REFUSAL`, or no number) has no row there: `pvrs extract
+--scores` drops it as unscored."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -99,6 +102,27 @@ def score_cache(args: argparse.Namespace, beside: Path) -> ScoreCache | None:
     return None if args.no_cache else ScoreCache(Path(args.cache) if args.cache else default_cache_path(beside))
 
 
+def write_scores(path: Path, scores: Iterable[tuple[str, str, float | None]], rubric: str, judge_id: str) -> int:
+    """`(persona_id, qid, score)` rows in the `--scores` format, written atomically; an
+    answer with no score gets no row. Returns how many had none."""
+    from pvrs.store import atomic_write_bytes
+
+    rows: list[dict[str, object]] = []
+    unscored = 0
+    for pid, qid, score in scores:
+        if score is None:
+            unscored += 1
+        else:
+            rows.append({"persona_id": pid, "qid": qid, "score": score, "rubric": rubric, "judge": judge_id})
+    atomic_write_bytes(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode())
+    return unscored
+
+
+def unscored_note(n: int) -> str:
+    """The report's clause on answers the judge gave no score (empty when none)."""
+    return f"; {n} answers could not be scored (REFUSAL or no number)" if n else ""
+
+
 def _cmd_judge(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
@@ -106,7 +130,6 @@ def _cmd_judge(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
     from pvrs.judge import judge_answers, load_rubric, read_answers
-    from pvrs.store import atomic_write_bytes
 
     output = Path(args.output)
     check_writable("--output", output)
@@ -125,21 +148,20 @@ def _cmd_judge(args: argparse.Namespace) -> int:
     ) as progress:
         task = progress.add_task(f"judging ({rubric.name})", total=len(answers))
 
-        def tick(_i: int, _score: float, from_cache: bool) -> None:
+        def tick(_i: int, _score: float | None, from_cache: bool) -> None:
             nonlocal cached
             cached += from_cache
             progress.advance(task)
 
         scores = judge_answers(judge, rubric, answers, cache, on_score=tick)
-    rows = [
-        {"persona_id": a.persona_id, "qid": a.qid, "score": s, "rubric": rubric.name, "judge": judge.id}
-        for a, s in zip(answers, scores, strict=True)
-    ]
     with writing(output):
-        atomic_write_bytes(output, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode())
-    mean = sum(scores) / len(scores) if scores else float("nan")
+        unscored = write_scores(output, ((a.persona_id, a.qid, s) for a, s in zip(answers, scores, strict=True)),
+                                rubric.name, judge.id)
+    scored = [s for s in scores if s is not None]
+    mean = f"mean {rubric.name} score {sum(scored) / len(scored):.1f}" if scored else f"no {rubric.name} score"
+    hint = "; none could: check that the rubric asks for a number 0-100 only" if scores and not scored else ""
     console.print(
-        f"pvrs judge: {len(scores)} answers ({cached} from the cache), mean {rubric.name} score {mean:.1f}; "
+        f"pvrs judge: {len(scores)} answers ({cached} from the cache), {mean}{unscored_note(unscored)}{hint}; "
         f"wrote {output} (pass it to `pvrs extract --scores`)"
     )
     return 0
@@ -156,7 +178,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Score saved answers (the generations `pvrs extract --generate` saves, or JSONL "
         "rows of persona_id, qid, question, answer) 0-100 with a rubric prompt, by an "
         "OpenAI-compatible endpoint or a local model, and write persona_id/qid/score rows for "
-        "`pvrs extract --scores`. Scores are cached, so a rerun asks nothing twice.",
+        "`pvrs extract --scores`. Scores are cached, so a rerun asks nothing twice. An answer the "
+        "judge gives no score (REFUSAL, or no number) is counted and left out of the file.",
     )
     p.add_argument("answers", nargs="+", metavar="FILE|DIR", help="answer files, or folders of .jsonl answer files")
     p.add_argument("--output", "-o", default="scores.jsonl", help="scores file to write (default %(default)s)")

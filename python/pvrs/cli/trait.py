@@ -19,7 +19,7 @@ from pvrs.cli.common import (
     writing,
 )
 from pvrs.cli.evaluate import add_grid_args, check_grid_args, evaluate
-from pvrs.cli.judge import add_judge_args, make_judge, score_cache
+from pvrs.cli.judge import add_judge_args, make_judge, score_cache, unscored_note, write_scores
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -60,14 +60,15 @@ def _eval_questions(args: argparse.Namespace, trait: TraitFile) -> list[str]:
 def _judge_all(
     judge: Judge, trait: TraitFile, answers: dict[str, list[QAPair]], rubrics: dict[str, Rubric],
     cache: ScoreCache | None, console: Console,
-) -> dict[str, dict[tuple[str, str], float]]:
-    """Scores per rubric name, keyed by (persona, qid); cached scores are not asked again."""
+) -> dict[str, dict[tuple[str, str], float | None]]:
+    """Scores per rubric name, keyed by (persona, qid) (None: the judge gave none); cached
+    scores are not asked again."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
     from pvrs.judge import Answer, judge_answers
 
     items = [Answer(pid, r.qid, r.question, r.answer, trait.name) for pid, rows in answers.items() for r in rows]
-    out: dict[str, dict[tuple[str, str], float]] = {}
+    out: dict[str, dict[tuple[str, str], float | None]] = {}
     with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=True) as progress:
         task = progress.add_task("judging", total=len(items) * len(rubrics))
@@ -77,15 +78,13 @@ def _judge_all(
     return out
 
 
-def _write_scores(out: Path, scores: dict[str, dict[tuple[str, str], float]], judge_id: str) -> None:
-    """scores/<rubric>.jsonl in the --scores format `pvrs extract` reads."""
-    from pvrs.store import atomic_write_bytes
-
+def _write_scores(out: Path, scores: dict[str, dict[tuple[str, str], float | None]], judge_id: str) -> int:
+    """scores/<rubric>.jsonl in the --scores format `pvrs extract` reads; returns how many
+    answers had no score (counted once per answer, whichever rubric missed)."""
+    (out / "scores").mkdir(parents=True, exist_ok=True)
     for name, by_key in scores.items():
-        rows = [{"persona_id": pid, "qid": qid, "score": s, "rubric": name, "judge": judge_id} for (pid, qid), s in by_key.items()]
-        path = out / "scores" / f"{name}.jsonl"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode())
+        write_scores(out / "scores" / f"{name}.jsonl", ((pid, qid, s) for (pid, qid), s in by_key.items()), name, judge_id)
+    return len({key for by_key in scores.values() for key, s in by_key.items() if s is None})
 
 
 def _cmd_trait(args: argparse.Namespace) -> int:
@@ -139,11 +138,11 @@ def _cmd_trait(args: argparse.Namespace) -> int:
                                on_batch=lambda n: progress.advance(task, n))
     scores = _judge_all(judge, trait, answers, rubrics, score_cache(args, out / "pairs.csv"), console)
     rows = pairs(trait, answers, scores)
-    kept = [p.kept(args.min_trait_pos, args.max_trait_neg, args.min_coherence) for p in rows]
-    chosen = [p for p, k in zip(rows, kept, strict=True) if k]
+    reasons = [p.drop_reason(args.min_trait_pos, args.max_trait_neg, args.min_coherence) for p in rows]
+    chosen = [p for p, why in zip(rows, reasons, strict=True) if not why]
     with writing(out):
-        _write_scores(out, scores, judge.id)
-        write_pairs(rows, kept, out / "pairs.csv")
+        unscored = _write_scores(out, scores, judge.id)
+        write_pairs(rows, reasons, out / "pairs.csv")
         for side in SIDES:  # the kept answers, in the rows `pvrs contrast` reads
             data = "".join(json.dumps({"id": r.sample_id, "question": r.question, "answer": r.answer, "system": r.system},
                                       ensure_ascii=False) + "\n" for r in responses(trait, chosen, side))
@@ -156,9 +155,11 @@ def _cmd_trait(args: argparse.Namespace) -> int:
     with writing(out):
         paths = {kind: str(save_vector(out / "vectors" / f"{kind}.safetensors", v, {**meta, "kind": kind}))
                  for kind, v in vectors.items()}
-    record: dict[str, Any] = {**summary(trait, rows, kept), "model": model_name, "judge": judge.id,
+    record: dict[str, Any] = {**summary(trait, rows, reasons), "model": model_name, "judge": judge.id,
                               "thresholds": thresholds, "sampling": asdict(sampling), "vectors": paths}
-    console.print(f"pvrs trait {trait.name}: kept {sum(kept)} of {len(rows)} pairs; wrote {out / 'vectors'}")
+    dropped = " (their pairs are dropped: see pairs.csv)" if unscored else ""
+    console.print(f"pvrs trait {trait.name}: kept {len(chosen)} of {len(rows)} pairs{unscored_note(unscored)}{dropped}; "
+                  f"wrote {out / 'vectors'}")
     if eval_questions is not None:
         setup = EvalSetup(eval_questions, trait.name, trait.rubric, rubrics["coherence"], sampling,
                           system_prompt=trait.system_prompt("pos", 0), positions=args.positions)

@@ -17,12 +17,15 @@ from pvrs.judge.rubrics import BUILTIN, Rubric, load_rubric
 
 class Judge(Protocol):
     """Anything that scores prompts 0-100, in order, telling `on_score(i, score)` as each
-    is done. `id` names what decides the scores (it keys the cache)."""
+    is done; None is "no score" (a `REFUSAL`, or no number). `id` names what decides the
+    scores (it keys the cache)."""
 
     @property
     def id(self) -> str: ...
 
-    def score(self, prompts: Sequence[str], on_score: Callable[[int, float], object] | None = None) -> list[float]: ...
+    def score(
+        self, prompts: Sequence[str], on_score: Callable[[int, float | None], object] | None = None
+    ) -> list[float | None]: ...
 
 
 @dataclass(frozen=True)
@@ -41,22 +44,24 @@ def judge_answers(
     rubric: Rubric,
     answers: Sequence[Answer],
     cache: ScoreCache | None = None,
-    on_score: Callable[[int, float, bool], object] | None = None,
-) -> list[float]:
-    """Scores of `answers`, in order. Cached scores are reused; new ones are cached as they
-    arrive, so an interrupted run loses none. `on_score(i, score, cached)` hears each."""
+    on_score: Callable[[int, float | None, bool], object] | None = None,
+) -> list[float | None]:
+    """Scores of `answers`, in order (None: the judge gave no score). Cached scores, None
+    included, are reused; new ones are cached as they arrive, so an interrupted run loses
+    none. `on_score(i, score, cached)` hears each."""
     # A rubric without {trait} scores the same whatever the trait: key it without one.
     keys = [cache_key(judge.id, rubric.text, (rubric.needs_trait and a.trait) or "", a.question, a.answer) for a in answers]
-    scores = [None if cache is None else cache.get(k) for k in keys]
+    scores: list[float | None] = [None if cache is None else cache.get(k) for k in keys]
     # Render before any request: a missing {trait} fails before the judge is asked anything.
-    todo = [i for i, s in enumerate(scores) if s is None]
+    todo = [i for i, k in enumerate(keys) if cache is None or k not in cache]
     prompts = [rubric.render(answers[i].question, answers[i].answer, answers[i].trait) for i in todo]
     if on_score is not None:
+        asked = set(todo)
         for i, s in enumerate(scores):
-            if s is not None:
+            if i not in asked:
                 on_score(i, s, True)
 
-    def scored(j: int, score: float) -> None:
+    def scored(j: int, score: float | None) -> None:
         i = todo[j]
         scores[i] = score
         if cache is not None:
@@ -65,7 +70,7 @@ def judge_answers(
             on_score(i, score, False)
 
     judge.score(prompts, scored)
-    return [float(s) for s in scores if s is not None]
+    return scores
 
 
 def read_answers(paths: Sequence[str | Path]) -> list[Answer]:

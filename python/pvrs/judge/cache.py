@@ -2,7 +2,8 @@
 sha256 of (judge id, rubric text, its {trait}, question, answer), so a rerun asks the judge nothing it
 has answered before. Each score is appended as it arrives (one `write` on an O_APPEND file:
 concurrent writers never interleave within a line), so an interrupted run keeps its scores;
-a line torn by a kill is skipped when read."""
+a line torn by a kill is skipped when read. An answer the judge gave no score (`"score": null`)
+is cached too: asking again would get the same reply."""
 
 from __future__ import annotations
 
@@ -32,21 +33,25 @@ class ScoreCache:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._scores: dict[str, float] = {}
+        self._scores: dict[str, float | None] = {}
         self._lock = threading.Lock()
         text = path.read_text(encoding="utf-8", errors="replace") if path.is_file() else ""
         self._torn = bool(text) and not text.endswith("\n")  # end the torn line before appending
         for line in text.splitlines():
             try:
                 row = json.loads(line)
-                self._scores[str(row["key"])] = float(row["score"])
+                self._scores[str(row["key"])] = None if row["score"] is None else float(row["score"])
             except (ValueError, KeyError, TypeError):
                 continue  # a torn last line from an interrupted run
 
+    def __contains__(self, key: str) -> bool:
+        return key in self._scores
+
     def get(self, key: str) -> float | None:
+        """The cached score (None also for a cached "no score": check `key in cache`)."""
         return self._scores.get(key)
 
-    def put(self, key: str, score: float) -> None:
+    def put(self, key: str, score: float | None) -> None:
         line = (json.dumps({"key": key, "score": score}) + "\n").encode()
         with self._lock:
             if self._torn:

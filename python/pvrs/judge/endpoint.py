@@ -1,7 +1,8 @@
 """A judge behind any OpenAI-compatible chat-completions endpoint (vLLM, SGLang, llama.cpp
 server, hosted APIs). Requests run `concurrency` at a time; 429s, 5xx replies, timeouts and
 dropped connections are retried with exponential backoff (a Retry-After header wins), and
-every failure is one `JudgeError` naming the endpoint."""
+every failure is one `JudgeError` naming the endpoint. A reply that holds no score (a
+`REFUSAL`, too little probability on the numbers) is a None score, not a failure."""
 
 from __future__ import annotations
 
@@ -65,10 +66,12 @@ class EndpointJudge:
         base = self.url.rstrip("/")
         return base if base.endswith("/chat/completions") else base + "/chat/completions"
 
-    def score(self, prompts: Sequence[str], on_score: Callable[[int, float], object] | None = None) -> list[float]:
-        """Scores of `prompts`, in order; `on_score(i, score)` hears each as it arrives (on
-        the calling thread). The first failure cancels the requests not yet sent."""
-        scores: list[float] = [math.nan] * len(prompts)
+    def score(
+        self, prompts: Sequence[str], on_score: Callable[[int, float | None], object] | None = None
+    ) -> list[float | None]:
+        """Scores of `prompts`, in order (None: no score); `on_score(i, score)` hears each as it
+        arrives (on the calling thread). The first failure cancels the requests not yet sent."""
+        scores: list[float | None] = [None] * len(prompts)
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
         limits = httpx.Limits(max_connections=self.concurrency)
         with httpx.Client(timeout=self.timeout, headers=headers, limits=limits) as client, \
@@ -85,7 +88,7 @@ class EndpointJudge:
                 raise
         return scores
 
-    def _score_one(self, client: httpx.Client, prompt: str) -> float:
+    def _score_one(self, client: httpx.Client, prompt: str) -> float | None:
         body: dict[str, Any] = {
             "model": self.model,
             "messages": [{"role": "user", "content": prompt}],
@@ -120,27 +123,24 @@ class EndpointJudge:
             "check the server, or raise --timeout / --retries"
         )
 
-    def _read_score(self, content: bytes) -> float:
+    def _read_score(self, content: bytes) -> float | None:
         """The weighted mean over the first token's top logprobs when the server sends them,
-        else the number the reply states."""
+        else the number the reply states; None (no score) for a `REFUSAL`, words, or too
+        little mass on the number tokens. A reply that is no chat completion is an error."""
         try:
             choice = json.loads(content)["choices"][0]
             text = choice["message"]["content"]
+            if text is not None and not isinstance(text, str):
+                raise TypeError(text)
             logprobs = (choice.get("logprobs") or {}).get("content") or []
-            top = logprobs[0]["top_logprobs"] if logprobs else []
-            score = weighted_score((t["token"], math.exp(t["logprob"])) for t in top)
+            top = [(t["token"], math.exp(t["logprob"])) for t in logprobs[0]["top_logprobs"]] if logprobs else None
         except (ValueError, KeyError, IndexError, TypeError, AttributeError):
             raise JudgeError(
                 f"judge endpoint {self.endpoint}: malformed reply, not an OpenAI chat completion: {_snippet(content)}"
             ) from None
-        if score is None:
-            score = stated_score(text) if isinstance(text, str) else None
-        if score is None:
-            raise JudgeError(
-                f"judge endpoint {self.endpoint}: the reply {_snippet(str(text).encode())} is not a score "
-                "0-100; use a rubric that asks for the number only"
-            )
-        return score
+        if top is not None:  # as persona_vectors: the logprobs decide, whatever token was sampled
+            return weighted_score(top)
+        return None if text is None else stated_score(text)
 
 
 def _retry_after(header: str | None, default: float) -> float:

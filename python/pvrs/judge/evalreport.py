@@ -1,10 +1,11 @@
 """The `pvrs eval` report: a CSV table of every cell, and an HTML page (plus PNGs) with
 trait score against alpha per layer (and against tau per cap), coherence beside it, and the
-baselines as lines."""
+baselines as lines. Means are over the scored answers; the table counts the unscored ones."""
 
 from __future__ import annotations
 
 import csv
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -14,7 +15,9 @@ from pvrs.judge.evaluation import CAP_KINDS, CellResult
 if TYPE_CHECKING:
     import plotly.graph_objects as go
 
-COLUMNS = ("kind", "layer", "alpha", "strength", "trait", "coherence", "n", "cap", "tau")
+# `n` answers per cell; `*_unscored` of them got no score (REFUSAL or no number) and are
+# left out of the `trait` / `coherence` means (blank when no answer was scored).
+COLUMNS = ("kind", "layer", "alpha", "strength", "trait", "coherence", "n", "cap", "tau", "trait_unscored", "coherence_unscored")
 
 
 def write_table(results: Sequence[CellResult], path: Path) -> Path:
@@ -25,13 +28,17 @@ def write_table(results: Sequence[CellResult], path: Path) -> Path:
         writer.writerow(COLUMNS)
         for r in results:
             c = r.cell
-            writer.writerow([c.kind, _blank(c.layer), _blank(c.alpha), _blank(c.strength),
-                             f"{r.trait:.2f}", f"{r.coherence:.2f}", len(r.answers), c.cap or "", _blank(c.tau)])
+            writer.writerow([c.kind, _blank(c.layer), _blank(c.alpha), _blank(c.strength), _mean(r.trait),
+                             _mean(r.coherence), len(r.answers), c.cap or "", _blank(c.tau), *r.unscored])
     return path
 
 
 def _blank(value: float | None) -> str:
     return "" if value is None else f"{value:g}"
+
+
+def _mean(value: float) -> str:
+    return "" if math.isnan(value) else f"{value:.2f}"
 
 
 def figure(results: Sequence[CellResult], min_coherence: float) -> go.Figure:
@@ -53,7 +60,8 @@ def figure(results: Sequence[CellResult], min_coherence: float) -> go.Figure:
         for r in results:
             if r.cell.kind in ("unsteered", "prompted"):
                 for col, value in ((1, r.trait), (2, r.coherence)):
-                    fig.add_hline(y=value, line_dash="dash", annotation_text=r.cell.kind, row=row, col=col)
+                    if not math.isnan(value):  # no answer scored: no line
+                        fig.add_hline(y=value, line_dash="dash", annotation_text=r.cell.kind, row=row, col=col)
         fig.add_hline(y=min_coherence, line_dash="dot", line_color="grey", annotation_text="threshold", row=row, col=2)
         fig.update_xaxes(title_text=x, row=row)
     fig.update_yaxes(range=[0, 100])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass
@@ -57,18 +58,31 @@ class Cell:
 
 @dataclass(frozen=True)
 class CellResult:
+    """A cell's answers and their scores (None: the judge gave none, a `REFUSAL` or no
+    number); `trait` and `coherence` are means over the scored answers only, NaN when none is."""
+
     cell: Cell
     answers: list[str]
-    trait_scores: list[float]
-    coherence_scores: list[float]
+    trait_scores: list[float | None]
+    coherence_scores: list[float | None]
 
     @property
     def trait(self) -> float:
-        return float(np.mean(self.trait_scores))
+        return _scored_mean(self.trait_scores)
 
     @property
     def coherence(self) -> float:
-        return float(np.mean(self.coherence_scores))
+        return _scored_mean(self.coherence_scores)
+
+    @property
+    def unscored(self) -> tuple[int, int]:
+        """How many answers have no trait score, and no coherence score."""
+        return self.trait_scores.count(None), self.coherence_scores.count(None)
+
+
+def _scored_mean(scores: Sequence[float | None]) -> float:
+    scored = [s for s in scores if s is not None]
+    return float(np.mean(scored)) if scored else math.nan
 
 
 @dataclass(frozen=True)
@@ -175,7 +189,9 @@ def _answers(
         return [generate(model, tokenizer, prompt_messages(tokenizer, system, q), setup.sampling) for q in setup.questions]
 
 
-def _scores(judge: Judge, setup: EvalSetup, answers: list[str], cache: ScoreCache | None) -> tuple[list[float], list[float]]:
+def _scores(
+    judge: Judge, setup: EvalSetup, answers: list[str], cache: ScoreCache | None
+) -> tuple[list[float | None], list[float | None]]:
     items = [Answer("eval", str(i), q, a, setup.trait) for i, (q, a) in enumerate(zip(setup.questions, answers, strict=True))]
     return (judge_answers(judge, setup.trait_rubric, items, cache), judge_answers(judge, setup.coherence_rubric, items, cache))
 
@@ -183,7 +199,7 @@ def _scores(judge: Judge, setup: EvalSetup, answers: list[str], cache: ScoreCach
 def recommend(results: Sequence[CellResult], min_coherence: float) -> CellResult | None:
     """The steered cell with the highest trait score among those whose coherence is at least
     `min_coherence` (ties: the smaller alpha, then the earlier layer); None when none is."""
-    usable = [r for r in results if r.cell.kind == "steered" and r.coherence >= min_coherence]
+    usable = [r for r in results if r.cell.kind == "steered" and _usable(r, min_coherence)]
     return max(usable, key=lambda r: (r.trait, -abs(r.cell.alpha or 0.0), -(r.cell.layer or 0)), default=None)
 
 
@@ -191,5 +207,10 @@ def recommend_cap(results: Sequence[CellResult], min_coherence: float) -> CellRe
     """The capped cell that moves the trait furthest at coherence >= `min_coherence`: the
     lowest trait under an upper cap (it limits the trait), the highest under a floor; ties go
     to the earlier cell. None when no capped cell is usable."""
-    usable = [r for r in results if r.cell.kind in CAP_KINDS and r.coherence >= min_coherence]
+    usable = [r for r in results if r.cell.kind in CAP_KINDS and _usable(r, min_coherence)]
     return min(usable, key=lambda r: r.trait if r.cell.kind == "capped" else -r.trait, default=None)
+
+
+def _usable(result: CellResult, min_coherence: float) -> bool:
+    """Coherent enough, with a trait score (a cell whose answers were all unscored has none)."""
+    return result.coherence >= min_coherence and not math.isnan(result.trait)

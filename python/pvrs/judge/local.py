@@ -1,7 +1,8 @@
 """A judge that is a local transformers model: one forward pass per prompt, and the score is
 the probability-weighted mean over the tokens that spell 0..100 in the next-token
 distribution (Anthropic's persona_vectors judge, computed from logits instead of an API's
-top logprobs). No sampling, so a score is deterministic for given weights."""
+top logprobs, with its minimum mass on the numbers: below it, no score). No sampling, so a
+score is deterministic for given weights."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from pvrs.errors import JudgeError
 from pvrs.extraction.generate import as_chat, render
-from pvrs.judge.numbers import number_value
+from pvrs.judge.numbers import mass_score, number_value
 
 if TYPE_CHECKING:
     import torch
@@ -40,13 +41,15 @@ class LocalJudge:
         ids, values = zip(*pairs, strict=True)
         return torch.tensor(ids, device=device), torch.tensor(values, dtype=torch.float32, device=device)
 
-    def score(self, prompts: Sequence[str], on_score: Callable[[int, float], object] | None = None) -> list[float]:
+    def score(
+        self, prompts: Sequence[str], on_score: Callable[[int, float | None], object] | None = None
+    ) -> list[float | None]:
         import torch
 
         tok = self.tokenizer
         pad = next((t for t in (tok.pad_token_id, tok.eos_token_id) if t is not None), 0)  # masked out anyway
         device = self._ids.device
-        scores: list[float] = []
+        scores: list[float | None] = []
         for start in range(0, len(prompts), self.batch_size):
             texts = [render(tok, as_chat(p)) for p in prompts[start : start + self.batch_size]]
             encoded = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
@@ -59,10 +62,8 @@ class LocalJudge:
             with torch.inference_mode():
                 logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions).logits[:, -1]
             probs = logits.float().softmax(-1)[:, self._ids]
-            mass = probs.sum(-1)
-            if bool((mass <= 0).any()):
-                raise JudgeError(f"local judge {self.name}: no probability on any number token; use another model or rubric")
-            for value in ((probs @ self._values) / mass).tolist():
+            for mass, weighted in zip(probs.sum(-1).tolist(), (probs @ self._values).tolist(), strict=True):
+                value = mass_score(mass, weighted)
                 if on_score is not None:
                     on_score(len(scores), value)
                 scores.append(value)

@@ -125,24 +125,37 @@ def generate_all(
 
 @dataclass(frozen=True)
 class Pair:
-    """The positive and negative answer to one question sample under one instruction pair."""
+    """The positive and negative answer to one question sample under one instruction pair;
+    a score is None where the judge gave none (a `REFUSAL`, or no number)."""
 
     instruction: int
     qid: str
     question: str
     pos_answer: str
     neg_answer: str
-    pos_trait: float
-    neg_trait: float
-    pos_coherence: float
-    neg_coherence: float
+    pos_trait: float | None
+    neg_trait: float | None
+    pos_coherence: float | None
+    neg_coherence: float | None
 
-    def kept(self, min_trait_pos: float, max_trait_neg: float, min_coherence: float) -> bool:
-        return (self.pos_trait >= min_trait_pos and self.neg_trait < max_trait_neg
-                and min(self.pos_coherence, self.neg_coherence) >= min_coherence)
+    def drop_reason(self, min_trait_pos: float, max_trait_neg: float, min_coherence: float) -> str:
+        """Why the pair is not kept ("" when it is): scores the judge did not give, else the
+        thresholds it misses."""
+        pt, nt, pc, nc = self.pos_trait, self.neg_trait, self.pos_coherence, self.neg_coherence
+        if pt is None or nt is None or pc is None or nc is None:
+            missing = [k for k, v in (("pos_trait", pt), ("neg_trait", nt), ("pos_coherence", pc), ("neg_coherence", nc))
+                       if v is None]
+            return f"no score: {', '.join(missing)}"
+        checks = [(pt >= min_trait_pos, f"pos_trait {pt:g} < {min_trait_pos:g}"),
+                  (nt < max_trait_neg, f"neg_trait {nt:g} >= {max_trait_neg:g}"),
+                  (pc >= min_coherence, f"pos_coherence {pc:g} < {min_coherence:g}"),
+                  (nc >= min_coherence, f"neg_coherence {nc:g} < {min_coherence:g}")]
+        return "; ".join(why for ok, why in checks if not ok)
 
 
-def pairs(trait: TraitFile, answers: Mapping[str, Sequence[QAPair]], scores: Mapping[str, Mapping[tuple[str, str], float]]) -> list[Pair]:
+def pairs(
+    trait: TraitFile, answers: Mapping[str, Sequence[QAPair]], scores: Mapping[str, Mapping[tuple[str, str], float | None]]
+) -> list[Pair]:
     """Every (instruction, sample) pair with its four scores; `scores[rubric][(persona, qid)]`
     for the rubrics `trait` and `coherence`."""
     out = []
@@ -153,15 +166,16 @@ def pairs(trait: TraitFile, answers: Mapping[str, Sequence[QAPair]], scores: Map
     return out
 
 
-def write_pairs(rows: Sequence[Pair], kept: Sequence[bool], path: Path) -> None:
+def write_pairs(rows: Sequence[Pair], reasons: Sequence[str], path: Path) -> None:
+    """pairs.csv: every pair, its scores (blank: none), `kept`, and why a dropped one was."""
     from pvrs.store import atomic_path
 
     fields = list(Pair.__dataclass_fields__)
     with atomic_path(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
-        writer.writerow([*fields, "kept"])
-        for row, keep in zip(rows, kept, strict=True):
-            writer.writerow([*(getattr(row, k) for k in fields), int(keep)])
+        writer.writerow([*fields, "kept", "reason"])
+        for row, reason in zip(rows, reasons, strict=True):
+            writer.writerow([*(getattr(row, k) for k in fields), int(not reason), reason])
 
 
 def responses(trait: TraitFile, kept: Sequence[Pair], side: str) -> list[Response]:
@@ -204,13 +218,15 @@ def difference_vectors(
     return dict(zip(VECTOR_KINDS, diff, strict=True))
 
 
-def summary(trait: TraitFile, rows: Sequence[Pair], kept: Sequence[bool]) -> dict[str, Any]:
-    """Counts and mean scores for summary.json."""
-    def mean(values: Sequence[float]) -> float | None:
-        return float(np.mean(values)) if values else None
+def summary(trait: TraitFile, rows: Sequence[Pair], reasons: Sequence[str]) -> dict[str, Any]:
+    """Counts and mean scores (over the scores the judge gave) for summary.json."""
+    def mean(values: Sequence[float | None]) -> float | None:
+        scored = [v for v in values if v is not None]
+        return float(np.mean(scored)) if scored else None
 
     return {
         "trait": trait.name, "instructions": len(trait.instructions), "questions": len(trait.questions),
-        "pairs": len(rows), "kept": int(sum(kept)),
+        "pairs": len(rows), "kept": sum(not r for r in reasons),
+        "unscored_pairs": sum(None in (p.pos_trait, p.neg_trait, p.pos_coherence, p.neg_coherence) for p in rows),
         **{f"mean_{side}_{r}": mean([getattr(p, f"{side}_{r}") for p in rows]) for side in SIDES for r in ("trait", "coherence")},
     }
