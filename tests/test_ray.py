@@ -75,6 +75,58 @@ def test_ray_run_writes_what_a_single_process_writes(local_ray: object, tiny_mod
     assert on_ray == plain
 
 
+def test_ray_generate_saves_what_a_plain_generate_saves_and_reuses_it(
+    local_ray: object, tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]  # noqa: F811
+) -> None:
+    from pvrs.engines import ray_engine
+    from pvrs.extraction import driver
+
+    base = ["extract", "--model", str(tiny_model_dir), *_inputs(tmp_path, 3), "--variants", "templated", "--threads", "1",
+            "--generate", "--max-new-tokens", "4"]
+    assert main([*base, "--output-dir", str(tmp_path / "plain" / "vectors")]) == 0
+    assert main([*base, "--output-dir", str(tmp_path / "ray" / "vectors"), "--ray", "--replicas", "2"]) == 0
+    plain, on_ray = _store(tmp_path / "plain"), _store(tmp_path / "ray")
+    assert any(k.startswith("generations/") and k.endswith("p02.jsonl") for k in plain)
+    assert on_ray == plain  # answers, their reuse keys and the vectors
+
+    def no_answers(*args: object, **kwargs: object) -> object:
+        raise AssertionError("saved answers must be reused")
+
+    capsys.readouterr()
+    with pytest.MonkeyPatch.context() as mp:  # Ray reuses answers, then a plain run reuses Ray's
+        mp.setattr(ray_engine.Cluster, "answer", no_answers)
+        mp.setattr(driver, "generate_answers", no_answers)
+        assert main([*base, "--output-dir", str(tmp_path / "plain" / "vectors"), "--ray", "--force"]) == 0
+        assert main([*base, "--output-dir", str(tmp_path / "ray" / "vectors"), "--force"]) == 0
+    assert capsys.readouterr().err.count("3 written") == 2
+    assert _store(tmp_path / "ray") == plain
+
+
+def test_a_persona_whose_answers_fail_is_reported_and_the_others_saved(
+    local_ray: object, tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]  # noqa: F811
+) -> None:
+    from pvrs.engines import ray_engine
+
+    real_stream = ray_engine.Cluster.stream
+
+    def first_answers_die_twice(self: ray_engine.Cluster, jobs: list[ray_engine.Job]) -> object:
+        for done in real_stream(self, jobs):
+            if done.key == 0 and jobs[0].method == "answer":
+                done = ray_engine.Done(done.key, done.replica, None, ray_engine._cause(ray.exceptions.ActorDiedError()))
+            yield done
+
+    out = tmp_path / "run" / "vectors"
+    argv = ["extract", "--model", str(tiny_model_dir), *_inputs(tmp_path, 2), "--variants", "templated",
+            "--generate", "--max-new-tokens", "2", "--output-dir", str(out), "--ray"]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ray_engine.Cluster, "stream", first_answers_die_twice)
+        assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "1 written, 0 skipped, 1 failed" in err and "died 2 times" in err
+    assert sorted(p.stem for p in out.rglob("*.safetensors")) == ["p01"]
+    assert sorted(p.name for p in (tmp_path / "run" / "generations").rglob("*.jsonl")) == ["p01.jsonl"]
+
+
 def test_killed_replica_loses_nothing(
     local_ray: object, tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]  # noqa: F811
 ) -> None:
@@ -140,7 +192,6 @@ def test_resume_across_ray_and_plain_runs(
     [
         (["--ray", "--persona-id", "nobody"], "nobody"),
         (["--replicas", "2"], "add --ray"),
-        (["--ray", "--generate"], "--generate"),
         (["--ray", "--shard", "0/2"], "drop --shard"),
         (["--ray", "--replicas", "9"], "lower --replicas"),
         (["--ray", "--gpus-per-replica", "1"], "GPU"),

@@ -173,12 +173,10 @@ def _ray_config(args: argparse.Namespace) -> RayConfig | None:
         if ray_only:
             raise InputError(f"{ray_only[0]} spreads work over Ray replicas; add --ray (or drop {ray_only[0]})")
         return None
-    clash = [f for f, on in (("--shard", args.shard), ("--generate", args.generate), ("--device-map", args.device_map),
-                             ("--device", args.device != "auto")) if on]
+    clash = [f for f, on in (("--shard", args.shard), ("--device-map", args.device_map), ("--device", args.device != "auto")) if on]
     if clash:
         why = {
             "--shard": "Ray spreads the personas itself; drop --shard",
-            "--generate": "answers are not generated on Ray yet; run `pvrs extract --generate` without --ray",
             "--device-map": "use --gpus-per-replica K (K > 1 spreads each replica over K GPUs)",
             "--device": "replicas use a GPU when --gpus-per-replica > 0, else the CPU",
         }[clash[0]]
@@ -260,8 +258,9 @@ def _add_extract(sub: argparse._SubParsersAction) -> None:
     ray = p.add_argument_group("Ray (pip install 'pvrs[ray]')")
     ray.add_argument(
         "--ray", nargs="?", const="", metavar="auto|ADDRESS",
-        help="run on Ray replicas: alone, a local Ray (or RAY_ADDRESS); 'auto', the cluster of "
-        "`ray start --head` on this machine; or HOST:6379 / ray://HOST:10001 (default: no Ray)",
+        help="run on Ray replicas (with --generate they answer too; this process saves): alone, a "
+        "local Ray (or RAY_ADDRESS); 'auto', the cluster of `ray start --head` on this machine; or "
+        "HOST:6379 / ray://HOST:10001 (default: no Ray)",
     )
     ray.add_argument(
         "--replicas", type=positive_int, metavar="N",

@@ -7,15 +7,17 @@ persona a dead replica held, to retry it once and then report it. Actors give al
 a plain `ray.wait` loop; Ray Data would add a dataset layer, its own batching of rows and a
 streaming executor that hides which replica ran what, for no gain here.
 
-Each replica is an actor that loads the model once; the driver keeps at most `IN_FLIGHT` jobs
+Each replica is an actor that loads the model once, answers the questions of `--generate`
+(the driver saves the answers, then sends the extraction jobs) and computes vectors; the driver keeps at most `IN_FLIGHT` jobs
 queued per replica, so a fast replica pulls more work and results never pile up in memory.
 A replica that dies is restarted by Ray (`max_restarts`) and its queued jobs are retried once
 (`max_task_retries`); a second death of the same job reports the persona failed."""
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +29,9 @@ if TYPE_CHECKING:
     from torch import nn
 
     from pvrs.engines.transformers import EngineConfig, SampleMeans
+    from pvrs.extraction.driver import AnswerJob
+    from pvrs.extraction.generate import SamplingConfig
+    from pvrs.extraction.inputs import Persona, QAPair
 
 INSTALL_HINT = "pip install 'pvrs[ray]'"
 IN_FLIGHT = 2  # jobs queued per replica: one running, one ready when it ends
@@ -153,7 +158,7 @@ class _Replica:
         if spec.threads is not None:
             models.set_threads(spec.threads)
         device = "cuda" if gpus else "cpu"
-        self.model, _ = models.load(
+        self.model, self.tokenizer = models.load(
             spec.model, dtype=spec.dtype, device=device, device_map="auto" if gpus > 1 else None,
             revision=spec.revision, trust_remote_code=spec.trust_remote_code,
         )
@@ -170,29 +175,35 @@ class _Replica:
         self.config = replace(self.config, batch_tokens=means.batch_tokens)
         return means
 
+    def answer(self, persona: Persona, variant: str, questions: list[QAPair], sampling: SamplingConfig) -> list[QAPair]:
+        """The persona's answers, as a plain `--generate` run gives them (same seeds)."""
+        from pvrs.extraction.generate import generate_answers
+
+        return generate_answers(self.model, self.tokenizer, persona, variant, questions, sampling)
+
 
 @dataclass
 class Job:
-    """One persona x variant: what a replica needs, and the driver's handle for the result."""
+    """One persona x variant: the replica method to call (`run`: its vectors, `answer`: its
+    answers), its arguments, and the driver's handle for the result."""
 
     key: Any
-    input_ids: list[np.ndarray]
-    masks: list[np.ndarray]
-    sample_ids: list[str]
+    method: str
+    args: tuple[Any, ...]
 
 
 @dataclass
 class Done:
     key: Any
     replica: str
-    means: SampleMeans | None
+    value: Any  # the method's return; None when the job failed
     error: str = ""
 
 
 class Cluster:
     """Replicas on Ray and the queue that feeds them. `stream` yields each job's result as it
-    finishes; leaving it early (Ctrl-C, a failed write) cancels the queued work and ends the
-    replicas, so a rerun starts from what the driver saved."""
+    finishes; leaving it early (Ctrl-C, a failed write) cancels the queued work. `close` ends
+    the replicas (the driver does, when the run ends), so a rerun starts from what it saved."""
 
     def __init__(self, config: RayConfig, engine: EngineConfig, expect_dtype: str) -> None:
         self.ray = connect(config.address)
@@ -213,7 +224,7 @@ class Cluster:
             raise ModelError(f"Ray replicas loaded {infos[0][1]}, the driver planned {expect_dtype}; pass --dtype")
         self.pids = [pid for pid, _ in infos]
 
-    def stream(self, jobs: Sequence[Job], per_sample: bool) -> Generator[Done, None, None]:
+    def stream(self, jobs: Sequence[Job]) -> Generator[Done, None, None]:
         queue = list(reversed(jobs))
         running: dict[Any, tuple[int, Job]] = {}
         load = [0] * len(self.actors)
@@ -222,22 +233,33 @@ class Cluster:
                 for i, actor in enumerate(self.actors):
                     while queue and load[i] < IN_FLIGHT:
                         job = queue.pop()
-                        ref = actor.run.remote(job.input_ids, job.masks, job.sample_ids, per_sample)
+                        ref = getattr(actor, job.method).remote(*job.args)
                         running[ref] = (i, job)
                         load[i] += 1
                 [ref], _ = self.ray.wait(list(running), num_returns=1)
                 i, job = running.pop(ref)
                 load[i] -= 1
                 try:
-                    means = self.ray.get(ref)
+                    value = self.ray.get(ref)
                 except Exception as exc:  # a PvrsError inside the task, or the replica died twice
                     yield Done(job.key, self.names[i], None, _cause(exc))
                 else:
-                    yield Done(job.key, self.names[i], means)
+                    yield Done(job.key, self.names[i], value)
         finally:
             for ref in running:
                 self.ray.cancel(ref, force=False)
-            self.close()
+
+    def answer(
+        self, asks: Sequence[AnswerJob], sampling: SamplingConfig, on_batch: Callable[[int], object]
+    ) -> Iterator[tuple[int, list[QAPair] | str]]:
+        """`extraction.driver.Answerer` on the replicas: each persona's answers as they come
+        back, or why none did; the driver saves them."""
+        jobs = [Job(i, "answer", (a.persona, a.variant, a.questions, sampling)) for i, a in enumerate(asks)]
+        with contextlib.closing(self.stream(jobs)) as results:
+            for done in results:
+                if done.value is not None:
+                    on_batch(len(done.value))
+                yield done.key, done.error if done.value is None else done.value
 
     def close(self) -> None:
         for actor in self.actors:
@@ -256,8 +278,7 @@ def _cause(exc: BaseException) -> str:
 
 
 def run_on_ray(
-    config: RayConfig,
-    engine: EngineConfig,
+    cluster: Cluster,
     todo: Sequence[Any],
     per_sample: bool,
     saver: Any,
@@ -267,25 +288,23 @@ def run_on_ray(
 ) -> None:
     """The driver's side of a Ray run: the planned jobs (`extraction.driver._Job`) go out,
     results are saved by `saver` as they come back, one bar over personas with tokens/s."""
-    import contextlib
     import time
 
     from pvrs.extraction.driver import PersonaOutcome, _progress
 
     result = saver.result
-    cluster = Cluster(config, engine, saver.provenance["dtype"])
-    jobs = [Job(i, job.input_ids, job.masks, job.sample_ids) for i, job in enumerate(todo)]
+    jobs = [Job(i, "run", (job.input_ids, job.masks, job.sample_ids, per_sample)) for i, job in enumerate(todo)]
     start = time.perf_counter()
-    with _progress(console, enabled=progress) as bar, contextlib.closing(cluster.stream(jobs, per_sample)) as results:
+    with _progress(console, enabled=progress) as bar, contextlib.closing(cluster.stream(jobs)) as results:
         task = bar.add_task(f"personas on {cluster.replicas_n} replica(s)", total=len(jobs), rate="")
         for done in results:
             job = todo[done.key]
             result.replicas[done.replica] = result.replicas.get(done.replica, 0) + 1
-            if done.means is None:
+            if done.value is None:
                 result.outcomes.append(PersonaOutcome(job.persona.id, job.variant, "failed", done.error))
             else:
-                result.tokens += done.means.conversation_tokens
-                if not saver.save(job, done.means):
+                result.tokens += done.value.conversation_tokens
+                if not saver.save(job, done.value):
                     break
             rate = result.tokens / max(time.perf_counter() - start, 1e-9)
             bar.update(task, advance=1, rate=f"{rate:,.0f} tok/s")
