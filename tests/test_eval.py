@@ -213,3 +213,34 @@ def test_capped_cell_caps_the_projection(tmp_path: Path) -> None:
     results = run_eval(model, tokenizer, vector, cells, setup, _FailingJudge(99), tmp_path, model_name="tiny")
     unsteered, low, high = (r.answers for r in results)
     assert high == unsteered and low != unsteered
+
+
+def test_eval_means_are_over_scored_answers_and_count_the_unscored(server: Server, tiny_folder: Path, tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """A coherence judge that answers REFUSAL for every answer to "Who are you?": each cell's
+    coherence is the other answer's, and results.csv and summary.json count the missing ones."""
+    server.scorer = lambda prompt: (None if "Who are you?" in prompt else 80.0) if "coherence" in prompt else 70.0
+    argv = _eval_argv(server, tmp_path)
+    argv[argv.index("--layer"):argv.index("--trait")] = ["--layer", "1", "--alpha", "4"]
+    assert main(argv) == 0
+    out = tmp_path / "out"
+    with (out / "results.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [r["kind"] for r in rows] == ["unsteered", "prompted", "steered"]
+    assert all((r["trait"], r["coherence"], r["n"], r["trait_unscored"], r["coherence_unscored"]) == ("70.00", "80.00", "2", "0", "1")
+               for r in rows)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["unscored"] == {"trait": 0, "coherence": 3} and summary["recommended"]["coherence"] == 80.0
+    assert "0 trait and 3 coherence scores missing (REFUSAL or no number)" in " ".join(capsys.readouterr().err.split())
+
+
+def test_a_cell_with_no_scored_answer_has_no_mean_and_is_never_recommended(tmp_path: Path) -> None:
+    from pvrs.judge.evalreport import write_table
+
+    unscored = CellResult(Cell("steered", 3, 8.0, 8.0), ["a", "b"], [None, None], [90.0, None])
+    results = [unscored, _result("steered", 3, 1.0, 40, 90)]
+    best = recommend(results, 50)
+    assert best is results[1] and unscored.unscored == (2, 1) and unscored.coherence == 90.0
+    with write_table(results, tmp_path / "results.csv").open() as f:
+        row = next(csv.DictReader(f))
+    assert (row["trait"], row["coherence"], row["trait_unscored"], row["coherence_unscored"]) == ("", "90.00", "2", "1")

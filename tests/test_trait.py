@@ -133,6 +133,37 @@ def test_trait_end_to_end_on_a_tiny_model(server: Server, tiny_folder: Path, tmp
     assert json.loads((out / "eval" / "response_mean" / "summary.json").read_text())["cells_resumed"] == 4
 
 
+def test_trait_drops_pairs_the_judge_could_not_score(server: Server, tiny_folder: Path, tmp_path: Path,  # noqa: F811
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """The trait judge answers REFUSAL for neg_1's answer to q1_s0: its pair (and any pair
+    sharing that answer text) is dropped with the reason in pairs.csv, the others are judged
+    as planted, and the run goes on."""
+    out = tmp_path / "out"
+    planted = _planted_scorer(out)
+
+    def refusing(prompt: str) -> float | None:
+        rows = [json.loads(line) for line in (out / "answers" / "neg_1.jsonl").read_text().splitlines()]
+        refused = next(r["answer"] for r in rows if r["qid"] == "q1_s0")
+        return None if "**pirate**" in prompt and _answer(prompt) == refused else planted(prompt)  # type: ignore[operator]
+
+    server.scorer = refusing
+    assert main([*_argv(server, tmp_path), "--no-eval"]) == 0
+    with (out / "pairs.csv").open() as f:
+        pairs = list(csv.DictReader(f))
+    unscored = [p for p in pairs if "" in (p["pos_trait"], p["neg_trait"], p["pos_coherence"], p["neg_coherence"])]
+    assert any((p["instruction"], p["qid"]) == ("1", "q1_s0") for p in unscored)
+    assert all(p["kept"] == "0" and p["reason"].startswith("no score: ") and "trait" in p["reason"] for p in unscored)
+    kept = [p for p in pairs if p["kept"] == "1"]
+    assert kept and all(p["reason"] == "" and "" not in (p["pos_trait"], p["neg_trait"]) for p in kept)
+    dropped = [p for p in pairs if p["kept"] == "0" and p not in unscored]
+    assert all(p["reason"] and not p["reason"].startswith("no score") for p in dropped)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["unscored_pairs"] == len(unscored) and summary["kept"] == len(kept)
+    assert "answers could not be scored (REFUSAL or no number)" in " ".join(capsys.readouterr().err.split())
+    trait_rows = [json.loads(line) for line in (out / "scores" / "trait.jsonl").read_text().splitlines()]
+    assert len(trait_rows) < 24 and all(r["score"] is not None for r in trait_rows)  # no row for an unscored answer
+
+
 def _check_vectors(folder: Path, out: Path, trait: object) -> None:
     """response_mean and prompt_last equal `pvrs contrast`'s computation on the kept rows;
     prompt_mean equals each conversation's prompt tokens averaged by hand."""
