@@ -17,7 +17,52 @@ struct ManifestPersona {
     #[serde(default)]
     name: Option<String>,
     #[serde(default)]
-    sample_ids: Vec<String>,
+    sample_ids: PackedStrings,
+}
+
+/// A list of strings in one buffer: a persona's sample ids cost their bytes plus four, not a
+/// `String` each, so the rows of a large store stay about the size of its manifest file.
+#[derive(Default)]
+pub(super) struct PackedStrings {
+    text: String,
+    ends: Vec<u32>,
+}
+
+impl PackedStrings {
+    pub(super) fn iter(&self) -> impl Iterator<Item = &str> {
+        let starts = std::iter::once(0).chain(self.ends.iter().copied());
+        starts
+            .zip(self.ends.iter().copied())
+            .map(|(a, b)| &self.text[a as usize..b as usize])
+    }
+}
+
+impl<'de> Deserialize<'de> for PackedStrings {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = PackedStrings;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a list of strings")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> std::result::Result<PackedStrings, A::Error> {
+                let mut packed = PackedStrings::default();
+                while let Some(s) = seq.next_element::<std::borrow::Cow<'de, str>>()? {
+                    packed.text.push_str(&s);
+                    let end = u32::try_from(packed.text.len())
+                        .map_err(|_| serde::de::Error::custom("sample ids exceed 4 GiB"))?;
+                    packed.ends.push(end);
+                }
+                packed.text.shrink_to_fit();
+                packed.ends.shrink_to_fit();
+                Ok(packed)
+            }
+        }
+        d.deserialize_seq(Visitor)
+    }
 }
 
 #[derive(Deserialize)]
@@ -35,7 +80,7 @@ pub(super) struct Manifest {
 pub(super) struct Row {
     pub(super) id: String,
     pub(super) name: String,
-    pub(super) sample_ids: Vec<String>,
+    pub(super) sample_ids: PackedStrings,
 }
 
 /// Rejects names that could escape their folder (the store's persona-id rules).
@@ -73,7 +118,7 @@ pub(super) fn check_split_name(name: &str, origin: &Path) -> Result<()> {
 pub(super) fn read_manifest(dir: &Path) -> Result<(Manifest, Vec<Row>)> {
     let path = dir.join(MANIFEST);
     let text = fs::read(&path).map_err(|e| Error::io(&path, e))?;
-    let manifest: Manifest = serde_json::from_slice(&text).map_err(|e| {
+    let mut manifest: Manifest = serde_json::from_slice(&text).map_err(|e| {
         Error::Manifest(format!(
             "{}: not a valid activation manifest ({e}); re-run the extraction that wrote it",
             path.display()
@@ -87,14 +132,16 @@ pub(super) fn read_manifest(dir: &Path) -> Result<(Manifest, Vec<Row>)> {
             manifest.hidden_size
         )));
     }
-    let mut rows = Vec::with_capacity(manifest.personas.len());
+    // Moved into the rows, not copied: they are the only per-persona memory held.
+    let personas = std::mem::take(&mut manifest.personas);
+    let mut rows = Vec::with_capacity(personas.len());
     // BTreeMap iteration: byte order of persona ids, the deterministic row order.
-    for (id, p) in &manifest.personas {
-        check_component("persona id", id, &path)?;
+    for (id, p) in personas {
+        check_component("persona id", &id, &path)?;
         rows.push(Row {
-            id: id.clone(),
-            name: p.name.clone().unwrap_or_else(|| id.clone()),
-            sample_ids: p.sample_ids.clone(),
+            name: p.name.unwrap_or_else(|| id.clone()),
+            id,
+            sample_ids: p.sample_ids,
         });
     }
     Ok((manifest, rows))
@@ -184,6 +231,20 @@ mod tests {
     use super::super::test_util::{f32_bytes, tree, write_st};
     use super::*;
     use crate::parquet::{package, PackageOptions};
+
+    #[test]
+    fn sample_ids_are_packed_in_one_buffer_in_order() {
+        let p: ManifestPersona =
+            serde_json::from_str(r#"{"sample_ids": ["q1", "", "ü✨", "q1"]}"#).unwrap();
+        assert_eq!(
+            p.sample_ids.iter().collect::<Vec<_>>(),
+            ["q1", "", "ü✨", "q1"]
+        );
+        assert_eq!(p.sample_ids.text, "q1ü✨q1");
+        let none: ManifestPersona = serde_json::from_str("{}").unwrap();
+        assert_eq!(none.sample_ids.iter().count(), 0);
+        assert!(serde_json::from_str::<ManifestPersona>(r#"{"sample_ids": [1]}"#).is_err());
+    }
 
     #[test]
     fn links_and_devices_are_never_read_or_published() {

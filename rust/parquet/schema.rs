@@ -82,7 +82,7 @@ pub(super) fn build_batch(
         true,
     )));
     for r in rows {
-        for s in &r.sample_ids {
+        for s in r.sample_ids.iter() {
             samples.values().append_value(s);
         }
         samples.append(true);
