@@ -26,6 +26,7 @@ from pvrs.store import (
     VectorRecord,
     discover_activation_models,
     load_analysis_dataset,
+    manifest_text,
     validate_persona_id,
 )
 from safetensors.numpy import load_file
@@ -124,6 +125,50 @@ def test_save_many_writes_the_manifest_once(
     assert sum(p.name == "manifest.json" for p in writes) == 1
     assert store.list_personas(["templated"]) == sorted(f"p{i}" for i in range(50))
     np.testing.assert_array_equal(store.load("p7", "templated"), vec(7))
+
+
+def test_batches_reuse_the_parsed_manifest_until_another_writer_changes_it(
+    store: PersonaVectorStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A batch after the first neither re-parses nor re-encodes the rows already saved (that
+    # made each batch slower as the store grew); another process's write is never missed.
+    import pvrs.store.local as mod
+    import pvrs.store.manifest as manifest_mod
+
+    parses: list[Path] = []
+    real_parse = mod.parse_manifest
+    monkeypatch.setattr(mod, "parse_manifest", lambda p, raw: (parses.append(p), real_parse(p, raw))[1])
+    encoded: list[object] = []
+    real_json = manifest_mod._JSON
+
+    class CountingEncoder:
+        @staticmethod
+        def encode(value: object) -> str:
+            encoded.append(value)
+            return real_json.encode(value)
+
+    monkeypatch.setattr(manifest_mod, "_JSON", CountingEncoder)
+
+    def batch(start: int) -> list[VectorRecord]:
+        return [VectorRecord(f"p{i}", vec(i), f"P{i}", [f"q{i}"]) for i in range(start, start + 5)]
+
+    store.save_many("templated", batch(0))
+    held = store.read_manifest("templated")
+    assert held is not None and len(held["personas"]) == 5
+    parses.clear()
+    encoded.clear()
+    store.save_many("templated", batch(5))
+    assert parses == []
+    assert sum(isinstance(v, dict) and "sample_ids" in v for v in encoded) == 2 * 5
+    assert len(held["personas"]) == 5  # a manifest already handed out does not change
+    other = PersonaVectorStore(MODEL, root_dir=store.root_dir)
+    other.save("x", "templated", vec(9), name="X", sample_ids=["q"])
+    parses.clear()
+    store.save_many("templated", batch(10))
+    assert len(parses) == 1
+    assert store.list_personas(["templated"]) == sorted([*(f"p{i}" for i in range(15)), "x"])
+    raw = store.manifest_path("templated").read_bytes()
+    assert raw.decode() == manifest_text(json.loads(raw))
 
 
 def test_existing_entries_are_kept_and_updated(store: PersonaVectorStore) -> None:

@@ -328,3 +328,32 @@ def test_manifest_text_is_the_same_json(header: dict, personas: dict) -> None:
     text = manifest_text(manifest)
     assert json.loads(text) == manifest
     assert text.endswith("}\n") and text.count("\n") >= len(personas) + 2
+
+
+_names = st.text(alphabet=st.characters(exclude_categories=("Cs",)), max_size=12)
+_steps = st.lists(
+    st.tuples(
+        st.lists(st.text("abcxyz_-0é中", min_size=1, max_size=4), max_size=6),  # ids to (re)write
+        st.lists(st.text("abcxyz_-0é中", min_size=1, max_size=4), max_size=3),  # ids to drop
+        _names,
+    ),
+    min_size=1,
+    max_size=6,
+)
+
+
+@given(_steps)
+def test_manifest_text_with_cached_rows_equals_a_full_encoding(steps: list) -> None:
+    # Batch saves encode only changed rows: at every step the text built from the cache is
+    # byte for byte the text of the whole manifest, whatever was added, replaced or dropped.
+    manifest: dict = {"num_layers": 2, "hidden_size": 3, "personas": {}, "model": "m"}
+    rows: dict = {}
+    for written, dropped, name in steps:
+        for pid in dropped:
+            manifest["personas"].pop(pid, None)
+        for k, pid in enumerate(written):
+            manifest["personas"].pop(pid, None)
+            manifest["personas"][pid] = {"name": f"{name}{k}", "sample_ids": [name], "sha256": None}
+        manifest["model"] = name
+        assert manifest_text(manifest, rows) == manifest_text(manifest)
+        assert set(rows) == set(manifest["personas"])

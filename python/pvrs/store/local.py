@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,7 @@ from pvrs.store.layout import (
     validate_persona_id,
 )
 from pvrs.store.manifest import (
+    RowCache,
     entry_of,
     manifest_text,
     merge_header,
@@ -83,7 +85,8 @@ class PersonaVectorStore(PersonaQueries):
         self.root_dir = Path(root_dir).expanduser() if root_dir is not None else activations_dir()
         self.mask_strategy = folder_name(strategy_name(mask_strategy), "mask strategy")
         self.variants = tuple(variants)
-        self._manifest_cache: dict[str, tuple[bytes, dict[str, Any]]] = {}
+        # Per variant: the manifest's bytes, their parse, and its encoded persona lines.
+        self._manifest_cache: dict[str, tuple[bytes, dict[str, Any], RowCache]] = {}
 
     def __repr__(self) -> str:
         return (
@@ -142,7 +145,7 @@ class PersonaVectorStore(PersonaQueries):
         if cached is not None and cached[0] == raw:
             return cached[1]
         manifest = parse_manifest(path, raw)
-        self._manifest_cache[variant] = (raw, manifest)
+        self._manifest_cache[variant] = (raw, manifest, {})
         return manifest
 
     def _provenance(self, variant: str, provenance: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -212,22 +215,17 @@ class PersonaVectorStore(PersonaQueries):
         # have replaced a vector that is already recorded.
         with FileLock(str(directory / LOCK_FILENAME), timeout=LOCK_TIMEOUT_S):
             # Every write here happens under this lock, so temp files are a killed run's.
-            for stale in directory.glob(f".*{TENSOR_SUFFIX}.*.tmp"):
+            for stale in _temp_files(directory):
                 stale.unlink(missing_ok=True)
-            for stale in directory.glob(f".{MANIFEST_FILENAME}.*.tmp"):
-                stale.unlink(missing_ok=True)
-            raw = read_manifest_bytes(manifest_path)
-            manifest = (
-                {"num_layers": None, "hidden_size": None, "personas": {}}
-                if raw is None
-                else parse_manifest(manifest_path, raw)
-            )
+            manifest, rows = self._manifest_to_edit(variant, manifest_path)
             merge_header(manifest, manifest_path, shape, header)
             entries = {record.persona_id: entry_of(record) for record, _ in prepared}
             # Everything that can fail on the inputs (a name JSON cannot encode, ...) fails
             # here, before any file is touched.
             try:
-                manifest_text({**manifest, "personas": {**manifest["personas"], **entries}}).encode()
+                manifest_text(
+                    {**manifest, "personas": {**manifest["personas"], **entries}}, rows
+                ).encode()
             except UnicodeEncodeError as exc:
                 raise InvalidArgumentError(
                     f"save_many({variant!r}): a persona name or sample id is not valid text "
@@ -240,16 +238,35 @@ class PersonaVectorStore(PersonaQueries):
             if replaced:
                 for pid in replaced:
                     del manifest["personas"][pid]
-                atomic_write_bytes(manifest_path, manifest_text(manifest).encode())
+                atomic_write_bytes(manifest_path, manifest_text(manifest, rows).encode())
             for record, array in prepared:
                 data = safetensors_bytes(array)  # one file's bytes at a time
                 path = directory / f"{record.persona_id}{TENSOR_SUFFIX}"
                 atomic_write_bytes(path, data)
                 paths.append(path)
-                entries[record.persona_id]["sha256"] = hashlib.sha256(data).hexdigest()
+                # A new dict, not an edit: `rows` holds this entry's line without the sha256.
+                entry = entries[record.persona_id]
+                entries[record.persona_id] = {**entry, "sha256": hashlib.sha256(data).hexdigest()}
             manifest["personas"].update(entries)
-            atomic_write_bytes(manifest_path, manifest_text(manifest).encode())
+            raw = manifest_text(manifest, rows).encode()
+            atomic_write_bytes(manifest_path, raw)
+            self._manifest_cache[variant] = (raw, manifest, rows)
         return paths
+
+    def _manifest_to_edit(self, variant: str, path: Path) -> tuple[dict[str, Any], RowCache]:
+        """The manifest on disk (empty when there is none) as a copy to edit, and its
+        encoded lines. The cached parse is reused only when the file's bytes are the cached
+        ones (another process may have written it); copied so that a manifest a caller got
+        from `read_manifest` never changes under it."""
+        raw = read_manifest_bytes(path)
+        if raw is None:
+            return {"num_layers": None, "hidden_size": None, "personas": {}}, {}
+        cached = self._manifest_cache.get(variant)
+        if cached is None or cached[0] != raw:
+            cached = (raw, parse_manifest(path, raw), {})
+            self._manifest_cache[variant] = cached
+        _, manifest, rows = cached
+        return {**manifest, "personas": dict(manifest["personas"])}, rows
 
     def save_samples(
         self, persona_id: str, variant: str, activations: Any, sample_ids: Sequence[str]
@@ -440,3 +457,16 @@ class PersonaVectorStore(PersonaQueries):
 
 
 ActivationStore = PersonaVectorStore
+
+
+def _temp_files(directory: Path) -> list[Path]:
+    """Temp files of tensor and manifest writes in `directory`. Names are matched only
+    when hidden: a `glob` matched every persona's file in Python, per batch saved."""
+    patterns = (f".*{TENSOR_SUFFIX}.*.tmp", f".{MANIFEST_FILENAME}.*.tmp")
+    with os.scandir(directory) as items:
+        return [
+            Path(item.path)
+            for item in items
+            if item.name.startswith(".")
+            and any(fnmatchcase(item.name, pattern) for pattern in patterns)
+        ]
