@@ -7,6 +7,7 @@ Python read + `hashlib.sha256` loop over the same tree.
     maturin develop --release                        # builds and installs pvrs._core (release)
     python benches/bench_store.py                    # the issue's sizes
     python benches/bench_store.py --n 200            # smaller, quicker
+    python benches/bench_store.py --sections scaling # save_many in batches of 100, 1k / 10k
 
 Contenders run interleaved, `--repeat` rounds, page cache warm; every figure is min/median/max
 over the rounds and every ratio is per round (both sides measured back to back)."""
@@ -254,6 +255,38 @@ def bench_saving(root: Path, n: int, layers: int, hidden: int) -> dict:
     return out
 
 
+def bench_save_scaling(root: Path, sizes: list[int], batch: int, layers: int, hidden: int) -> dict:
+    """Building a store with `save_many` in batches: seconds per 1,000 personas over the whole
+    build and for its last 1,000 (what a batch costs once the store is big)."""
+    from pvrs.store import PersonaVectorStore, VectorRecord
+
+    vector = np.random.default_rng(0).standard_normal((layers, hidden)).astype(np.float32)
+    sample_ids = [f"question-{k:03d}" for k in range(20)]
+    out = {}
+    for n in sizes:
+        store = PersonaVectorStore("org/model", root_dir=root / f"scaling-{n}")
+        times = []
+        for start in range(0, n, batch):
+            records = [
+                VectorRecord(f"p{i:05d}", vector, f"P{i}", sample_ids)
+                for i in range(start, min(start + batch, n))
+            ]
+            began = time.perf_counter()
+            store.save_many("templated", records)
+            times.append(time.perf_counter() - began)
+        last = times[-max(1, 1000 // batch) :]
+        out[n] = {
+            "s_per_1000": round(sum(times) / n * 1000, 3),
+            "last_1000_s_per_1000": round(sum(last) / (len(last) * batch) * 1000, 3),
+        }
+        shutil.rmtree(root / f"scaling-{n}")
+    print(
+        json.dumps({"save_scaling": {"batch": batch, "shape": [layers, hidden], **out}}, indent=2),
+        flush=True,
+    )
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=1000, help="vectors to aggregate (default 1000)")
@@ -263,7 +296,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--dir", default=None, help="scratch folder (default: a temporary one)")
     parser.add_argument(
-        "--sections", default="aggregate,validate,save", help="comma-separated subset to run"
+        "--sections",
+        default="aggregate,validate,save,scaling",
+        help="comma-separated subset to run",
     )
     args = parser.parse_args()
     info = _core.build_info()
@@ -278,6 +313,8 @@ def main() -> None:
             bench_validation(Path(tmp), args.validate_files, 30, 576, args.repeat)
         if "save" in sections:
             bench_saving(Path(tmp), args.n, 30, 576)
+        if "scaling" in sections:
+            bench_save_scaling(Path(tmp), [1000, 10_000], 100, 30, 576)
 
 
 if __name__ == "__main__":
