@@ -5,9 +5,10 @@
 //! Memory stays bounded by the row group size, whatever the number of personas: a row group's
 //! tensors are read, checked and converted to f32 a few personas at a time and encoded, and
 //! only the encoded row group is held until it is appended to the file. Row groups are
-//! encoded in parallel (one per thread, at most `MAX_PARALLEL_ROW_GROUPS`), the next window
-//! of them while the last one is appended, so peak memory is about twice that many encoded
-//! row groups; they are appended in order. Output bytes depend only on the input
+//! encoded in parallel (one per thread, at most `MAX_PARALLEL_ROW_GROUPS`) and appended in
+//! order as each is ready; a group starts encoding only when an earlier one has been
+//! appended, so at most one group more than the encoders is held, however slow the disk
+//! and however many personas there are. Output bytes depend only on the input
 //! tree and the size options (sorted order, no timestamps, no thread-dependent layout), so
 //! re-packaging an unchanged tree gives identical files.
 //!

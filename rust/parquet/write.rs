@@ -1,10 +1,13 @@
 //! Writing one split: file and row-group layout, parallel row-group encoding, and the
 //! in-order append that keeps the output bytes deterministic.
 
+use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::{BufWriter, Write};
+use std::panic::AssertUnwindSafe;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
 
 use arrow_schema::Schema;
 use parquet::arrow::arrow_writer::{compute_leaves, ArrowColumnChunk, ArrowColumnWriter};
@@ -18,7 +21,8 @@ use crate::error::{Error, Result};
 
 /// Decoded bytes handed to the parquet writer per call (a few personas).
 const BATCH_BYTES: u64 = 4 << 20;
-/// Row groups encoded at once (one per thread): peak memory is about this many row groups.
+/// Row groups encoded at once (one encoder per thread); one more may await its append, so
+/// peak memory is about this many encoded row groups plus one.
 const MAX_PARALLEL_ROW_GROUPS: usize = 4;
 
 /// Rows per row group and per file for rows of `row_bytes` uncompressed bytes.
@@ -128,7 +132,9 @@ pub fn write_split(
     } else {
         rows.chunks(per_file).collect()
     };
-    let window = rayon::current_num_threads().clamp(1, MAX_PARALLEL_ROW_GROUPS);
+    let encoders = rayon::current_num_threads().clamp(1, MAX_PARALLEL_ROW_GROUPS);
+    // One group more than encoders: one is appended while every encoder works.
+    let window = encoders + 1;
     for (index, file_rows) in shards.into_iter().enumerate() {
         let rel = format!(
             "{config}/{}-{index:05}-of-{n_files:05}.parquet",
@@ -146,25 +152,59 @@ pub fn write_split(
                 .and_then(|w| w.into_serialized_writer())
                 .map_err(fail)?;
         let groups: Vec<&[Row]> = file_rows.chunks(per_group).collect();
-        let encode_window = |w: usize, window_groups: &[&[Row]]| {
-            window_groups
-                .par_iter()
-                .enumerate()
-                .map(|(i, group)| {
-                    let writers = factory
-                        .create_column_writers(w * window + i)
-                        .map_err(fail)?;
-                    encode_row_group(source, &schema, group, dims, batch_rows, writers).map_err(
-                        |e| match e {
-                            EncodeError::Pvrs(e) => e,
-                            EncodeError::Parquet(e) => fail(e),
-                        },
-                    )
-                })
-                .collect::<Result<Vec<_>>>()
+        let encode = |i: usize| {
+            let writers = factory.create_column_writers(i).map_err(fail)?;
+            encode_row_group(source, &schema, groups[i], dims, batch_rows, writers).map_err(|e| {
+                match e {
+                    EncodeError::Pvrs(e) => e,
+                    EncodeError::Parquet(e) => fail(e),
+                }
+            })
         };
-        let mut append = |window_groups: &[&[Row]], encoded: Vec<(Vec<ArrowColumnChunk>, u64)>| {
-            for (group, (chunks, bytes)) in window_groups.iter().zip(encoded) {
+        // Workers encode groups in order of index, each only with a permit; a permit comes
+        // back when its group has been appended. So at most `window` groups are encoding or
+        // waiting at once, however slow the disk: encoded groups never pile up behind a
+        // write.
+        let (permit_tx, permit_rx) = mpsc::sync_channel::<()>(window);
+        let permit_rx = Mutex::new(permit_rx);
+        let (done_tx, done_rx) = mpsc::channel();
+        let next = AtomicUsize::new(0);
+        let n_groups = groups.len();
+        std::thread::scope(|scope| {
+            for _ in 0..encoders.min(n_groups) {
+                let done_tx = done_tx.clone();
+                let (permit_rx, next, encode) = (&permit_rx, &next, &encode);
+                scope.spawn(move || loop {
+                    let permit = permit_rx.lock().map(|rx| rx.recv());
+                    let i = next.fetch_add(1, Ordering::SeqCst);
+                    if !matches!(permit, Ok(Ok(()))) || i >= n_groups {
+                        return;
+                    }
+                    // A panic keeps its message: `py.rs` turns it into `InternalError`.
+                    let encoded = std::panic::catch_unwind(AssertUnwindSafe(|| encode(i)));
+                    if done_tx.send((i, encoded)).is_err() {
+                        return;
+                    }
+                });
+            }
+            drop(done_tx);
+            for _ in 0..window {
+                // Cannot fail: the channel holds `window` and the receiver is alive.
+                let _ = permit_tx.send(());
+            }
+            let mut waiting = BTreeMap::new();
+            for (i, group) in groups.iter().enumerate() {
+                let encoded = loop {
+                    if let Some(encoded) = waiting.remove(&i) {
+                        break encoded;
+                    }
+                    let (j, encoded) = done_rx.recv().map_err(|_| {
+                        Error::Internal("a row group encoder stopped early".to_string())
+                    })?;
+                    waiting.insert(j, encoded);
+                };
+                let (chunks, bytes) =
+                    encoded.unwrap_or_else(|payload| std::panic::resume_unwind(payload))?;
                 num_bytes += bytes;
                 let mut row_group = file_writer.next_row_group().map_err(fail)?;
                 for chunk in chunks {
@@ -172,28 +212,11 @@ pub fn write_split(
                 }
                 row_group.close().map_err(fail)?;
                 progress(group.len())?;
+                let _ = permit_tx.send(());
             }
+            // Dropping the permits' sender (on return or error) lets idle workers finish.
+            drop(permit_tx);
             Ok::<(), Error>(())
-        };
-        // Appending one window (file I/O, progress) overlaps encoding the next one; at most
-        // two windows of encoded row groups are held at once.
-        std::thread::scope(|scope| {
-            let mut ready: Option<(&[&[Row]], Vec<_>)> = None;
-            for (w, window_groups) in groups.chunks(window).enumerate() {
-                let encoding = scope.spawn(move || encode_window(w, window_groups));
-                if let Some((done, encoded)) = ready.take() {
-                    append(done, encoded)?;
-                }
-                // A panic keeps its message: `py.rs` turns it into `InternalError`.
-                let encoded = encoding
-                    .join()
-                    .unwrap_or_else(|payload| std::panic::resume_unwind(payload))?;
-                ready = Some((window_groups, encoded));
-            }
-            match ready {
-                Some((done, encoded)) => append(done, encoded),
-                None => Ok(()),
-            }
         })?;
         let mut sink = file_writer.into_inner().map_err(fail)?;
         sink.flush().map_err(|e| Error::io(&path, e))?;
@@ -259,6 +282,33 @@ mod tests {
             .map(|b| b.num_rows())
             .sum();
         assert_eq!(rows, 0);
+    }
+
+    #[test]
+    fn an_error_mid_file_stops_the_encoders_and_is_returned() {
+        let (_tmp, src) = tree(9);
+        let one_row = PackageOptions {
+            row_group_bytes: 1,
+            ..PackageOptions::default()
+        };
+        fs::remove_file(src.dir.join("p004.safetensors")).unwrap();
+        let out = tempfile::tempdir().unwrap();
+        let mut appended = 0;
+        let e = write_split(&src, out.path(), &one_row, &mut |n| {
+            appended += n;
+            Ok(())
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("p004.safetensors"), "{e}");
+        assert_eq!(appended, 4);
+        // An error from the progress callback aborts the same way.
+        let (_tmp, src) = tree(9);
+        let out = tempfile::tempdir().unwrap();
+        let e = write_split(&src, out.path(), &one_row, &mut |_| {
+            Err(Error::Internal("stop".to_string()))
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("stop"));
     }
 
     #[test]
