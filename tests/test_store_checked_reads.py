@@ -17,12 +17,7 @@ from pvrs.store import PersonaVectorStore, VectorRecord, load_analysis_dataset
 from pvrs.store.validation import validate
 from safetensors.numpy import save, save_file
 
-MODEL = "org/tiny-model"
-L, H = 4, 8
-
-
-def vec(seed: int, shape: tuple[int, ...] = (L, H)) -> np.ndarray:
-    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+from tests.test_store import MODEL, H, L, vec
 
 
 @pytest.fixture
