@@ -26,7 +26,8 @@ from pvrs.analysis import (
 
 # The error classes, listed once in pvrs.errors.__all__ (added to ours below).
 from pvrs.errors import *  # noqa: F403
-from pvrs.extraction.chat import PreparedInput, prepare_inputs, render
+from pvrs.extraction.chat import PreparedInput, prepare_inputs
+from pvrs.extraction.template import render
 from pvrs.hub import (
     HFPersonaVectorStore,
     list_hub_vector_models,
@@ -47,7 +48,7 @@ __version__ = _core.__version__
 
 # Torch- and scikit-learn-heavy names load on first use, so `import pvrs` stays fast.
 _LAZY = {
-    "load_probe_artifact": "pvrs.analysis.probes",
+    "load_probe_artifact": "pvrs.analysis.probe_artifacts",
     "steer": "pvrs.steering.interventions",
     "ablate": "pvrs.steering.interventions",
     "cap": "pvrs.steering.interventions",

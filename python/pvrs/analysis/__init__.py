@@ -1,6 +1,7 @@
 """Analysis of persona vectors: array-level computations (`compute`: similarity, PCA, the
-assistant axis, layer curves, neighbours), linear probes (`probes`), plotly figures and their
-export (`plots`, `export`) and the `pvrs analyze` report (`report`, `sections`, `tables`).
+assistant axis, layer curves, neighbours), linear probes (`probes`, saved and read by
+`probe_artifacts`), plotly figures and their export (`plots`, `export`) and the
+`pvrs analyze` report (`report`, `sections`, `tables`).
 
 The computations are re-exported here (`from pvrs.analysis import similarity_by_layer`)."""
 

@@ -324,12 +324,12 @@ def _run_probes(
     each. Attributes the user named must work; others that cannot be probed are noted."""
     if not opts.attributes:
         return [], []
+    from pvrs.analysis.probe_artifacts import save_probe_artifact
     from pvrs.analysis.probes import (
         attribute_names,
         cross_validate_probe,
         fit_probe,
         probe_labels,
-        save_probe_artifact,
     )
 
     wanted = (

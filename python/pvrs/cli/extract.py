@@ -30,8 +30,9 @@ def _cmd_preview(args: argparse.Namespace) -> int:
 
     from pvrs.engines import models
     from pvrs.errors import InputError
-    from pvrs.extraction.chat import analyze_template, prepare_inputs, print_preview
+    from pvrs.extraction.chat import prepare_inputs, print_preview
     from pvrs.extraction.masks import parse_strategies
+    from pvrs.extraction.template import analyze_template
 
     explicit = args.question is not None or args.answer is not None or args.system is not None
     if explicit and (args.question is None or args.answer is None):

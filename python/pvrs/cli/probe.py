@@ -39,13 +39,13 @@ def _probe_one(
 ) -> tuple[list[tuple[Any, Path]], list[str]]:  # fmt: skip
     """Every method that fits `attribute`: its curve and saved best-layer probe, and notes
     (classes left out for being too rare)."""
+    from pvrs.analysis.probe_artifacts import save_probe_artifact
     from pvrs.analysis.probes import (
         cross_validate_probe,
         drop_rare_classes,
         fit_probe,
         ordinal_ranks,
         probe_labels,
-        save_probe_artifact,
     )
     from pvrs.analysis.tables import slug
 

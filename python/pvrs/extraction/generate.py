@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pvrs.errors import InputError
-from pvrs.extraction.chat import MERGE_SEPARATOR, analyze_template, require_chat_template
 from pvrs.extraction.inputs import Persona, QAPair, qa_from_rows, read_rows
+from pvrs.extraction.template import MERGE_SEPARATOR, analyze_template, require_chat_template
 
 if TYPE_CHECKING:
     from torch import nn

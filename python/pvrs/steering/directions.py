@@ -192,13 +192,13 @@ def load_vector(path: str | Path, layer: int | None = None) -> np.ndarray:
 
 def probe_direction(weights: Any, layer: int | None = None) -> np.ndarray:
     """A linear probe's weights as a direction: an array, a fitted scikit-learn linear model
-    (its `coef_`), a `pvrs.analysis.probes.ProbeArtifact` (its `weight`), a probe artifact folder
+    (its `coef_`), a `pvrs.analysis.probe_artifacts.ProbeArtifact` (its `weight`), a probe artifact folder
     (its `weights.safetensors`), or a file readable by `load_vector`. Projections on it
     grow with the probe's score (for a two-class probe, towards its second class)."""
     if isinstance(weights, (str, Path)):
         path = Path(weights)
         if path.is_dir():  # a saved probe: its class rows are checked like a fitted one's
-            from pvrs.analysis.probes import load_probe_artifact
+            from pvrs.analysis.probe_artifacts import load_probe_artifact
 
             return probe_direction(load_probe_artifact(path))
         return load_vector(path, layer)

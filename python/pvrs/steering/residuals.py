@@ -96,7 +96,7 @@ def encode(tokenizer: PreTrainedTokenizerBase | None, item: TextLike) -> torch.T
         if isinstance(item, str):
             ids = tokenizer(item, return_tensors="pt")["input_ids"]
         else:
-            from pvrs.extraction.chat import require_chat_template
+            from pvrs.extraction.template import require_chat_template
 
             require_chat_template(tokenizer)
             text = tokenizer.apply_chat_template(list(item), tokenize=False)
