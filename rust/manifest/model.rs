@@ -42,7 +42,7 @@ pub(super) struct ManifestView {
     pub(super) personas: BTreeMap<String, Option<String>>,
 }
 
-const PROVENANCE_KEYS: [&str; 10] = [
+const PROVENANCE_KEYS: [&str; 12] = [
     "format",
     "model",
     "revision",
@@ -53,6 +53,8 @@ const PROVENANCE_KEYS: [&str; 10] = [
     "pooling",
     "chat_template_sha256",
     "pvrs_version",
+    "engine",
+    "engine_version",
 ];
 
 pub(super) fn read_manifest(

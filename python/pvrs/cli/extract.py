@@ -22,6 +22,7 @@ from pvrs.errors import InputError
 
 if TYPE_CHECKING:
     from pvrs.engines.ray_engine import RayConfig
+    from pvrs.engines.vllm_engine import VllmConfig
 
 
 def _cmd_preview(args: argparse.Namespace) -> int:
@@ -142,11 +143,19 @@ def _cmd_extract(args: argparse.Namespace) -> int:
         for variant in args.variants:
             persona.system_prompt(variant)
     ray = _ray_config(args)
-    console.print(f"[bold]pvrs extract[/]: {len(personas)} personas x {len(args.variants)} variants, model {model_name}")
-    if ray is not None:
-        from pvrs.engines.ray_engine import skeleton
+    vllm = _vllm_config(args)
+    engine = "" if vllm is None else " on vLLM"
+    console.print(f"[bold]pvrs extract[/]: {len(personas)} personas x {len(args.variants)} variants, model {model_name}{engine}")
+    if ray is not None or vllm is not None:
+        import torch
 
-        model, tokenizer = skeleton(ray.model, ray.gpus_per_replica or 0)
+        from pvrs.engines.models import skeleton
+
+        if ray is not None:
+            model, tokenizer = skeleton(ray.model, on_gpu=bool(ray.gpus_per_replica))
+        else:
+            assert vllm is not None
+            model, tokenizer = skeleton(vllm.model, on_gpu=torch.cuda.is_available())
     else:
         model, tokenizer = models.load(
             args.model, dtype=args.dtype, device=args.device, device_map=args.device_map,
@@ -158,7 +167,7 @@ def _cmd_extract(args: argparse.Namespace) -> int:
         padding_side=args.padding_side, prefix_reuse=not args.no_prefix_reuse, model_name=model_name,
         save_to=root, force=args.force, save_samples=args.save_samples, revision=args.revision,
         allow_long_samples=args.allow_long_samples, split_special_tokens=args.split_special_tokens,
-        verbose=args.verbose, console=console, ray=ray,
+        verbose=args.verbose, console=console, ray=ray, vllm=vllm,
     )
     print_extraction_summary(console, result, root)
     if result.stopped:
@@ -191,6 +200,38 @@ def _ray_config(args: argparse.Namespace) -> RayConfig | None:
     )
     replicas, gpus = plan(connect(config.address), config)
     return replace(config, replicas=replicas, gpus_per_replica=gpus)
+
+
+def _vllm_config(args: argparse.Namespace) -> VllmConfig | None:
+    """`--engine vllm` and its flags, checked before the model loads (vLLM itself included)."""
+    if args.engine != "vllm":
+        vllm_only = [
+            f for f, v in (("--tensor-parallel-size", args.tensor_parallel_size),
+                           ("--gpu-memory-utilization", args.gpu_memory_utilization),
+                           ("--max-model-len", args.max_model_len)) if v is not None
+        ]
+        if vllm_only:
+            raise InputError(f"{vllm_only[0]} sets up vLLM; add --engine vllm (or drop {vllm_only[0]})")
+        return None
+    clash = [f for f, on in (("--ray", args.ray is not None), ("--device-map", args.device_map), ("--device", args.device != "auto")) if on]
+    if clash:
+        why = {
+            "--ray": "Ray replicas run the transformers engine; drop --ray (vLLM batches and shards itself)",
+            "--device-map": "use --tensor-parallel-size N to spread the model over N GPUs",
+            "--device": "vLLM uses the GPUs it sees (set CUDA_VISIBLE_DEVICES), or the CPU with its CPU build",
+        }[clash[0]]
+        raise InputError(f"--engine vllm with {clash[0]}: {why}")
+    from pvrs.engines.models import ModelSpec
+    from pvrs.engines.vllm_engine import VllmConfig, import_vllm
+
+    import_vllm()
+    return VllmConfig(
+        ModelSpec(args.model, dtype=args.dtype, revision=args.revision, trust_remote_code=args.trust_remote_code),
+        tensor_parallel_size=args.tensor_parallel_size or 1,
+        gpu_memory_utilization=0.9 if args.gpu_memory_utilization is None else args.gpu_memory_utilization,
+        prefix_caching=not args.no_prefix_reuse,
+        max_model_len=args.max_model_len,
+    )
 
 
 def _add_extract(sub: argparse._SubParsersAction) -> None:
@@ -246,7 +287,7 @@ def _add_extract(sub: argparse._SubParsersAction) -> None:
     run.add_argument(
         "--padding-side", choices=["right", "left"], default="right", help="where batches are padded (default %(default)s)"
     )
-    run.add_argument("--no-prefix-reuse", action="store_true", help="re-encode the persona prompt for every question")
+    run.add_argument("--no-prefix-reuse", action="store_true", help="re-encode the persona prompt for every question (vLLM: prefix caching off)")
     run.add_argument("--output-dir", metavar="DIR", help="store root (default $ARTIFACTS_DIR/activations)")
     run.add_argument("--force", action="store_true", help="recompute personas already saved")
     run.add_argument("--save-samples", action="store_true", help="also save per-sample vectors")
@@ -271,6 +312,18 @@ def _add_extract(sub: argparse._SubParsersAction) -> None:
         "--gpus-per-replica", type=non_negative_int, metavar="K",
         help="GPUs per replica; K > 1 spreads the model over them (default: 1 if the cluster has GPUs, else 0)",
     )
+    eng = p.add_argument_group("engine")
+    eng.add_argument(
+        "--engine", choices=["hf", "vllm"], default="hf",
+        help="what runs the model, for --generate and extraction: hf (transformers, with hooks) or vllm "
+        "(pip install 'pvrs[vllm]': continuous batching, prefix caching, tensor parallelism) (default %(default)s)",
+    )
+    eng.add_argument("--tensor-parallel-size", type=positive_int, metavar="N", help="vLLM: GPUs the model is split over (default 1)")
+    eng.add_argument(
+        "--gpu-memory-utilization", type=finite_float, metavar="F",
+        help="vLLM: share of each GPU's memory it may take, 0-1 (default 0.9)",
+    )
+    eng.add_argument("--max-model-len", type=positive_int, metavar="N", help="vLLM: context length (default: the model's)")
     run.add_argument("--verbose", action="store_true", help="preview each persona's masked tokens")
     p.set_defaults(handler=_cmd_extract)
 

@@ -343,3 +343,35 @@ def load(
     lm.eval()
     tokenizer = load_tokenizer(model, revision=revision, trust_remote_code=trust_remote_code)
     return lm, tokenizer
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """How an engine away from the driver (a Ray replica, vLLM) loads the model: the arguments
+    of `load`."""
+
+    model: str
+    dtype: str = "auto"
+    revision: str | None = None
+    trust_remote_code: bool = False
+    threads: int | None = None  # CPU replicas: torch threads (default: the replica's CPUs)
+
+
+def skeleton(spec: ModelSpec, on_gpu: bool) -> tuple[nn.Module, Any]:
+    """The model without weights (meta device) and its tokenizer, for a driver whose engine
+    holds the weights elsewhere (Ray replicas, vLLM): it renders, plans, resumes and records
+    provenance from the config alone, with the dtype the engine will load."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    path = resolve_model_path(spec.model, spec.revision)
+    try:
+        config = AutoConfig.from_pretrained(path, revision=spec.revision, trust_remote_code=spec.trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot load the config of model {spec.model!r}: {exc}") from exc
+    dtype = resolve_dtype(spec.dtype, "cuda" if on_gpu else "cpu")
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=spec.trust_remote_code)
+    model.config.name_or_path = config.name_or_path
+    tokenizer = load_tokenizer(spec.model, revision=spec.revision, trust_remote_code=spec.trust_remote_code)
+    return model.eval(), tokenizer

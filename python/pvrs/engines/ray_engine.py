@@ -23,11 +23,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from pvrs.engines.models import ModelSpec
 from pvrs.errors import InputError, InvalidArgumentError, ModelError, PvrsError
 
 if TYPE_CHECKING:
-    from torch import nn
-
     from pvrs.engines.transformers import EngineConfig, SampleMeans
     from pvrs.extraction.driver import AnswerJob
     from pvrs.extraction.generate import SamplingConfig
@@ -37,17 +36,6 @@ INSTALL_HINT = "pip install 'pvrs[ray]'"
 IN_FLIGHT = 2  # jobs queued per replica: one running, one ready when it ends
 MAX_RESTARTS = 3  # restarts per replica before Ray gives up on it
 TASK_RETRIES = 1  # a job whose replica died is run once more: "fails twice" = failed
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """How each replica loads the model (the arguments of `pvrs.engines.models.load`)."""
-
-    model: str
-    dtype: str = "auto"
-    revision: str | None = None
-    trust_remote_code: bool = False
-    threads: int | None = None  # CPU replicas: torch threads (default: the replica's CPUs)
 
 
 @dataclass(frozen=True)
@@ -124,28 +112,6 @@ def plan(ray: Any, config: RayConfig) -> tuple[int, int]:
         kind = f"{per} GPU(s)" if per else f"{config.cpus_per_replica} CPU(s)"
         raise InputError(f"--replicas {replicas}: the Ray cluster fits {most} replica(s) of {kind}; lower --replicas")
     return replicas, per
-
-
-def skeleton(spec: ModelSpec, gpus_per_replica: int) -> tuple[nn.Module, Any]:
-    """The model without weights (meta device) and its tokenizer, for the driver: it renders,
-    plans, resumes and records provenance from the config alone, with the dtype the replicas
-    will load, while only the replicas hold weights."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    from pvrs.engines import models
-
-    path = models.resolve_model_path(spec.model, spec.revision)
-    try:
-        config = AutoConfig.from_pretrained(path, revision=spec.revision, trust_remote_code=spec.trust_remote_code)
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"cannot load the config of model {spec.model!r}: {exc}") from exc
-    dtype = models.resolve_dtype(spec.dtype, "cuda" if gpus_per_replica else "cpu")
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=spec.trust_remote_code)
-    model.config.name_or_path = config.name_or_path
-    tokenizer = models.load_tokenizer(spec.model, revision=spec.revision, trust_remote_code=spec.trust_remote_code)
-    return model.eval(), tokenizer
 
 
 class _Replica:

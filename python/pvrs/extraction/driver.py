@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
     from pvrs.engines.ray_engine import Cluster, RayConfig
+    from pvrs.engines.vllm_engine import VllmConfig, VllmEngine
     from pvrs.extraction.chat import PreparedInput
     from pvrs.store import PersonaVectorStore
 
@@ -151,6 +152,7 @@ class SampleSource:
     generations_dir: Path | None = None
     scores: Mapping[tuple[str, str], float] | None = None
     min_score: float = DEFAULT_MIN_SCORE
+    answer_engine: str | None = None  # what generates the answers when not transformers ("vllm 0.32.0")
 
     def questions(self, persona: Persona) -> list[QAPair]:
         """The persona's QA rows before any answer is generated (train split, type, first N)."""
@@ -179,7 +181,7 @@ class SampleSource:
         asks = [
             AnswerJob(persona, variant, self.questions(persona),
                       None if self.generations_dir is None else self.generations_dir / variant / f"{persona.id}.jsonl",
-                      generation_key(model, tokenizer, persona.system_prompt(variant), sampling))
+                      generation_key(model, tokenizer, persona.system_prompt(variant), sampling, self.answer_engine))
             for persona, variant in wanted
         ]
         out: list[list[QAPair] | str | None] = []
@@ -220,7 +222,7 @@ class SampleSource:
         if self.generate is None:
             content: Any = [system, [[r.qid, r.question, r.answer] for r in rows]]
         else:  # the key holds the prompt's hash
-            key = generation_key(model, tokenizer, system, self.generate)
+            key = generation_key(model, tokenizer, system, self.generate, self.answer_engine)
             content = [key, [[r.qid, r.question] for r in rows]]
         if split_special_tokens:  # other tokens, other vectors; absent otherwise, so old digests hold
             content = [*content, "split_special_tokens"]
@@ -231,12 +233,18 @@ class SampleSource:
 
 
 def generation_key(
-    model: nn.Module, tokenizer: PreTrainedTokenizerBase, system_prompt: str | None, sampling: SamplingConfig
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    system_prompt: str | None,
+    sampling: SamplingConfig,
+    engine: str | None = None,
 ) -> dict[str, Any]:
     """What decides a persona's generated answers; saved answers are reused only when it
-    matches (the device is left out: a rerun elsewhere reuses rather than regenerates)."""
+    matches (the device is left out: a rerun elsewhere reuses rather than regenerates).
+    `engine` (with its version) is recorded when it is not transformers, whose answers differ
+    from vLLM's; keys of transformers answers saved before engines existed stay valid."""
     config = getattr(model, "config", None)
-    return {
+    key = {
         "model": str(getattr(config, "name_or_path", "") or ""),
         "model_commit": getattr(config, "_commit_hash", None),
         "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
@@ -244,6 +252,9 @@ def generation_key(
         "system_prompt_sha256": None if system_prompt is None else hashlib.sha256(system_prompt.encode()).hexdigest(),
         "sampling": asdict(sampling),
     }
+    if engine is not None:
+        key["engine"] = engine
+    return key
 
 
 def _prepare_jobs(
@@ -265,7 +276,8 @@ def _prepare_jobs(
     here, or by `answerer`: Ray replicas) and render and tokenise everything before the first forward pass, so template and data
     errors stop the run before anything is written. Personas already saved are skipped before
     any answer is generated for them."""
-    from pvrs.extraction.chat import analyze_template, prepare_inputs
+    from pvrs.extraction.chat import prepare_inputs
+    from pvrs.extraction.template import analyze_template
 
     persona_strategies = {MaskStrategy.PERSONA_MEAN, MaskStrategy.PERSONA_LAST}
     baseline_strategies, baseline_note = strategies, ""
@@ -366,6 +378,7 @@ def extract(
     verbose: bool = False,
     console: Console | None = None,
     ray: RayConfig | None = None,
+    vllm: VllmConfig | None = None,
 ) -> ExtractionResult:
     """Extract persona vectors (DESIGN.md pooling and layer convention).
 
@@ -378,13 +391,16 @@ def extract(
     `split_special_tokens` tokenizes control-token strings inside contents as text (see
     `prepare_inputs`). With `ray` the jobs (and answer generation) run on Ray replicas
     (`pvrs.engines.ray_engine`: `model` may be its weightless `skeleton`) and come back here to
-    be saved. Returns every
+    be saved. With `vllm` answers are generated and vectors computed by vLLM
+    (`pvrs.engines.vllm_engine`; `model` may be a weightless `skeleton`). Returns every
     vector computed in this call."""
     from rich.console import Console
 
     from pvrs.store import PersonaVectorStore
 
     console = console or Console(stderr=True)
+    if ray is not None and vllm is not None:
+        raise InvalidArgumentError("choose one engine: Ray replicas run the transformers engine; drop --ray or --engine vllm")
     strategies = parse_strategies(mask_strategies)
     for v in variants:
         if v not in VARIANTS:
@@ -403,12 +419,16 @@ def extract(
         "revision": revision,
         "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
         "chat_template_sha256": chat_template_sha256(tokenizer),
+        "engine": "transformers" if vllm is None else "vllm",
+        "engine_version": _engine_version(vllm),
     }
     # The built-in's id names the Hub checkpoint, but its weights are a de-quantised GGUF.
     if (model_source := builtin_source(model)) is not None:
         provenance["model_source"] = model_source
 
     source = qa_pairs if isinstance(qa_pairs, SampleSource) else SampleSource(qa_pairs)
+    if vllm is not None and source.generate is not None:
+        source = replace(source, answer_engine=f"vllm {provenance['engine_version']}")
     if saving:
         # A folder made with another model, dtype, revision or template refuses the first save:
         # say so before any forward pass.
@@ -431,12 +451,13 @@ def extract(
         problems = [(s, stores[s].tensor_problem(persona.id, variant)) for s in missing]
         return not missing, "; ".join(f"recomputed: {p} ({s.value})" for s, p in problems if p)
 
-    # On Ray the replicas answer (`--generate`) and compute; the driver saves. They end with the run.
-    with _cluster(ray, config, provenance["dtype"]) as cluster:
+    # On Ray the replicas answer (`--generate`) and compute, on vLLM its engine does; the driver
+    # saves. They end with the run.
+    with _cluster(ray, config, provenance["dtype"]) as cluster, _vllm_engine(vllm, model, tokenizer, resolved_layers) as engine:
         todo, outcomes = _prepare_jobs(
             model, tokenizer, personas, source, variants, strategies, already_saved,
             force=force, split_special_tokens=split_special_tokens, console=console, progress=progress,
-            answerer=None if cluster is None else cluster.answer,
+            answerer=cluster.answer if cluster is not None else engine.answer if engine is not None else None,
         )
         _check_lengths(model, todo, allow_long_samples, console)
         result = ExtractionResult(layers=resolved_layers, outcomes=outcomes)
@@ -465,9 +486,16 @@ def extract(
                     bar.update(task_samples, advance=n_samples, rate=f"{rate:,.0f} tok/s")
 
                 try:
-                    means = sample_means(
-                        model, job.input_ids, job.masks, config,
-                        sample_ids=job.sample_ids, on_batch=on_batch, per_sample=save_samples,
+                    means = (
+                        sample_means(
+                            model, job.input_ids, job.masks, config,
+                            sample_ids=job.sample_ids, on_batch=on_batch, per_sample=save_samples,
+                        )
+                        if engine is None
+                        else engine.sample_means(
+                            job.input_ids, job.masks, sample_ids=job.sample_ids, per_sample=save_samples,
+                            batch_tokens=config.batch_tokens, on_batch=on_batch,
+                        )
                     )
                 except PvrsError as exc:
                     result.outcomes.append(PersonaOutcome(job.persona.id, job.variant, "failed", str(exc)))
@@ -487,6 +515,26 @@ def _cluster(ray: RayConfig | None, config: EngineConfig, dtype: str) -> Abstrac
     from pvrs.engines.ray_engine import Cluster
 
     return closing(Cluster(ray, config, dtype))
+
+
+def _engine_version(vllm: VllmConfig | None) -> str | None:
+    if vllm is not None:
+        from pvrs.engines.vllm_engine import version
+
+        return version()
+    import transformers
+
+    return str(transformers.__version__)
+
+
+def _vllm_engine(
+    vllm: VllmConfig | None, model: nn.Module, tokenizer: PreTrainedTokenizerBase, layers: list[int]
+) -> AbstractContextManager[VllmEngine | None]:
+    if vllm is None:
+        return nullcontext()
+    from pvrs.engines.vllm_engine import VllmEngine
+
+    return closing(VllmEngine(vllm, model, tokenizer, layers))
 
 
 def _preview(console: Console, tokenizer: PreTrainedTokenizerBase, job: _Job) -> None:

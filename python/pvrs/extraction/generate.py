@@ -53,6 +53,16 @@ def prompt_messages(tokenizer: PreTrainedTokenizerBase, system: str | None, ques
     return [{"role": "system", "content": system}, {"role": "user", "content": question}]
 
 
+def prompt_text(tokenizer: PreTrainedTokenizerBase, system: str | None, question: str) -> str:
+    """The rendered prompt a persona's answer continues (the assistant turn opened)."""
+    return tokenizer.apply_chat_template(prompt_messages(tokenizer, system, question), tokenize=False, add_generation_prompt=True)
+
+
+def prompt_ids(tokenizer: PreTrainedTokenizerBase, system: str | None, question: str) -> list[int]:
+    """`prompt_text` as token ids, as `generate_answers` tokenizes it (the vLLM engine's prompts)."""
+    return list(tokenizer(prompt_text(tokenizer, system, question), add_special_tokens=False)["input_ids"])
+
+
 def generate_answers(
     model: nn.Module,
     tokenizer: PreTrainedTokenizerBase,
@@ -75,10 +85,7 @@ def generate_answers(
     try:
         for start in range(0, len(questions), sampling.batch_size):
             chunk = list(questions[start : start + sampling.batch_size])
-            texts = [
-                tokenizer.apply_chat_template(prompt_messages(tokenizer, system, q.question), tokenize=False, add_generation_prompt=True)
-                for q in chunk
-            ]
+            texts = [prompt_text(tokenizer, system, q.question) for q in chunk]
             batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
             torch.manual_seed(sampling.seed + start)
             with torch.inference_mode():

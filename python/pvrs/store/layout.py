@@ -35,9 +35,14 @@ PROVENANCE_KEYS: tuple[str, ...] = (
     "pooling",
     "chat_template_sha256",
     "pvrs_version",
+    "engine",
+    "engine_version",
 )
 # Provenance that may legitimately change between runs adding to the same folder.
-_MUTABLE_PROVENANCE = frozenset({"pvrs_version"})
+_MUTABLE_PROVENANCE = frozenset({"pvrs_version", "engine_version"})
+# What computed the vectors; a folder written before engines were recorded is the transformers
+# engine's (vLLM's vectors agree only to a tolerance, so one folder never mixes them).
+DEFAULT_ENGINE = "transformers"
 MAX_PERSONA_ID_BYTES = 200
 LOCK_TIMEOUT_S = 600.0
 

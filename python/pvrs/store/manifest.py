@@ -14,6 +14,7 @@ from typing import Any
 from pvrs.errors import InvalidArgumentError, ManifestError
 from pvrs.store.layout import (
     _MUTABLE_PROVENANCE,
+    DEFAULT_ENGINE,
     FORMAT,
     FORMAT_VERSION,
     LAYER_CONVENTION,
@@ -177,6 +178,8 @@ def provenance_header(
         "pooling": POOLING,
         "chat_template_sha256": None,
         "pvrs_version": __version__,
+        "engine": None,
+        "engine_version": None,
     }
     for key, value in (provenance or {}).items():
         merged[key] = strategy_name(value) if key == "mask_strategy" else value
@@ -196,6 +199,7 @@ def merge_header(
     provenance: dict[str, Any],
 ) -> None:
     """Check `shape`/`provenance` against an existing manifest and fill what it lacks."""
+    written = "format" in manifest
     for key, value in zip(("num_layers", "hidden_size"), shape, strict=True):
         existing = manifest.get(key)
         if existing is not None and existing != value:
@@ -208,6 +212,8 @@ def merge_header(
     manifest.setdefault("format_version", FORMAT_VERSION)
     for key, value in provenance.items():
         existing = manifest.get(key)
+        if key == "engine" and existing is None and written:
+            existing = DEFAULT_ENGINE
         if (
             key not in _MUTABLE_PROVENANCE
             and existing is not None

@@ -1,0 +1,210 @@
+"""The vLLM engine (`--engine vllm`): vectors equal the transformers engine's, generation is
+deterministic by seed, and what cannot work says so in one line.
+
+Runs where vLLM is installed (the `.ci/vllm-lane` venv, vLLM's CPU build, fp32); elsewhere only
+the missing-vLLM error is tested. vLLM loads models from folders, so each tiny model is saved
+first; its heads are 64 wide (the widths vLLM's CPU attention supports)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pvrs.cli import main
+from pvrs.engines.models import ModelSpec, skeleton
+from pvrs.extraction import inputs
+from pvrs.extraction.driver import SampleSource, extract
+from pvrs.extraction.generate import SamplingConfig
+from pvrs.extraction.masks import ALL_STRATEGIES, MaskStrategy
+
+from tests.tiny import make_tokenizer
+
+HAVE_VLLM = importlib.util.find_spec("vllm") is not None
+needs_vllm = pytest.mark.skipif(not HAVE_VLLM, reason="vLLM is not installed (see .ci/vllm-lane)")
+
+PERSONAS = [
+    inputs.Persona("baseline_assistant", "Assistant"),
+    inputs.Persona("pirate", "Pirate", "You are a pirate captain.", "You are a pirate captain who loves the sea. " * 6),
+]
+QA = [
+    inputs.QAPair("q1", "What is the capital of France?", "The capital of France is Paris."),
+    inputs.QAPair("q2", "How do I bake bread?", "Mix flour, water, salt and yeast, then knead and bake."),
+    inputs.QAPair("q3", "Tell me about yourself.", "I am a retired sailor 😀 from 東京."),
+]
+# Relative error per vector allowed between the engines in fp32 (seen: ~3e-6).
+TOLERANCE = 1e-5
+STRATEGIES = [s for s in ALL_STRATEGIES if s is not MaskStrategy.QUESTION_LAST_SPECIAL]
+
+
+def _save_tiny(folder: Path, arch: str, family: str) -> Path:
+    import torch
+    from transformers import AutoModelForCausalLM, Gemma2Config, Qwen2Config
+
+    tokenizer = make_tokenizer(family)
+    common = dict(vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256, num_hidden_layers=4,
+                  num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512,
+                  eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id)
+    config = Qwen2Config(**common) if arch == "qwen2" else Gemma2Config(**common, head_dim=64, query_pre_attn_scalar=64)
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def _relative_error(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.linalg.norm(a.astype(np.float64) - b) / np.linalg.norm(b))
+
+
+def _both_engines(model_dir: str, prefix_caching: bool, **kwargs: object) -> tuple[object, object]:
+    from pvrs.engines import models
+    from pvrs.engines.vllm_engine import VllmConfig
+
+    hf_model, tokenizer = models.load(model_dir, dtype="float32", device="cpu")
+    hf = extract(hf_model, tokenizer, PERSONAS, QA, progress=False, **kwargs)
+    spec = ModelSpec(model_dir, dtype="float32")
+    meta, tokenizer = skeleton(spec, on_gpu=False)
+    vl = extract(meta, tokenizer, PERSONAS, QA, progress=False,
+                 vllm=VllmConfig(spec, prefix_caching=prefix_caching, enforce_eager=True), **kwargs)
+    return hf, vl
+
+
+@needs_vllm
+@pytest.mark.slow
+@pytest.mark.parametrize("prefix_caching", [True, False])
+def test_builtin_model_vectors_match_the_transformers_engine(prefix_caching: bool) -> None:
+    hf, vl = _both_engines("smollm2-135m", prefix_caching, variants=("templated",),
+                           mask_strategies=["answer_mean", "prompt_last", "persona_mean", "all_mean"])
+    assert vl.count("written") == hf.count("written") > 0
+    assert vl.vectors.keys() == hf.vectors.keys()
+    for key, expected in hf.vectors.items():
+        assert vl.vectors[key].shape == expected.shape == (30, 576)
+        assert _relative_error(vl.vectors[key], expected) < TOLERANCE, key
+    assert vl.tokens == hf.tokens
+
+
+@needs_vllm
+@pytest.mark.parametrize("prefix_caching", [True, False])
+def test_tiny_qwen2_vectors_match_every_strategy(tmp_path: Path, prefix_caching: bool) -> None:
+    folder = _save_tiny(tmp_path / "qwen2", "qwen2", "qwen2.5")
+    hf, vl = _both_engines(str(folder), prefix_caching, variants=("templated", "biography"),
+                           mask_strategies=STRATEGIES, save_samples=True)
+    assert vl.count("written") == hf.count("written") == 4
+    for key, expected in hf.vectors.items():
+        assert _relative_error(vl.vectors[key], expected) < TOLERANCE, key
+    for key, expected in hf.sample_vectors.items():
+        assert _relative_error(vl.sample_vectors[key], expected) < TOLERANCE, key
+
+
+@needs_vllm
+def test_saved_vectors_record_the_engine_and_resume_refuses_to_mix(tmp_path: Path) -> None:
+    from pvrs.engines import models
+    from pvrs.engines.vllm_engine import VllmConfig
+    from pvrs.errors import ManifestError
+    from pvrs.store import PersonaVectorStore
+
+    folder = str(_save_tiny(tmp_path / "qwen2", "qwen2", "qwen2.5"))
+    spec = ModelSpec(folder, dtype="float32")
+    meta, tokenizer = skeleton(spec, on_gpu=False)
+    run = dict(variants=("templated",), save_to=tmp_path / "store", model_name="org/tiny", progress=False)
+    first = extract(meta, tokenizer, PERSONAS, QA, vllm=VllmConfig(spec, enforce_eager=True), **run)
+    assert first.count("written") == 2
+    manifest = json.loads(PersonaVectorStore("org/tiny", root_dir=tmp_path / "store").manifest_path("templated").read_text())
+    import vllm
+
+    assert manifest["engine"] == "vllm" and manifest["engine_version"] == vllm.__version__
+    again = extract(meta, tokenizer, PERSONAS, QA, vllm=VllmConfig(spec, enforce_eager=True), **run)
+    assert again.count("skipped") == 2
+    hf_model, tokenizer = models.load(folder, dtype="float32", device="cpu")
+    with pytest.raises(ManifestError, match="engine='vllm'"):
+        extract(hf_model, tokenizer, PERSONAS, QA, **run)
+
+
+@needs_vllm
+def test_generation_is_deterministic_by_seed_and_keyed_by_engine(tmp_path: Path) -> None:
+    from pvrs.engines.vllm_engine import VllmConfig, VllmEngine
+    from pvrs.extraction.driver import AnswerJob
+
+    folder = str(_save_tiny(tmp_path / "qwen2", "qwen2", "qwen2.5"))
+    spec = ModelSpec(folder, dtype="float32")
+    meta, tokenizer = skeleton(spec, on_gpu=False)
+    asks = [AnswerJob(p, "templated", QA, None, {}) for p in PERSONAS]
+    sampling = SamplingConfig(max_new_tokens=12, temperature=0.9, seed=3)
+    engine = VllmEngine(VllmConfig(spec, enforce_eager=True), meta, tokenizer, list(range(4)))
+    try:
+        heard: list[int] = []
+        first = dict(engine.answer(asks, sampling, heard.append))
+        second = dict(engine.answer(asks, sampling, lambda n: None))
+        other = dict(engine.answer(asks, SamplingConfig(max_new_tokens=12, temperature=0.9, seed=4), lambda n: None))
+    finally:
+        engine.close()
+    assert sum(heard) == len(PERSONAS) * len(QA)
+    answers = {i: [r.answer for r in rows] for i, rows in first.items()}
+    assert answers == {i: [r.answer for r in rows] for i, rows in second.items()}
+    assert answers != {i: [r.answer for r in rows] for i, rows in other.items()}
+    assert all(r.persona_id == PERSONAS[i].id for i, rows in first.items() for r in rows)
+
+    # Through extract: answers saved with the engine in their key, reused by a rerun.
+    source = SampleSource(QA, generate=sampling, generations_dir=tmp_path / "generations")
+    run = dict(variants=("templated",), progress=False, vllm=VllmConfig(spec, enforce_eager=True))
+    extract(meta, tokenizer, PERSONAS[1:], source, **run)
+    sidecar = json.loads((tmp_path / "generations" / "templated" / "pirate.sampling.json").read_text())
+    import vllm
+
+    assert sidecar["key"]["engine"] == f"vllm {vllm.__version__}"
+    saved = (tmp_path / "generations" / "templated" / "pirate.jsonl").read_text()
+    extract(meta, tokenizer, PERSONAS[1:], source, **run)
+    assert (tmp_path / "generations" / "templated" / "pirate.jsonl").read_text() == saved
+
+
+@needs_vllm
+def test_architecture_without_hidden_state_capture_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    folder = _save_tiny(tmp_path / "gemma2", "gemma2", "gemma2")
+    code = main(["extract", "--model", str(folder), "--engine", "vllm", "--dtype", "float32",
+                 "--output-dir", str(tmp_path / "out"), "--persona-id", "pirate_captain"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "cannot capture the hidden states of Gemma2ForCausalLM" in err and "--engine hf" in err
+
+
+@needs_vllm
+@pytest.mark.slow
+def test_cli_extract_and_generate_on_the_builtin_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "activations"
+    args = ["extract", "--engine", "vllm", "--output-dir", str(out), "--persona-id", "pirate_captain",
+            "--n-train", "2", "--variants", "templated"]
+    assert main([*args, "--generate", "--max-new-tokens", "16", "--seed", "1"]) == 0
+    assert main(args) == 0
+    from pvrs.store import PersonaVectorStore
+
+    store = PersonaVectorStore("HuggingFaceTB/SmolLM2-135M-Instruct", root_dir=out)
+    assert store.load("pirate_captain", "templated").shape == (30, 576)
+
+
+@pytest.mark.skipif(HAVE_VLLM, reason="vLLM is installed")
+def test_engine_vllm_without_vllm_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["extract", "--engine", "vllm", "--output-dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "--engine vllm needs vLLM" in err and "pip install 'pvrs[vllm]'" in err
+    assert err.count("\n") == 1
+
+
+def test_vllm_flags_need_the_vllm_engine(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["extract", "--tensor-parallel-size", "2", "--output-dir", str(tmp_path)]) == 2
+    assert "--tensor-parallel-size sets up vLLM; add --engine vllm" in capsys.readouterr().err
+
+
+def test_spans_encode_masks_exactly() -> None:
+    from pvrs.engines.vllm_engine import _spans
+
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        mask = rng.random(int(rng.integers(1, 40))) < rng.random()
+        rebuilt = np.zeros_like(mask)
+        for start, end in _spans(mask):
+            assert start < end
+            rebuilt[start:end] = True
+        np.testing.assert_array_equal(rebuilt, mask)
