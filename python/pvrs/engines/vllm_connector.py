@@ -145,9 +145,10 @@ class PvrsHiddenStatesConnector(KVConnectorBase_V1, SupportsHMA):
             meta = self._get_connector_metadata()
             if isinstance(meta, PvrsConnectorMetadata):
                 for job in meta.reductions:
+                    # Only rank 0 reduces and reports: vLLM expects one notification per request.
                     if self._rank_zero:
                         self._reduce(job)
-                    self._written.add(job.req_id)
+                        self._written.add(job.req_id)
         self._finished.update(finished_req_ids)
         done = self._written & self._finished
         self._written -= done
