@@ -3,12 +3,13 @@
 //! split per variant, one parquet row per persona, plus the `README.md` dataset card.
 //!
 //! Memory stays bounded by the row group size, whatever the number of personas: a row group's
-//! tensors are read, checked and converted to f32 a few personas at a time and encoded, and
+//! tensors are read, checked and converted to f32 a persona at a time and encoded, and
 //! only the encoded row group is held until it is appended to the file. Row groups are
 //! encoded in parallel (one per thread, at most `MAX_PARALLEL_ROW_GROUPS`) and appended in
-//! order as each is ready; a group starts encoding only when an earlier one has been
-//! appended, so at most one group more than the encoders is held, however slow the disk
-//! and however many personas there are. Output bytes depend only on the input
+//! order as each is ready; a group starts encoding only when fewer than the encoders are
+//! encoded or waiting, so at most one encoded group per encoder is held, however slow the
+//! disk. The manifest is read in passes: the sorted persona ids, then each file's rows,
+//! so only one file's names and sample ids are in memory. Output bytes depend only on the input
 //! tree and the size options (sorted order, no timestamps, no thread-dependent layout), so
 //! re-packaging an unchanged tree gives identical files.
 //!
@@ -36,7 +37,7 @@ pub use discover::discover;
 pub use schema::arrow_schema;
 pub use write::{layout, write_split};
 
-use read::read_manifest;
+use read::ManifestFile;
 
 /// Default uncompressed size of one row group (the packager's memory bound).
 pub const DEFAULT_ROW_GROUP_BYTES: u64 = 64 << 20;
@@ -100,7 +101,7 @@ pub struct SplitReport {
 pub fn count_rows(sources: &[SplitSource]) -> Result<usize> {
     sources
         .iter()
-        .map(|s| read_manifest(&s.dir).map(|(_, rows)| rows.len()))
+        .map(|s| ManifestFile::open(&s.dir)?.count())
         .sum()
 }
 

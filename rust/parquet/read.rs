@@ -1,9 +1,9 @@
 //! Reading the store: manifests (persona rows in deterministic order) and persona
 //! vectors, checked for safe names, bounds, dtype, shape and finiteness.
 
-use std::collections::BTreeMap;
-use std::fs;
-use std::path::Path;
+use std::fs::{self, File};
+use std::io::{BufReader, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
@@ -29,6 +29,25 @@ pub(super) struct PackedStrings {
 }
 
 impl PackedStrings {
+    /// Appends `s`; false, appending nothing, past 4 GiB of text.
+    fn push(&mut self, s: &str) -> bool {
+        let Ok(end) = u32::try_from(self.text.len() + s.len()) else {
+            return false;
+        };
+        self.text.push_str(s);
+        self.ends.push(end);
+        true
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub(super) fn get(&self, i: usize) -> &str {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
+        &self.text[start..self.ends[i] as usize]
+    }
+
     pub(super) fn iter(&self) -> impl Iterator<Item = &str> {
         let starts = std::iter::once(0).chain(self.ends.iter().copied());
         starts
@@ -51,10 +70,9 @@ impl<'de> Deserialize<'de> for PackedStrings {
             ) -> std::result::Result<PackedStrings, A::Error> {
                 let mut packed = PackedStrings::default();
                 while let Some(s) = seq.next_element::<std::borrow::Cow<'de, str>>()? {
-                    packed.text.push_str(&s);
-                    let end = u32::try_from(packed.text.len())
-                        .map_err(|_| serde::de::Error::custom("sample ids exceed 4 GiB"))?;
-                    packed.ends.push(end);
+                    if !packed.push(&s) {
+                        return Err(serde::de::Error::custom("sample ids exceed 4 GiB"));
+                    }
                 }
                 packed.text.shrink_to_fit();
                 packed.ends.shrink_to_fit();
@@ -65,14 +83,11 @@ impl<'de> Deserialize<'de> for PackedStrings {
     }
 }
 
-#[derive(Deserialize)]
+/// The manifest's fields besides its personas.
 pub(super) struct Manifest {
     pub(super) num_layers: usize,
     pub(super) hidden_size: usize,
-    #[serde(default)]
-    personas: BTreeMap<String, ManifestPersona>,
     /// Where the weights came from when the model id does not say (the built-in model's GGUF).
-    #[serde(default)]
     pub(super) model_source: Option<serde_json::Value>,
 }
 
@@ -81,6 +96,233 @@ pub(super) struct Row {
     pub(super) id: String,
     pub(super) name: String,
     pub(super) sample_ids: PackedStrings,
+}
+
+/// What a pass over the manifest keeps of its personas: told each id, it says whether the
+/// persona's fields are wanted, and is handed them if so.
+trait PersonaSink {
+    fn wants(&mut self, id: &str) -> bool;
+    fn keep(&mut self, id: String, persona: ManifestPersona);
+}
+
+/// Counts the personas (the progress total).
+struct Count(usize);
+
+impl PersonaSink for Count {
+    fn wants(&mut self, _: &str) -> bool {
+        self.0 += 1;
+        false
+    }
+    fn keep(&mut self, _: String, _: ManifestPersona) {}
+}
+
+/// Collects the persona ids only, packed; `overflow` if they exceed 4 GiB.
+struct Ids {
+    ids: PackedStrings,
+    overflow: bool,
+}
+
+impl PersonaSink for Ids {
+    fn wants(&mut self, id: &str) -> bool {
+        self.overflow |= !self.ids.push(id);
+        false
+    }
+    fn keep(&mut self, _: String, _: ManifestPersona) {}
+}
+
+/// Collects the rows whose ids lie in `first..=last` (byte order).
+struct Range<'a> {
+    first: &'a str,
+    last: &'a str,
+    rows: Vec<Row>,
+}
+
+impl PersonaSink for Range<'_> {
+    fn wants(&mut self, id: &str) -> bool {
+        (self.first..=self.last).contains(&id)
+    }
+    fn keep(&mut self, id: String, p: ManifestPersona) {
+        self.rows.push(Row {
+            name: p.name.unwrap_or_else(|| id.clone()),
+            id,
+            sample_ids: p.sample_ids,
+        });
+    }
+}
+
+/// Deserializes a manifest, streaming its `personas` object through a sink.
+struct ManifestSeed<'a, S>(&'a mut S);
+
+impl<'de, S: PersonaSink> serde::de::DeserializeSeed<'de> for ManifestSeed<'_, S> {
+    type Value = Manifest;
+    fn deserialize<D: serde::Deserializer<'de>>(
+        self,
+        d: D,
+    ) -> std::result::Result<Manifest, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de, S: PersonaSink> serde::de::Visitor<'de> for ManifestSeed<'_, S> {
+    type Value = Manifest;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an activation manifest object")
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(
+        self,
+        mut map: A,
+    ) -> std::result::Result<Manifest, A::Error> {
+        use serde::de::{Error as _, IgnoredAny};
+        let (mut layers, mut hidden, mut source) = (None, None, None);
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            match key.as_ref() {
+                "num_layers" => layers = Some(map.next_value()?),
+                "hidden_size" => hidden = Some(map.next_value()?),
+                "model_source" => source = map.next_value()?,
+                "personas" => map.next_value_seed(PersonasSeed(&mut *self.0))?,
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(Manifest {
+            num_layers: layers.ok_or_else(|| A::Error::missing_field("num_layers"))?,
+            hidden_size: hidden.ok_or_else(|| A::Error::missing_field("hidden_size"))?,
+            model_source: source,
+        })
+    }
+}
+
+struct PersonasSeed<'a, S>(&'a mut S);
+
+impl<'de, S: PersonaSink> serde::de::DeserializeSeed<'de> for PersonasSeed<'_, S> {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> std::result::Result<(), D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de, S: PersonaSink> serde::de::Visitor<'de> for PersonasSeed<'_, S> {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an object of personas")
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(
+        self,
+        mut map: A,
+    ) -> std::result::Result<(), A::Error> {
+        while let Some(id) = map.next_key::<String>()? {
+            if self.0.wants(&id) {
+                let persona = map.next_value()?;
+                self.0.keep(id, persona);
+            } else {
+                map.next_value::<serde::de::IgnoredAny>()?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An open manifest, read in passes that each keep only part of its personas, so the
+/// memory held grows with the persona ids, not with their names and sample ids. Every pass
+/// reads the file opened first (a save replaces the manifest by renaming, and the
+/// packager holds the store lock), so all passes see the same personas.
+pub(super) struct ManifestFile {
+    path: PathBuf,
+    file: File,
+}
+
+impl ManifestFile {
+    pub(super) fn open(dir: &Path) -> Result<Self> {
+        let path = dir.join(MANIFEST);
+        let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
+        Ok(Self { path, file })
+    }
+
+    fn pass<S: PersonaSink>(&self, sink: &mut S) -> Result<Manifest> {
+        let mut file = &self.file;
+        file.seek(SeekFrom::Start(0))
+            .map_err(|e| Error::io(&self.path, e))?;
+        let mut de = serde_json::Deserializer::from_reader(BufReader::with_capacity(1 << 16, file));
+        let manifest = serde::de::DeserializeSeed::deserialize(ManifestSeed(sink), &mut de)
+            .and_then(|m| de.end().map(|()| m))
+            .map_err(|e| {
+                if e.is_io() {
+                    return Error::io(&self.path, e.into());
+                }
+                Error::Manifest(format!(
+                    "{}: not a valid activation manifest ({e}); re-run the extraction that wrote it",
+                    self.path.display()
+                ))
+            })?;
+        if manifest.num_layers == 0 || manifest.hidden_size == 0 {
+            return Err(Error::Manifest(format!(
+                "{}: num_layers and hidden_size must be positive (got {} x {})",
+                self.path.display(),
+                manifest.num_layers,
+                manifest.hidden_size
+            )));
+        }
+        Ok(manifest)
+    }
+
+    /// The number of personas listed.
+    pub(super) fn count(&self) -> Result<usize> {
+        let mut count = Count(0);
+        self.pass(&mut count)?;
+        Ok(count.0)
+    }
+
+    /// The manifest and its persona ids in byte order (the deterministic row order), each
+    /// checked to be a safe file name and listed once.
+    pub(super) fn ids(&self) -> Result<(Manifest, PackedStrings)> {
+        let mut ids = Ids {
+            ids: PackedStrings::default(),
+            overflow: false,
+        };
+        let manifest = self.pass(&mut ids)?;
+        if ids.overflow {
+            return Err(Error::Manifest(format!(
+                "{}: persona ids exceed 4 GiB",
+                self.path.display()
+            )));
+        }
+        let mut sorted: Vec<&str> = ids.ids.iter().collect();
+        sorted.sort_unstable();
+        let mut packed = PackedStrings::default();
+        for (i, id) in sorted.iter().enumerate() {
+            check_component("persona id", id, &self.path)?;
+            if i > 0 && sorted[i - 1] == *id {
+                return Err(Error::Manifest(format!(
+                    "{}: persona {id:?} is listed twice; re-run the extraction that wrote it",
+                    self.path.display()
+                )));
+            }
+            // Cannot fail: the same ids fitted before.
+            packed.push(id);
+        }
+        Ok((manifest, packed))
+    }
+
+    /// The rows of the personas `first..=last` (ids from [`Self::ids`]), in id order;
+    /// `expected` of them.
+    pub(super) fn rows(&self, first: &str, last: &str, expected: usize) -> Result<Vec<Row>> {
+        let mut range = Range {
+            first,
+            last,
+            rows: Vec::with_capacity(expected),
+        };
+        self.pass(&mut range)?;
+        let mut rows = range.rows;
+        if rows.len() != expected {
+            return Err(Error::Manifest(format!(
+                "{}: changed while it was packaged; package again",
+                self.path.display()
+            )));
+        }
+        rows.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+        Ok(rows)
+    }
 }
 
 /// Rejects names that could escape their folder (the store's persona-id rules).
@@ -113,38 +355,6 @@ pub(super) fn check_split_name(name: &str, origin: &Path) -> Result<()> {
             origin.display()
         )))
     }
-}
-
-pub(super) fn read_manifest(dir: &Path) -> Result<(Manifest, Vec<Row>)> {
-    let path = dir.join(MANIFEST);
-    let text = fs::read(&path).map_err(|e| Error::io(&path, e))?;
-    let mut manifest: Manifest = serde_json::from_slice(&text).map_err(|e| {
-        Error::Manifest(format!(
-            "{}: not a valid activation manifest ({e}); re-run the extraction that wrote it",
-            path.display()
-        ))
-    })?;
-    if manifest.num_layers == 0 || manifest.hidden_size == 0 {
-        return Err(Error::Manifest(format!(
-            "{}: num_layers and hidden_size must be positive (got {} x {})",
-            path.display(),
-            manifest.num_layers,
-            manifest.hidden_size
-        )));
-    }
-    // Moved into the rows, not copied: they are the only per-persona memory held.
-    let personas = std::mem::take(&mut manifest.personas);
-    let mut rows = Vec::with_capacity(personas.len());
-    // BTreeMap iteration: byte order of persona ids, the deterministic row order.
-    for (id, p) in personas {
-        check_component("persona id", &id, &path)?;
-        rows.push(Row {
-            name: p.name.unwrap_or_else(|| id.clone()),
-            id,
-            sample_ids: p.sample_ids,
-        });
-    }
-    Ok((manifest, rows))
 }
 
 /// Reads `<dir>/<id>.safetensors` into `dst` (length `num_layers * hidden_size`) as f32,
@@ -244,6 +454,64 @@ mod tests {
         let none: ManifestPersona = serde_json::from_str("{}").unwrap();
         assert_eq!(none.sample_ids.iter().count(), 0);
         assert!(serde_json::from_str::<ManifestPersona>(r#"{"sample_ids": [1]}"#).is_err());
+    }
+
+    #[test]
+    fn manifest_passes_keep_ids_then_one_range_of_rows() {
+        let (_tmp, src) = tree(5);
+        let file = ManifestFile::open(&src.dir).unwrap();
+        assert_eq!(file.count().unwrap(), 5);
+        let (manifest, ids) = file.ids().unwrap();
+        assert_eq!((manifest.num_layers, manifest.hidden_size), (2, 3));
+        assert_eq!(
+            ids.iter().collect::<Vec<_>>(),
+            ["p000", "p001", "p002", "p003", "p004"]
+        );
+        let rows = file.rows(ids.get(1), ids.get(3), 3).unwrap();
+        let got: Vec<_> = rows
+            .iter()
+            .map(|r| (r.id.as_str(), r.sample_ids.iter().collect::<Vec<_>>()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("p001", vec!["q1", "shared"]),
+                ("p002", vec!["q2", "shared"]),
+                ("p003", vec!["q3", "shared"])
+            ]
+        );
+        assert_eq!(rows[0].name, "Persona 1 ✨");
+        // Rows that no longer match the ids (the manifest changed under the packager).
+        let e = file.rows(ids.get(1), ids.get(3), 4).map(drop).unwrap_err();
+        assert!(e.to_string().contains("changed while"), "{e}");
+    }
+
+    #[test]
+    fn a_persona_listed_twice_or_a_bad_manifest_is_a_manifest_error() {
+        let (_tmp, src) = tree(1);
+        let path = src.dir.join(MANIFEST);
+        fs::write(
+            &path,
+            r#"{"num_layers": 2, "hidden_size": 3, "personas": {"b": {}, "a": {}, "b": {}}}"#,
+        )
+        .unwrap();
+        let e = ManifestFile::open(&src.dir)
+            .unwrap()
+            .ids()
+            .map(drop)
+            .unwrap_err();
+        assert_eq!(e.python_class(), "ManifestError");
+        assert!(e.to_string().contains("\"b\" is listed twice"), "{e}");
+        for bad in [
+            r#"{"hidden_size": 3, "personas": {}}"#,
+            r#"{"num_layers": 0, "hidden_size": 3}"#,
+            r#"{"num_layers": 2, "hidden_size": 3, "personas": []}"#,
+            r#"{"num_layers": 2, "hidden_size": 3} trailing"#,
+        ] {
+            fs::write(&path, bad).unwrap();
+            let e = ManifestFile::open(&src.dir).unwrap().count().unwrap_err();
+            assert_eq!(e.python_class(), "ManifestError", "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -112,8 +112,9 @@ def package(
     (default `$ARTIFACTS_DIR/activations`).
 
     Row groups and files are sized by uncompressed bytes (a persona is never split); memory
-    stays bounded by about one row group per core (at most 4) plus one, however many personas
-    there are, and the same tree always gives the same bytes. The GIL is released while it runs.
+    stays bounded by about one encoded row group per core (at most 4) plus one file's names
+    and sample ids, however many personas there are, and the same tree always gives the
+    same bytes. The GIL is released while it runs.
     `overwrite=True` replaces `out_dir` only when it holds an earlier package."""
     root = Path(root_dir).expanduser() if root_dir is not None else activations_dir()
     out = Path(out_dir).expanduser()
