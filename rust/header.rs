@@ -9,7 +9,7 @@
 //! (no overlap, no gap, no trailing bytes), as the `safetensors` package requires.
 
 use std::collections::BTreeMap;
-use std::fs::File;
+use std::fs::{File, OpenOptions};
 use std::io::Read;
 use std::path::Path;
 
@@ -255,24 +255,98 @@ pub fn open_regular(path: &Path) -> Result<File> {
     File::open(path).map_err(|e| Error::io(path, e))
 }
 
-/// Read and parse the header of `path` (reads only the header bytes, never the data).
+/// Opens `path` read-only for a caller that has checked it is a regular file, then checks
+/// what it opened with `File::metadata`: `O_NONBLOCK` keeps a FIFO swapped in since the check
+/// from blocking the open (regular files ignore the flag) and, with `nofollow`, a symlink
+/// swapped in fails to open instead of being followed.
+pub fn open_checked_regular(path: &Path, nofollow: bool) -> std::io::Result<File> {
+    let mut options = OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        let follow = if nofollow { libc::O_NOFOLLOW } else { 0 };
+        options.custom_flags(libc::O_NONBLOCK | follow);
+    }
+    #[cfg(not(unix))]
+    let _ = nofollow;
+    options.open(path)
+}
+
+/// The first read of a header: one page holds a pvrs vector file's header.
+pub const HEADER_PROBE: usize = 4096;
+
+/// Why [`read_prefix`] found no header.
+#[derive(Debug)]
+pub enum PrefixError {
+    Io(std::io::Error),
+    /// The bytes are not a valid header: a one-line reason without the path.
+    Invalid(String),
+}
+
+impl PrefixError {
+    /// The reason in one line, without the path.
+    pub fn reason(&self) -> String {
+        match self {
+            PrefixError::Io(e) => e.to_string(),
+            PrefixError::Invalid(reason) => reason.clone(),
+        }
+    }
+
+    pub fn at(self, path: &Path) -> Error {
+        match self {
+            PrefixError::Io(e) => Error::io(path, e),
+            PrefixError::Invalid(reason) => artifact(path, &reason),
+        }
+    }
+}
+
+/// Reads the start of `file` (`file_len` bytes long, read from its start) into `buf` and
+/// parses the header. The first read asks for `first` bytes, so a small header takes one
+/// read and a caller going on to the data keeps the bytes read past the header; `buf` grows
+/// only as far as a longer header needs (bounded by the checked header length). Returns the
+/// header and how many bytes of `buf` hold the file's start (at least `8 + n`).
+pub fn read_prefix(
+    file: &mut File,
+    file_len: u64,
+    buf: &mut Vec<u8>,
+    first: usize,
+) -> std::result::Result<(Header, usize), PrefixError> {
+    let want = usize::try_from(file_len).map_or(first, |len| len.min(first));
+    if buf.len() < want {
+        buf.resize(want, 0);
+    }
+    let mut filled = read_up_to(file, &mut buf[..want]).map_err(PrefixError::Io)?;
+    let n = header_len(&buf[..filled], file_len).map_err(PrefixError::Invalid)?;
+    // n <= MAX_HEADER_BYTES and n <= file_len - 8, so this size is bounded.
+    let end = usize::try_from(8 + n)
+        .map_err(|_| PrefixError::Invalid("header too large for this platform".into()))?;
+    if end > filled {
+        if buf.len() < end {
+            buf.resize(end, 0);
+        }
+        filled += read_up_to(file, &mut buf[filled..end]).map_err(PrefixError::Io)?;
+        if filled < end {
+            return Err(PrefixError::Invalid(
+                "truncated while reading the header".into(),
+            ));
+        }
+    }
+    let header = parse_header(&buf[..filled], file_len).map_err(PrefixError::Invalid)?;
+    Ok((header, filled))
+}
+
+/// Read and parse the header of `path` (a page or the header's length, not the data).
 pub fn read_header(path: &Path) -> Result<Header> {
     let mut file = open_regular(path)?;
     let file_len = file.metadata().map_err(|e| Error::io(path, e))?.len();
-    let mut prefix = [0u8; 8];
-    let got = read_up_to(&mut file, &mut prefix).map_err(|e| Error::io(path, e))?;
-    let n = header_len(&prefix[..got], file_len).map_err(|r| artifact(path, &r))?;
-    // n <= MAX_HEADER_BYTES and n <= file_len - 8, so this allocation is bounded.
-    let mut bytes = vec![0u8; 8 + n as usize];
-    bytes[..8].copy_from_slice(&prefix);
-    let got = read_up_to(&mut file, &mut bytes[8..]).map_err(|e| Error::io(path, e))?;
-    if got as u64 != n {
-        return Err(artifact(path, "truncated while reading the header"));
-    }
-    parse_header(&bytes, file_len).map_err(|r| artifact(path, &r))
+    read_prefix(&mut file, file_len, &mut Vec::new(), HEADER_PROBE)
+        .map(|(header, _)| header)
+        .map_err(|e| e.at(path))
 }
 
-fn read_up_to(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
+/// Reads until `buf` is full or the file ends; the number of bytes read.
+pub fn read_up_to(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut filled = 0;
     while filled < buf.len() {
         match file.read(&mut buf[filled..]) {

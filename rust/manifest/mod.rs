@@ -73,9 +73,11 @@ pub fn validate(path: &Path, deep: bool) -> Result<Report> {
     }
     report.variant_dirs = variant_dirs.len();
     report.files_checked = tasks.len();
+    // One read buffer per rayon job, reused across its files.
     let file_problems: Vec<Problem> = tasks
         .par_iter()
-        .flat_map_iter(|task| check_file(task, &root, deep))
+        .map_init(Vec::new, |buf, task| check_file(task, &root, deep, buf))
+        .flatten_iter()
         .collect();
     report.problems.extend(file_problems);
     report.problems.sort();

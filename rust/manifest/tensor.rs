@@ -1,8 +1,12 @@
 //! The checks of one tensor file: symlinks and non-regular files, the bounds-checked
 //! header, dtype and shape against the manifest, and (deep) sha256 and a NaN/Inf scan.
+//!
+//! One open per file: the folder listing's entry type says whether it is a symlink or a
+//! regular file (no stat), the header comes from the first read, and a deep check goes on
+//! from there, hashing and scanning each byte once, in a buffer reused across files.
 
-use std::fs::{self, File};
-use std::io::{Read, Seek, SeekFrom};
+use std::fs::{self, File, FileType};
+use std::io::{Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
@@ -13,7 +17,7 @@ use sha2::{Digest, Sha256};
 
 use crate::aggregate::Dtype;
 use crate::hashing::{to_hex, CHUNK};
-use crate::header::{read_header, Header};
+use crate::header::{open_checked_regular, read_prefix, read_up_to, Header, HEADER_PROBE};
 
 /// What a tensor file must hold.
 #[derive(Clone, Debug)]
@@ -31,23 +35,51 @@ pub(super) enum Expect {
 pub(super) struct FileTask {
     pub(super) path: PathBuf,
     pub(super) expect: Expect,
+    /// The entry type from the folder listing (None: unknown, so `lstat` it).
+    pub(super) kind: Option<FileType>,
 }
 
-/// Every problem of one tensor file.
-pub(super) fn check_file(task: &FileTask, root: &Path, deep: bool) -> Vec<Problem> {
-    let path = &task.path;
+/// Every problem of one tensor file; `buf` is a read buffer reused across files.
+pub(super) fn check_file(
+    task: &FileTask,
+    root: &Path,
+    deep: bool,
+    buf: &mut Vec<u8>,
+) -> Vec<Problem> {
     let mut out = Vec::new();
-    let link = match fs::symlink_metadata(path) {
-        Ok(m) => m,
-        Err(e) => {
-            out.push(error(path, "unreadable", format!("cannot stat: {e}")));
-            return out;
-        }
+    match open_tensor(task, root) {
+        Ok((mut file, file_len)) => check_open_file(task, &mut file, file_len, deep, buf, &mut out),
+        Err(problem) => out.push(problem),
+    }
+    // A hostile header may have grown the buffer to 100 MB: do not keep that per thread.
+    if buf.len() > CHUNK {
+        buf.truncate(CHUNK);
+        buf.shrink_to_fit();
+    }
+    out
+}
+
+/// Opens a tensor file after the safety checks, with its length: a symlink must resolve
+/// inside the tree, and only regular files are opened (a FIFO would block, a device never
+/// ends), checked again on the opened file in case the entry changed since the listing.
+fn open_tensor(task: &FileTask, root: &Path) -> Result<(File, u64), Problem> {
+    let path = &task.path;
+    let cannot_stat = |e: std::io::Error| error(path, "unreadable", format!("cannot stat: {e}"));
+    let not_a_file = || {
+        error(
+            path,
+            "not_a_file",
+            "not a regular file (folder, FIFO or device)",
+        )
     };
-    if link.file_type().is_symlink() {
+    let kind = match task.kind {
+        Some(kind) => kind,
+        None => fs::symlink_metadata(path).map_err(cannot_stat)?.file_type(),
+    };
+    if kind.is_symlink() {
         match fs::canonicalize(path) {
             Ok(target) if !target.starts_with(root) => {
-                out.push(error(
+                return Err(error(
                     path,
                     "symlink_outside_tree",
                     format!(
@@ -55,40 +87,49 @@ pub(super) fn check_file(task: &FileTask, root: &Path, deep: bool) -> Vec<Proble
                         target.display()
                     ),
                 ));
-                return out;
             }
             Ok(_) => {}
             Err(e) => {
-                out.push(error(
+                return Err(error(
                     path,
                     "broken_symlink",
                     format!("broken symlink ({e})"),
-                ));
-                return out;
+                ))
             }
         }
-    }
-    // Opening a FIFO or device could block or read forever: only regular files are read.
-    match fs::metadata(path) {
-        Ok(m) if m.is_file() => {}
-        Ok(_) => {
-            out.push(error(
-                path,
-                "not_a_file",
-                "not a regular file (folder, FIFO or device)",
-            ));
-            return out;
+        // Opening follows the link: its target must be a regular file before it is opened.
+        if !fs::metadata(path).map_err(cannot_stat)?.is_file() {
+            return Err(not_a_file());
         }
-        Err(e) => {
-            out.push(error(path, "unreadable", format!("cannot stat: {e}")));
-            return out;
-        }
+    } else if !kind.is_file() {
+        return Err(not_a_file());
     }
-    let header = match read_header(path) {
-        Ok(h) => h,
+    let file = open_checked_regular(path, !kind.is_symlink())
+        .map_err(|e| error(path, "unreadable", format!("cannot open: {e}")))?;
+    let meta = file.metadata().map_err(cannot_stat)?;
+    if !meta.is_file() {
+        return Err(not_a_file());
+    }
+    Ok((file, meta.len()))
+}
+
+/// The checks of an opened tensor file: header, dtype, shape and (deep) sha256 and NaN/Inf.
+fn check_open_file(
+    task: &FileTask,
+    file: &mut File,
+    file_len: u64,
+    deep: bool,
+    buf: &mut Vec<u8>,
+    out: &mut Vec<Problem>,
+) {
+    let path = &task.path;
+    // A deep check reads the whole file anyway: its first chunk brings the header.
+    let first = if deep { CHUNK } else { HEADER_PROBE };
+    let (header, prefix) = match read_prefix(file, file_len, buf, first) {
+        Ok(read) => read,
         Err(e) => {
-            out.push(error(path, "bad_header", strip_path(&e.to_string(), path)));
-            return out;
+            out.push(error(path, "bad_header", e.reason()));
+            return;
         }
     };
     let Some(info) = header.tensor(TENSOR_KEY) else {
@@ -103,7 +144,7 @@ pub(super) fn check_file(task: &FileTask, root: &Path, deep: bool) -> Vec<Proble
             "missing_activations",
             format!("no \"activations\" tensor (has {names:?}{more}); not a persona vector file"),
         ));
-        return out;
+        return;
     };
     for name in header.tensors.keys().filter(|n| n.as_str() != TENSOR_KEY) {
         out.push(warning(
@@ -121,7 +162,7 @@ pub(super) fn check_file(task: &FileTask, root: &Path, deep: bool) -> Vec<Proble
                 info.dtype
             ),
         ));
-        return out;
+        return;
     };
     // Readers upcast half precision exactly, so it is usable (persona-vectors 0.6.x saved
     // bf16), but pvrs writes F32 only: say so here, not only through a deep scan.
@@ -145,11 +186,15 @@ pub(super) fn check_file(task: &FileTask, root: &Path, deep: bool) -> Vec<Proble
         &header,
         &info.shape,
         expected_shape,
-        &mut out,
+        out,
     );
     if deep {
-        let scan = shape_ok.then_some((info.begin, info.len(), dtype));
-        match hash_and_scan(path, sha256.is_some(), scan) {
+        let scan = shape_ok.then_some(Span {
+            begin: info.begin,
+            end: info.end,
+            dtype,
+        });
+        match hash_and_scan(file, buf, prefix, file_len, sha256.is_some(), scan) {
             Ok(pass) => {
                 if let (Some(want), Some(got)) = (sha256, pass.sha256) {
                     if got != want {
@@ -172,7 +217,6 @@ pub(super) fn check_file(task: &FileTask, root: &Path, deep: bool) -> Vec<Proble
             Err(e) => out.push(error(path, "unreadable", format!("reading the file: {e}"))),
         }
     }
-    out
 }
 
 fn check_shape(
@@ -239,78 +283,92 @@ fn check_shape(
     ok
 }
 
+/// The tensor's bytes `[begin, end)` in the file, which the NaN/Inf scan reads.
+#[derive(Clone, Copy, Debug)]
+struct Span {
+    begin: u64,
+    end: u64,
+    dtype: Dtype,
+}
+
 /// What one deep pass over a file found.
+#[derive(Default)]
 struct DeepPass {
     sha256: Option<String>,
     non_finite: u64,
     first_non_finite: Option<u64>,
 }
 
-/// One read of the file: every chunk feeds the sha256 (when `hash`) and, inside the tensor's
-/// byte range `scan` = (begin, len, dtype), the NaN/Inf scan, so each byte is read once.
+/// The rest of the one read of a file whose first `prefix` bytes are in `buf`: every byte
+/// feeds the sha256 (when `hash`) and, inside `scan`, the NaN/Inf scan, so each byte is
+/// read once. Without a hash only the tensor's bytes are read.
 fn hash_and_scan(
-    path: &Path,
+    file: &mut File,
+    buf: &mut Vec<u8>,
+    mut prefix: usize,
+    file_len: u64,
     hash: bool,
-    scan: Option<(u64, u64, Dtype)>,
+    scan: Option<Span>,
 ) -> std::io::Result<DeepPass> {
-    let mut file = File::open(path)?;
-    let mut hasher = hash.then(Sha256::new);
-    let (begin, len, dtype) = scan.unwrap_or((0, 0, Dtype::F32));
-    if hasher.is_none() {
-        file.seek(SeekFrom::Start(begin))?;
+    let span = scan.unwrap_or(Span {
+        begin: 0,
+        end: 0,
+        dtype: Dtype::F32,
+    });
+    let size = span.dtype.size() as u64;
+    // Complete an element the prefix splits; later reads end on element boundaries.
+    let at = prefix as u64;
+    if at > span.begin && at < span.end && (at - span.begin) % size != 0 {
+        let extra = (size - (at - span.begin) % size) as usize;
+        if buf.len() < prefix + extra {
+            buf.resize(prefix + extra, 0);
+        }
+        prefix += read_up_to(file, &mut buf[prefix..prefix + extra])?;
     }
-    // Segments: the bytes before the tensor (hashed only), the tensor (hashed and scanned),
-    // the rest (hashed only). Without a hash only the tensor is read.
-    let segments = [
-        (if hasher.is_some() { begin } else { 0 }, false),
-        (len, true),
-        (if hasher.is_some() { u64::MAX } else { 0 }, false),
-    ];
-    let mut buf = vec![0u8; CHUNK];
-    let mut pass = DeepPass {
-        sha256: None,
-        non_finite: 0,
-        first_non_finite: None,
+    let mut hasher = hash.then(Sha256::new);
+    let mut pass = DeepPass::default();
+    let mut feed = |pos: u64, bytes: &[u8]| {
+        if let Some(h) = hasher.as_mut() {
+            h.update(bytes);
+        }
+        let (from, to) = (
+            pos.max(span.begin),
+            (pos + bytes.len() as u64).min(span.end),
+        );
+        if from < to {
+            let values = &bytes[(from - pos) as usize..(to - pos) as usize];
+            let (bad, first) = count_non_finite(span.dtype, values);
+            pass.non_finite += bad;
+            if let (None, Some(i)) = (pass.first_non_finite, first) {
+                pass.first_non_finite = Some((from - span.begin) / size + i);
+            }
+        }
     };
-    let mut index = 0u64;
-    for (mut remaining, scanned) in segments {
-        while remaining > 0 {
-            // CHUNK is a multiple of every element size, so only the last chunk can split one.
-            let want = usize::try_from(remaining).map_or(CHUNK, |r| r.min(CHUNK));
-            let n = fill(&mut file, &mut buf[..want])?;
-            if let Some(h) = hasher.as_mut() {
-                h.update(&buf[..n]);
-            }
-            if scanned {
-                let (bad, first) = count_non_finite(dtype, &buf[..n]);
-                pass.non_finite += bad;
-                if let (None, Some(i)) = (pass.first_non_finite, first) {
-                    pass.first_non_finite = Some(index + i);
-                }
-                index += (n / dtype.size()) as u64;
-            }
-            remaining -= n as u64;
-            if n < want {
-                break; // end of file
-            }
+    feed(0, &buf[..prefix]);
+    let mut pos = prefix as u64;
+    let stop = if hash { file_len } else { span.end };
+    if !hash && pos < span.begin {
+        pos = file.seek(SeekFrom::Start(span.begin))?;
+    }
+    if buf.len() < CHUNK {
+        buf.resize(CHUNK, 0);
+    }
+    while pos < stop {
+        let mut want = usize::try_from(stop - pos).map_or(CHUNK, |r| r.min(CHUNK));
+        // End every read on an element boundary of the tensor, so none splits an element.
+        let end = pos + want as u64;
+        if end > span.begin && end < span.end {
+            want -= ((end - span.begin) % size) as usize;
+        }
+        let n = read_up_to(file, &mut buf[..want])?;
+        feed(pos, &buf[..n]);
+        pos += n as u64;
+        if n < want {
+            break; // end of file
         }
     }
     pass.sha256 = hasher.map(|h| to_hex(&h.finalize()));
     Ok(pass)
-}
-
-/// Read until `buf` is full or the file ends; the number of bytes read.
-fn fill(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match file.read(&mut buf[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(filled)
 }
 
 /// NaN/Inf among the little-endian values in `bytes`: (count, index of the first). An
@@ -355,17 +413,6 @@ fn non_finite(path: &Path, shape: &[u64], bad: u64, first: Option<u64>) -> Probl
     )
 }
 
-/// Errors from `crate::header` start with the path; the report already has it.
-fn strip_path(message: &str, path: &Path) -> String {
-    let prefix = format!("{}: ", path.display());
-    let message = message.strip_prefix(&prefix).unwrap_or(message);
-    message
-        .split("; re-extract or delete")
-        .next()
-        .unwrap_or(message)
-        .to_string()
-}
-
 #[cfg(test)]
 mod tests {
     use super::super::test_util::{kinds, link_outside, tree};
@@ -397,6 +444,30 @@ mod tests {
         ] {
             assert!(k.contains(&want), "{want} not in {k:?}");
         }
+    }
+
+    #[test]
+    fn fifos_are_never_opened_even_through_a_link() {
+        let (tmp, dir) = tree();
+        for name in ["f.safetensors", "inside.fifo"] {
+            let path = std::ffi::CString::new(dir.join(name).to_str().unwrap()).unwrap();
+            // SAFETY: a valid NUL-terminated path.
+            assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0);
+        }
+        std::os::unix::fs::symlink(dir.join("inside.fifo"), dir.join("g.safetensors")).unwrap();
+        // Opening either would block forever: both are reported, as files of no kind.
+        let report = validate(tmp.path(), true).unwrap();
+        let fifos: Vec<&str> = report
+            .problems
+            .iter()
+            .filter(|p| p.kind == "not_a_file")
+            .map(|p| p.path.as_str())
+            .collect();
+        assert_eq!(fifos.len(), 2, "{:?}", report.problems);
+        assert!(
+            fifos.iter().any(|p| p.ends_with("g.safetensors")),
+            "{fifos:?}"
+        );
     }
 
     #[test]
@@ -459,30 +530,40 @@ mod tests {
     fn one_pass_hashes_the_whole_file_and_scans_across_chunks() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("big.bin");
-        // A tensor spanning several read chunks, after a 100-byte "header", with a trailer.
         let values = CHUNK; // floats: 4 chunks of bytes
-        let mut data = vec![7u8; 100];
-        for i in 0..values {
-            let v = if i == values - 1 || i == CHUNK / 4 + 3 {
-                f32::NAN
-            } else {
-                i as f32
-            };
-            data.extend(v.to_le_bytes());
+        for first_nan in [0, CHUNK / 4 + 3] {
+            // A tensor spanning several read chunks, after a 100-byte "header", with a trailer.
+            let mut data = vec![7u8; 100];
+            for i in 0..values {
+                let nan = i == first_nan || i == CHUNK / 4 + 3 || i == values - 1;
+                data.extend((if nan { f32::NAN } else { i as f32 }).to_le_bytes());
+            }
+            data.extend(b"trailer");
+            fs::write(&path, &data).unwrap();
+            let scan = Some(Span {
+                begin: 100,
+                end: 100 + (values * 4) as u64,
+                dtype: Dtype::F32,
+            });
+            let bad = if first_nan == 0 { 3 } else { 2 };
+            // Prefixes ending before the tensor, inside it mid-element and on an element
+            // boundary all give the same pass, with or without the hash.
+            for prefix in [10, 103, 110, 116] {
+                for hash in [true, false] {
+                    let mut file = File::open(&path).unwrap();
+                    let mut buf = vec![0u8; prefix];
+                    assert_eq!(read_up_to(&mut file, &mut buf).unwrap(), prefix);
+                    let len = data.len() as u64;
+                    let pass = hash_and_scan(&mut file, &mut buf, prefix, len, hash, scan).unwrap();
+                    let want = hash.then(|| crate::hashing::sha256_bytes(&data));
+                    assert_eq!(pass.sha256, want, "{prefix}");
+                    assert_eq!(
+                        (pass.non_finite, pass.first_non_finite),
+                        (bad, Some(first_nan as u64)),
+                        "{prefix} {hash}"
+                    );
+                }
+            }
         }
-        data.extend(b"trailer");
-        fs::write(&path, &data).unwrap();
-        let scan = Some((100, (values * 4) as u64, Dtype::F32));
-        let pass = hash_and_scan(&path, true, scan).unwrap();
-        assert_eq!(
-            pass.sha256.as_deref(),
-            Some(crate::hashing::sha256_bytes(&data).as_str())
-        );
-        assert_eq!(
-            (pass.non_finite, pass.first_non_finite),
-            (2, Some((CHUNK / 4 + 3) as u64))
-        );
-        let pass = hash_and_scan(&path, false, scan).unwrap();
-        assert_eq!((pass.sha256, pass.non_finite), (None, 2));
     }
 }

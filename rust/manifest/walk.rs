@@ -1,7 +1,7 @@
 //! The tree walk (variant folders, never following symlinks) and the per-folder check of
 //! the manifest against the files on disk, which queues the tensor files to check.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -109,7 +109,8 @@ pub(super) fn check_variant_dir(
         None => (None, BTreeMap::new()),
     };
 
-    let mut on_disk = BTreeSet::new();
+    // Tensor files by persona id, with the listing's entry type (saves a stat per file).
+    let mut on_disk = BTreeMap::new();
     if let Ok(entries) = fs::read_dir(dir) {
         for entry in entries.flatten() {
             let path = entry.path();
@@ -122,12 +123,13 @@ pub(super) fn check_variant_dir(
                 ));
                 continue;
             };
-            let is_dir = entry.file_type().map(|t| t.is_dir()).unwrap_or(false);
+            let kind = entry.file_type().ok();
+            let is_dir = kind.is_some_and(|t| t.is_dir());
             if name == MANIFEST_FILENAME || name == LOCK_FILENAME {
                 continue;
             }
             if let Some(id) = name.strip_suffix(TENSOR_SUFFIX) {
-                on_disk.insert(id.to_string());
+                on_disk.insert(id.to_string(), kind);
             } else if is_dir && name == SAMPLES_DIRNAME {
                 sample_tasks(&path, shape, &recorded, tasks, problems);
             } else if name.starts_with('.') && name.ends_with(".tmp") {
@@ -149,13 +151,14 @@ pub(super) fn check_variant_dir(
         if persona_id_problem(id).is_some() {
             continue; // already reported by read_manifest; never build a path from it
         }
-        if on_disk.contains(id) {
+        if let Some(&kind) = on_disk.get(id) {
             tasks.push(FileTask {
                 path: dir.join(format!("{id}{TENSOR_SUFFIX}")),
                 expect: Expect::Vector {
                     shape,
                     sha256: sha256.clone(),
                 },
+                kind,
             });
         } else {
             problems.push(error(
@@ -167,7 +170,7 @@ pub(super) fn check_variant_dir(
             ));
         }
     }
-    for id in on_disk.iter().filter(|id| !recorded.contains_key(*id)) {
+    for (id, &kind) in on_disk.iter().filter(|(id, _)| !recorded.contains_key(*id)) {
         let path = dir.join(format!("{id}{TENSOR_SUFFIX}"));
         if view.is_some() {
             problems.push(error(
@@ -184,6 +187,7 @@ pub(super) fn check_variant_dir(
                 shape,
                 sha256: None,
             },
+            kind,
         });
     }
     recorded.len()
@@ -215,6 +219,7 @@ fn sample_tasks(
                 tasks.push(FileTask {
                     path,
                     expect: Expect::Samples { shape },
+                    kind: entry.file_type().ok(),
                 });
             }
             None if name.starts_with('.') && name.ends_with(".tmp") => problems.push(warning(
