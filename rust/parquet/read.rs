@@ -2,7 +2,7 @@
 //! vectors, checked for safe names, bounds, dtype, shape and finiteness.
 
 use std::fs::{self, File};
-use std::io::{BufReader, Seek, SeekFrom};
+use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -10,7 +10,7 @@ use serde::Deserialize;
 use super::{MANIFEST, TENSOR_NAME};
 use crate::aggregate::{decode_into, Dtype};
 use crate::error::{Error, Result};
-use crate::header::{open_regular, parse_header, MAX_HEADER_BYTES};
+use crate::header::{header_len, open_regular, parse_header, MAX_HEADER_BYTES};
 
 #[derive(Deserialize)]
 struct ManifestPersona {
@@ -367,7 +367,6 @@ pub(super) fn read_vector(
     dst: &mut [f32],
 ) -> Result<()> {
     let path = dir.join(format!("{id}.safetensors"));
-    buf.clear();
     let corrupt = |why: String| {
         Error::Artifact(format!(
             "{}: {why}; re-run the extraction for persona {id:?}",
@@ -387,23 +386,33 @@ pub(super) fn read_vector(
             "a symbolic link, not a file pvrs wrote".to_string(),
         ));
     }
-    let file = open_regular(&path)?;
+    let mut file = open_regular(&path)?;
     // A vector file is its header plus at most 8 bytes per value: read no more than that.
     let limit = 8 + MAX_HEADER_BYTES + (dims.0 as u64) * (dims.1 as u64) * 8;
-    if link.len() > limit {
+    let file_len = file.metadata().map_err(|e| Error::io(&path, e))?.len();
+    if file_len > limit {
         return Err(corrupt(format!(
-            "{} bytes, far more than a ({}, {}) vector",
-            link.len(),
-            dims.0,
-            dims.1
+            "{file_len} bytes, far more than a ({}, {}) vector",
+            dims.0, dims.1
         )));
     }
-    std::io::Read::read_to_end(&mut std::io::Read::take(file, limit), buf)
-        .map_err(|e| Error::io(&path, e))?;
+    let invalid = |why: String| corrupt(format!("not a valid safetensors file ({why})"));
+    let read = |file: &mut File, into: &mut [u8]| {
+        file.read_exact(into).map_err(|e| match e.kind() {
+            std::io::ErrorKind::UnexpectedEof => invalid("shorter than it was".to_string()),
+            _ => Error::io(&path, e),
+        })
+    };
+    // The header, then the data straight into place: no copy of the whole file.
+    buf.resize(8, 0);
+    read(&mut file, &mut buf[..8])?;
+    let n = header_len(buf, file_len).map_err(invalid)?;
+    // n <= MAX_HEADER_BYTES: a bounded allocation.
+    buf.resize(8 + n as usize, 0);
+    read(&mut file, &mut buf[8..])?;
     // The store's parser bounds-checks the header length, the JSON, every tensor's offsets
     // and their exact tiling of the data, as `pvrs validate` and aggregation do.
-    let header = parse_header(buf, buf.len() as u64)
-        .map_err(|why| corrupt(format!("not a valid safetensors file ({why})")))?;
+    let header = parse_header(buf, file_len).map_err(invalid)?;
     let info = header
         .tensor(TENSOR_NAME)
         .ok_or_else(|| corrupt(format!("has no tensor named {TENSOR_NAME:?}")))?;
@@ -422,8 +431,21 @@ pub(super) fn read_vector(
             info.dtype
         ))
     })?;
-    // In range: parse_header checked `end <= file length` for every tensor.
-    decode_into(dtype, &buf[info.begin as usize..info.end as usize], dst);
+    if info.begin != 8 + n {
+        file.seek(SeekFrom::Start(info.begin))
+            .map_err(|e| Error::io(&path, e))?;
+    }
+    // parse_header checked that the shape and dtype give exactly `end - begin` bytes.
+    if dtype == Dtype::F32 && cfg!(target_endian = "little") {
+        // SAFETY: every bit pattern is a valid f32, and u8 has no alignment requirement.
+        let bytes =
+            unsafe { std::slice::from_raw_parts_mut(dst.as_mut_ptr().cast::<u8>(), dst.len() * 4) };
+        read(&mut file, bytes)?;
+    } else {
+        buf.resize((info.end - info.begin) as usize, 0);
+        read(&mut file, buf)?;
+        decode_into(dtype, buf, dst);
+    }
     if let Some(pos) = dst.iter().position(|v| !v.is_finite()) {
         return Err(Error::NonFinite(format!(
             "{}: layer {} dimension {} is {}; fix or re-extract persona {id:?} before publishing",
@@ -553,6 +575,25 @@ mod tests {
             .flat_map(|x| half::f16::from_f32(*x).to_le_bytes())
             .collect();
         write_st(&src.dir.join("p000.safetensors"), "F16", [2, 3], &f16);
+        read_vector(&src.dir, "p000", (2, 3), &mut Vec::new(), &mut dst).unwrap();
+        assert_eq!(dst, v);
+    }
+
+    #[test]
+    fn reads_the_vector_after_other_tensors() {
+        let (_tmp, src) = tree(1);
+        let v = [1.5f32, -2.0, 0.25, 3.0, 4.0, -0.5];
+        let header = serde_json::json!({
+            "a_first": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]},
+            TENSOR_NAME: {"dtype": "F32", "shape": [2, 3], "data_offsets": [4, 28]},
+        })
+        .to_string();
+        let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+        bytes.extend_from_slice(header.as_bytes());
+        bytes.extend_from_slice(&f32_bytes(&[9.0]));
+        bytes.extend_from_slice(&f32_bytes(&v));
+        fs::write(src.dir.join("p000.safetensors"), bytes).unwrap();
+        let mut dst = vec![0f32; 6];
         read_vector(&src.dir, "p000", (2, 3), &mut Vec::new(), &mut dst).unwrap();
         assert_eq!(dst, v);
     }
