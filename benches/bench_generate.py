@@ -39,8 +39,8 @@ def main() -> None:
     from pvrs.engines import models
     from pvrs.engines.vllm_engine import VllmConfig, VllmEngine
     from pvrs.extraction import inputs
-    from pvrs.extraction.driver import AnswerJob
     from pvrs.extraction.generate import SamplingConfig, generate_answers
+    from pvrs.extraction.samples import AnswerJob
 
     personas = [p for p in inputs.load_personas(None) if not p.is_baseline][: args.personas]
     qa = inputs.load_qa(None)

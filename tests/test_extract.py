@@ -14,8 +14,9 @@ import torch
 from pvrs.cli import main
 from pvrs.extraction import inputs
 from pvrs.extraction.chat import prepare_inputs
-from pvrs.extraction.driver import SampleSource, extract
+from pvrs.extraction.driver import extract
 from pvrs.extraction.masks import ALL_STRATEGIES, MaskStrategy
+from pvrs.extraction.samples import SampleSource
 from pvrs.store import PersonaVectorStore
 
 from tests.tiny import make_tokenizer
@@ -183,6 +184,7 @@ def test_generate_answers_then_extract(tmp_path: Path, monkeypatch: pytest.Monke
 
 def test_saved_personas_are_skipped_before_generating(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from pvrs.extraction import driver as extract_module
+    from pvrs.extraction import samples as samples_module
     from pvrs.extraction.generate import SamplingConfig
 
     tokenizer = make_tokenizer("chatml")
@@ -199,7 +201,7 @@ def test_saved_personas_are_skipped_before_generating(tmp_path: Path, monkeypatc
         raise AssertionError("a saved persona must not be answered again")
 
     monkeypatch.setattr(extract_module, "generate_answers", fail)
-    monkeypatch.setattr(extract_module, "saved_generations", fail)
+    monkeypatch.setattr(samples_module, "saved_generations", fail)
     again = extract(model, tokenizer, PERSONAS[1:2], source, **run)
     assert [o.status for o in again.outcomes] == ["skipped"]
 
@@ -454,10 +456,10 @@ def test_cli_extract_stops_on_a_full_disk_and_reports_what_was_saved(
 ) -> None:
     import errno
 
-    from pvrs.extraction import driver as extract_module
+    from pvrs.extraction import results as results_module
 
     out = tmp_path / "store"
-    real_store_job = extract_module._store_job
+    real_store_job = results_module._store_job
     calls = []
 
     def fill_disk_on_the_second_save(*args, **kwargs):
@@ -466,7 +468,7 @@ def test_cli_extract_stops_on_a_full_disk_and_reports_what_was_saved(
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_store_job(*args, **kwargs)
 
-    monkeypatch.setattr(extract_module, "_store_job", fill_disk_on_the_second_save)
+    monkeypatch.setattr(results_module, "_store_job", fill_disk_on_the_second_save)
     argv = ["extract", "--model", str(tiny_model_dir), "--output-dir", str(out), "--variants", "templated", "templated",
             "--persona-id", "pirate_captain", "baseline_assistant"]  # fmt: skip
     assert main(argv) == 1

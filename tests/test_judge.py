@@ -337,9 +337,10 @@ def test_local_judge_on_the_builtin_model() -> None:
 
 
 def test_scores_round_trip_into_extract(server: Server, tmp_path: Path) -> None:
-    from pvrs.extraction.driver import SampleSource, extract
+    from pvrs.extraction.driver import extract
     from pvrs.extraction.generate import SamplingConfig, load_scores
     from pvrs.extraction.inputs import Persona, QAPair
+    from pvrs.extraction.samples import SampleSource
 
     from tests.tiny import make_tokenizer
     from tests.tiny_models import tiny_model

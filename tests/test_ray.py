@@ -229,12 +229,12 @@ def test_ctrl_c_stops_the_replicas_and_a_rerun_resumes(
     local_ray: object, tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]  # noqa: F811
 ) -> None:
     from pvrs.engines import ray_engine
-    from pvrs.extraction import driver
+    from pvrs.extraction import results
 
     out = tmp_path / "store"
     argv = ["extract", "--model", str(tiny_model_dir), *_inputs(tmp_path, 6), "--variants", "templated",
             "--output-dir", str(out), "--ray", "--replicas", "2"]
-    real_store_job, pids = driver._store_job, []
+    real_store_job, pids = results._store_job, []
     real_init = ray_engine.Cluster.__init__
 
     def recording_init(self: ray_engine.Cluster, *args: object) -> None:
@@ -247,7 +247,7 @@ def test_ctrl_c_stops_the_replicas_and_a_rerun_resumes(
         return real_store_job(*args, **kwargs)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(driver, "_store_job", interrupt_on_the_third)
+        mp.setattr(results, "_store_job", interrupt_on_the_third)
         mp.setattr(ray_engine.Cluster, "__init__", recording_init)
         assert main(argv) == 130
     deadline = time.monotonic() + 30

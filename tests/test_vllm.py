@@ -16,9 +16,10 @@ import pytest
 from pvrs.cli import main
 from pvrs.engines.models import ModelSpec, skeleton
 from pvrs.extraction import inputs
-from pvrs.extraction.driver import SampleSource, extract
+from pvrs.extraction.driver import extract
 from pvrs.extraction.generate import SamplingConfig
 from pvrs.extraction.masks import ALL_STRATEGIES, MaskStrategy
+from pvrs.extraction.samples import SampleSource
 
 from tests.tiny import make_tokenizer
 
@@ -125,7 +126,7 @@ def test_saved_vectors_record_the_engine_and_resume_refuses_to_mix(tmp_path: Pat
 @needs_vllm
 def test_generation_is_deterministic_by_seed_and_keyed_by_engine(tmp_path: Path) -> None:
     from pvrs.engines.vllm_engine import VllmConfig, VllmEngine
-    from pvrs.extraction.driver import AnswerJob
+    from pvrs.extraction.samples import AnswerJob
 
     folder = str(_save_tiny(tmp_path / "qwen2", "qwen2", "qwen2.5"))
     spec = ModelSpec(folder, dtype="float32")

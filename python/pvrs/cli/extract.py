@@ -112,9 +112,10 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     from pvrs.cli.report import print_extraction_summary
     from pvrs.engines import models
     from pvrs.extraction import inputs
-    from pvrs.extraction.driver import SampleSource, extract
+    from pvrs.extraction.driver import extract
     from pvrs.extraction.generate import SamplingConfig, load_scores
     from pvrs.extraction.masks import parse_strategies
+    from pvrs.extraction.samples import SampleSource
     from pvrs.paths import activations_dir
 
     console = Console(stderr=True)

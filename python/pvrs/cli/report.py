@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from pvrs.extraction.driver import ExtractionResult
+    from pvrs.extraction.results import ExtractionResult
 
 
 def print_extraction_summary(console: Console, result: ExtractionResult, root: Path) -> None:

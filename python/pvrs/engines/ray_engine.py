@@ -28,9 +28,9 @@ from pvrs.errors import InputError, InvalidArgumentError, ModelError, PvrsError
 
 if TYPE_CHECKING:
     from pvrs.engines.transformers import EngineConfig, SampleMeans
-    from pvrs.extraction.driver import AnswerJob
     from pvrs.extraction.generate import SamplingConfig
     from pvrs.extraction.inputs import Persona, QAPair
+    from pvrs.extraction.samples import AnswerJob
 
 INSTALL_HINT = "pip install 'pvrs[ray]'"
 IN_FLIGHT = 2  # jobs queued per replica: one running, one ready when it ends
@@ -256,12 +256,12 @@ def run_on_ray(
     results are saved by `saver` as they come back, one bar over personas with tokens/s."""
     import time
 
-    from pvrs.extraction.driver import PersonaOutcome, _progress
+    from pvrs.extraction.results import PersonaOutcome, progress_bar
 
     result = saver.result
     jobs = [Job(i, "run", (job.input_ids, job.masks, job.sample_ids, per_sample)) for i, job in enumerate(todo)]
     start = time.perf_counter()
-    with _progress(console, enabled=progress) as bar, contextlib.closing(cluster.stream(jobs)) as results:
+    with progress_bar(console, enabled=progress) as bar, contextlib.closing(cluster.stream(jobs)) as results:
         task = bar.add_task(f"personas on {cluster.replicas_n} replica(s)", total=len(jobs), rate="")
         for done in results:
             job = todo[done.key]

@@ -34,9 +34,9 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
     from pvrs.engines.transformers import SampleMeans
-    from pvrs.extraction.driver import AnswerJob
     from pvrs.extraction.generate import SamplingConfig
     from pvrs.extraction.inputs import QAPair
+    from pvrs.extraction.samples import AnswerJob
 
 INSTALL_HINT = "pip install 'pvrs[vllm]' (on a machine without a GPU: vLLM's CPU build, see the README)"
 CONNECTOR = "PvrsHiddenStatesConnector"
@@ -177,9 +177,9 @@ class VllmEngine:
             shutil.rmtree(self._scratch, ignore_errors=True)
             self._scratch = None
 
-    def _run(self, prompts: Sequence[list[int]], params: Sequence[Any], on_done: Callable[[int, Any], object]) -> None:
-        """Every prompt through the engine at once (continuous batching); `on_done(i, output)`
-        as each finishes."""
+    def _outputs(self, prompts: Sequence[Sequence[int]], params: Sequence[Any]) -> Iterator[tuple[int, Any]]:
+        """Every prompt through the engine at once (continuous batching); `(i, output)` as each
+        finishes. Left early, the rest is dropped with the engine (`close`)."""
         engine = self._llm.llm_engine
         index: dict[str, int] = {}
         for i, (ids, p) in enumerate(zip(prompts, params, strict=True)):
@@ -190,19 +190,22 @@ class VllmEngine:
         while engine.has_unfinished_requests():
             for out in engine.step():
                 if out.finished:
-                    on_done(index[out.request_id], out)
+                    yield index[out.request_id], out
 
     # ---- generation ----
     def _stop_ids(self) -> list[int]:
-        ids = {self.tokenizer.eos_token_id}
-        return sorted(int(i) for i in ids if i is not None)
+        """The tokenizer's end of turn, as `model.generate` stops on it (vLLM adds the model's
+        generation config's own)."""
+        eos = self.tokenizer.eos_token_id
+        return [] if eos is None else [int(eos)]
 
     def answer(
         self, asks: Sequence[AnswerJob], sampling: SamplingConfig, on_batch: Callable[[int], object]
     ) -> Iterator[tuple[int, list[QAPair] | str]]:
         """`extraction.driver.Answerer` on vLLM: every persona's questions in one engine run,
         each request seeded by its question's place (`seed + j`, as transformers batches are),
-        so a rerun gives the same answers; each persona is yielded when its last answer lands."""
+        so a rerun gives the same answers; each persona is yielded (and saved by the driver) as
+        soon as its last answer lands."""
         from vllm import SamplingParams
 
         from pvrs.extraction.generate import prompt_ids
@@ -224,31 +227,19 @@ class VllmEngine:
                     detokenize=False,
                 ))
                 owner.append((a, j))
-        answers: list[list[str | None]] = [[None] * len(ask.questions) for ask in asks]
+        answers: list[list[str]] = [[""] * len(ask.questions) for ask in asks]
         left = [len(ask.questions) for ask in asks]
-        ready: list[int] = []
-
-        def done(i: int, out: Any) -> None:
-            a, j = owner[i]
-            text = self.tokenizer.decode(out.outputs[0].token_ids, skip_special_tokens=True).strip()
-            answers[a][j] = text or "…"
-            left[a] -= 1
-            on_batch(1)
-            if left[a] == 0:
-                ready.append(a)
-
         for a, ask in enumerate(asks):
             if not ask.questions:
                 yield a, []
-        # The engine runs to the end before personas are yielded: the driver saves each as it
-        # is yielded, and saving never needs to interleave with vLLM's steps.
-        self._run(prompts, params, done)
-        for a in ready:
-            ask = asks[a]
-            yield a, [
-                replace(q, answer=str(text), persona_id=ask.persona.id)
-                for q, text in zip(ask.questions, answers[a], strict=True)
-            ]
+        for i, out in self._outputs(prompts, params):
+            a, j = owner[i]
+            answers[a][j] = self.tokenizer.decode(out.outputs[0].token_ids, skip_special_tokens=True).strip() or "…"
+            left[a] -= 1
+            on_batch(1)
+            if left[a] == 0:
+                ask = asks[a]
+                yield a, [replace(q, answer=text, persona_id=ask.persona.id) for q, text in zip(ask.questions, answers[a], strict=True)]
 
     # ---- extraction ----
     def sample_means(
@@ -286,13 +277,10 @@ class VllmEngine:
         ]
         lengths = [len(ids) for ids in input_ids]
         cached = [0] * n
-
-        def done(k: int, out: Any) -> None:
+        for k, out in self._outputs(input_ids, params):
             cached[k] = int(getattr(out, "num_cached_tokens", 0) or 0)
             if on_batch is not None:
                 on_batch(1, lengths[k])
-
-        self._run(input_ids, params, done)
         means = np.stack([self._result(out, sample_ids[k]) for k, out in enumerate(outs)])
         expect = (n, counts.shape[1], len(self.layers))
         if means.shape[:3] != expect:

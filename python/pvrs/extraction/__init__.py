@@ -10,8 +10,8 @@ from pvrs._lazy import lazy_getattr
 
 _EXPORTS = {
     "extract": "pvrs.extraction.driver",
-    "ExtractionResult": "pvrs.extraction.driver",
-    "SampleSource": "pvrs.extraction.driver",
+    "ExtractionResult": "pvrs.extraction.results",
+    "SampleSource": "pvrs.extraction.samples",
     "Persona": "pvrs.extraction.inputs",
     "QAPair": "pvrs.extraction.inputs",
     "load_personas": "pvrs.extraction.inputs",

@@ -1,40 +1,34 @@
 """The extract driver: persona vectors for personas x variants x mask strategies, saved per persona
-as soon as it is done (a killed run loses at most the persona in flight)."""
+as soon as it is done (a killed run loses at most the persona in flight). Samples come from
+`extraction.samples`; results are recorded and saved by `extraction.results`."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, closing, nullcontext
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pvrs.defaults import DEFAULT_BATCH_TOKENS, DEFAULT_MIN_SCORE
+from pvrs.defaults import DEFAULT_BATCH_TOKENS
 from pvrs.engines.hooks import decoder_layers
 from pvrs.engines.models import builtin_source
 from pvrs.engines.transformers import (
     EngineConfig,
-    SampleMeans,
     max_positions,
     model_sizes,
     resolve_layers,
     sample_means,
 )
 from pvrs.errors import InputError, InvalidArgumentError, PvrsError
-from pvrs.extraction.generate import (
-    SamplingConfig,
-    filter_by_score,
-    generate_answers,
-    save_generations,
-    saved_generations,
-)
-from pvrs.extraction.inputs import VARIANTS, Persona, QAPair, qa_for_persona
+from pvrs.extraction.generate import SamplingConfig, generate_answers
+from pvrs.extraction.inputs import VARIANTS, Persona, QAPair
 from pvrs.extraction.masks import DEFAULT_STRATEGY, MaskStrategy, parse_strategies
+from pvrs.extraction.results import ExtractionResult, PersonaOutcome, Saver, progress_bar
+from pvrs.extraction.samples import Answerer, AnswerJob, SampleSource, chat_template_sha256
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -48,57 +42,7 @@ if TYPE_CHECKING:
 
 
 @dataclass
-class PersonaOutcome:
-    persona_id: str
-    variant: str
-    status: str  # "written" | "skipped" | "failed"
-    reason: str = ""
-    n_samples: int = 0
-    n_tokens: int = 0
-
-
-@dataclass
-class ExtractionResult:
-    """Vectors keyed by (persona_id, variant, strategy), each (len(layers), hidden_size)."""
-
-    layers: list[int]
-    vectors: dict[tuple[str, str, MaskStrategy], np.ndarray] = field(default_factory=dict)
-    sample_ids: dict[tuple[str, str], list[str]] = field(default_factory=dict)
-    sample_vectors: dict[tuple[str, str, MaskStrategy], np.ndarray] = field(default_factory=dict)
-    outcomes: list[PersonaOutcome] = field(default_factory=list)
-    tokens: int = 0  # conversation tokens (a reused prefix counted in each conversation)
-    tokens_computed: int = 0  # tokens the forwards encoded (a reused prefix once per persona)
-    host_bytes: int = 0  # result bytes that left the model's device (per-sample means only if saved)
-    seconds: float = 0.0
-    replicas: dict[str, int] = field(default_factory=dict)  # Ray runs: personas computed per replica
-    stopped: str = ""  # why the run stopped early (a write failed: disk full, ...); "" if it did not
-
-    def vector(self, persona_id: str, variant: str = "templated", strategy: str | MaskStrategy = DEFAULT_STRATEGY) -> np.ndarray:
-        return self.vectors[(persona_id, variant, MaskStrategy(str(strategy)))]
-
-    def count(self, status: str) -> int:
-        return sum(o.status == status for o in self.outcomes)
-
-    @property
-    def tokens_per_second(self) -> float:
-        """Conversation tokens per second: the same count with or without prefix reuse."""
-        return self.tokens / self.seconds if self.seconds > 0 else 0.0
-
-    @property
-    def computed_share(self) -> float:
-        """The part of the conversation tokens the forwards encoded (below 1 with prefix reuse)."""
-        return self.tokens_computed / self.tokens if self.tokens else 1.0
-
-
-def chat_template_sha256(tokenizer: PreTrainedTokenizerBase) -> str | None:
-    template = getattr(tokenizer, "chat_template", None)
-    if isinstance(template, dict):  # named templates: hash them all, in a stable order
-        template = "\n".join(f"{k}\n{v}" for k, v in sorted(template.items()))
-    return hashlib.sha256(template.encode()).hexdigest() if template else None
-
-
-@dataclass
-class _Job:
+class Job:
     persona: Persona
     variant: str
     samples: list[QAPair]
@@ -121,142 +65,6 @@ class _Job:
         return [np.stack([p.token_masks[s] for s in self.strategies]) for p in self.prepared]
 
 
-@dataclass(frozen=True)
-class AnswerJob:
-    """One persona x variant whose questions the model must answer, and where the answers go."""
-
-    persona: Persona
-    variant: str
-    questions: list[QAPair]
-    path: Path | None
-    key: dict[str, Any]
-
-
-# Answers for the jobs given, yielded as (index, answered rows, or why none) as they are done;
-# the third argument hears each batch of answers.
-Answerer = Callable[[Sequence[AnswerJob], SamplingConfig, Callable[[int], object]], Iterator[tuple[int, list[QAPair] | str]]]
-
-
-@dataclass(frozen=True)
-class SampleSource:
-    """Where each persona's samples come from: the QA rows as given, or answers generated by
-    the model in persona (`generate`), optionally kept only when a judge score passes.
-    Generated answers are saved under `generations_dir` and reused by a later run when the
-    questions, model, persona prompt, chat template and sampling settings all match
-    (`generation_key`)."""
-
-    qa_pairs: Sequence[QAPair]
-    n_train: int | None = None
-    qa_type: str = "all"
-    generate: SamplingConfig | None = None
-    generations_dir: Path | None = None
-    scores: Mapping[tuple[str, str], float] | None = None
-    min_score: float = DEFAULT_MIN_SCORE
-    answer_engine: str | None = None  # what generates the answers when not transformers ("vllm 0.32.0")
-
-    def questions(self, persona: Persona) -> list[QAPair]:
-        """The persona's QA rows before any answer is generated (train split, type, first N)."""
-        return qa_for_persona(self.qa_pairs, persona, n_train=self.n_train, qa_type=self.qa_type)
-
-    def selected(self, persona: Persona) -> list[QAPair]:
-        """The questions whose samples extraction reads (same ids, same order), known without
-        generating: judge scores key on ids."""
-        return self.passing(persona, self.questions(persona))
-
-    def answers(
-        self,
-        model: nn.Module,
-        tokenizer: PreTrainedTokenizerBase,
-        wanted: Sequence[tuple[Persona, str]],
-        answerer: Answerer,
-        on_answers: Callable[[int, bool], object],
-    ) -> list[list[QAPair] | str]:
-        """Each (persona, variant)'s answered questions: saved answers when everything that
-        decided them matches, else new ones from `answerer` (here or on Ray replicas), saved
-        here as each persona's arrive; a str says why a persona got none. `on_answers(n,
-        reused)` hears answers as they come. With judge scores only saved answers will do:
-        scores belong to the answers judged."""
-        assert self.generate is not None
-        sampling = self.generate
-        asks = [
-            AnswerJob(persona, variant, self.questions(persona),
-                      None if self.generations_dir is None else self.generations_dir / variant / f"{persona.id}.jsonl",
-                      generation_key(model, tokenizer, persona.system_prompt(variant), sampling, self.answer_engine))
-            for persona, variant in wanted
-        ]
-        out: list[list[QAPair] | str | None] = []
-        for ask in asks:
-            saved = saved_generations(ask.path, ask.questions, ask.key) if ask.path is not None else None
-            if saved is not None:
-                on_answers(len(saved), True)
-            out.append(saved)
-        missing = [i for i, rows in enumerate(out) if rows is None]
-        if missing and self.scores is not None:
-            where = asks[missing[0]].path or "the generations folder"
-            raise InputError(
-                f"--scores judge saved answers, but {where} is missing or was generated with other "
-                "settings (model, persona prompt, chat template or sampling); run `pvrs extract "
-                "--generate` without --scores, judge the answers it saves, then pass --scores"
-            )
-        for i, rows in answerer([asks[i] for i in missing], sampling, lambda n: on_answers(n, False)) if missing else ():
-            ask = asks[missing[i]]
-            if not isinstance(rows, str) and ask.path is not None:
-                save_generations(ask.path, rows, ask.key)
-            out[missing[i]] = rows
-        return [rows if rows is not None else "no answers came back" for rows in out]
-
-    def digest(
-        self,
-        model: nn.Module,
-        tokenizer: PreTrainedTokenizerBase,
-        persona: Persona,
-        variant: str,
-        rows: Sequence[QAPair],
-        split_special_tokens: bool = False,
-    ) -> str:
-        """sha256 of what the persona's vectors are computed from, known before any answer is
-        generated: the persona prompt and its `selected` rows (with their answers, or, when the
-        model answers, with what decides its answers). Resume compares it with the saved one,
-        so editing a prompt or an answer under the same ids is not mistaken for done work."""
-        system = persona.system_prompt(variant)
-        if self.generate is None:
-            content: Any = [system, [[r.qid, r.question, r.answer] for r in rows]]
-        else:  # the key holds the prompt's hash
-            key = generation_key(model, tokenizer, system, self.generate, self.answer_engine)
-            content = [key, [[r.qid, r.question] for r in rows]]
-        if split_special_tokens:  # other tokens, other vectors; absent otherwise, so old digests hold
-            content = [*content, "split_special_tokens"]
-        return hashlib.sha256(json.dumps(content, ensure_ascii=False).encode()).hexdigest()
-
-    def passing(self, persona: Persona, rows: list[QAPair]) -> list[QAPair]:
-        return rows if self.scores is None else filter_by_score(persona, rows, self.scores, self.min_score)
-
-
-def generation_key(
-    model: nn.Module,
-    tokenizer: PreTrainedTokenizerBase,
-    system_prompt: str | None,
-    sampling: SamplingConfig,
-    engine: str | None = None,
-) -> dict[str, Any]:
-    """What decides a persona's generated answers; saved answers are reused only when it
-    matches (the device is left out: a rerun elsewhere reuses rather than regenerates).
-    `engine` (with its version) is recorded when it is not transformers, whose answers differ
-    from vLLM's; keys of transformers answers saved before engines existed stay valid."""
-    config = getattr(model, "config", None)
-    key = {
-        "model": str(getattr(config, "name_or_path", "") or ""),
-        "model_commit": getattr(config, "_commit_hash", None),
-        "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
-        "chat_template_sha256": chat_template_sha256(tokenizer),
-        "system_prompt_sha256": None if system_prompt is None else hashlib.sha256(system_prompt.encode()).hexdigest(),
-        "sampling": asdict(sampling),
-    }
-    if engine is not None:
-        key["engine"] = engine
-    return key
-
-
 def _prepare_jobs(
     model: nn.Module,
     tokenizer: PreTrainedTokenizerBase,
@@ -271,7 +79,7 @@ def _prepare_jobs(
     console: Console,
     progress: bool,
     answerer: Answerer | None = None,
-) -> tuple[list[_Job], list[PersonaOutcome]]:
+) -> tuple[list[Job], list[PersonaOutcome]]:
     """Decide what each (persona, variant) needs, then generate answers (with a progress bar;
     here, or by `answerer`: Ray replicas) and render and tokenise everything before the first forward pass, so template and data
     errors stop the run before anything is written. Personas already saved are skipped before
@@ -310,9 +118,9 @@ def _prepare_jobs(
             else:
                 pending.append((persona, variant, job_strategies, digest, resume_note))
 
-    jobs: list[_Job] = []
+    jobs: list[Job] = []
     # Generating answers takes a while: a bar with answers/s. Rendering alone: a status line.
-    bar = _progress(console, enabled=progress) if source.generate is not None and pending else None
+    bar = progress_bar(console, enabled=progress) if source.generate is not None and pending else None
     status = console.status("preparing conversations") if bar is None and progress else None
     with bar or status or nullcontext():
         task = bar.add_task("answers", total=sum(len(source.questions(p)) for p, *_ in pending), rate="") if bar else None
@@ -350,7 +158,7 @@ def _prepare_jobs(
                 split_special_tokens=split_special_tokens,
             )
             note = "; ".join(n for n in (baseline_note if persona.is_baseline else "", resume_note) if n)
-            jobs.append(_Job(persona, variant, samples, prepared, job_strategies, digest, note))
+            jobs.append(Job(persona, variant, samples, prepared, job_strategies, digest, note))
     return jobs, outcomes
 
 
@@ -463,7 +271,7 @@ def extract(
         result = ExtractionResult(layers=resolved_layers, outcomes=outcomes)
 
         start = time.perf_counter()
-        saver = _Saver(stores if saving else None, provenance, result, save_to)
+        saver = Saver(stores if saving else None, provenance, result, save_to)
         if cluster is not None:
             from pvrs.engines.ray_engine import run_on_ray
 
@@ -472,7 +280,7 @@ def extract(
             run_on_ray(cluster, todo, save_samples, saver, console, progress=progress)
             result.seconds = time.perf_counter() - start
             return result
-        with _progress(console, enabled=progress) as bar:
+        with progress_bar(console, enabled=progress) as bar:
             task_personas = bar.add_task("personas", total=len(todo), rate="")
             task_samples = bar.add_task("samples", total=sum(len(j.prepared) for j in todo), rate="")
             for job in todo:
@@ -537,13 +345,13 @@ def _vllm_engine(
     return closing(VllmEngine(vllm, model, tokenizer, layers))
 
 
-def _preview(console: Console, tokenizer: PreTrainedTokenizerBase, job: _Job) -> None:
+def _preview(console: Console, tokenizer: PreTrainedTokenizerBase, job: Job) -> None:
     from pvrs.extraction.chat import print_preview
 
     print_preview(console, tokenizer, job.prepared[0], job.strategies)
 
 
-def _check_lengths(model: nn.Module, jobs: Sequence[_Job], allow: bool, console: Console) -> None:
+def _check_lengths(model: nn.Module, jobs: Sequence[Job], allow: bool, console: Console) -> None:
     """Positions past the model's limit give activations it was never trained on: refuse such
     samples unless allowed, and say so either way."""
     limit = max_positions(model)
@@ -562,82 +370,3 @@ def _check_lengths(model: nn.Module, jobs: Sequence[_Job], allow: bool, console:
             "extract them anyway"
         )
     console.print(f"[yellow]warning:[/] {what}; extracting them anyway (--allow-long-samples)")
-
-
-class _Saver:
-    """Records each computed job in the result and, when saving, in the store: the one place
-    vectors are written, whichever engine computed them."""
-
-    def __init__(
-        self,
-        stores: dict[MaskStrategy, PersonaVectorStore] | None,
-        provenance: dict[str, Any],
-        result: ExtractionResult,
-        save_to: str | Path | None,
-    ) -> None:
-        self.stores, self.provenance, self.result, self.save_to = stores, provenance, result, save_to
-
-    def save(self, job: _Job, means: SampleMeans) -> bool:
-        """False when the run must stop: a write failed with an OS error (disk full, file size
-        limit, permissions), as every later save would; the personas saved so far stay valid."""
-        result = self.result
-        result.tokens_computed += means.tokens_computed
-        result.host_bytes += means.host_bytes
-        try:
-            outcome = _store_job(job, means, self.stores, self.provenance, result)
-        except PvrsError as exc:
-            outcome = PersonaOutcome(job.persona.id, job.variant, "failed", str(exc))
-        except OSError as exc:
-            where = exc.filename or self.save_to or "the store"
-            result.stopped = f"cannot write {where}: {exc.strerror or exc}"
-            result.outcomes.append(PersonaOutcome(job.persona.id, job.variant, "failed", result.stopped))
-            return False
-        result.outcomes.append(outcome)
-        return True
-
-
-def _store_job(
-    job: _Job,
-    means: SampleMeans,
-    stores: dict[MaskStrategy, PersonaVectorStore] | None,
-    provenance: dict[str, Any],
-    result: ExtractionResult,
-) -> PersonaOutcome:
-    key = (job.persona.id, job.variant)
-    result.sample_ids[key] = job.sample_ids
-    for s_index, strategy in enumerate(job.strategies):
-        vector = means.mean[s_index]
-        result.vectors[(*key, strategy)] = vector
-        per_sample = None if means.means is None else means.means[:, s_index]
-        if per_sample is not None:
-            result.sample_vectors[(*key, strategy)] = per_sample
-        if stores is not None:
-            store = stores[strategy]
-            if per_sample is not None:  # before the manifest entry: a recorded persona has its samples
-                store.save_samples(job.persona.id, job.variant, per_sample, job.sample_ids)
-            else:
-                store.drop_samples(job.persona.id, job.variant)
-            store.save(
-                job.persona.id, job.variant, vector,
-                name=job.persona.name, sample_ids=job.sample_ids,
-                n_tokens=int(means.counts[:, s_index].sum()), provenance=provenance,
-                samples_sha256=job.digest,
-            )
-    return PersonaOutcome(
-        job.persona.id, job.variant, "written", job.note, n_samples=len(job.prepared), n_tokens=means.conversation_tokens
-    )
-
-
-def _progress(console: Console, *, enabled: bool) -> Any:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    return Progress(
-        TextColumn("{task.description:<32}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]}"),
-        TimeElapsedColumn(),
-        console=console,
-        disable=not enabled,
-        transient=False,
-    )
