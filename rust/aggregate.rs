@@ -1,19 +1,24 @@
 //! Streamed aggregation over many safetensors files: sum, mean, variance (float64
 //! accumulation) and stacking, optionally restricted to a subset of layers.
 //!
-//! Files are memory-mapped one at a time per worker (rayon across files), so memory stays
-//! at a few accumulators plus the output, whatever the number of files. Inputs are F32,
-//! BF16 or F16 little-endian `(num_layers, hidden_size)` tensors; outputs are float32.
-//! With a layer subset only those rows' pages are touched (`MADV_RANDOM` stops the
-//! kernel from reading ahead into the other layers).
+//! Workers (rayon, across files) read with plain reads into buffers they reuse, so each
+//! byte is read once and memory stays at a few buffers and accumulators plus the output,
+//! whatever the number of files (mapping the files cost more in page faults and unmaps than
+//! the copy). All rows come with one read of the file; a layer subset reads the header and
+//! then only its rows. Reductions take a small group of files at a time and add them block
+//! by block, so a block of the float64 accumulators stays in L1 while the group's values
+//! are added to it, still one file after another. Inputs are F32, BF16 or F16 little-endian
+//! `(num_layers, hidden_size)` tensors; outputs are float32.
 
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-use memmap2::{Advice, Mmap};
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
-use crate::header::{artifact, open_regular, parse_header, Header, TensorInfo};
+use crate::header::{artifact, open_regular, read_header, read_prefix, Header, HEADER_PROBE};
 
 /// Element types the aggregation reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,73 +70,45 @@ impl Reduction {
     }
 }
 
-/// A memory-mapped file with its parsed header and the tensor being aggregated.
-pub struct MappedTensor {
-    pub path: PathBuf,
-    map: Mmap,
-    pub dtype: Dtype,
-    pub rows: usize,
-    pub cols: usize,
-    info: TensorInfo,
+/// The 2-D tensor being aggregated, located in one file's header.
+struct Located {
+    dtype: Dtype,
+    rows: usize,
+    cols: usize,
+    /// Absolute byte offset of the tensor's data in the file.
+    begin: u64,
 }
 
-impl MappedTensor {
-    /// Map `path` and locate the 2-D tensor `name`. `whole`: all rows will be read
-    /// (sequential read-ahead); otherwise only a few rows (no read-ahead, so the other
-    /// layers' bytes are never fetched).
-    pub fn open(path: &Path, name: &str, whole: bool) -> Result<Self> {
-        let file = open_regular(path)?;
-        // SAFETY: the map is read-only; pvrs replaces files by rename, never in place, so a
-        // concurrent pvrs writer cannot change mapped bytes. Every offset is bounds-checked.
-        let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
-        // Advise before the first access: the header read faults the first page in.
-        // Advice is only a hint; failing to give it changes nothing but speed.
-        let _ = map.advise(if whole {
-            Advice::Sequential
-        } else {
-            Advice::Random
-        });
-        let header: Header =
-            parse_header(&map, map.len() as u64).map_err(|r| artifact(path, &r))?;
-        let info = header
-            .tensor(name)
-            .cloned()
-            .ok_or_else(|| artifact(path, &format!("no {name:?} tensor")))?;
-        let dtype = Dtype::parse(&info.dtype).ok_or_else(|| {
-            artifact(
-                path,
-                &format!(
-                    "tensor {name:?} has dtype {}; pvrs reads F32, BF16 or F16",
-                    info.dtype
-                ),
-            )
-        })?;
-        let [rows, cols] = info.shape[..] else {
-            return Err(artifact(
-                path,
-                &format!(
-                    "tensor {name:?} has shape {:?}; expected (num_layers, hidden_size)",
-                    info.shape
-                ),
-            ));
-        };
-        let to_usize = |v: u64| usize::try_from(v).map_err(|_| artifact(path, "tensor too large"));
-        Ok(MappedTensor {
-            path: path.to_path_buf(),
-            map,
-            dtype,
-            rows: to_usize(rows)?,
-            cols: to_usize(cols)?,
-            info,
-        })
-    }
-
-    /// The little-endian bytes of row `layer` (the caller checked `layer < rows`).
-    fn row(&self, layer: usize) -> &[u8] {
-        let width = self.cols * self.dtype.size();
-        let start = self.info.begin as usize + layer * width;
-        &self.map[start..start + width]
-    }
+/// Find the 2-D float tensor `name` in the header of `path`.
+fn locate(path: &Path, header: &Header, name: &str) -> Result<Located> {
+    let info = header
+        .tensor(name)
+        .ok_or_else(|| artifact(path, &format!("no {name:?} tensor")))?;
+    let dtype = Dtype::parse(&info.dtype).ok_or_else(|| {
+        artifact(
+            path,
+            &format!(
+                "tensor {name:?} has dtype {}; pvrs reads F32, BF16 or F16",
+                info.dtype
+            ),
+        )
+    })?;
+    let [rows, cols] = info.shape[..] else {
+        return Err(artifact(
+            path,
+            &format!(
+                "tensor {name:?} has shape {:?}; expected (num_layers, hidden_size)",
+                info.shape
+            ),
+        ));
+    };
+    let to_usize = |v: u64| usize::try_from(v).map_err(|_| artifact(path, "tensor too large"));
+    Ok(Located {
+        dtype,
+        rows: to_usize(rows)?,
+        cols: to_usize(cols)?,
+        begin: info.begin,
+    })
 }
 
 /// Decode little-endian `src` of `dtype` into `dst` (same element count).
@@ -143,13 +120,23 @@ pub fn decode_into(dtype: Dtype, src: &[u8], dst: &mut [f32]) {
             }
         }
         Dtype::BF16 => {
+            // bf16 is the top half of an f32: widening is a shift, and the loop vectorises.
             for (d, c) in dst.iter_mut().zip(src.chunks_exact(2)) {
                 *d = f32::from_bits(u32::from(u16::from_le_bytes([c[0], c[1]])) << 16);
             }
         }
         Dtype::F16 => {
-            for (d, c) in dst.iter_mut().zip(src.chunks_exact(2)) {
-                *d = half::f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32();
+            use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
+            // SAFETY: any bit pattern is a valid u16; only the aligned middle is used.
+            let (head, bits, tail) = unsafe { src.align_to::<u16>() };
+            if cfg!(target_endian = "little") && head.is_empty() && tail.is_empty() {
+                // The slice conversion uses the CPU's F16C instructions where it has them.
+                let halves: &[half::f16] = bits.reinterpret_cast();
+                halves.convert_to_f32_slice(&mut dst[..halves.len()]);
+            } else {
+                for (d, c) in dst.iter_mut().zip(src.chunks_exact(2)) {
+                    *d = half::f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32();
+                }
             }
         }
     }
@@ -163,11 +150,18 @@ struct Plan {
     whole: bool,
 }
 
+impl Plan {
+    /// Elements per file that are read: the selected rows.
+    fn len(&self) -> usize {
+        self.layers.len() * self.cols
+    }
+}
+
 fn plan(paths: &[PathBuf], tensor: &str, layers: Option<&[usize]>) -> Result<Plan> {
     let first = paths.first().ok_or_else(|| {
         Error::InvalidArgument("no files to aggregate; pass at least one path".into())
     })?;
-    let probe = MappedTensor::open(first, tensor, false)?;
+    let probe = locate(first, &read_header(first)?, tensor)?;
     let layers: Vec<usize> = match layers {
         Some(chosen) => {
             if chosen.is_empty() {
@@ -187,7 +181,8 @@ fn plan(paths: &[PathBuf], tensor: &str, layers: Option<&[usize]>) -> Result<Pla
         }
         None => (0..probe.rows).collect(),
     };
-    let whole = layers.len() == probe.rows;
+    // All rows in their order are read as one range; any other choice row by row.
+    let whole = layers.iter().copied().eq(0..probe.rows);
     Ok(Plan {
         rows: probe.rows,
         cols: probe.cols,
@@ -196,18 +191,66 @@ fn plan(paths: &[PathBuf], tensor: &str, layers: Option<&[usize]>) -> Result<Pla
     })
 }
 
-fn open_checked(path: &Path, tensor: &str, plan: &Plan) -> Result<MappedTensor> {
-    let mapped = MappedTensor::open(path, tensor, plan.whole)?;
-    if (mapped.rows, mapped.cols) != (plan.rows, plan.cols) {
+/// Read the plan's rows of `path`'s tensor into `buf` (grown to fit, never shrunk), one
+/// after another in the plan's order: returns their dtype and where they are in `buf`.
+fn read_rows(
+    path: &Path,
+    tensor: &str,
+    plan: &Plan,
+    buf: &mut Vec<u8>,
+) -> Result<(Dtype, Range<usize>)> {
+    let io = |e| Error::io(path, e);
+    let mut file = open_regular(path)?;
+    let file_len = file.metadata().map_err(io)?.len();
+    // All rows: header and tensor in one read (f32 is the widest dtype); else the header.
+    let first = if plan.whole {
+        HEADER_PROBE + plan.len() * 4
+    } else {
+        HEADER_PROBE
+    };
+    let (header, filled) = read_prefix(&mut file, file_len, buf, first).map_err(|e| e.at(path))?;
+    let found = locate(path, &header, tensor)?;
+    if (found.rows, found.cols) != (plan.rows, plan.cols) {
         return Err(artifact(
             path,
             &format!(
                 "tensor {tensor:?} has shape ({}, {}) but the first file has ({}, {}); all files must match",
-                mapped.rows, mapped.cols, plan.rows, plan.cols
+                found.rows, found.cols, plan.rows, plan.cols
             ),
         ));
     }
-    Ok(mapped)
+    let width = plan.cols * found.dtype.size();
+    // The header checked that the tensor lies inside the file, so these offsets fit.
+    let begin = found.begin as usize;
+    if plan.whole {
+        let end = begin + plan.rows * width;
+        if end > filled {
+            // What the first read did not bring (a long header, or other tensors first).
+            let start = filled.max(begin);
+            if start > filled {
+                file.seek(SeekFrom::Start(start as u64)).map_err(io)?;
+            }
+            buf.resize(buf.len().max(end), 0);
+            file.read_exact(&mut buf[start..end]).map_err(io)?;
+        }
+        return Ok((found.dtype, begin..end));
+    }
+    buf.resize(buf.len().max(plan.layers.len() * width), 0);
+    for (i, &layer) in plan.layers.iter().enumerate() {
+        read_row(
+            &mut file,
+            (begin + layer * width) as u64,
+            &mut buf[i * width..(i + 1) * width],
+        )
+        .map_err(io)?;
+    }
+    Ok((found.dtype, 0..plan.layers.len() * width))
+}
+
+/// Read exactly `dst.len()` bytes at `offset`.
+fn read_row(file: &mut File, offset: u64, dst: &mut [u8]) -> std::io::Result<()> {
+    file.seek(SeekFrom::Start(offset))?;
+    file.read_exact(dst)
 }
 
 /// Stack the selected layers of every file: returns (data, [n_files, n_layers, hidden]).
@@ -217,19 +260,23 @@ pub fn stack(
     layers: Option<&[usize]>,
 ) -> Result<(Vec<f32>, [usize; 3])> {
     let plan = plan(paths, tensor, layers)?;
-    let per_file = plan.layers.len() * plan.cols;
+    let per_file = plan.len();
     let mut out = vec![0f32; paths.len() * per_file];
     out.par_chunks_mut(per_file.max(1))
         .zip(paths.par_iter())
-        .try_for_each(|(dst, path)| -> Result<()> {
-            let mapped = open_checked(path, tensor, &plan)?;
-            for (row_out, &layer) in dst.chunks_mut(plan.cols).zip(&plan.layers) {
-                decode_into(mapped.dtype, mapped.row(layer), row_out);
-            }
+        .try_for_each_init(Vec::new, |buf, (dst, path)| -> Result<()> {
+            let (dtype, rows) = read_rows(path, tensor, &plan, buf)?;
+            decode_into(dtype, &buf[rows], dst);
             Ok(())
         })?;
     Ok((out, [paths.len(), plan.layers.len(), plan.cols]))
 }
+
+/// Elements added per block: 8 KB of float64 sums (24 KB with the variance's), in L1.
+const BLOCK: usize = 1024;
+/// Bytes of float32 values a worker reads ahead of adding them, and the most files.
+const GROUP_BYTES: usize = 4 << 20;
+const MAX_GROUP: usize = 8;
 
 /// Per-element running count, mean and sum of squared deviations (Welford), in float64;
 /// partial results merge exactly (Chan et al.), so rayon can split the files freely.
@@ -264,9 +311,10 @@ impl Moments {
         }
     }
 
-    fn add(&mut self, values: &[f32], offset: usize) {
+    /// Add one file's `values` at `offset`; `n` counts the files added so far, this one too.
+    fn add(&mut self, values: &[f32], offset: usize, n: u64) {
         if self.track_variance {
-            let n = (self.count + 1) as f64;
+            let n = n as f64;
             let mean = &mut self.mean[offset..offset + values.len()];
             let m2 = &mut self.m2[offset..offset + values.len()];
             for ((m, s), &v) in mean.iter_mut().zip(m2.iter_mut()).zip(values) {
@@ -326,7 +374,7 @@ pub fn reduce(
             )));
         }
     }
-    let len = plan.layers.len() * plan.cols;
+    let len = plan.len();
     let track_variance = matches!(reduction, Reduction::Variance { .. });
     // One accumulator per worker-sized chunk of files keeps memory at
     // O(threads x len) however many files there are.
@@ -334,18 +382,30 @@ pub fn reduce(
         .len()
         .div_ceil(rayon::current_num_threads().max(1))
         .max(1);
+    // Files read before they are added: a few MB of buffers per worker.
+    let group = (GROUP_BYTES / (len * 4).max(1)).clamp(1, MAX_GROUP);
     let moments = paths
         .par_chunks(chunk)
         .map(|chunk_paths| -> Result<Moments> {
             let mut acc = Moments::new(len, track_variance);
-            let mut row = vec![0f32; plan.cols];
-            for path in chunk_paths {
-                let mapped = open_checked(path, tensor, &plan)?;
-                for (i, &layer) in plan.layers.iter().enumerate() {
-                    decode_into(mapped.dtype, mapped.row(layer), &mut row);
-                    acc.add(&row, i * plan.cols);
+            let mut bufs = vec![Vec::new(); group];
+            let mut values = [0f32; BLOCK];
+            for files in chunk_paths.chunks(group) {
+                let mut read = Vec::with_capacity(files.len());
+                for (path, buf) in files.iter().zip(bufs.iter_mut()) {
+                    read.push(read_rows(path, tensor, &plan, buf)?);
                 }
-                acc.count += 1;
+                for start in (0..len).step_by(BLOCK) {
+                    let end = (start + BLOCK).min(len);
+                    let values = &mut values[..end - start];
+                    for (k, ((dtype, rows), buf)) in read.iter().zip(&bufs).enumerate() {
+                        let size = dtype.size();
+                        let bytes = &buf[rows.start + start * size..rows.start + end * size];
+                        decode_into(*dtype, bytes, values);
+                        acc.add(values, start, acc.count + k as u64 + 1);
+                    }
+                }
+                acc.count += read.len() as u64;
             }
             Ok(acc)
         })
@@ -449,6 +509,41 @@ mod tests {
             }
             let (s, _) = reduce(&paths, "activations", Some(&[1]), Reduction::Sum).unwrap();
             assert!((f64::from(s[0]) - mean[5] * n).abs() < 1e-4);
+        }
+    }
+
+    #[test]
+    fn rows_are_found_wherever_the_tensor_lies() {
+        use crate::header::tests::build;
+        let dir = tempfile::tempdir().unwrap();
+        // Another tensor first, short (the first read holds the tensor's start, not its
+        // end) or long (the tensor starts past the first read): the bytes read are the same.
+        for other in [7000, 20_000] {
+            let bytes = build(
+                &[
+                    ("other", "U8", &[other]),
+                    ("activations", "BF16", &[4, 300]),
+                ],
+                &[],
+            );
+            let path = dir.path().join(format!("{other}.safetensors"));
+            std::fs::write(&path, &bytes).unwrap();
+            let header = crate::header::parse_header(&bytes, bytes.len() as u64).unwrap();
+            let begin = header.tensors["activations"].begin as usize;
+            let mut want = vec![0f32; 4 * 300];
+            decode_into(Dtype::BF16, &bytes[begin..], &mut want);
+            let (all, _) = stack(std::slice::from_ref(&path), "activations", None).unwrap();
+            assert_eq!(all.len(), want.len());
+            assert!(all
+                .iter()
+                .zip(&want)
+                .all(|(a, b)| a.to_bits() == b.to_bits()));
+            let (rows, _) = stack(&[path], "activations", Some(&[3, 1])).unwrap();
+            let picked: Vec<f32> = want[900..].iter().chain(&want[300..600]).copied().collect();
+            assert!(rows
+                .iter()
+                .zip(&picked)
+                .all(|(a, b)| a.to_bits() == b.to_bits()));
         }
     }
 

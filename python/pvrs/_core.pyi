@@ -35,7 +35,7 @@ def aggregate_files(
     ddof: int = 0,
 ) -> NDArray[np.float32]:
     """Element-wise sum/mean/var over files' (L, H) tensors (F32/BF16/F16), float64
-    accumulation, memory-mapped, parallel; returns float32 (len(layers) or L, H)."""
+    accumulation, plain reads (each byte once), parallel; returns float32 (len(layers) or L, H)."""
 
 def stack_files(
     paths: list[str | PathLike[str]],

@@ -1,5 +1,5 @@
 """Tensor files of the store: checked float32 arrays, atomic writes, and reads through the
-Rust core (memory-mapped, GIL released) or, for per-sample files, the safetensors package."""
+Rust core (parallel reads, GIL released) or, for per-sample files, the safetensors package."""
 
 from __future__ import annotations
 
@@ -185,7 +185,7 @@ def tensor_problem(
 
 
 def stack_files(paths: Sequence[Path], layers: Sequence[int] | None) -> np.ndarray:
-    """Rust: memory-mapped, parallel, GIL released; reads only the requested layers."""
+    """Rust: parallel reads, GIL released; reads only the requested layers."""
     from pvrs import _core
 
     return _core.stack_files(

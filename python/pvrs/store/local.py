@@ -11,7 +11,7 @@ interrupted run never leaves a half-written tensor or a manifest pointing at one
 processes saving different personas into one tree lose nothing. `save_many` writes the
 manifest once per batch, so saving 1,000 personas is not quadratic.
 
-Reading and aggregating go through the Rust core (memory-mapped, GIL released)."""
+Reading and aggregating go through the Rust core (parallel reads, GIL released)."""
 
 from __future__ import annotations
 
