@@ -206,6 +206,7 @@ fn read_rows(
     let first = if plan.whole {
         HEADER_PROBE + plan.len() * 4
     } else {
+        no_read_ahead(&file);
         HEADER_PROBE
     };
     let (header, filled) = read_prefix(&mut file, file_len, buf, first).map_err(|e| e.at(path))?;
@@ -245,6 +246,19 @@ fn read_rows(
         .map_err(io)?;
     }
     Ok((found.dtype, 0..plan.layers.len() * width))
+}
+
+/// Tell the kernel not to read ahead past the rows asked for, so a layer subset of files
+/// not in the page cache fetches those rows, not the layers after them. Only a hint.
+fn no_read_ahead(file: &File) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::io::AsRawFd;
+        // SAFETY: a valid open descriptor; the call only sets its read-ahead policy.
+        let _ = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_RANDOM) };
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = file;
 }
 
 /// Read exactly `dst.len()` bytes at `offset`.
