@@ -176,22 +176,31 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     return 1 if result.count("failed") else 0
 
 
+def _refuse_without(mode: str, does: str, flags: dict[str, object]) -> None:
+    """One line for the first flag given that only means something with `mode`."""
+    for flag, value in flags.items():
+        if value is not None:
+            raise InputError(f"{flag} {does}; add {mode} (or drop {flag})")
+
+
+def _refuse_clashes(mode: str, clashes: list[tuple[str, object, str]]) -> None:
+    """One line for the first flag set that `mode` cannot combine with, saying what to do."""
+    for flag, on, why in clashes:
+        if on:
+            raise InputError(f"{mode} with {flag}: {why}")
+
+
 def _ray_config(args: argparse.Namespace) -> RayConfig | None:
     """`--ray` flags checked against each other and the cluster (joined here: an unreachable
     address is a user error before the model loads), with replicas and GPUs fitted to it."""
     if args.ray is None:
-        ray_only = [f for f, v in (("--replicas", args.replicas), ("--gpus-per-replica", args.gpus_per_replica)) if v is not None]
-        if ray_only:
-            raise InputError(f"{ray_only[0]} spreads work over Ray replicas; add --ray (or drop {ray_only[0]})")
+        _refuse_without("--ray", "spreads work over Ray replicas", {"--replicas": args.replicas, "--gpus-per-replica": args.gpus_per_replica})
         return None
-    clash = [f for f, on in (("--shard", args.shard), ("--device-map", args.device_map), ("--device", args.device != "auto")) if on]
-    if clash:
-        why = {
-            "--shard": "Ray spreads the personas itself; drop --shard",
-            "--device-map": "use --gpus-per-replica K (K > 1 spreads each replica over K GPUs)",
-            "--device": "replicas use a GPU when --gpus-per-replica > 0, else the CPU",
-        }[clash[0]]
-        raise InputError(f"--ray with {clash[0]}: {why}")
+    _refuse_clashes("--ray", [
+        ("--shard", args.shard, "Ray spreads the personas itself; drop --shard"),
+        ("--device-map", args.device_map, "use --gpus-per-replica K (K > 1 spreads each replica over K GPUs)"),
+        ("--device", args.device != "auto", "replicas use a GPU when --gpus-per-replica > 0, else the CPU"),
+    ])
     from pvrs.engines.ray_engine import ModelSpec, RayConfig, connect, plan
 
     config = RayConfig(
@@ -206,23 +215,16 @@ def _ray_config(args: argparse.Namespace) -> RayConfig | None:
 def _vllm_config(args: argparse.Namespace) -> VllmConfig | None:
     """`--engine vllm` and its flags, checked before the model loads (vLLM itself included)."""
     if args.engine != "vllm":
-        vllm_only = [
-            f for f, v in (("--tensor-parallel-size", args.tensor_parallel_size),
-                           ("--gpu-memory-utilization", args.gpu_memory_utilization),
-                           ("--max-model-len", args.max_model_len),
-                           ("--enforce-eager", args.enforce_eager or None)) if v is not None
-        ]
-        if vllm_only:
-            raise InputError(f"{vllm_only[0]} sets up vLLM; add --engine vllm (or drop {vllm_only[0]})")
+        _refuse_without("--engine vllm", "sets up vLLM", {
+            "--tensor-parallel-size": args.tensor_parallel_size, "--gpu-memory-utilization": args.gpu_memory_utilization,
+            "--max-model-len": args.max_model_len, "--enforce-eager": args.enforce_eager or None,
+        })
         return None
-    clash = [f for f, on in (("--ray", args.ray is not None), ("--device-map", args.device_map), ("--device", args.device != "auto")) if on]
-    if clash:
-        why = {
-            "--ray": "Ray replicas run the transformers engine; drop --ray (vLLM batches and shards itself)",
-            "--device-map": "use --tensor-parallel-size N to spread the model over N GPUs",
-            "--device": "vLLM uses the GPUs it sees (set CUDA_VISIBLE_DEVICES), or the CPU with its CPU build",
-        }[clash[0]]
-        raise InputError(f"--engine vllm with {clash[0]}: {why}")
+    _refuse_clashes("--engine vllm", [
+        ("--ray", args.ray is not None, "Ray replicas run the transformers engine; drop --ray (vLLM batches and shards itself)"),
+        ("--device-map", args.device_map, "use --tensor-parallel-size N to spread the model over N GPUs"),
+        ("--device", args.device != "auto", "vLLM uses the GPUs it sees (set CUDA_VISIBLE_DEVICES), or the CPU with its CPU build"),
+    ])
     from pvrs.engines.models import ModelSpec
     from pvrs.engines.vllm_engine import VllmConfig, import_vllm
 
