@@ -184,6 +184,31 @@ class _ToHost:
             self.out[idx] = host.numpy()
 
 
+def checked_inputs(
+    input_ids: Sequence[Sequence[int] | np.ndarray],
+    masks: Sequence[np.ndarray],
+    sample_ids: Sequence[str] | None = None,
+) -> tuple[list[np.ndarray], list[np.ndarray], list[str]]:
+    """Token ids as int64 arrays, masks as (S, T) bool arrays matching them (a 1-D mask is one
+    strategy) and the ids errors name samples by; every engine checks its inputs here."""
+    seqs = [np.asarray(s, dtype=np.int64) for s in input_ids]
+    if len(seqs) != len(masks) or not seqs:
+        raise InvalidArgumentError(f"got {len(seqs)} token sequences and {len(masks)} masks; need the same, >= 1")
+    ids = list(sample_ids) if sample_ids is not None else [f"#{i}" for i in range(len(seqs))]
+    mask_arrays = []
+    for n, (seq, m) in enumerate(zip(seqs, masks, strict=True)):
+        m = np.asarray(m, dtype=bool)
+        m = m[None, :] if m.ndim == 1 else m
+        if m.ndim != 2 or m.shape[1] != len(seq):
+            raise InvalidArgumentError(f"sample {ids[n]}: mask shape {m.shape} does not match {len(seq)} tokens")
+        if not m.any(axis=1).all():
+            raise MaskError(f"sample {ids[n]}: a mask strategy selects no tokens")
+        mask_arrays.append(m)
+    if any(m.shape[0] != mask_arrays[0].shape[0] for m in mask_arrays):
+        raise InvalidArgumentError("every sample needs a mask row for each strategy")
+    return seqs, mask_arrays, ids
+
+
 def sample_means(
     model: nn.Module,
     input_ids: Sequence[Sequence[int] | np.ndarray],
@@ -203,22 +228,8 @@ def sample_means(
     whether or not it was reused, so rates compare across `prefix_reuse`."""
     if config.padding_side not in ("left", "right"):
         raise InvalidArgumentError(f"padding side must be 'left' or 'right', got {config.padding_side!r}")
-    seqs = [np.asarray(s, dtype=np.int64) for s in input_ids]
-    if len(seqs) != len(masks) or not seqs:
-        raise InvalidArgumentError(f"got {len(seqs)} token sequences and {len(masks)} masks; need the same, >= 1")
-    ids_for_errors = list(sample_ids) if sample_ids is not None else [f"#{i}" for i in range(len(seqs))]
-    mask_arrays = []
-    for n, (seq, m) in enumerate(zip(seqs, masks, strict=True)):
-        m = np.asarray(m, dtype=bool)
-        m = m[None, :] if m.ndim == 1 else m
-        if m.ndim != 2 or m.shape[1] != len(seq):
-            raise InvalidArgumentError(f"sample {ids_for_errors[n]}: mask shape {m.shape} does not match {len(seq)} tokens")
-        if not m.any(axis=1).all():
-            raise MaskError(f"sample {ids_for_errors[n]}: a mask strategy selects no tokens")
-        mask_arrays.append(m)
+    seqs, mask_arrays, ids_for_errors = checked_inputs(input_ids, masks, sample_ids)
     n_strategies = mask_arrays[0].shape[0]
-    if any(m.shape[0] != n_strategies for m in mask_arrays):
-        raise InvalidArgumentError("every sample needs a mask row for each strategy")
 
     layers = resolve_layers(model, config.layers)
     embeddings = model.get_input_embeddings().weight

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pvrs.engines.models import ModelSpec, resolve_model_path
-from pvrs.errors import InputError, InvalidArgumentError, MaskError, ModelError
+from pvrs.errors import InputError, InvalidArgumentError, ModelError
 
 if TYPE_CHECKING:
     from torch import nn
@@ -214,6 +214,7 @@ class VllmEngine:
         prompts: list[list[int]] = []
         params: list[Any] = []
         owner: list[tuple[int, int]] = []
+        stop = self._stop_ids()
         for a, ask in enumerate(asks):
             system = ask.persona.system_prompt(ask.variant)
             for j, q in enumerate(ask.questions):
@@ -223,7 +224,7 @@ class VllmEngine:
                     temperature=0.0 if sampling.greedy else sampling.temperature,
                     top_p=1.0 if sampling.greedy else sampling.top_p,
                     seed=sampling.seed + j,
-                    stop_token_ids=self._stop_ids(),
+                    stop_token_ids=stop,
                     detokenize=False,
                 ))
                 owner.append((a, j))
@@ -244,10 +245,10 @@ class VllmEngine:
     # ---- extraction ----
     def sample_means(
         self,
-        input_ids: Sequence[np.ndarray],
+        input_ids: Sequence[Sequence[int] | np.ndarray],
         masks: Sequence[np.ndarray],
         *,
-        sample_ids: Sequence[str],
+        sample_ids: Sequence[str] | None,
         per_sample: bool,
         batch_tokens: int,
         on_batch: Callable[[int, int], None] | None = None,
@@ -256,32 +257,30 @@ class VllmEngine:
         (S, T) per sample, each sample one request whose reduction the connector writes."""
         from vllm import SamplingParams
 
-        from pvrs.engines.transformers import SampleMeans
+        from pvrs.engines.transformers import SampleMeans, checked_inputs
 
+        seqs, mask_arrays, ids = checked_inputs(input_ids, masks, sample_ids)
         self._start(capture=True)
         if self._scratch is None:
             self._scratch = Path(tempfile.mkdtemp(prefix="pvrs-vllm-"))
-        n = len(input_ids)
-        counts = np.stack([np.asarray(m, dtype=bool).sum(axis=1) for m in masks]).astype(np.int64)
-        for k in range(n):
-            if not counts[k].all():
-                raise MaskError(f"sample {sample_ids[k]}: a mask strategy selects no tokens")
+        n = len(seqs)
+        counts = np.stack([m.sum(axis=1) for m in mask_arrays]).astype(np.int64)
         run = f"{os.getpid()}-{self._requests}"
         outs = [self._scratch / f"{run}-{k}.npy" for k in range(n)]
         params = [
             SamplingParams(
                 max_tokens=1, temperature=0.0, detokenize=False,
-                extra_args={"kv_transfer_params": {"pvrs": {"out": str(out), "spans": [_spans(row) for row in np.asarray(m, dtype=bool)]}}},
+                extra_args={"kv_transfer_params": {"pvrs": {"out": str(out), "spans": [_spans(row) for row in m]}}},
             )
-            for out, m in zip(outs, masks, strict=True)
+            for out, m in zip(outs, mask_arrays, strict=True)
         ]
-        lengths = [len(ids) for ids in input_ids]
+        lengths = [len(s) for s in seqs]
         cached = [0] * n
-        for k, out in self._outputs(input_ids, params):
+        for k, out in self._outputs(seqs, params):
             cached[k] = int(getattr(out, "num_cached_tokens", 0) or 0)
             if on_batch is not None:
                 on_batch(1, lengths[k])
-        means = np.stack([self._result(out, sample_ids[k]) for k, out in enumerate(outs)])
+        means = np.stack([self._result(out, ids[k]) for k, out in enumerate(outs)])
         expect = (n, counts.shape[1], len(self.layers))
         if means.shape[:3] != expect:
             raise ModelError(f"vLLM returned means of shape {means.shape}; expected {expect} x hidden")
