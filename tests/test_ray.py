@@ -130,21 +130,12 @@ def test_a_persona_whose_answers_fail_is_reported_and_the_others_saved(
 def test_killed_replica_loses_nothing(
     local_ray: object, tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]  # noqa: F811
 ) -> None:
-    from pvrs.engines import ray_engine
-
     out = tmp_path / "store"
     argv = ["extract", "--model", str(tiny_model_dir), *_inputs(tmp_path, 24), "--variants", "templated",
             "--output-dir", str(out), "--ray", "--replicas", "2"]
-    pids: list[int] = []
-    real_init = ray_engine.Cluster.__init__
-
-    def recording_init(self: ray_engine.Cluster, *args: object) -> None:
-        real_init(self, *args)
-        pids.extend(self.pids)
-
     manifest = out / model_dir_name(str(tiny_model_dir)) / "answer_mean" / "templated" / "manifest.json"
 
-    def kill_when_started() -> None:
+    def kill_when_started(pids: list[int]) -> None:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             if pids and manifest.exists() and len(json.loads(manifest.read_text())["personas"]) >= 2:
@@ -152,9 +143,9 @@ def test_killed_replica_loses_nothing(
                 return
             time.sleep(0.01)
 
-    killer = threading.Thread(target=kill_when_started)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(ray_engine.Cluster, "__init__", recording_init)
+        pids = _record_replica_pids(mp)
+        killer = threading.Thread(target=kill_when_started, args=(pids,))
         killer.start()
         code = main(argv)
         killer.join()
@@ -163,6 +154,21 @@ def test_killed_replica_loses_nothing(
     assert code == 0 and len(saved) == 24, capsys.readouterr().err
     assert "replica 0" in capsys.readouterr().err  # per-replica counts in the summary
     assert main(["validate", str(out), "--deep"]) == 0
+
+
+def _record_replica_pids(mp: pytest.MonkeyPatch) -> list[int]:
+    """The pids of every replica the run starts, filled in as its cluster starts."""
+    from pvrs.engines import ray_engine
+
+    pids: list[int] = []
+    real_init = ray_engine.Cluster.__init__
+
+    def recording_init(self: ray_engine.Cluster, *args: object) -> None:
+        real_init(self, *args)
+        pids.extend(self.pids)
+
+    mp.setattr(ray_engine.Cluster, "__init__", recording_init)
+    return pids
 
 
 def _alive(pid: int) -> bool:
@@ -228,19 +234,12 @@ def test_missing_ray_is_one_line(tiny_model_dir: Path, tmp_path: Path, capsys: p
 def test_ctrl_c_stops_the_replicas_and_a_rerun_resumes(
     local_ray: object, tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]  # noqa: F811
 ) -> None:
-    from pvrs.engines import ray_engine
     from pvrs.extraction import results
 
     out = tmp_path / "store"
     argv = ["extract", "--model", str(tiny_model_dir), *_inputs(tmp_path, 6), "--variants", "templated",
             "--output-dir", str(out), "--ray", "--replicas", "2"]
-    real_store_job, pids = results._store_job, []
-    real_init = ray_engine.Cluster.__init__
-
-    def recording_init(self: ray_engine.Cluster, *args: object) -> None:
-        real_init(self, *args)
-        pids.extend(self.pids)
-
+    real_store_job = results._store_job
     def interrupt_on_the_third(*args: object, **kwargs: object) -> object:
         if len(list(out.rglob("*.safetensors"))) >= 2:
             raise KeyboardInterrupt
@@ -248,7 +247,7 @@ def test_ctrl_c_stops_the_replicas_and_a_rerun_resumes(
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(results, "_store_job", interrupt_on_the_third)
-        mp.setattr(ray_engine.Cluster, "__init__", recording_init)
+        pids = _record_replica_pids(mp)
         assert main(argv) == 130
     deadline = time.monotonic() + 30
     while any(_alive(p) for p in pids) and time.monotonic() < deadline:
