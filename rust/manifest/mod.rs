@@ -67,19 +67,29 @@ pub fn validate(path: &Path, deep: bool) -> Result<Report> {
              (<root>/<model>/<strategy>/<variant>/) or one variant folder",
         ));
     }
-    let mut tasks = Vec::new();
-    for dir in &variant_dirs {
-        report.personas += check_variant_dir(dir, &mut tasks, &mut report.problems);
-    }
-    report.variant_dirs = variant_dirs.len();
-    report.files_checked = tasks.len();
-    // One read buffer per rayon job, reused across its files.
-    let file_problems: Vec<Problem> = tasks
+    // Folders in parallel, and each folder's files in parallel as soon as its manifest is
+    // read: parsing one manifest overlaps hashing another's files.
+    let per_dir: Vec<(usize, usize, Vec<Problem>)> = variant_dirs
         .par_iter()
-        .map_init(Vec::new, |buf, task| check_file(task, &root, deep, buf))
-        .flatten_iter()
+        .map(|dir| {
+            let (mut tasks, mut problems) = (Vec::new(), Vec::new());
+            let personas = check_variant_dir(dir, &mut tasks, &mut problems);
+            // One read buffer per rayon job, reused across its files.
+            problems.par_extend(
+                tasks
+                    .par_iter()
+                    .map_init(Vec::new, |buf, task| check_file(task, &root, deep, buf))
+                    .flatten_iter(),
+            );
+            (personas, tasks.len(), problems)
+        })
         .collect();
-    report.problems.extend(file_problems);
+    report.variant_dirs = variant_dirs.len();
+    for (personas, files, problems) in per_dir {
+        report.personas += personas;
+        report.files_checked += files;
+        report.problems.extend(problems);
+    }
     report.problems.sort();
     Ok(report)
 }
