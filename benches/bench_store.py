@@ -8,6 +8,7 @@ Python read + `hashlib.sha256` loop over the same tree.
     python benches/bench_store.py                    # the issue's sizes
     python benches/bench_store.py --n 200            # smaller, quicker
     python benches/bench_store.py --sections scaling # save_many in batches of 100, 1k / 10k
+    python benches/bench_store.py --sections linear  # aggregation per file at 1k / 10k files
 
 Contenders run interleaved, `--repeat` rounds, page cache warm; every figure is min/median/max
 over the rounds and every ratio is per round (both sides measured back to back)."""
@@ -176,6 +177,43 @@ def bench_aggregation(root: Path, n: int, layers: int, hidden: int, repeat: int)
     return results
 
 
+def bench_linear(root: Path, n: int, layers: int, hidden: int, repeat: int) -> dict:
+    """Per-file cost of `aggregate_files` mean at `n` and `10 * n` files (the first `n` of the
+    same folder), each paired with the raw `np.fromfile` read of the same files."""
+    results: dict = {}
+    for name, dtype in (("bf16", torch.bfloat16), ("f32", torch.float32)):
+        paths = write_files(root / name, 10 * n, layers, hidden, dtype)
+        raw_read(paths)  # warm the page cache (10,000 (42, 3584) f32 files are 6 GB)
+        small = paths[:n]
+        times = paired(
+            {
+                "raw_small": lambda small=small: raw_read(small),
+                "pvrs_small": lambda small=small: _core.aggregate_files(small, "mean"),
+                "raw_large": lambda paths=paths: raw_read(paths),
+                "pvrs_large": lambda paths=paths: _core.aggregate_files(paths, "mean"),
+            },
+            repeat,
+        )
+        per_file_us = {
+            key: [1e6 * t / (n if key.endswith("small") else 10 * n) for t in ts]
+            for key, ts in times.items()
+        }
+        results[name] = {
+            "files": [n, 10 * n],
+            "shape": [layers, hidden],
+            "seconds": {key: spread(t) for key, t in times.items()},
+            "per_file_us": {key: spread(t) for key, t in per_file_us.items()},
+            "per_file_large_over_small": ratios(
+                per_file_us["pvrs_large"], per_file_us["pvrs_small"]
+            ),
+            "raw_read_fraction_small": ratios(times["raw_small"], times["pvrs_small"]),
+            "raw_read_fraction_large": ratios(times["raw_large"], times["pvrs_large"]),
+        }
+        print(json.dumps({f"linear_{name}": results[name]}, indent=2), flush=True)
+        shutil.rmtree(root / name)
+    return results
+
+
 def bench_validation(root: Path, n_files: int, layers: int, hidden: int, repeat: int) -> dict:
     """A tree of `n_files` vectors in 1,000-persona variant folders, manifests as pvrs writes."""
     per_dir = 1000
@@ -301,7 +339,7 @@ def main() -> None:
     parser.add_argument("--dir", default=None, help="scratch folder (default: a temporary one)")
     parser.add_argument(
         "--sections",
-        default="aggregate,validate,save,scaling",
+        default="aggregate,linear,validate,save,scaling",
         help="comma-separated subset to run",
     )
     args = parser.parse_args()
@@ -313,6 +351,8 @@ def main() -> None:
         sections = set(args.sections.split(","))
         if "aggregate" in sections:
             bench_aggregation(Path(tmp), args.n, args.layers, args.hidden, args.repeat)
+        if "linear" in sections:
+            bench_linear(Path(tmp), args.n, args.layers, args.hidden, args.repeat)
         if "validate" in sections:
             bench_validation(Path(tmp), args.validate_files, 30, 576, args.repeat)
         if "save" in sections:
