@@ -620,4 +620,61 @@ mod tests {
             Err(Error::Artifact(_))
         ));
     }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn the_avx2_add_gives_the_same_bits_as_the_plain_one() {
+        if !std::is_x86_feature_detected!("avx2") {
+            return;
+        }
+        // Odd length: a partial block and vector tails. Values of every sign and scale.
+        let len = 3 * BLOCK + 37;
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for dtype in [Dtype::F32, Dtype::BF16, Dtype::F16] {
+            let bufs: Vec<Vec<u8>> = (0..5)
+                .map(|_| {
+                    (0..len)
+                        .flat_map(|_| {
+                            let x = (next() as i64 as f64 / 2f64.powi(60)) as f32;
+                            match dtype {
+                                Dtype::F32 => x.to_le_bytes().to_vec(),
+                                Dtype::BF16 => half::bf16::from_f32(x).to_le_bytes().to_vec(),
+                                Dtype::F16 => half::f16::from_f32(x).to_le_bytes().to_vec(),
+                            }
+                        })
+                        .collect()
+                })
+                .collect();
+            let read: Vec<_> = bufs.iter().map(|b| (dtype, 0..b.len())).collect();
+            for track_variance in [false, true] {
+                let (mut plain, mut wide) = (
+                    Moments::new(len, track_variance),
+                    Moments::new(len, track_variance),
+                );
+                for _ in 0..2 {
+                    add_group_body(&mut plain, &read, &bufs, len);
+                    // SAFETY: AVX2 was detected above.
+                    unsafe { add_group_avx2(&mut wide, &read, &bufs, len) };
+                }
+                let bits = |m: &Moments| -> Vec<u64> {
+                    [&m.sum, &m.mean, &m.m2]
+                        .iter()
+                        .flat_map(|v| v.iter().map(|x| x.to_bits()))
+                        .collect()
+                };
+                assert_eq!(
+                    bits(&plain),
+                    bits(&wide),
+                    "{dtype:?}, variance {track_variance}"
+                );
+                assert_eq!(plain.count, 10);
+            }
+        }
+    }
 }
