@@ -87,6 +87,20 @@ def test_save_resume_and_force(tmp_path: Path) -> None:
     assert fewer.count("written") == 3  # different sample ids: recomputed
 
 
+def test_vector_of_a_skipped_persona_says_where_it_is(tmp_path: Path) -> None:
+    from pvrs.store.layout import VectorNotFoundError
+
+    tokenizer = make_tokenizer("chatml")
+    model = tiny_model("llama", vocab_size=len(tokenizer))
+    run = dict(variants=("templated",), save_to=tmp_path, model_name="org/tiny", progress=False)
+    extract(model, tokenizer, PERSONAS[1:2], QA, **run)
+    again = extract(model, tokenizer, PERSONAS[1:2], QA, **run)  # skipped: the README's snippet after `pvrs extract`
+    with pytest.raises(VectorNotFoundError, match=r"'pirate' \(templated, answer_mean\).*already saved.*force=True"):
+        again.vector("pirate", "templated")
+    with pytest.raises(VectorNotFoundError, match=r"'nobody' \(templated, answer_mean\) was not extracted"):
+        again.vector("nobody", "templated")
+
+
 def test_resume_recomputes_damaged_files_and_says_why(tmp_path: Path) -> None:
     from pvrs.store.validation import validate
 

@@ -11,6 +11,7 @@ import numpy as np
 
 from pvrs.errors import PvrsError
 from pvrs.extraction.masks import DEFAULT_STRATEGY, MaskStrategy
+from pvrs.store.layout import VectorNotFoundError
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -47,7 +48,19 @@ class ExtractionResult:
     stopped: str = ""  # why the run stopped early (a write failed: disk full, ...); "" if it did not
 
     def vector(self, persona_id: str, variant: str = "templated", strategy: str | MaskStrategy = DEFAULT_STRATEGY) -> np.ndarray:
-        return self.vectors[(persona_id, variant, MaskStrategy(str(strategy)))]
+        key = (persona_id, variant, MaskStrategy(str(strategy)))
+        if key in self.vectors:
+            return self.vectors[key]
+        # A resumed run skips what the store holds: say so rather than a bare KeyError.
+        what = f"{persona_id!r} ({variant}, {key[2].value})"
+        outcome = next((o for o in self.outcomes if (o.persona_id, o.variant) == key[:2]), None)
+        if outcome is not None and outcome.status == "skipped":
+            raise VectorNotFoundError(
+                f"{what} was skipped, already saved with the same samples: load it with "
+                "PersonaVectorStore(model, mask_strategy=...).load(persona_id, variant), or extract with force=True"
+            )
+        why = f": {outcome.reason}" if outcome is not None and outcome.reason else ""
+        raise VectorNotFoundError(f"{what} was not extracted in this run{why}")
 
     def count(self, status: str) -> int:
         return sum(o.status == status for o in self.outcomes)
