@@ -248,6 +248,48 @@ def test_cli_failure_leaves_the_scores_file_untouched(server: Server, tmp_path: 
     assert out.read_text() == "old scores\n" and sorted(p.name for p in tmp_path.iterdir()) == ["answers.jsonl", "scores.jsonl"]
 
 
+def test_cli_never_writes_over_its_answers_or_its_cache(server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """The scores file and the cache may be neither an answers input (a file, or a .jsonl in an
+    input folder, which the next run would read as answers) nor one file; a --cache that is
+    a folder fails before the judge is asked."""
+    monkeypatch.delenv("PVRS_CACHE_DIR", raising=False)  # the default cache: beside the output
+    (tmp_path / "gen").mkdir()
+    _write_answers(tmp_path / "gen" / "a.jsonl", ANSWERS[:3])
+    answers = tmp_path / "gen" / "a.jsonl"
+    before = answers.read_bytes()
+    base = ["judge", "--judge-url", server.url, "--judge-model", "m", "--rubric", "coherence"]
+    for argv, message in [
+        ([str(answers), "-o", str(answers)], f"--output {answers} would be read as answers"),
+        ([str(tmp_path / "gen"), "-o", str(tmp_path / "gen" / "scores.jsonl")], "would be read as answers"),
+        ([str(tmp_path / "gen"), "-o", str(tmp_path / "gen" / "scores.txt")], "the score cache"),
+        ([str(answers), "-o", str(tmp_path / "s.jsonl"), "--cache", str(answers)], "the score cache"),
+        ([str(answers), "-o", str(tmp_path / "judge-scores.jsonl")], "is also the score cache"),
+        ([str(answers), "-o", str(tmp_path / "s.jsonl"), "--cache", str(tmp_path)], "is a folder; pass a file path"),
+    ]:
+        assert main([*base, *argv]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err
+    assert not server.requests and answers.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["a.jsonl", "gen"]
+
+
+def test_cli_with_no_answers_or_rows_that_are_no_objects_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    files = {"empty.jsonl": "", "blank.jsonl": "\n\n", "strings.json": '["a", "b"]', "object.json": '{"a": 1}',
+             "null.jsonl": json.dumps({"qid": "q", "persona_id": "p", "question": "Q", "answer": "A"}) + "\nnull\n"}
+    messages = {"empty.jsonl": "no answers to judge", "blank.jsonl": "no answers to judge",
+                "strings.json": 'row 1: expected a JSON object of fields, got "a"',
+                "object.json": "expected a JSON list of rows, or an object with 'rows'",
+                "null.jsonl": "row 2: expected a JSON object of fields, got null"}
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+        code = main(["judge", str(tmp_path / name), "-o", str(tmp_path / "s.jsonl"), "--judge-url", "http://127.0.0.1:9/v1",
+                     "--judge-model", "m", "--rubric", "coherence"])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(err) == 1 and messages[name] in err[0], err
+    assert not (tmp_path / "s.jsonl").exists()
+
+
 def test_answer_files_are_checked(tmp_path: Path) -> None:
     _write_answers(tmp_path / "a.jsonl", ANSWERS[:2])
     _write_answers(tmp_path / "b.jsonl", ANSWERS[1:3])

@@ -95,11 +95,33 @@ def add_judge_args(p: argparse.ArgumentParser) -> None:
 
 
 def score_cache(args: argparse.Namespace, beside: Path) -> ScoreCache | None:
-    """The cache the flags choose; by default in $PVRS_CACHE_DIR or the folder of `beside`."""
+    """The cache the flags choose; by default in $PVRS_CACHE_DIR or the folder of `beside`.
+    Checked writable now: it is first written after the judge's first reply."""
     from pvrs.judge import ScoreCache
     from pvrs.judge.cache import default_cache_path
 
-    return None if args.no_cache else ScoreCache(Path(args.cache) if args.cache else default_cache_path(beside))
+    if args.no_cache:
+        return None
+    path = Path(args.cache) if args.cache else default_cache_path(beside)
+    check_writable("--cache", path)
+    return ScoreCache(path)
+
+
+def _check_apart(output: Path, cache: Path | None, inputs: Iterable[str]) -> None:
+    """The scores file and the cache must be neither an answers input (the next run would
+    read them as answers: an input file, or a .jsonl file in an input folder) nor one
+    file: writing either would destroy the other."""
+    for what, path in (("--output", output), ("the score cache", cache)):
+        if path is None:
+            continue
+        target = path.resolve()
+        for spec in inputs:
+            source = Path(spec).resolve()
+            if target == source or (source.is_dir() and target.suffix == ".jsonl" and target.is_relative_to(source)):
+                raise InputError(f"{what} {path} would be read as answers from {spec}; write it outside the answers "
+                                 "(pass another --output or --cache)")
+    if cache is not None and output.resolve() == cache.resolve():
+        raise InputError(f"--output {output} is also the score cache; pass another --output or --cache")
 
 
 def write_scores(path: Path, scores: Iterable[tuple[str, str, float | None]], rubric: str, judge_id: str) -> int:
@@ -139,6 +161,7 @@ def _cmd_judge(args: argparse.Namespace) -> int:
         traits = _traits(args, [a.persona_id for a in answers])
         answers = [replace(a, trait=traits[a.persona_id]) for a in answers]
     cache = score_cache(args, output)
+    _check_apart(output, None if cache is None else cache.path, args.answers)
     judge = make_judge(args)
     console = Console(stderr=True)
     cached = 0

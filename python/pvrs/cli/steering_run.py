@@ -67,8 +67,9 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
         return list(DEFAULT_PROMPTS[:3])
     path = Path(args.prompts)
     if path.suffix.lower() in (".json", ".jsonl", ".parquet"):
-        rows = read_rows(path)
-        prompts = [r if isinstance(r, str) else r.get("question") or r.get("prompt") for r in rows]
+        rows = read_rows(path, objects=False)
+        prompts = [r if isinstance(r, str) else (r.get("question") or r.get("prompt")) if isinstance(r, dict) else None
+                   for r in rows]
         if not all(isinstance(p, str) and p.strip() for p in prompts):
             raise InputError(
                 f"--prompts {path}: every row needs a non-empty 'question' or 'prompt'"

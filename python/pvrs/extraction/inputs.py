@@ -64,8 +64,9 @@ class QAPair:
         return self.qid
 
 
-def read_rows(path: Path) -> list[dict[str, Any]]:
-    """Rows of a .jsonl, .json (a list, or {"rows": [...]}) or .parquet file."""
+def read_rows(path: Path, *, objects: bool = True) -> list[Any]:
+    """Rows of a .jsonl, .json (a list, or {"rows": [...]}) or .parquet file; each row must be
+    a JSON object unless `objects` is False (a prompts file may list bare strings)."""
     if not path.exists():
         raise InputError(f"{path}: no such file")
     suffix = path.suffix.lower()
@@ -78,10 +79,14 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
                         rows.append(json.loads(line))
                     except json.JSONDecodeError as exc:
                         raise InputError(f"{path}:{lineno}: invalid JSON ({exc.msg}); fix that line") from None
-            return rows
+            return _checked_rows(path, rows, objects)
         if suffix == ".json":
             data = json.loads(path.read_text(encoding="utf-8"))
-            return data if isinstance(data, list) else list(data.get("rows", data.get("data", [])))
+            if isinstance(data, dict) and ("rows" in data or "data" in data):
+                data = data.get("rows", data.get("data"))
+            if not isinstance(data, list):
+                raise InputError(f"{path}: expected a JSON list of rows, or an object with 'rows': [...]")
+            return _checked_rows(path, data, objects)
         if suffix == ".parquet":
             import pyarrow.parquet as pq
 
@@ -89,6 +94,15 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InputError(f"{path}: cannot read ({exc})") from None
     raise InputError(f"{path}: unsupported file type {suffix!r}; use .jsonl, .json or .parquet")
+
+
+def _checked_rows(path: Path, rows: list[Any], objects: bool) -> list[Any]:
+    """`rows`, once each is a JSON object when `objects`: code reading fields needs one."""
+    if objects:
+        for n, row in enumerate(rows, 1):
+            if not isinstance(row, dict):
+                raise InputError(f"{path} row {n}: expected a JSON object of fields, got {json.dumps(row)[:60]}")
+    return rows
 
 
 def _require(row: dict[str, Any], key: str, where: str) -> Any:

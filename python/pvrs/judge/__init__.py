@@ -98,6 +98,8 @@ def read_answers(paths: Sequence[str | Path]) -> list[Answer]:
                 raise InputError(f"{file} row {n}: persona {key[0]!r} question {key[1]!r} also appears in {seen[key]}; judge each answer once")
             seen[key] = file
             out.append(Answer(key[0], key[1], str(row["question"]), str(row["answer"])))
+    if not out:
+        raise InputError(f"{', '.join(map(str, paths))}: no answers to judge; pass files of persona_id, qid, question, answer rows")
     return out
 
 
