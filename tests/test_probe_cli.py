@@ -114,3 +114,30 @@ def test_probe_command_default_layers_and_mistakes(store_and_personas, tmp_path,
         assert main([*base, *extra]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0], err
+
+
+def test_probe_with_nothing_to_probe_is_an_error_not_an_empty_table(store_and_personas, tmp_path, capsys):
+    root, personas = store_and_personas
+    other = tmp_path / "other.jsonl"
+    other.write_text(personas.read_text().replace('"id": "p', '"id": "x'))
+    bare = tmp_path / "bare.jsonl"
+    bare.write_text("".join(json.dumps({"id": f"p{i:02d}", "name": "n"}) + "\n" for i in range(P)))
+    strings = tmp_path / "strings.json"
+    strings.write_text('["p00", "p01"]')
+    base = ["probe", "--model", MODEL, "--source", str(root), "--out", str(tmp_path / "o")]
+    for extra, message in [
+        ([], "not of the built-in personas"),
+        (["--persona-file", str(other)], "none of its persona ids are among the vectors' (p00, p01, p02, ...)"),
+        (["--persona-file", str(bare)], "no attribute columns"),
+        (["--persona-file", str(strings)], "row 1: expected a JSON object"),
+    ]:
+        assert main([*base, *extra]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err
+    # Every attribute skipped (one persona of one class): the notes say why, and the run fails.
+    one = tmp_path / "one.jsonl"
+    one.write_text(json.dumps({"id": "p00", "kind": "hero"}) + "\n")
+    assert main([*base, "--persona-file", str(one)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "skipped" in err[0] and err[-1] == "pvrs probe: error: no attribute could be probed (see the notes above)"
+    assert not any((tmp_path / "o").glob("*/probe.json"))

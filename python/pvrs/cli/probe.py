@@ -106,6 +106,7 @@ def _cmd_probe(args: argparse.Namespace) -> int:
         if args.persona_file
         else analyze.builtin_attributes_for(vectors.persona_ids)
     ) or {}
+    _check_attributes(args.persona_file, attributes, vectors.persona_ids)
     known = attribute_names(attributes)
     wanted = list(args.attribute or known)
     for name in [*wanted, *orders]:
@@ -141,8 +142,25 @@ def _cmd_probe(args: argparse.Namespace) -> int:
                     attribute, curve.method, task, str(curve.best_layer),
                     f"{curve.primary} {best:.3f}", f"{curve.shuffled_best:.3f}", str(saved),
                 )  # fmt: skip
+    if not table.row_count:
+        raise InputError("no attribute could be probed (see the notes above)")
     Console(width=200).print(table)
     return 0
+
+
+def _check_attributes(persona_file: str | None, attributes: dict[str, dict[str, Any]], persona_ids: Sequence[str]) -> None:
+    """Fail with the fix when there is nothing to probe, rather than print an empty table."""
+    from pvrs.analysis.probes import attribute_names
+
+    if persona_file is None and not attributes:
+        raise InputError("the vectors are not of the built-in personas, so they have no known attributes; "
+                         "pass --persona-file with the personas' attribute columns")
+    if not attribute_names(attributes):
+        raise InputError(f"--persona-file {persona_file}: no attribute columns (beyond id, name, templated and "
+                         "biography) to probe; add some, e.g. a 'kind' field per persona")
+    if not set(attributes) & set(persona_ids):
+        raise InputError(f"--persona-file {persona_file}: none of its persona ids are among the vectors' "
+                         f"({', '.join(persona_ids[:3])}, ...); pass the file the vectors were extracted from")
 
 
 def _add_probe(sub: argparse._SubParsersAction) -> None:
