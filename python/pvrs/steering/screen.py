@@ -63,6 +63,8 @@ def read_conversations(path: str | Path, split: str | None = None) -> list[Conve
     from pvrs.steering.monitor import check_messages
 
     source = Path(path)
+    if split is not None and not source.is_dir():
+        raise InputError(f"--split {split}: --data {source} is a file, which has no splits; drop --split")
     rows = _dataset_rows(source, split) if source.is_dir() else read_rows(source)
     if not rows:
         raise InputError(f"--data {source}: holds no rows")
