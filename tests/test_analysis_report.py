@@ -297,6 +297,23 @@ def test_png_export_without_a_browser_is_one_clear_line(store_root, tmp_path, mo
     assert "PNG export needs Chrome or Chromium" in line and "--no-png" in line
 
 
+def test_notes_print_brackets_as_written(store_root, tmp_path, monkeypatch, capsys):
+    from pvrs.analysis import report
+
+    real = report.run_analysis
+
+    def noted(*args, **kwargs):
+        result = real(*args, **kwargs)
+        result.notes.append("umap skipped: pip install 'pvrs[umap]'")  # not rich markup
+        return result
+
+    monkeypatch.setattr(report, "run_analysis", noted)
+    rc = main(["analyze", "--model", MODEL, "--source", str(store_root), "--no-png", "--no-geometry",
+               "--out", str(tmp_path / "o")])  # fmt: skip
+    assert rc == 0
+    assert "pip install 'pvrs[umap]'" in capsys.readouterr().err
+
+
 def test_neighbours_of_a_persona_are_printed(store_root, tmp_path, capsys):
     args = ["analyze", "--model", MODEL, "--source", str(store_root), "--no-png",
             "--out", str(tmp_path / "o"), "--neighbours", "2"]  # fmt: skip

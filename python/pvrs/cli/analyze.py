@@ -13,6 +13,7 @@ from pvrs.store.sources import SOURCE_HELP
 def _cmd_analyze(args: argparse.Namespace) -> int:
 
     from rich.console import Console
+    from rich.markup import escape
 
     from pvrs.analysis import report as analyze
     from pvrs.analysis.compute import nearest_neighbours
@@ -57,7 +58,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         with writing(out):
             result = analyze.run_analysis(sets, out, options, progress=status.update)
     for note in result.notes:
-        console.print(f"[yellow]note:[/] {note}")
+        console.print(f"[yellow]note:[/] {escape(note)}")  # notes quote `pvrs[umap]`, not markup
     print(f"report: {result.html}")
     if result.pngs:
         print(f"PNGs:   {result.pngs[0].parent}/ ({len(result.pngs)} figures)")
