@@ -198,6 +198,18 @@ def test_eval_cap_without_tau_is_one_line(tiny_folder: Path, tmp_path: Path, cap
     assert "nothing to evaluate" in capsys.readouterr().err
 
 
+def test_eval_rubric_errors_name_their_flag(tiny_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["eval", "--model", str(tmp_path / "model"), "--vector", str(tmp_path / "vector.npy"), "--layer", "1",
+            "--alpha", "1", "--trait", "x", "--judge-url", "http://127.0.0.1:9/v1", "--judge-model", "m",
+            "--output-dir", str(tmp_path / "out")]
+    (tmp_path / "no_answer.txt").write_text("Rate {question} from 0 to 100.")
+    for flag, value, message in [("--trait-rubric", "missing.yaml", "not a built-in rubric"),
+                                 ("--coherence-rubric", str(tmp_path / "no_answer.txt"), "has no {answer} placeholder")]:
+        assert main([*argv, flag, value]) == 2
+        [err] = capsys.readouterr().err.strip().splitlines()
+        assert err.startswith(f"pvrs eval: error: {flag} ") and message in err, err
+
+
 def test_capped_cell_caps_the_projection(tmp_path: Path) -> None:
     """A capped cell's answers are generated under `cap`: a tau far below every projection
     changes them, one far above leaves them as the unsteered ones."""

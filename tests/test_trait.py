@@ -233,3 +233,6 @@ def test_eval_questions_from_a_trait_file_or_a_questions_file(tmp_path: Path) ->
     assert _eval_questions(argparse.Namespace(eval_questions=None), trait) == trait.questions
     assert _eval_questions(argparse.Namespace(eval_questions=str(held_out)), trait) == ["Held out?"]
     assert _eval_questions(argparse.Namespace(eval_questions=str(lines)), trait) == ["One?", "Two?"]
+    (tmp_path / "empty.txt").write_text("")
+    with pytest.raises(InputError, match=r"^--eval-questions .*empty.txt holds no prompts$"):
+        _eval_questions(argparse.Namespace(eval_questions=str(tmp_path / "empty.txt")), trait)

@@ -56,9 +56,10 @@ def load_model(args: argparse.Namespace) -> tuple[Any, Any]:
         return load(args.model, dtype=args.dtype, device=args.device)
 
 
-def read_prompts(args: argparse.Namespace) -> list[str]:
+def read_prompts(args: argparse.Namespace, flag: str = "--prompts") -> list[str]:
     """`--prompt` (repeatable), else `--prompts FILE` (one per line, or JSON/JSONL rows with
-    a `question` or `prompt` field), else three of the built-in neutral prompts."""
+    a `question` or `prompt` field), else three of the built-in neutral prompts. `flag` names
+    the file's option in errors."""
     from pvrs.extraction.generate import DEFAULT_PROMPTS
 
     if args.prompt:
@@ -72,16 +73,16 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
                    for r in rows]
         if not all(isinstance(p, str) and p.strip() for p in prompts):
             raise InputError(
-                f"--prompts {path}: every row needs a non-empty 'question' or 'prompt'"
+                f"{flag} {path}: every row needs a non-empty 'question' or 'prompt'"
             )
     else:
         try:
             text = path.read_text(encoding="utf-8")
         except OSError as exc:
-            raise InputError(f"cannot read --prompts {path}: {exc.strerror}") from None
+            raise InputError(f"cannot read {flag} {path}: {exc.strerror}") from None
         prompts = [line.strip() for line in text.splitlines() if line.strip()]
     if not prompts:
-        raise InputError(f"--prompts {path} holds no prompts")
+        raise InputError(f"{flag} {path} holds no prompts")
     return prompts
 
 

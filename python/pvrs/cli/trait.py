@@ -54,7 +54,7 @@ def _eval_questions(args: argparse.Namespace, trait: TraitFile) -> list[str]:
             data = None  # read_prompts names the problem
         if isinstance(data, dict) and "questions" in data:
             return load_trait_file(path).questions
-    return read_prompts(argparse.Namespace(prompt=None, prompts=str(path)))
+    return read_prompts(argparse.Namespace(prompt=None, prompts=str(path)), "--eval-questions")
 
 
 def _judge_all(
@@ -119,7 +119,7 @@ def _cmd_trait(args: argparse.Namespace) -> int:
     if not args.no_eval:
         check_grid_args(args)
     eval_questions = None if args.no_eval else _eval_questions(args, trait)
-    rubrics = {"trait": trait.rubric, "coherence": load_rubric(args.coherence_rubric)}
+    rubrics = {"trait": trait.rubric, "coherence": load_rubric(args.coherence_rubric, "--coherence-rubric")}
     judge = make_judge(args)
     model, tokenizer = load_model(args)
     if not args.no_eval:  # a bad --layer / --cap fails now, not after generating and judging

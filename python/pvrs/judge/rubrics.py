@@ -77,27 +77,27 @@ class Rubric:
         return re.sub(r"\{(question|answer|trait)\}", lambda m: values[m[1]], self.text)
 
 
-def load_rubric(spec: str) -> Rubric:
+def load_rubric(spec: str, flag: str = "--rubric") -> Rubric:
     """A built-in rubric by name (`trait`, `coherence`, `role`) or a rubric file: `.yaml`/`.yml`
     or `.json` holding a string or a mapping with `prompt` (or the persona_vectors trait
-    file key `eval_prompt`), else plain text."""
+    file key `eval_prompt`), else plain text. `flag` names the option in errors."""
     if spec in BUILTIN:
         return Rubric(spec, BUILTIN[spec])
     path = Path(spec)
     if not path.is_file():
-        raise InputError(f"--rubric {spec!r}: not a built-in rubric ({', '.join(BUILTIN)}) and no such file")
+        raise InputError(f"{flag} {spec!r}: not a built-in rubric ({', '.join(BUILTIN)}) and no such file")
     try:
         raw = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"--rubric {spec}: cannot read ({exc})") from None
-    text = _rubric_text(path, raw)
+        raise InputError(f"{flag} {spec}: cannot read ({exc})") from None
+    text = _rubric_text(path, raw, flag)
     for name in ("question", "answer"):
         if "{" + name + "}" not in text:
-            raise InputError(f"--rubric {spec}: the prompt has no {{{name}}} placeholder; add one where the {name} goes")
+            raise InputError(f"{flag} {spec}: the prompt has no {{{name}}} placeholder; add one where the {name} goes")
     return Rubric(path.stem, text)
 
 
-def _rubric_text(path: Path, raw: str) -> str:
+def _rubric_text(path: Path, raw: str, flag: str) -> str:
     suffix = path.suffix.lower()
     if suffix not in (".yaml", ".yml", ".json"):
         return raw
@@ -106,9 +106,9 @@ def _rubric_text(path: Path, raw: str) -> str:
     try:
         data = json.loads(raw) if suffix == ".json" else yaml.safe_load(raw)
     except (ValueError, yaml.YAMLError) as exc:
-        raise InputError(f"--rubric {path}: cannot parse ({exc})") from None
+        raise InputError(f"{flag} {path}: cannot parse ({exc})") from None
     if isinstance(data, dict):
         data = data.get("prompt", data.get("eval_prompt"))
     if not isinstance(data, str) or not data.strip():
-        raise InputError(f"--rubric {path}: expected a prompt string, or a mapping with a 'prompt' string")
+        raise InputError(f"{flag} {path}: expected a prompt string, or a mapping with a 'prompt' string")
     return data
