@@ -95,6 +95,23 @@ def test_direction_and_assistant_axis(store, vectors):
         from_spec("nobody", store)
 
 
+def test_a_multiclass_probe_names_the_row_to_pass(tmp_path):
+    from pvrs.analysis.probes import ProbeArtifact, save_probe_artifact
+
+    weight = np.eye(3, HIDDEN, dtype=np.float32)
+    art = ProbeArtifact("kind", "logistic", "classification", 0, weight, np.zeros(3, np.float32), [0, 1, 2], {})
+    folder = save_probe_artifact(art, tmp_path / "probe3")
+    # A pvrs probe has `weight`, not scikit-learn's `coef_`: the hint must name both.
+    hint = r"probe_direction\(probe\.weight\[k\]\).*probe\.coef_\[k\]"
+    with pytest.raises(InvalidArgumentError, match=hint):
+        probe_direction(folder)
+    with pytest.raises(InvalidArgumentError, match=hint):
+        probe_direction(art)
+    with pytest.raises(InvalidArgumentError, match=hint):
+        load_vector(folder / "weights.safetensors")
+    np.testing.assert_array_equal(probe_direction(art.weight[2]), weight[2])
+
+
 def test_probe_and_vector_files(tmp_path):
     from sklearn.linear_model import LogisticRegression
 

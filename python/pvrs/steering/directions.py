@@ -142,8 +142,8 @@ def _single_probe_row(weights: Any, what: str) -> np.ndarray:
     rows = np.atleast_2d(np.asarray(weights, dtype=np.float32))
     if rows.shape[0] != 1:
         raise InvalidArgumentError(
-            f"{what} have {rows.shape[0]} weight rows (one per class, not layers); pass the "
-            "row you want, e.g. probe_direction(probe.coef_[k])"
+            f"{what} have {rows.shape[0]} weight rows (one per class, not layers); pass the row you "
+            "want, e.g. probe_direction(probe.weight[k]) (pvrs.load_probe_artifact) or probe.coef_[k] (scikit-learn)"
         )
     return _finite(rows[0], what)
 
