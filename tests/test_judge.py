@@ -152,8 +152,9 @@ def test_rubric_files(tmp_path: Path) -> None:
     with pytest.raises(pvrs.InputError, match=r"bad.txt: the prompt has no \{answer\} placeholder"):
         load_rubric(str(tmp_path / "bad.txt"))
     (tmp_path / "bad.yaml").write_text("prompt: [unclosed")
-    with pytest.raises(pvrs.InputError, match="cannot parse"):
+    with pytest.raises(pvrs.InputError, match="cannot parse") as info:
         load_rubric(str(tmp_path / "bad.yaml"))
+    assert "\n" not in str(info.value)  # the CLI's error is one line
     with pytest.raises(pvrs.InputError, match="not a built-in rubric"):
         load_rubric("nope")
     assert not load_rubric("coherence").needs_trait and load_rubric("role").needs_trait
@@ -270,6 +271,8 @@ def test_cli_never_writes_over_its_answers_or_its_cache(server: Server, tmp_path
         assert main([*base, *argv]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0], err
+    assert main([*base, str(answers), "-o", str(tmp_path / "s.jsonl"), "--cache", str(tmp_path / "c.jsonl"), "--no-cache"]) == 2
+    assert capsys.readouterr().err.strip() == "pvrs judge: error: pass either --cache FILE or --no-cache, not both"
     assert not server.requests and answers.read_bytes() == before
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["a.jsonl", "gen"]
 

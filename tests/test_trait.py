@@ -210,6 +210,8 @@ def test_trait_errors_are_one_line(server: Server, tiny_folder: Path, tmp_path: 
     assert lines() == ["pvrs trait: error: nothing to evaluate: pass --layer and --alpha (steering), --cap and --tau (capping), or both"]
     assert main([*argv, "--layer", "9"]) == 2  # the tiny model has 4 blocks
     assert lines()[-1] == "pvrs trait: error: --layer '9': layer 9 does not exist (0..3)"
+    assert main([*argv, "--cache", str(tmp_path)]) == 2
+    assert lines() == [f"pvrs trait: error: --cache {str(tmp_path)!r} is a folder; pass a file path"]
     assert not server.requests and not (tmp_path / "out" / "answers").exists()  # all fail before any judge or generation work
     server.scorer = lambda prompt: 100.0  # negative answers show the trait too: no pair passes
     assert main(argv) == 2

@@ -15,7 +15,7 @@ from pvrs.cli.common import (
     finite_float,
     writing,
 )
-from pvrs.cli.judge import add_judge_args, make_judge, score_cache
+from pvrs.cli.judge import add_judge_args, cache_path, make_judge, score_cache
 from pvrs.errors import InputError
 
 if TYPE_CHECKING:
@@ -47,6 +47,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     out = _output_dir(args)
     check_writable("--output-dir", out, is_dir=True)
+    cache_path(args, out / "cells")  # a bad --cache fails now, not after the model loads
     check_grid_args(args)
     setup = EvalSetup(
         questions=read_prompts(args), trait=args.trait,

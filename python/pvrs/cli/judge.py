@@ -94,17 +94,27 @@ def add_judge_args(p: argparse.ArgumentParser) -> None:
     api.add_argument("--no-cache", action="store_true", help="neither read nor write the score cache")
 
 
-def score_cache(args: argparse.Namespace, beside: Path) -> ScoreCache | None:
-    """The cache the flags choose; by default in $PVRS_CACHE_DIR or the folder of `beside`.
-    Checked writable now: it is first written after the judge's first reply."""
-    from pvrs.judge import ScoreCache
+def cache_path(args: argparse.Namespace, beside: Path) -> Path | None:
+    """The score cache file the flags choose (None: --no-cache); by default in
+    $PVRS_CACHE_DIR or the folder of `beside`. Checked writable, so that commands can call
+    it before slow work: the cache is first written after the judge's first reply."""
     from pvrs.judge.cache import default_cache_path
 
     if args.no_cache:
+        if args.cache:
+            raise InputError("pass either --cache FILE or --no-cache, not both")
         return None
     path = Path(args.cache) if args.cache else default_cache_path(beside)
     check_writable("--cache", path)
-    return ScoreCache(path)
+    return path
+
+
+def score_cache(args: argparse.Namespace, beside: Path) -> ScoreCache | None:
+    """The cache `cache_path` names, opened."""
+    from pvrs.judge import ScoreCache
+
+    path = cache_path(args, beside)
+    return None if path is None else ScoreCache(path)
 
 
 def _check_apart(output: Path, cache: Path | None, inputs: Iterable[str]) -> None:

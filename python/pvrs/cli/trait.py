@@ -19,7 +19,14 @@ from pvrs.cli.common import (
     writing,
 )
 from pvrs.cli.evaluate import add_grid_args, check_grid_args, evaluate
-from pvrs.cli.judge import add_judge_args, make_judge, score_cache, unscored_note, write_scores
+from pvrs.cli.judge import (
+    add_judge_args,
+    cache_path,
+    make_judge,
+    score_cache,
+    unscored_note,
+    write_scores,
+)
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -116,6 +123,7 @@ def _cmd_trait(args: argparse.Namespace) -> int:
     trait = load_trait_file(args.trait_file, args.name)
     out = _output_dir(args, trait)
     check_writable("--output-dir", out, is_dir=True)
+    cache_path(args, out / "pairs.csv")  # a bad --cache fails now, not after generating
     if not args.no_eval:
         check_grid_args(args)
     eval_questions = None if args.no_eval else _eval_questions(args, trait)

@@ -106,7 +106,8 @@ def _rubric_text(path: Path, raw: str, flag: str) -> str:
     try:
         data = json.loads(raw) if suffix == ".json" else yaml.safe_load(raw)
     except (ValueError, yaml.YAMLError) as exc:
-        raise InputError(f"{flag} {path}: cannot parse ({exc})") from None
+        # A YAML error spans several lines (context, caret); the error is one line.
+        raise InputError(f"{flag} {path}: cannot parse ({' '.join(str(exc).split())})") from None
     if isinstance(data, dict):
         data = data.get("prompt", data.get("eval_prompt"))
     if not isinstance(data, str) or not data.strip():
