@@ -238,3 +238,17 @@ def test_eval_questions_from_a_trait_file_or_a_questions_file(tmp_path: Path) ->
     (tmp_path / "empty.txt").write_text("")
     with pytest.raises(InputError, match=r"^--eval-questions .*empty.txt holds no prompts$"):
         _eval_questions(argparse.Namespace(eval_questions=str(tmp_path / "empty.txt")), trait)
+
+
+def test_default_output_dir_stays_under_the_artifacts_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--name is the user's text: `..` in it must not lead the run's files out of traits/."""
+    import argparse
+
+    from pvrs.cli.trait import _output_dir
+
+    monkeypatch.setenv("ARTIFACTS_DIR", str(tmp_path))
+    args = argparse.Namespace(output_dir=None, model=str(tmp_path / "model"))
+    for name in ("../../../escaped", "..", "a/../../b"):
+        out = _output_dir(args, load_trait_file(FIXTURE, name)).resolve()
+        assert out.is_relative_to((tmp_path / "traits").resolve()) and out.parent != (tmp_path / "traits").resolve(), out
+    assert _output_dir(args, load_trait_file(FIXTURE)).name == "pirate"

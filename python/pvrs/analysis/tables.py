@@ -302,4 +302,5 @@ def layer_span(layers: list[int]) -> str:
 
 
 def slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "attribute"
+    # No leading or trailing dot: `..` must not name a parent folder in an output path.
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_.") or "attribute"

@@ -37,12 +37,13 @@ if TYPE_CHECKING:
 
 
 def _output_dir(args: argparse.Namespace, trait: TraitFile) -> Path:
+    from pvrs.analysis.tables import slug
     from pvrs.engines.models import canonical_model_name, model_dir_name
     from pvrs.paths import artifacts_dir
 
     if args.output_dir:
         return Path(args.output_dir)
-    return artifacts_dir() / "traits" / model_dir_name(canonical_model_name(args.model)) / trait.name
+    return artifacts_dir() / "traits" / model_dir_name(canonical_model_name(args.model)) / slug(trait.name)
 
 
 def _eval_questions(args: argparse.Namespace, trait: TraitFile) -> list[str]:
