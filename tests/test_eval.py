@@ -198,6 +198,14 @@ def test_eval_cap_without_tau_is_one_line(tiny_folder: Path, tmp_path: Path, cap
     assert "nothing to evaluate" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command", ["eval", "trait"])
+def test_min_coherence_is_a_score(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """Out of 0-100 no cell (and, in `pvrs trait`, no pair) could pass: an error before any work."""
+    with pytest.raises(SystemExit) as info:
+        main([command, "--min-coherence", "500"])
+    assert info.value.code == 2 and "argument --min-coherence: '500' is not a score 0-100" in capsys.readouterr().err
+
+
 def test_eval_rubric_errors_name_their_flag(tiny_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["eval", "--model", str(tmp_path / "model"), "--vector", str(tmp_path / "vector.npy"), "--layer", "1",
             "--alpha", "1", "--trait", "x", "--judge-url", "http://127.0.0.1:9/v1", "--judge-model", "m",

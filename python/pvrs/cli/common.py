@@ -28,6 +28,14 @@ def finite_float(text: str) -> float:
     return value
 
 
+def score_threshold(text: str) -> float:
+    """argparse type for a threshold on judge scores, which lie in 0-100."""
+    value = finite_float(text)
+    if not 0 <= value <= 100:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a score 0-100")
+    return value
+
+
 def _whole_number(text: str, least: int, bound: str) -> int:
     try:
         value = int(text)

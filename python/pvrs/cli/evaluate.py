@@ -13,6 +13,7 @@ from pvrs.cli.common import (
     add_model_and_store_args,
     check_writable,
     finite_float,
+    score_threshold,
     writing,
 )
 from pvrs.cli.judge import add_judge_args, cache_path, make_judge, score_cache
@@ -194,7 +195,7 @@ def add_grid_args(p: argparse.ArgumentParser, min_coherence_help: str | None = N
         help="tokens steered or capped: all, the prompt's or the generated ones (default %(default)s)",
     )
     g.add_argument(
-        "--min-coherence", type=finite_float, default=DEFAULT_MIN_COHERENCE,
+        "--min-coherence", type=score_threshold, default=DEFAULT_MIN_COHERENCE,
         help=min_coherence_help or "lowest mean coherence a recommended cell may have, 0-100 (default %(default)s)",
     )
     g.add_argument("--no-report", action="store_true", help="write the table only, no HTML report (it needs plotly)")

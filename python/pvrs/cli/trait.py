@@ -14,8 +14,8 @@ from pvrs.cli.common import (
     add_generation_args,
     add_model_args,
     check_writable,
-    finite_float,
     positive_int,
+    score_threshold,
     writing,
 )
 from pvrs.cli.evaluate import add_grid_args, check_grid_args, evaluate
@@ -181,13 +181,6 @@ def _cmd_trait(args: argparse.Namespace) -> int:
     return 0
 
 
-def _threshold(text: str) -> float:
-    value = finite_float(text)
-    if not 0 <= value <= 100:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a score 0-100")
-    return value
-
-
 def register(sub: argparse._SubParsersAction) -> None:
     from pvrs.judge.trait import DEFAULT_THRESHOLD, VECTOR_KINDS
 
@@ -214,9 +207,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--batch-size", type=positive_int, default=8, help="questions generated at once (default %(default)s)")
     f = p.add_argument_group("pair filter (persona_vectors' generate_vec thresholds)")
-    f.add_argument("--min-trait-pos", type=_threshold, default=DEFAULT_THRESHOLD,
+    f.add_argument("--min-trait-pos", type=score_threshold, default=DEFAULT_THRESHOLD,
                    help="keep a pair when its positive answer's trait score is >= this (default %(default)s)")
-    f.add_argument("--max-trait-neg", type=_threshold, default=DEFAULT_THRESHOLD,
+    f.add_argument("--max-trait-neg", type=score_threshold, default=DEFAULT_THRESHOLD,
                    help="... and its negative answer's trait score is < this (default %(default)s)")
     p.add_argument("--coherence-rubric", default="coherence", help="rubric for coherence: a built-in name or a file (default %(default)s)")
     e = p.add_argument_group("evaluation of the vectors (`pvrs eval`)")
