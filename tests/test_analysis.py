@@ -183,6 +183,15 @@ def test_variant_agreement_on_shared_personas():
         agreement(t, ["a", "b", "c"], b, ["x", "y", "z"], [0, 1], ("templated", "biography"))
 
 
+def test_a_nan_persona_names_the_fix():
+    x = np.zeros((2, 2, 3), np.float32)
+    x[1, 1, 2] = np.nan
+    with pytest.raises(NonFiniteError) as info:
+        similarity_by_layer(x, ["p0", "p1"], [0, 1])
+    # `pvrs validate` reports files, it drops nothing: the fix is a forced re-extraction.
+    assert "pvrs extract --persona-id p1 --force" in str(info.value) and "drop" not in str(info.value)
+
+
 def test_bad_inputs_are_clear():
     x = np.zeros((2, 2, 3), np.float32)
     x[1, 1, 2] = np.nan

@@ -48,7 +48,7 @@ def check_samples(
         bad = [pid for pid, ok in zip(persona_ids, finite, strict=True) if not ok]
         raise NonFiniteError(
             f"{what}: persona {bad[0]!r} holds NaN/Inf ({len(bad)} persona(s) affected); "
-            "re-extract it or drop it with `pvrs validate --deep`"
+            f"re-extract it (`pvrs extract --persona-id {bad[0]} --force`); `pvrs validate --deep` lists every affected file"
         )
     return arr
 
