@@ -67,6 +67,23 @@ def test_5xx_retried_with_backoff_then_one_error_naming_the_endpoint(server: Ser
     assert gaps[1] > gaps[0] * 1.5  # exponential
 
 
+@pytest.mark.parametrize("stop", ["failure", "ctrl-c"])
+def test_a_failure_or_ctrl_c_ends_the_retry_waits_in_flight(server: Server, stop: str) -> None:
+    """One request waits out a 30 s Retry-After while another fails (or Ctrl-C arrives): the
+    run ends at once, not after the wait."""
+    import time
+
+    def interrupt(i: int, score: float | None) -> None:
+        raise KeyboardInterrupt  # as Ctrl-C does on the calling thread, when the first score arrives
+
+    server.fail_first, server.retry_after = 1, "30"
+    server.mode = "garbage" if stop == "failure" else "number"
+    started = time.monotonic()
+    with pytest.raises(pvrs.JudgeError if stop == "failure" else KeyboardInterrupt):
+        judge_for(server, concurrency=2).score(["a", "b"], None if stop == "failure" else interrupt)
+    assert time.monotonic() - started < 5 and len(server.requests) == 2
+
+
 def test_timeout_is_one_error(server: Server) -> None:
     server.delay = 1.0
     with pytest.raises(pvrs.JudgeError, match=r"no reply within 0.2s after 2 attempts"):

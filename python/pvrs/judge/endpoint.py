@@ -10,6 +10,7 @@ import email.utils
 import json
 import math
 import os
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -70,13 +71,15 @@ class EndpointJudge:
         self, prompts: Sequence[str], on_score: Callable[[int, float | None], object] | None = None
     ) -> list[float | None]:
         """Scores of `prompts`, in order (None: no score); `on_score(i, score)` hears each as it
-        arrives (on the calling thread). The first failure cancels the requests not yet sent."""
+        arrives (on the calling thread). The first failure, or Ctrl-C, cancels the requests not
+        yet sent and ends the retry waits of those in flight."""
         scores: list[float | None] = [None] * len(prompts)
+        stop = threading.Event()
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
         limits = httpx.Limits(max_connections=self.concurrency)
         with httpx.Client(timeout=self.timeout, headers=headers, limits=limits) as client, \
                 ThreadPoolExecutor(self.concurrency) as pool:
-            futures = {pool.submit(self._score_one, client, p): i for i, p in enumerate(prompts)}
+            futures = {pool.submit(self._score_one, client, p, stop): i for i, p in enumerate(prompts)}
             try:
                 for future in as_completed(futures):
                     i = futures[future]
@@ -84,11 +87,12 @@ class EndpointJudge:
                     if on_score is not None:
                         on_score(i, scores[i])
             except BaseException:
+                stop.set()
                 pool.shutdown(wait=True, cancel_futures=True)
                 raise
         return scores
 
-    def _score_one(self, client: httpx.Client, prompt: str) -> float | None:
+    def _score_one(self, client: httpx.Client, prompt: str, stop: threading.Event) -> float | None:
         body: dict[str, Any] = {
             "model": self.model,
             "messages": [{"role": "user", "content": prompt}],
@@ -97,9 +101,9 @@ class EndpointJudge:
         }
         if self.logprobs:
             body.update(logprobs=True, top_logprobs=TOP_LOGPROBS)
-        return self._read_score(self._post(client, body))
+        return self._read_score(self._post(client, body, stop))
 
-    def _post(self, client: httpx.Client, body: dict[str, Any]) -> bytes:
+    def _post(self, client: httpx.Client, body: dict[str, Any], stop: threading.Event) -> bytes:
         why = ""
         for attempt in range(self.retries + 1):
             wait = self.backoff * 2**attempt
@@ -116,8 +120,8 @@ class EndpointJudge:
                     raise JudgeError(f"judge endpoint {self.endpoint}: HTTP {reply.status_code} {_snippet(reply.content)}{_hint(reply.status_code)}")
                 why = f"HTTP {reply.status_code}"
                 wait = _retry_after(reply.headers.get("retry-after"), wait)
-            if attempt < self.retries:
-                time.sleep(min(self.max_wait, wait))
+            if attempt < self.retries and stop.wait(min(self.max_wait, wait)):
+                break  # the run is ending: nobody reads this reply
         raise JudgeError(
             f"judge endpoint {self.endpoint}: {why} after {self.retries + 1} attempts; "
             "check the server, or raise --timeout / --retries"
