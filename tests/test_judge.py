@@ -294,13 +294,15 @@ def test_cli_never_writes_over_its_answers_or_its_cache(server: Server, tmp_path
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["a.jsonl", "gen"]
 
 
-def test_cli_with_no_answers_or_rows_that_are_no_objects_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_with_no_answers_unreadable_files_or_rows_that_are_no_objects_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     files = {"empty.jsonl": "", "blank.jsonl": "\n\n", "strings.json": '["a", "b"]', "object.json": '{"a": 1}',
-             "null.jsonl": json.dumps({"qid": "q", "persona_id": "p", "question": "Q", "answer": "A"}) + "\nnull\n"}
+             "null.jsonl": json.dumps({"qid": "q", "persona_id": "p", "question": "Q", "answer": "A"}) + "\nnull\n",
+             "torn.parquet": "PAR1"}
     messages = {"empty.jsonl": "no answers to judge", "blank.jsonl": "no answers to judge",
                 "strings.json": 'row 1: expected a JSON object of fields, got "a"',
                 "object.json": "expected a JSON list of rows, or an object with 'rows'",
-                "null.jsonl": "row 2: expected a JSON object of fields, got null"}
+                "null.jsonl": "row 2: expected a JSON object of fields, got null",
+                "torn.parquet": "torn.parquet: not a readable parquet file"}
     for name, text in files.items():
         (tmp_path / name).write_text(text)
         code = main(["judge", str(tmp_path / name), "-o", str(tmp_path / "s.jsonl"), "--judge-url", "http://127.0.0.1:9/v1",

@@ -88,9 +88,13 @@ def read_rows(path: Path, *, objects: bool = True) -> list[Any]:
                 raise InputError(f"{path}: expected a JSON list of rows, or an object with 'rows': [...]")
             return _checked_rows(path, data, objects)
         if suffix == ".parquet":
+            import pyarrow as pa
             import pyarrow.parquet as pq
 
-            return pq.read_table(path).to_pylist()
+            try:
+                return pq.read_table(path).to_pylist()
+            except pa.ArrowException as exc:  # a truncated or foreign file: ArrowInvalid
+                raise InputError(f"{path}: not a readable parquet file ({exc})") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InputError(f"{path}: cannot read ({exc})") from None
     raise InputError(f"{path}: unsupported file type {suffix!r}; use .jsonl, .json or .parquet")
