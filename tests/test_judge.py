@@ -278,8 +278,8 @@ def test_cli_never_writes_over_its_answers_or_its_cache(server: Server, tmp_path
     before = answers.read_bytes()
     base = ["judge", "--judge-url", server.url, "--judge-model", "m", "--rubric", "coherence"]
     for argv, message in [
-        ([str(answers), "-o", str(answers)], f"--output {answers} would be read as answers"),
-        ([str(tmp_path / "gen"), "-o", str(tmp_path / "gen" / "scores.jsonl")], "would be read as answers"),
+        ([str(answers), "-o", str(answers)], f"--output {answers} is the answers file"),
+        ([str(tmp_path / "gen"), "-o", str(tmp_path / "gen" / "scores.jsonl")], "is inside the answers folder"),
         ([str(tmp_path / "gen"), "-o", str(tmp_path / "gen" / "scores.txt")], "the score cache"),
         ([str(answers), "-o", str(tmp_path / "s.jsonl"), "--cache", str(answers)], "the score cache"),
         ([str(answers), "-o", str(tmp_path / "judge-scores.jsonl")], "is also the score cache"),

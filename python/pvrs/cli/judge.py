@@ -127,9 +127,12 @@ def _check_apart(output: Path, cache: Path | None, inputs: Iterable[str]) -> Non
         target = path.resolve()
         for spec in inputs:
             source = Path(spec).resolve()
-            if target == source or (source.is_dir() and target.suffix == ".jsonl" and target.is_relative_to(source)):
-                raise InputError(f"{what} {path} would be read as answers from {spec}; write it outside the answers "
-                                 "(pass another --output or --cache)")
+            if target == source:
+                raise InputError(f"{what} {path} is the answers file {spec}: writing it would destroy the answers; "
+                                 "pass another --output or --cache")
+            if source.is_dir() and target.suffix == ".jsonl" and target.is_relative_to(source):
+                raise InputError(f"{what} {path} is inside the answers folder {spec}: the next run would read it as "
+                                 "answers; pass another --output or --cache")
     if cache is not None and output.resolve() == cache.resolve():
         raise InputError(f"--output {output} is also the score cache; pass another --output or --cache")
 
