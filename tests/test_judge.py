@@ -443,3 +443,16 @@ def test_cli_local_judge_from_a_model_folder(tmp_path: Path) -> None:
     scores = load_scores(tmp_path / "s.jsonl")
     assert len(scores) == 3 and all(0 <= s <= 100 for s in scores.values())
     assert main([*argv, "--judge-url", "http://x/v1"]) == 2
+
+
+@pytest.mark.parametrize("score", [150, -1, "nan"])
+def test_scores_off_the_0_100_scale_are_refused(tmp_path: Path, score: object) -> None:
+    from pvrs.errors import InputError
+    from pvrs.extraction.generate import load_scores
+
+    path = tmp_path / "s.jsonl"
+    path.write_text(json.dumps({"persona_id": "pirate", "qid": "q1", "score": 50}) + "\n"
+                    + json.dumps({"persona_id": "pirate", "qid": "q2", "score": score}) + "\n")
+    # A 0-1 or 0-10 judge would silently drop or keep everything at --min-score 50.
+    with pytest.raises(InputError, match=r"s\.jsonl row 2: score .* is not on the 0-100 scale"):
+        load_scores(path)

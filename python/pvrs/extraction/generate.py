@@ -194,9 +194,12 @@ def load_scores(path: str | Path) -> dict[tuple[str, str], float]:
         if row.get("persona_id") is None or sid is None or row.get("score") is None:
             raise InputError(f"{path} row {i + 1}: needs persona_id, qid (or sample_id) and score")
         try:
-            scores[(str(row["persona_id"]), str(sid))] = float(row["score"])
+            score = float(row["score"])
         except (TypeError, ValueError):
             raise InputError(f"{path} row {i + 1}: score {row['score']!r} is not a number") from None
+        if not 0 <= score <= 100:  # NaN too: a judge on another scale would pass or drop everything
+            raise InputError(f"{path} row {i + 1}: score {row['score']!r} is not on the 0-100 scale; rescale the file")
+        scores[(str(row["persona_id"]), str(sid))] = score
     return scores
 
 
