@@ -146,6 +146,9 @@ def test_probe_and_vector_files(tmp_path):
     np.save(tmp_path / "nan.npy", np.full(HIDDEN, np.nan))
     with pytest.raises(Exception, match="NaN"):
         load_vector(tmp_path / "nan.npy")
+    np.save(tmp_path / "words.npy", np.array(["a", "b"]))
+    with pytest.raises(ArtifactError, match=r"words.npy: holds <U1 values, not numbers"):
+        load_vector(tmp_path / "words.npy")
 
 
 def test_control_vector_gguf_round_trip_and_llama_cpp_conventions(tmp_path):

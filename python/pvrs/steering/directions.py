@@ -182,7 +182,10 @@ def load_vector(path: str | Path, layer: int | None = None) -> np.ndarray:
         array = read_control_vector(path)
     else:
         raise InputError(f"{path}: unknown vector format; use .safetensors, .npy, .pt or .gguf")
-    array = np.asarray(array, dtype=np.float32)
+    try:
+        array = np.asarray(array, dtype=np.float32)
+    except (TypeError, ValueError):  # an array of strings, say
+        raise ArtifactError(f"{path}: holds {np.asarray(array).dtype} values, not numbers; pass a vector of floats") from None
     while array.ndim > 1 and array.shape[0] == 1:
         array = array[0]
     if array.ndim not in (1, 2):
