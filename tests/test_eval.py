@@ -199,6 +199,15 @@ def test_eval_cap_without_tau_is_one_line(tiny_folder: Path, tmp_path: Path, cap
 
 
 @pytest.mark.parametrize("command", ["eval", "trait"])
+def test_repeated_grid_values_make_one_cell(command: str) -> None:
+    from pvrs.cli import build_parser
+
+    args = build_parser().parse_args([command, *(["t.json"] if command == "trait" else ["--vector", "v", "--trait", "t"]),
+                                      "--layer", "1", "1", "2", "--alpha", "1", "1.0", "--cap", "3", "3", "--tau", "0", "0.0"])
+    assert (args.layer, args.alpha, args.cap, args.tau) == (["1", "2"], [1.0], ["3"], [0.0])
+
+
+@pytest.mark.parametrize("command", ["eval", "trait"])
 def test_min_coherence_is_a_score(command: str, capsys: pytest.CaptureFixture[str]) -> None:
     """Out of 0-100 no cell (and, in `pvrs trait`, no pair) could pass: an error before any work."""
     with pytest.raises(SystemExit) as info:
