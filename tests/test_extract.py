@@ -465,6 +465,14 @@ def test_cli_extract_checks_inputs_and_output_before_loading_the_model(
         assert f"argument {flag}" in capsys.readouterr().err
 
 
+def test_cli_min_score_is_on_the_judge_scale(capsys: pytest.CaptureFixture[str]) -> None:
+    for value in ("500", "-1"):  # judge scores lie in 0-100: such a threshold keeps all or nothing
+        with pytest.raises(SystemExit) as exit_info:
+            main(["extract", "--min-score", value])
+        assert exit_info.value.code == 2
+        assert f"argument --min-score: '{value}' is not a score 0-100" in capsys.readouterr().err
+
+
 def test_cli_extract_stops_on_a_full_disk_and_reports_what_was_saved(
     tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -17,6 +17,7 @@ from pvrs.cli.common import (
     finite_float,
     non_negative_int,
     positive_int,
+    score_threshold,
 )
 from pvrs.errors import InputError
 
@@ -272,7 +273,7 @@ def _add_extract(sub: argparse._SubParsersAction) -> None:
     )
     data.add_argument("--scores", metavar="FILE", help="judge scores (persona_id, qid, score); keep samples scoring >= --min-score")
     data.add_argument(
-        "--min-score", type=finite_float, default=DEFAULT_MIN_SCORE, help="lowest judge score kept, 0-100 (default %(default)s)"
+        "--min-score", type=score_threshold, default=DEFAULT_MIN_SCORE, help="lowest judge score kept, 0-100 (default %(default)s)"
     )
     gen = p.add_argument_group("answer generation (--generate)")
     gen.add_argument("--generate", action="store_true", help="let the model answer the questions in persona, save the conversations, extract from them")
