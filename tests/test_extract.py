@@ -419,6 +419,20 @@ def test_tokens_per_second_counts_conversation_tokens_with_or_without_prefix_reu
     assert f"{reused.computed_share:.0%} computed: prefix reused" in out.getvalue()
 
 
+def test_summary_prints_reasons_as_written() -> None:
+    from io import StringIO
+
+    from pvrs.cli.report import print_extraction_summary
+    from pvrs.extraction.results import ExtractionResult, PersonaOutcome
+    from rich.console import Console
+
+    reason = "sample 'q1' [templated]: pip install 'pvrs[vllm]'"  # brackets are not rich markup
+    result = ExtractionResult(layers=[0], outcomes=[PersonaOutcome("pirate", "templated", "failed", reason)])
+    out = StringIO()
+    print_extraction_summary(Console(file=out, width=300), result, Path("store"))
+    assert reason in out.getvalue()
+
+
 def test_split_special_tokens_changes_the_vectors_and_is_not_resumed_over(tmp_path: Path) -> None:
     from pvrs.extraction.chat import SpecialTokenWarning
 

@@ -12,6 +12,7 @@ if TYPE_CHECKING:
 
 
 def print_extraction_summary(console: Console, result: ExtractionResult, root: Path) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title="pvrs extract: summary")
@@ -19,7 +20,7 @@ def print_extraction_summary(console: Console, result: ExtractionResult, root: P
         table.add_column(col)
     style = {"written": "green", "skipped": "yellow", "failed": "red"}
     for o in result.outcomes:
-        table.add_row(o.persona_id, o.variant, f"[{style[o.status]}]{o.status}[/]", str(o.n_samples or ""), o.reason)
+        table.add_row(o.persona_id, o.variant, f"[{style[o.status]}]{o.status}[/]", str(o.n_samples or ""), escape(o.reason))
     console.print(table)
     reuse = f", {result.computed_share:.0%} computed: prefix reused" if result.computed_share < 1 else ""
     console.print(
