@@ -46,6 +46,14 @@ def test_endpoint_score_is_the_weighted_mean_over_number_logprobs(server: Server
     assert score == pytest.approx(70.0)
 
 
+@pytest.mark.parametrize("probability", [float("inf"), float("nan")])
+def test_a_logprob_that_is_nan_or_inf_is_a_malformed_reply(server: Server, probability: float) -> None:
+    """It would make the score NaN: cached, and written where `pvrs extract --scores` reads."""
+    server.mode, server.top = "logprobs", [("80", probability), ("40", 0.25)]
+    with pytest.raises(pvrs.JudgeError, match="malformed reply"):
+        judge_for(server).score(["p"])
+
+
 def test_no_logprobs_asks_for_the_stated_number(server: Server) -> None:
     server.mode = "logprobs"
     assert judge_for(server, logprobs=False).score(["p"]) == [0.0]  # the reply's content, "0"

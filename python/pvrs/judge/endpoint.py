@@ -137,7 +137,7 @@ class EndpointJudge:
             if text is not None and not isinstance(text, str):
                 raise TypeError(text)
             logprobs = (choice.get("logprobs") or {}).get("content") or []
-            top = [(t["token"], math.exp(t["logprob"])) for t in logprobs[0]["top_logprobs"]] if logprobs else None
+            top = [(t["token"], _probability(t["logprob"])) for t in logprobs[0]["top_logprobs"]] if logprobs else None
         except (ValueError, KeyError, IndexError, TypeError, AttributeError):
             raise JudgeError(
                 f"judge endpoint {self.endpoint}: malformed reply, not an OpenAI chat completion: {_snippet(content)}"
@@ -145,6 +145,14 @@ class EndpointJudge:
         if top is not None:  # as persona_vectors: the logprobs decide, whatever token was sampled
             return weighted_score(top)
         return None if text is None else stated_score(text)
+
+
+def _probability(logprob: object) -> float:
+    """exp(logprob); a logprob that is no number, NaN or +inf is a malformed reply (it would
+    make the score NaN), one a rounding error above 0 counts as 0."""
+    if isinstance(logprob, bool) or not isinstance(logprob, (int, float)) or math.isnan(logprob) or logprob == math.inf:
+        raise TypeError(logprob)
+    return math.exp(min(logprob, 0.0))
 
 
 def _retry_after(header: str | None, default: float) -> float:
