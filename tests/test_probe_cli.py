@@ -116,6 +116,17 @@ def test_probe_command_default_layers_and_mistakes(store_and_personas, tmp_path,
         assert len(err) == 1 and message in err[0], err
 
 
+def test_probe_notes_print_brackets_as_written(store_and_personas, tmp_path, capsys):
+    root, personas = store_and_personas
+    renamed = tmp_path / "renamed.jsonl"
+    renamed.write_text(personas.read_text().replace('"kind"', '"kind[v2]"'))
+    rc = main(["probe", "--model", MODEL, "--source", str(root), "--persona-file", str(renamed),
+               "--method", "diffmeans", "--out", str(tmp_path / "o")])  # fmt: skip
+    captured = capsys.readouterr()
+    assert rc == 0 and "note: kind[v2]: left out" in captured.err, captured.err  # not rich markup
+    assert "kind[v2]-diffmeans" in captured.out and "│ kind[v2] " in captured.out
+
+
 def test_probe_with_nothing_to_probe_is_an_error_not_an_empty_table(store_and_personas, tmp_path, capsys):
     root, personas = store_and_personas
     other = tmp_path / "other.jsonl"
@@ -134,6 +145,10 @@ def test_probe_with_nothing_to_probe_is_an_error_not_an_empty_table(store_and_pe
         assert main([*base, *extra]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0], err
+    # An --ordinal order that misses a value is the user's mistake, not a note.
+    assert main([*base, "--persona-file", str(personas), "--ordinal", "level=low,high"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "pvrs probe: error: persona 'p01': level='mid' is not in the order given (low, high); add it")
     # Every attribute skipped (one persona of one class): the notes say why, and the run fails.
     one = tmp_path / "one.jsonl"
     one.write_text(json.dumps({"id": "p00", "kind": "hero"}) + "\n")

@@ -78,6 +78,7 @@ def _probe_one(
 
 def _cmd_probe(args: argparse.Namespace) -> int:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     from pvrs.analysis import report as analyze
@@ -129,18 +130,18 @@ def _cmd_probe(args: argparse.Namespace) -> int:
                     vectors, attributes, attribute, args, orders.get(attribute), out
                 )
             except InputError as exc:
-                if args.attribute:  # named on the command line: must work
+                if args.attribute or attribute in orders:  # named on the command line: must work
                     raise
-                console.print(f"[yellow]note:[/] probe on {attribute!r} skipped: {exc}")
+                console.print(f"[yellow]note:[/] {escape(f'probe on {attribute!r} skipped: {exc}')}")
                 continue
             for note in notes:
-                console.print(f"[yellow]note:[/] {note}")
+                console.print(f"[yellow]note:[/] {escape(note)}")  # attribute names are not markup
             for curve, saved in results:
                 best = curve.scores[curve.layers.index(curve.best_layer)]
                 task = "ordinal" if attribute in orders else curve.task
                 table.add_row(
-                    attribute, curve.method, task, str(curve.best_layer),
-                    f"{curve.primary} {best:.3f}", f"{curve.shuffled_best:.3f}", str(saved),
+                    escape(attribute), curve.method, task, str(curve.best_layer),
+                    f"{curve.primary} {best:.3f}", f"{curve.shuffled_best:.3f}", escape(str(saved)),
                 )  # fmt: skip
     if not table.row_count:
         raise InputError("no attribute could be probed (see the notes above)")
