@@ -147,8 +147,8 @@ def test_probe_with_nothing_to_probe_is_an_error_not_an_empty_table(store_and_pe
         assert len(err) == 1 and message in err[0], err
     # An --ordinal order that misses a value is the user's mistake, not a note.
     assert main([*base, "--persona-file", str(personas), "--ordinal", "level=low,high"]) == 2
-    assert capsys.readouterr().err.strip().splitlines()[-1] == (
-        "pvrs probe: error: persona 'p01': level='mid' is not in the order given (low, high); add it")
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "pvrs probe: error: persona 'p01': level='mid' is not in the order given (low, high); add it"]
     # Every attribute skipped (one persona of one class): the notes say why, and the run fails.
     one = tmp_path / "one.jsonl"
     one.write_text(json.dumps({"id": "p00", "kind": "hero"}) + "\n")

@@ -82,7 +82,7 @@ def _cmd_probe(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from pvrs.analysis import report as analyze
-    from pvrs.analysis.probes import attribute_names, load_persona_attributes
+    from pvrs.analysis.probes import attribute_names, load_persona_attributes, ordinal_ranks
     from pvrs.engines.models import canonical_model_name, model_dir_name
     from pvrs.extraction.masks import parse_strategies
 
@@ -116,6 +116,8 @@ def _cmd_probe(args: argparse.Namespace) -> int:
                 f"--attribute/--ordinal {name!r} is not a column of the persona file (have "
                 f"{', '.join(known) or 'none'}); pass --persona-file with that column"
             )
+    for name, order in orders.items():  # an order missing a value fails before any probe is saved
+        ordinal_ranks(attributes, name, order)
     out = Path(args.out) if args.out else (
         Path("probes") / model_dir_name(model) / strategy / vectors.variant
     )
