@@ -46,3 +46,20 @@ def test_bad_sources_are_one_clear_error(tmp_path):
         open_store(MODEL, str(tmp_path / "missing" / "x" / "y"), "answer_mean")
     with pytest.raises(InputError, match="no such folder"):
         local_store_root(tmp_path / "missing")
+
+
+def test_push_names_a_packaged_folder_as_such(tmp_path, capsys):
+    import numpy as np
+    from pvrs import hub
+    from pvrs.cli import main
+
+    store_root = tmp_path / "store"
+    PersonaVectorStore(MODEL, root_dir=store_root).save(
+        "pirate", "templated", np.ones((2, 3), np.float32), name="Pirate", sample_ids=["q1"]
+    )
+    packaged = tmp_path / "packaged"
+    hub.package(MODEL, packaged, root_dir=store_root, progress=False)
+    # `push` publishes a local store; a packaged folder is not one (README: local stores only).
+    assert main(["push", "--model", MODEL, "--source", str(packaged), "--dry-run", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is a packaged dataset" in err[0] and "pass the store" in err[0], err

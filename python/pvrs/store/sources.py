@@ -20,12 +20,17 @@ SOURCE_HELP = (
 
 def local_store_root(source: str | Path | None) -> Path | None:
     """The store root a local `--source` names: the folder itself, or `source/activations`
-    when it is an artifacts folder. None keeps the default."""
+    when it is an artifacts folder. None keeps the default; a packaged dataset folder is refused."""
     if source is None:
         return None
     path = Path(source).expanduser()
     if not path.is_dir():
         raise InputError(f"--source {str(source)!r}: no such folder")
+    if _is_packaged(path):
+        raise InputError(
+            f"--source {str(source)!r} is a packaged dataset (parquet), not a store; pass the store "
+            "it was packaged from (the folder `pvrs extract` wrote)"
+        )
     return path / "activations" if (path / "activations").is_dir() else path
 
 
