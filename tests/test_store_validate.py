@@ -165,3 +165,12 @@ def test_a_06_tree_validates(tmp_path: Path) -> None:
         )
     )
     assert validate(tmp_path, deep=True).ok
+
+
+def test_validate_without_a_store_names_the_fix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("ARTIFACTS_DIR", str(tmp_path / "nothing"))
+    assert main(["validate"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no store" in err[0] and "pvrs extract" in err[0] and "os error" not in err[0], err
+    assert main(["validate", str(tmp_path / "typo")]) == 2
+    assert f"{tmp_path / 'typo'}: no store" in capsys.readouterr().err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from pvrs.cli.common import finite_float
 from pvrs.errors import InputError
@@ -70,7 +71,13 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     from pvrs.paths import activations_dir
     from pvrs.store.validation import validate
 
-    report = validate(args.path or activations_dir(), deep=args.deep)
+    path = Path(args.path) if args.path else activations_dir()
+    if not path.exists():
+        raise InputError(
+            f"{path}: no store there; pass a store, an artifacts tree or a variant folder "
+            f"(`pvrs extract` writes to {activations_dir()})"
+        )
+    report = validate(path, deep=args.deep)
     if args.json:
         print(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
     else:
