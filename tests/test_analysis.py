@@ -192,6 +192,13 @@ def test_a_nan_persona_names_the_fix():
     assert "pvrs extract --persona-id p1 --force" in str(info.value) and "drop" not in str(info.value)
 
 
+def test_axis_without_the_baseline_names_the_api_fix_too():
+    x = np.random.default_rng(0).standard_normal((3, 2, 4)).astype(np.float32)
+    # load_analysis_dataset leaves the baseline out unless asked: the hint says how to keep it.
+    with pytest.raises(InputError, match=r"include_baseline=True.*--default-persona \(default_ids=\)"):
+        assistant_axis(x, ["a", "b", "c"], [0, 1])
+
+
 def test_bad_inputs_are_clear():
     x = np.zeros((2, 2, 3), np.float32)
     x[1, 1, 2] = np.nan

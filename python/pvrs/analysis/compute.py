@@ -325,7 +325,8 @@ def assistant_axis(
     if not is_default.any():
         raise InputError(
             f"assistant axis: none of the default personas {sorted(wanted)} is in the data; "
-            f"extract {BASELINE_ID!r} or pass --default-persona with ids that exist"
+            f"extract {BASELINE_ID!r} (in Python, keep it: load_analysis_dataset(..., include_baseline=True)) "
+            "or pass --default-persona (default_ids=) with ids that exist"
         )
     if is_default.all():
         raise InputError("assistant axis: every persona is a default persona; no role persona left")
