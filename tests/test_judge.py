@@ -288,7 +288,9 @@ def test_cli_never_writes_over_its_answers_or_its_cache(server: Server, tmp_path
     for argv, message in [
         ([str(answers), "-o", str(answers)], f"--output {answers} is the answers file"),
         ([str(tmp_path / "gen"), "-o", str(tmp_path / "gen" / "scores.jsonl")], "is inside the answers folder"),
-        ([str(tmp_path / "gen"), "-o", str(tmp_path / "gen" / "scores.txt")], "the score cache"),
+        ([str(tmp_path / "gen"), "-o", str(tmp_path / "s.jsonl"), "--cache", str(tmp_path / "gen" / "c.jsonl")],
+         "the score cache"),
+        ([str(answers), "-o", str(tmp_path / "s.json")], "the scores file is JSON lines; name it .jsonl"),
         ([str(answers), "-o", str(tmp_path / "s.jsonl"), "--cache", str(answers)], "the score cache"),
         ([str(answers), "-o", str(tmp_path / "judge-scores.jsonl")], "is also the score cache"),
         ([str(answers), "-o", str(tmp_path / "s.jsonl"), "--cache", str(tmp_path)], "is a folder; pass a file path"),

@@ -167,6 +167,8 @@ def _cmd_judge(args: argparse.Namespace) -> int:
     from pvrs.judge import judge_answers, load_rubric, read_answers
 
     output = Path(args.output)
+    if output.suffix.lower() != ".jsonl":  # `pvrs extract --scores` reads a file by its suffix
+        raise InputError(f"--output {output}: the scores file is JSON lines; name it .jsonl, e.g. {output.with_suffix('.jsonl')}")
     check_writable("--output", output)
     rubric = load_rubric(args.rubric)
     answers = read_answers(args.answers)
