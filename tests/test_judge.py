@@ -304,6 +304,21 @@ def test_cli_never_writes_over_its_answers_or_its_cache(server: Server, tmp_path
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["a.jsonl", "gen"]
 
 
+def test_a_cache_that_is_another_file_is_refused_untouched(server: Server, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """--cache given a scores file (say, confused with --output) would get cache rows appended."""
+    _write_answers(tmp_path / "a.jsonl", ANSWERS[:2])
+    scores = tmp_path / "old-scores.jsonl"
+    scores.write_text(json.dumps({"persona_id": "pirate", "qid": "q0", "score": 50.0}) + "\n")
+    before = scores.read_bytes()
+    assert main(["judge", str(tmp_path / "a.jsonl"), "-o", str(tmp_path / "s.jsonl"), "--judge-url", server.url,
+                 "--judge-model", "m", "--rubric", "coherence", "--cache", str(scores)]) == 2
+    [err] = capsys.readouterr().err.strip().splitlines()
+    assert err == (f"pvrs judge: error: {scores}: not a judge score cache (line 1 is no {{key, score}} row); "
+                   "pass --cache a new file or a cache")
+    assert scores.read_bytes() == before and not server.requests
+
+
 def test_cli_with_no_answers_unreadable_files_or_rows_that_are_no_objects_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     files = {"empty.jsonl": "", "blank.jsonl": "\n\n", "strings.json": '["a", "b"]', "object.json": '{"a": 1}',
              "null.jsonl": json.dumps({"qid": "q", "persona_id": "p", "question": "Q", "answer": "A"}) + "\nnull\n",

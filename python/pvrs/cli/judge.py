@@ -175,8 +175,8 @@ def _cmd_judge(args: argparse.Namespace) -> int:
     if rubric.needs_trait:
         traits = _traits(args, [a.persona_id for a in answers])
         answers = [replace(a, trait=traits[a.persona_id]) for a in answers]
+    _check_apart(output, cache_path(args, output), args.answers)  # before the cache is opened: it may be an input
     cache = score_cache(args, output)
-    _check_apart(output, None if cache is None else cache.path, args.answers)
     judge = make_judge(args)
     console = Console(stderr=True)
     cached = 0

@@ -21,7 +21,6 @@ from pvrs.cli.common import (
 from pvrs.cli.evaluate import add_grid_args, check_grid_args, evaluate
 from pvrs.cli.judge import (
     add_judge_args,
-    cache_path,
     make_judge,
     score_cache,
     unscored_note,
@@ -124,7 +123,7 @@ def _cmd_trait(args: argparse.Namespace) -> int:
     trait = load_trait_file(args.trait_file, args.name)
     out = _output_dir(args, trait)
     check_writable("--output-dir", out, is_dir=True)
-    cache_path(args, out / "pairs.csv")  # a bad --cache fails now, not after generating
+    cache = score_cache(args, out / "pairs.csv")  # a bad --cache fails now, not after generating
     if not args.no_eval:
         check_grid_args(args)
     eval_questions = None if args.no_eval else _eval_questions(args, trait)
@@ -145,7 +144,7 @@ def _cmd_trait(args: argparse.Namespace) -> int:
         task = progress.add_task("answering", total=2 * len(trait.instructions) * len(trait.questions) * args.samples)
         answers = generate_all(model, tokenizer, trait, args.samples, sampling, out / "answers", model_name,
                                on_batch=lambda n: progress.advance(task, n))
-    scores = _judge_all(judge, trait, answers, rubrics, score_cache(args, out / "pairs.csv"), console)
+    scores = _judge_all(judge, trait, answers, rubrics, cache, console)
     rows = pairs(trait, answers, scores)
     reasons = [p.drop_reason(args.min_trait_pos, args.max_trait_neg, args.min_coherence) for p in rows]
     chosen = [p for p, why in zip(rows, reasons, strict=True) if not why]

@@ -13,6 +13,7 @@ import os
 import threading
 from pathlib import Path
 
+from pvrs.errors import InputError
 from pvrs.paths import CACHE_ENV
 
 CACHE_NAME = "judge-scores.jsonl"
@@ -37,12 +38,16 @@ class ScoreCache:
         self._lock = threading.Lock()
         text = path.read_text(encoding="utf-8", errors="replace") if path.is_file() else ""
         self._torn = bool(text) and not text.endswith("\n")  # end the torn line before appending
-        for line in text.splitlines():
+        for n, line in enumerate(text.splitlines()):
             try:
                 row = json.loads(line)
                 self._scores[str(row["key"])] = None if row["score"] is None else float(row["score"])
             except (ValueError, KeyError, TypeError):
-                continue  # a torn last line from an interrupted run
+                # A line torn by an interrupted run is skipped; a first line that is no cache
+                # row, torn or whole, means another file (answers, scores): appending would spoil it.
+                if n == 0 and not line.startswith('{"key": '):
+                    raise InputError(f"{path}: not a judge score cache (line 1 is no {{key, score}} row); "
+                                     "pass --cache a new file or a cache") from None
 
     def __contains__(self, key: str) -> bool:
         return key in self._scores
