@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -761,3 +762,59 @@ def test_chat_uses_reference_vectors_and_capping_configs_as_published(tiny_dir, 
     assert code == 2 and "names no layer; give" in err and len(err.strip().splitlines()) == 1
     code, _, err = run_cli(["chat", "--model", str(tiny_dir), "--cap", "cc.pt:nope"], capsys)
     assert code == 2 and "no experiment 'nope'" in err
+
+
+def test_hostile_vector_files_are_one_line_refusals(tmp_path: Path) -> None:
+    """Files downloaded from others: each is refused naming the file, allocating nothing
+    huge, running no pickled code, and never read as silently wrong numbers."""
+    import os
+    import pickle
+    import struct
+
+    import gguf
+
+    class Evil:
+        def __reduce__(self):  # would create a file when unpickled
+            return (os.system, (f"touch {tmp_path / 'pwned'}",))
+
+    def gguf_file(name: str, tensor_name: str, data: np.ndarray) -> None:
+        writer = gguf.GGUFWriter(str(tmp_path / name), "controlvector")
+        writer.add_tensor(tensor_name, data)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+
+    header = b"{'descr': '<f4', 'fortran_order': False, 'shape': (1099511627776, 1048576), }"
+    header = header.ljust(118) + b"\n"
+    (tmp_path / "huge.npy").write_bytes(b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header)
+    (tmp_path / "empty.npy").write_bytes(b"")
+    np.save(tmp_path / "complex.npy", np.ones((2, HIDDEN), np.complex64))
+    torch.save(torch.ones(2, HIDDEN, dtype=torch.int8), tmp_path / "int8.pt")
+    (tmp_path / "evil.pt").write_bytes(pickle.dumps(Evil()))
+    save_file({"a": np.ones((2, 0), np.float32)}, str(tmp_path / "hollow.safetensors"))
+    (tmp_path / "count.gguf").write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 2**40, 0))
+    gguf_file("far.gguf", "direction.99999999999", np.ones(HIDDEN, np.float32))
+    gguf_file("flat.gguf", "direction.1", np.ones((2, HIDDEN), np.float32))
+    gguf_file("int.gguf", "direction.1", np.ones(HIDDEN, np.int8))
+    gguf_file("super.gguf", "direction.\u00b2", np.ones(HIDDEN, np.float32))
+    expected = {
+        "huge.npy": "not a readable .npy array",
+        "empty.npy": "not a readable .npy array",
+        "complex.npy": "holds complex64 values, not real floats",
+        "int8.pt": "holds int8 values, not real floats",
+        "evil.pt": r"cannot load with torch.load\(weights_only=True\)",
+        "hollow.safetensors": r"this file holds \(2, 0\)",
+        "count.gguf": "not a readable GGUF file",
+        "far.gguf": "direction.99999999999 is past any model's blocks",
+        "flat.gguf": "a direction is one 1-D F32 row",
+        "int.gguf": "I8 of shape",
+        "super.gguf": "unexpected tensor",
+    }
+    for name, message in expected.items():
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # a warning would be a second line on stderr
+            with pytest.raises(ArtifactError, match=message) as caught:
+                load_vector(tmp_path / name)
+        assert name in str(caught.value) and "\n" not in str(caught.value)
+    assert not (tmp_path / "pwned").exists()

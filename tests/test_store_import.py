@@ -146,3 +146,26 @@ def test_control_vectors_import_row_for_row(
         import_vectors([src / "pirate.gguf"], store, "control", layout="blocks", num_layers=L)
     import_vectors([src / "pirate.gguf"], store, "control", num_layers=L)  # a folder of its own
     assert store.list_personas(["control"]) == ["pirate"]
+
+
+def test_non_float_pt_and_gguf_are_refused_before_anything_is_saved(tmp_path: Path) -> None:
+    """int8 (maybe quantized), bool and complex tensors are no vectors: casting them would
+    store silently wrong numbers (complex loses its imaginary part)."""
+    import gguf
+
+    src = tmp_path / "src"
+    src.mkdir()
+    store = PersonaVectorStore("org/x", root_dir=tmp_path / "store")
+    for dtype in (torch.int8, torch.bool, torch.complex64):
+        torch.save(torch.ones(L, H, dtype=dtype), src / "odd.pt")
+        with pytest.raises(InputError, match=r"odd\.pt: holds torch\.\w+ values, not real floats"):
+            import_vectors([src / "odd.pt"], store, "templated", layout="blocks")
+    writer = gguf.GGUFWriter(str(src / "cv.gguf"), "controlvector")
+    writer.add_tensor("direction.1", np.ones((2, H), np.float32))  # two rows as one direction
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    with pytest.raises(ArtifactError, match=r"cv\.gguf: direction\.1 is F32 of shape"):
+        import_vectors([src / "cv.gguf"], store, "templated", num_layers=L)
+    assert not store.variant_dir("templated").exists()

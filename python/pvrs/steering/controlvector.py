@@ -19,6 +19,9 @@ import numpy as np
 from pvrs.errors import ArtifactError, InvalidArgumentError, NonFiniteError, PvrsIOError
 
 ARCH = "controlvector"
+# A direction index this high is a corrupt or hostile file, not a block: reading it would
+# allocate a zero row for every block below it.
+MAX_BLOCKS = 4096
 
 
 def write_control_vector(
@@ -81,17 +84,27 @@ def read_control_vector(path: str | Path, num_layers: int | None = None) -> np.n
 
     try:
         reader = gguf.GGUFReader(str(path))
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, IndexError, KeyError) as exc:  # counts or lengths past the end
         raise ArtifactError(f"{path}: not a readable GGUF file ({exc})") from None
     arch = reader.get_field("general.architecture")
     if arch is None or arch.contents() != ARCH:
         found = arch.contents() if arch is not None else None
         raise ArtifactError(f"{path}: architecture is {found!r}, not a control vector ({ARCH!r})")
+    kinds = gguf.GGMLQuantizationType
+    floats = (kinds.F32, kinds.F16, kinds.F64)
     rows: dict[int, np.ndarray] = {}
     for tensor in reader.tensors:
         prefix, _, index = tensor.name.partition(".")
-        if prefix != "direction" or not index.isdigit():
+        if prefix != "direction" or not (index.isascii() and index.isdigit()):
             raise ArtifactError(f"{path}: unexpected tensor {tensor.name!r}")
+        if int(index) >= MAX_BLOCKS:
+            raise ArtifactError(f"{path}: {tensor.name} is past any model's blocks (< {MAX_BLOCKS})")
+        if tensor.tensor_type not in floats or len(tensor.shape) != 1:
+            # quantized data reads as raw bytes, and a 2-D tensor is no direction
+            raise ArtifactError(
+                f"{path}: {tensor.name} is {tensor.tensor_type.name} of shape "
+                f"{tuple(int(n) for n in tensor.shape)}; a direction is one 1-D F32 row"
+            )
         rows[int(index)] = np.asarray(tensor.data, dtype=np.float32).reshape(-1)
     if not rows:
         raise ArtifactError(f"{path}: holds no direction.<k> tensors")

@@ -170,9 +170,9 @@ def load_vector(path: str | Path, layer: int | None = None) -> np.ndarray:
     if suffix == ".safetensors":
         array = _read_safetensors(path)
     elif suffix == ".npy":
-        try:
-            array = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as exc:
+        try:  # mapped, not read: a header claiming a huge shape fails here, allocating nothing
+            array = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError, EOFError) as exc:
             raise ArtifactError(f"{path}: not a readable .npy array ({exc})") from None
     elif suffix == ".pt":
         array = published.read_pt(path)
@@ -182,13 +182,10 @@ def load_vector(path: str | Path, layer: int | None = None) -> np.ndarray:
         array = read_control_vector(path)
     else:
         raise InputError(f"{path}: unknown vector format; use .safetensors, .npy, .pt or .gguf")
-    try:
-        array = np.asarray(array, dtype=np.float32)
-    except (TypeError, ValueError):  # an array of strings, say
-        raise ArtifactError(f"{path}: holds {np.asarray(array).dtype} values, not numbers; pass a vector of floats") from None
+    array = published.real_floats(np.asarray(array), path)
     while array.ndim > 1 and array.shape[0] == 1:
         array = array[0]
-    if array.ndim not in (1, 2):
+    if array.ndim not in (1, 2) or array.size == 0:
         raise ArtifactError(f"{path}: a vector is (H,) or (L, H), this file holds {array.shape}")
     return _select_layer(_finite(array, str(path)), layer, str(path))
 

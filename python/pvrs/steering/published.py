@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from pvrs.errors import ArtifactError, InputError
+from pvrs.errors import ArtifactError, InputError, PvrsError
 
 STEERING_VECTOR_FILE = "steering_vector.safetensors"
 METADATA_FILE = "metadata.json"
@@ -54,28 +54,43 @@ class PublishedCap:
     tau: float
 
 
-def _torch_load(path: Path) -> Any:
-    import pickle
+def torch_load(path: Path, error: type[PvrsError] = ArtifactError) -> Any:
+    """`torch.load(weights_only=True)`: no pickled code runs; an unreadable or unsafe file
+    raises `error` naming it."""
+    import warnings
 
     import torch
 
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as exc:
+        with warnings.catch_warnings():  # a refused pickle's protocol warning is no second line
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for bad or unsafe pickles
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ArtifactError(
-            f"{path}: not a readable .pt file of tensors ({first}); pvrs loads .pt files with "
-            "weights_only=True"
+        raise error(
+            f"{path}: cannot load with torch.load(weights_only=True) ({first}); pvrs reads .pt "
+            "files of plain tensors only"
         ) from None
+
+
+def real_floats(array: np.ndarray, path: Path) -> np.ndarray:
+    """`array` as float32, refused unless it holds real floats: ints may be quantized
+    weights and complex values would lose their imaginary part."""
+    if array.dtype.kind != "f":
+        what = "not real floats" if array.dtype.kind in "biuc" else "not numbers"
+        raise ArtifactError(f"{path}: holds {array.dtype} values, {what}; pass a vector of floats")
+    return array.astype(np.float32)
 
 
 def _as_array(value: Any, path: Path) -> np.ndarray:
     import torch
 
     if isinstance(value, torch.Tensor):
-        return value.detach().to(torch.float32).numpy()
+        if value.is_floating_point():  # bfloat16 has no numpy dtype
+            return value.detach().to(torch.float32).numpy()
+        return real_floats(value.detach().numpy(), path)
     if isinstance(value, np.ndarray):
-        return value.astype(np.float32)
+        return real_floats(value, path)
     raise ArtifactError(f"{path}: holds a {type(value).__name__}, not a tensor")
 
 
@@ -85,7 +100,7 @@ def read_pt(path: str | Path) -> np.ndarray:
     import torch
 
     path = Path(path)
-    obj = _torch_load(path)
+    obj = torch_load(path)
     if isinstance(obj, dict):
         tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
         if "experiments" in obj:
@@ -163,7 +178,7 @@ def split_capping_spec(text: str) -> tuple[Path, str | None] | None:
     for i in cuts:
         prefix = Path(text[:i])
         if prefix.suffix.lower() == ".pt" and prefix.is_file():
-            obj = _torch_load(prefix)
+            obj = torch_load(prefix)
             if isinstance(obj, dict) and "experiments" in obj:
                 return prefix, (text[i + 1 :] or None)
             return None
@@ -174,7 +189,7 @@ def capping_experiment(path: str | Path, experiment: str | int | None = None) ->
     """The caps of one experiment of an assistant-axis capping config, by id or index (None:
     the only experiment). Interventions without a `cap` are skipped, as assistant-axis does."""
     path = Path(path)
-    config = _torch_load(path)
+    config = torch_load(path)
     try:
         experiments = list(config["experiments"])
         vectors = config["vectors"]

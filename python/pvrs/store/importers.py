@@ -58,13 +58,9 @@ def load_pt_vector(path: Path) -> Any:
     `activations`/`vector` entry)."""
     import torch
 
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for bad or unsafe pickles
-        raise InputError(
-            f"{path}: cannot load with torch.load(weights_only=True) ({type(exc).__name__}: "
-            f"{str(exc).splitlines()[0] if str(exc) else ''}); only plain tensors are imported"
-        ) from None
+    from pvrs.steering.published import torch_load
+
+    obj = torch_load(path, InputError)
     if isinstance(obj, dict):
         tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
         key = next((k for k in _TENSOR_KEYS if k in tensors), None)
@@ -79,6 +75,8 @@ def load_pt_vector(path: Path) -> Any:
     if not isinstance(obj, torch.Tensor) or obj.ndim != 2:
         what = f"shape {tuple(obj.shape)}" if isinstance(obj, torch.Tensor) else type(obj).__name__
         raise InputError(f"{path}: expected a 2-D [layers, hidden] tensor, got {what}")
+    if not obj.is_floating_point():  # ints may be quantized; complex would lose its imaginary part
+        raise InputError(f"{path}: holds {obj.dtype} values, not real floats; import a float tensor")
     return obj
 
 
