@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -196,6 +197,17 @@ def test_engine_vllm_without_vllm_is_one_line(tmp_path: Path, capsys: pytest.Cap
 def test_vllm_flags_need_the_vllm_engine(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["extract", "--tensor-parallel-size", "2", "--output-dir", str(tmp_path)]) == 2
     assert "--tensor-parallel-size sets up vLLM; add --engine vllm" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("ray_arg", [[], ["nowhere"]])
+def test_engine_vllm_with_ray_is_refused_before_ray_is_touched(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, ray_arg: list[str]
+) -> None:
+    # The clash is the user's mistake to name, not a missing Ray, a bad address or a Ray started for nothing.
+    monkeypatch.setitem(sys.modules, "ray", None)
+    assert main(["extract", "--engine", "vllm", "--ray", *ray_arg, "--output-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("pvrs extract: error: --engine vllm with --ray: ") and "drop --ray" in err[-1]
 
 
 def test_spans_encode_masks_exactly() -> None:

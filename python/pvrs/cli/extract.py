@@ -144,8 +144,9 @@ def _cmd_extract(args: argparse.Namespace) -> int:
         source.selected(persona)
         for variant in args.variants:
             persona.system_prompt(variant)
-    ray = _ray_config(args)
+    # vLLM first: its clash with --ray is one line before Ray is imported or started.
     vllm = _vllm_config(args)
+    ray = _ray_config(args)
     engine = "" if vllm is None else " on vLLM"
     console.print(f"[bold]pvrs extract[/]: {len(personas)} personas x {len(args.variants)} variants, model {model_name}{engine}")
     if ray is not None or vllm is not None:
