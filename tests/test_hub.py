@@ -5,6 +5,7 @@ pyarrow reference, and `HFPersonaVectorStore` round-trips the local store."""
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -525,3 +526,48 @@ def test_packaging_waits_for_a_save_in_progress(root: Path, tmp_path: Path) -> N
     waited = time.monotonic() - start
     holder.wait()
     assert waited > 0.8, f"packaging did not wait for the lock ({waited:.2f} s)"
+
+
+def test_hostile_dataset_folders_are_one_packaging_error(root: Path, tmp_path: Path) -> None:
+    """A dataset downloaded from others: a broken card, unsafe or repeated persona ids and
+    malformed vector columns are each one PackagingError naming the file, not a traceback
+    or a silently hidden row."""
+    good = tmp_path / "good"
+    package(root, good, mask_strategies="answer_mean")
+    shard = next((good / CONFIG).glob("templated-*.parquet")).relative_to(good)
+    table = pq.read_table(good / shard)
+    n = table.num_rows
+    nested = pa.list_(pa.list_(pa.float32()))
+
+    def column(name: str, values: pa.Array) -> pa.Table:
+        return table.set_column(table.schema.get_field_index(name), name, values)
+
+    rows = table.column("vector").to_pylist()
+    cards = {
+        "---\nconfigs: [\n  - {a:\n---\n": "not valid YAML",
+        "---\nconfigs: 5\n---\n": "configs are int, not a list",
+        f"---\nconfigs:\n- config_name: {CONFIG}\n  data_files: [[1, 2]]\n---\n": "data_files entry",
+    }
+    tables = {
+        "duplicate": (column("persona_id", pa.array(["pirate"] * n)), "appears twice"),
+        "escape": (column("persona_id", pa.array(["../x", *map(str, range(n - 1))])), "path separator"),
+        "null id": (column("persona_id", pa.array([None] * n, pa.string())), "must be a string"),
+        "null vector": (column("vector", pa.array([None, *rows[1:]], nested)), "null vectors"),
+        "flat": (column("vector", pa.array([[1.0] * H] * n, pa.list_(pa.float32()))), "lists of floats"),
+    }
+    cases = [(("card", text), message) for text, message in cards.items()]
+    cases += [(("table", t), message) for t, message in tables.values()]
+    for i, ((kind, content), message) in enumerate(cases):
+        folder = tmp_path / f"case{i}"
+        shutil.copytree(good, folder)
+        if kind == "card":
+            (folder / "README.md").write_text(content)
+        else:
+            pq.write_table(content, folder / shard)
+        store = hub.HFPersonaVectorStore(folder, MODEL)
+        with pytest.raises(PackagingError, match=message) as caught:
+            store.stack(store.list_personas(["templated"]), "templated")
+        assert str(folder) in str(caught.value)
+    (tmp_path / "case0" / "README.md").write_bytes(b"\xff\xfe binary")
+    with pytest.raises(PackagingError, match="not UTF-8"):
+        hub.HFPersonaVectorStore(tmp_path / "case0", MODEL).list_personas(["templated"])

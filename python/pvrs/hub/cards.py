@@ -23,7 +23,12 @@ def split_card(text: str) -> tuple[dict[str, Any], str]:
     if text.startswith("---\n"):
         head, sep, body = text[4:].partition("\n---\n")
         if sep:
-            meta = yaml.safe_load(head) or {}
+            try:
+                meta = yaml.safe_load(head) or {}
+            except yaml.YAMLError as exc:
+                where = getattr(exc, "problem_mark", None)
+                line = f" (line {where.line + 2})" if where else ""
+                raise PackagingError(f"the dataset card's YAML header is not valid YAML{line}") from None
             if not isinstance(meta, dict):
                 raise PackagingError("the dataset card's YAML header is not a mapping")
             return meta, body.lstrip("\n")
@@ -33,6 +38,8 @@ def split_card(text: str) -> tuple[dict[str, Any], str]:
 def by_config(entries: object) -> list[dict[str, Any]]:
     if isinstance(entries, dict):
         entries = [entries]
+    if not isinstance(entries, list | None):
+        raise PackagingError(f"the dataset card's configs are {type(entries).__name__}, not a list")
     return [e for e in entries or [] if isinstance(e, dict)]
 
 
@@ -94,7 +101,12 @@ def card_configs(card_text: str) -> dict[str, dict[str, list[str]]]:
         for df in data_files:
             if isinstance(df, str):
                 df = {"split": "train", "path": df}
-            paths = df.get("path") or []
+            paths = (df.get("path") or []) if isinstance(df, dict) else None
+            if not isinstance(paths, str | list):
+                raise PackagingError(
+                    f"the dataset card's data_files entry {df!r} of config "
+                    f"{entry.get('config_name')!r} is not a path or a {{split, path}} mapping"
+                )
             splits.setdefault(str(df.get("split", "train")), []).extend(
                 [paths] if isinstance(paths, str) else [str(p) for p in paths]
             )

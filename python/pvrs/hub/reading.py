@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from pvrs.engines.models import model_dir_name
-from pvrs.errors import PackagingError
+from pvrs.errors import PackagingError, PersonaIdError
 from pvrs.hub.packaging import (
     INDEX_COLUMNS,
 )
@@ -19,7 +19,7 @@ from pvrs.store import (
     SUPPORTED_VARIANTS,
     VectorNotFoundError,
 )
-from pvrs.store.layout import strategy_name
+from pvrs.store.layout import strategy_name, validate_persona_id
 from pvrs.store.queries import PersonaQueries
 
 
@@ -95,6 +95,7 @@ class HFPersonaVectorStore(PersonaQueries):
                 for row, (pid, name, sids) in enumerate(
                     zip(*(table.column(c).to_pylist() for c in INDEX_COLUMNS), strict=True)
                 ):
+                    _check_persona_id(pid, where, path)
                     where[pid] = (fi, rg, row)
                     names[pid] = name or ""
                     samples[pid] = list(sids or [])
@@ -187,6 +188,17 @@ class HFPersonaVectorStore(PersonaQueries):
             first = min(index.where.values())
             index.shape = self._row_group(variant, index, first[0], first[1]).shape[1:]  # type: ignore[assignment]
         return index.shape[0]  # type: ignore[index]
+
+
+def _check_persona_id(pid: object, seen: dict[str, tuple[int, int, int]], path: object) -> None:
+    """A dataset from others names its personas: each must be a safe file name (ids become
+    file names when saved or reported) and appear once (a second row would hide the first)."""
+    try:
+        validate_persona_id(pid)
+    except PersonaIdError as exc:
+        raise PackagingError(f"{path}: {exc}; fix the dataset's persona_id column") from None
+    if pid in seen:
+        raise PackagingError(f"{path}: persona {pid!r} appears twice in one split; re-package the dataset")
 
 
 def _declared_shape(metadata: dict[bytes, bytes] | None) -> tuple[int, int] | None:

@@ -148,8 +148,13 @@ class DatasetSource:
         if self._card is None:
             self._card = {}
             if CARD_FILENAME in self._list():
-                text = self.fetch(CARD_FILENAME).read_text(encoding="utf-8")
-                self._card = card_configs(text)
+                path = self.fetch(CARD_FILENAME)
+                try:
+                    self._card = card_configs(path.read_text(encoding="utf-8"))
+                except UnicodeDecodeError:
+                    raise PackagingError(f"{path}: the dataset card is not UTF-8 text; fix or remove it") from None
+                except PackagingError as exc:
+                    raise PackagingError(f"{path}: {exc}; fix the card or re-push the dataset") from None
         return self._card
 
     def configs(self) -> list[str]:
@@ -230,9 +235,17 @@ def vector_values(column: Any, n_rows: int, where: str) -> np.ndarray:
 
     chunks = [c.storage if isinstance(c, pa.ExtensionArray) else c for c in column.chunks]
     rows = pa.concat_arrays(chunks) if chunks else pa.array([], pa.list_(pa.list_(pa.float32())))
+    leaf = getattr(getattr(rows.type, "value_type", None), "value_type", None)
+    if leaf is None or not pa.types.is_floating(leaf):
+        raise PackagingError(
+            f"{where}: the vector column is {rows.type}, not (num_layers, hidden_size) lists of "
+            "floats; re-package the dataset"
+        )
     if n_rows == 0:
         return np.zeros((0, 0, 0), dtype=np.float32)
     inner = rows.flatten()
+    if rows.null_count or inner.null_count:  # a null vector or layer has no length to check
+        raise PackagingError(f"{where}: the vector column holds null vectors; re-package the dataset")
     outer_lengths = rows.value_lengths().to_numpy(zero_copy_only=False)
     inner_lengths = inner.value_lengths().to_numpy(zero_copy_only=False)
     layers = int(outer_lengths[0])
