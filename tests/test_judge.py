@@ -342,6 +342,12 @@ def test_answer_files_are_checked(tmp_path: Path) -> None:
     _write_answers(tmp_path / "b.jsonl", ANSWERS[1:3])
     with pytest.raises(pvrs.InputError, match=r"b.jsonl row 1: persona 'pirate' question 'q1' also appears in .*a.jsonl"):
         read_answers([tmp_path])
+    gen = tmp_path / "generations" / "m"  # `pvrs extract --generate` saves both variants by default
+    for variant in ("biography", "templated"):
+        (gen / variant).mkdir(parents=True)
+        _write_answers(gen / variant / "pirate.jsonl", ANSWERS[1:2])
+    with pytest.raises(pvrs.InputError, match=r"templated/pirate.jsonl row 1: .*pass one variant's folder of generations"):
+        read_answers([tmp_path / "generations"])
     (tmp_path / "b.jsonl").write_text('{"qid": "q9", "persona_id": "pirate", "question": "Q"}\n')
     with pytest.raises(pvrs.InputError, match=r"b.jsonl row 1: missing answer"):
         read_answers([tmp_path / "b.jsonl"])

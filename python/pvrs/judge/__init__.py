@@ -95,7 +95,8 @@ def read_answers(paths: Sequence[str | Path]) -> list[Answer]:
                 raise InputError(f"{file} row {n}: missing {', '.join(missing)}; answer rows need persona_id, qid, question and answer")
             key = (str(row["persona_id"]), str(row["qid"]))
             if key in seen:
-                raise InputError(f"{file} row {n}: persona {key[0]!r} question {key[1]!r} also appears in {seen[key]}; judge each answer once")
+                raise InputError(f"{file} row {n}: persona {key[0]!r} question {key[1]!r} also appears in {seen[key]}; judge each answer once "
+                                 "(scores have no variant: pass one variant's folder of generations, e.g. .../templated)")
             seen[key] = file
             out.append(Answer(key[0], key[1], str(row["question"]), str(row["answer"])))
     if not out:
