@@ -818,3 +818,28 @@ def test_hostile_vector_files_are_one_line_refusals(tmp_path: Path) -> None:
                 load_vector(tmp_path / name)
         assert name in str(caught.value) and "\n" not in str(caught.value)
     assert not (tmp_path / "pwned").exists()
+
+
+def test_export_never_replaces_a_file_that_is_not_a_control_vector(tmp_path: Path) -> None:
+    """`--out` naming the input vector, notes or a model GGUF would destroy it; an earlier
+    control vector is replaced as before."""
+    import gguf
+
+    vector = np.ones((3, HIDDEN), np.float32)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    model = tmp_path / "model.gguf"
+    writer = gguf.GGUFWriter(str(model), "llama")
+    writer.add_tensor("token_embd.weight", np.ones((2, HIDDEN), np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    kept = model.read_bytes()
+    for path in (notes, model):
+        with pytest.raises(InputError, match="exists and is not a control vector"):
+            write_control_vector(vector, path, [1])
+    assert notes.read_text() == "mine" and model.read_bytes() == kept
+    earlier = write_control_vector(vector, tmp_path / "cv.gguf", [1])
+    write_control_vector(2 * vector, earlier, [2])
+    np.testing.assert_array_equal(read_control_vector(earlier)[2], 2 * vector[2])

@@ -16,7 +16,14 @@ from pathlib import Path
 
 import numpy as np
 
-from pvrs.errors import ArtifactError, InvalidArgumentError, NonFiniteError, PvrsIOError
+from pvrs.errors import (
+    ArtifactError,
+    InputError,
+    InvalidArgumentError,
+    NonFiniteError,
+    PvrsError,
+    PvrsIOError,
+)
 
 ARCH = "controlvector"
 # A direction index this high is a corrupt or hostile file, not a block: reading it would
@@ -59,6 +66,8 @@ def write_control_vector(
     from pvrs.store import atomic_path
 
     path = Path(path)
+    if path.exists() and not _holds_control_vector(path):  # a model GGUF, the input vector, notes
+        raise InputError(f"{path} exists and is not a control vector; pass a new .gguf path")
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         with atomic_path(path) as tmp:
@@ -75,6 +84,14 @@ def write_control_vector(
     except OSError as exc:
         raise PvrsIOError(f"cannot write {path}: {exc.strerror or exc}") from None
     return path
+
+
+def _holds_control_vector(path: Path) -> bool:
+    try:
+        read_control_vector(path)
+    except PvrsError:
+        return False
+    return True
 
 
 def read_control_vector(path: str | Path, num_layers: int | None = None) -> np.ndarray:
