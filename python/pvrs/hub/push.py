@@ -47,6 +47,20 @@ def _resolve_token(token: str | None) -> str:
     return found
 
 
+def _merged_card(repo_id: str, remote: bytes, local: str) -> bytes:
+    """The card to publish over the repo's own (`merge_cards`); a remote card pvrs cannot
+    read is refused before the commit, naming it, rather than replaced."""
+    try:
+        return merge_cards(remote.decode("utf-8"), local).encode()
+    except UnicodeDecodeError:
+        problem = "is not UTF-8 text"
+    except PackagingError as exc:
+        problem = f"cannot be merged ({exc})"
+    raise PackagingError(
+        f"Hub dataset {repo_id!r}: its {CARD_FILENAME} {problem}; fix it on the Hub, then push again"
+    )
+
+
 def push(
     model_names: str | Sequence[str] | None,
     repo_id: str | None,
@@ -121,11 +135,11 @@ def push(
                         api.hf_hub_download(
                             repo_id, CARD_FILENAME, repo_type=REPO_TYPE, revision=head
                         )
-                    ).read_text(encoding="utf-8")
+                    ).read_bytes()
                 except (EntryNotFoundError, RevisionNotFoundError):
-                    remote_card = ""
+                    remote_card = b""
                 if remote_card:
-                    card = merge_cards(remote_card, card_path.read_text(encoding="utf-8")).encode()
+                    card = _merged_card(repo_id, remote_card, card_path.read_text(encoding="utf-8"))
             written = set(result.files)
             stale = sorted(
                 f for f in remote_files if f.split("/", 1)[0] in result.configs and f not in written
