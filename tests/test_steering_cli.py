@@ -843,3 +843,17 @@ def test_export_never_replaces_a_file_that_is_not_a_control_vector(tmp_path: Pat
     earlier = write_control_vector(vector, tmp_path / "cv.gguf", [1])
     write_control_vector(2 * vector, earlier, [2])
     np.testing.assert_array_equal(read_control_vector(earlier)[2], 2 * vector[2])
+
+
+def test_a_capping_config_with_nan_caps_or_vectors_is_refused(tmp_path: Path) -> None:
+    from pvrs.errors import NonFiniteError
+    from pvrs.steering.published import capping_experiment
+
+    for name, tau, vector in (("tau", float("nan"), torch.ones(HIDDEN)), ("axis", 1.0, torch.full((HIDDEN,), float("inf")))):
+        torch.save(
+            {"vectors": {"v": {"layer": 1, "vector": vector}},
+             "experiments": [{"id": "e", "interventions": [{"vector": "v", "cap": tau}]}]},
+            tmp_path / f"{name}.pt",
+        )  # fmt: skip
+        with pytest.raises(NonFiniteError, match=rf"{name}\.pt: experiment 'e': cap\(s\) v hold NaN or Inf"):
+            capping_experiment(tmp_path / f"{name}.pt")

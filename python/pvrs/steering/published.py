@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from pvrs.errors import ArtifactError, InputError, PvrsError
+from pvrs.errors import ArtifactError, InputError, NonFiniteError, PvrsError
 
 STEERING_VECTOR_FILE = "steering_vector.safetensors"
 METADATA_FILE = "metadata.json"
@@ -227,4 +227,10 @@ def capping_experiment(path: str | Path, experiment: str | int | None = None) ->
         raise ArtifactError(f"{path}: experiment {chosen.get('id')!r} is malformed ({exc})") from None
     if not caps:
         raise InputError(f"{path}: experiment {chosen.get('id')!r} holds no caps")
+    bad = [c.name for c in caps if not (np.isfinite(c.tau) and np.isfinite(c.vector).all())]
+    if bad:  # a NaN threshold or axis would turn every capped hidden state into NaN
+        raise NonFiniteError(
+            f"{path}: experiment {chosen.get('id')!r}: cap(s) {', '.join(bad)} hold NaN or Inf; "
+            "use a config with finite vectors and caps"
+        )
     return caps
