@@ -554,6 +554,7 @@ def test_hostile_dataset_folders_are_one_packaging_error(root: Path, tmp_path: P
         "null id": (column("persona_id", pa.array([None] * n, pa.string())), "must be a string"),
         "null vector": (column("vector", pa.array([None, *rows[1:]], nested)), "null vectors"),
         "flat": (column("vector", pa.array([[1.0] * H] * n, pa.list_(pa.float32()))), "lists of floats"),
+        "text ids": (column("sample_ids", pa.array(["q1"] * n)), "sample_ids a list of texts"),
     }
     cases = [(("card", text), message) for text, message in cards.items()]
     cases += [(("table", t), message) for t, message in tables.values()]

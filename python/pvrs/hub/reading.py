@@ -96,6 +96,13 @@ class HFPersonaVectorStore(PersonaQueries):
                     zip(*(table.column(c).to_pylist() for c in INDEX_COLUMNS), strict=True)
                 ):
                     _check_persona_id(pid, where, path)
+                    if not isinstance(name, str | None) or not (
+                        sids is None or (isinstance(sids, list) and all(isinstance(s, str) for s in sids))
+                    ):  # a string of sample ids would read as one id per character
+                        raise PackagingError(
+                            f"{path}: persona {pid!r}: name must be text and sample_ids a list of "
+                            "texts; re-package the dataset"
+                        )
                     where[pid] = (fi, rg, row)
                     names[pid] = name or ""
                     samples[pid] = list(sids or [])
