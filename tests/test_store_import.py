@@ -169,3 +169,20 @@ def test_non_float_pt_and_gguf_are_refused_before_anything_is_saved(tmp_path: Pa
     with pytest.raises(ArtifactError, match=r"cv\.gguf: direction\.1 is F32 of shape"):
         import_vectors([src / "cv.gguf"], store, "templated", num_layers=L)
     assert not store.variant_dir("templated").exists()
+
+
+def test_an_import_never_replaces_a_saved_persona_without_force(tmp_path: Path) -> None:
+    """A downloaded `pirate.pt` must not silently replace the `pirate` vector already
+    extracted into the store."""
+    root = tmp_path / "store"
+    store = PersonaVectorStore("org/x", root_dir=root)
+    mine = np.ones((L, H), np.float32)
+    store.save("pirate", "templated", mine, name="Pirate", sample_ids=["q1"])
+    downloaded = write_pt(tmp_path / "src", "pirate", L, 3)
+    argv = ["import", str(tmp_path / "src"), "--model", "org/x", "--num-layers", str(L), "--output-dir", str(root)]
+    assert main(argv) == 2
+    np.testing.assert_array_equal(store.load("pirate", "templated"), mine)
+    with pytest.raises(InputError, match=r"already holds pirate; pass --force"):
+        import_vectors([tmp_path / "src"], store, "templated", num_layers=L)
+    assert main([*argv, "--force"]) == 0
+    np.testing.assert_array_equal(store.load("pirate", "templated"), downloaded.numpy())

@@ -112,7 +112,8 @@ def _cmd_import(args: argparse.Namespace) -> int:
         canonical_model_name(args.model), root_dir=args.output_dir, mask_strategy=args.mask_strategy
     )
     result = import_vectors(
-        args.files, store, args.variant, layout=args.layout, num_layers=args.num_layers
+        args.files, store, args.variant, layout=args.layout, num_layers=args.num_layers,
+        force=args.force,
     )
     notes = {
         WITH_EMBEDDINGS: " (dropped the embedding row)",
@@ -144,6 +145,7 @@ def _add_import(sub: argparse._SubParsersAction) -> None:
         help="rows of the files: auto (from the model's layer count), with-embeddings ([L+1, d]) or blocks ([L, d]) (default auto)",
     )
     p.add_argument("--num-layers", type=int, default=None, help="the model's decoder layers (when its config cannot be read)")
+    p.add_argument("--force", action="store_true", help="replace personas the variant already holds (default: refuse)")
     p.set_defaults(handler=_cmd_import)
 
 

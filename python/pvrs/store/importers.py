@@ -165,10 +165,11 @@ def import_vectors(
     layout: str = "auto",
     num_layers: int | None = None,
     names: dict[str, str] | None = None,
+    force: bool = False,
 ) -> ImportResult:
     """Import `.pt` vectors or `.gguf` control vectors (persona id = file stem) into `store`
     under `variant`, with one manifest update. Every file is loaded and checked before
-    anything is written."""
+    anything is written; personas the variant already holds are replaced only with `force`."""
     if layout not in LAYOUTS:
         raise InputError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
     files = vector_files(inputs)
@@ -201,6 +202,12 @@ def import_vectors(
         )
     convention = conventions.pop()
     _check_same_kind(store, variant, convention)
+    held = [r.persona_id for r in records if store.has(r.persona_id, variant)]
+    if held and not force:  # an extracted vector took GPU time; a same-named download must not replace it
+        raise InputError(
+            f"{store.location(variant)} already holds {', '.join(held[:8])}{' ...' if len(held) > 8 else ''}; "
+            "pass --force to replace them, or import into another --variant or --output-dir"
+        )
     provenance = {
         "layer_convention": LAYER_CONVENTION,
         "source_layer_convention": convention,
