@@ -222,6 +222,19 @@ def test_user_errors_are_one_line_before_any_work(
     assert not out.exists() or not any(out.rglob("*.safetensors"))
 
 
+def test_unreachable_ray_address_env_is_one_line(
+    local_ray: object, tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # `--ray` alone joins $RAY_ADDRESS, which Ray would retry for minutes (or, already started, ignore).
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")
+    out = tmp_path / "store"
+    assert main(["extract", "--model", str(tiny_model_dir), *_inputs(tmp_path, 2), "--output-dir", str(out), "--ray"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "RAY_ADDRESS 127.0.0.1:1: cannot connect" in err[-1] and "with RAY_ADDRESS unset" in err[-1]
+    assert not out.exists() or not any(out.rglob("*.safetensors"))
+
+
 def test_missing_ray_is_one_line(tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: F811
     argv = ["extract", "--model", str(tiny_model_dir), *_inputs(tmp_path, 2), "--output-dir", str(tmp_path / "s"), "--ray"]
     with pytest.MonkeyPatch.context() as mp:

@@ -69,13 +69,16 @@ def connect(address: str | None) -> Any:
     """Ray, started or joined; an unreachable address is one line. A Ray already initialised in
     this process (a notebook, a test) is used as it is, once a given address answers."""
     ray = import_ray()
-    where = address or os.environ.get("RAY_ADDRESS") or "a local Ray"
+    env = os.environ.get("RAY_ADDRESS")
+    # `--ray` alone joins $RAY_ADDRESS: checked as a given address is, not retried for minutes.
+    target, flag = (address, "--ray") if address else (env, "RAY_ADDRESS")
+    where = target or "a local Ray"
     fix = (
         "start the cluster with `ray start --head`, or pass its address (HOST:6379 or "
-        "ray://HOST:10001), or --ray alone for a local Ray"
+        "ray://HOST:10001), or --ray alone for a local Ray" + (" (with RAY_ADDRESS unset)" if env else "")
     )
-    if address not in (None, "auto", "local"):
-        _reachable(address, fix)
+    if target not in (None, "", "auto", "local"):
+        _reachable(target, flag, fix)
     if ray.is_initialized():
         return ray
     try:
@@ -86,17 +89,17 @@ def connect(address: str | None) -> Any:
     return ray
 
 
-def _reachable(address: str, fix: str) -> None:
+def _reachable(address: str, flag: str, fix: str) -> None:
     """Ray retries an unreachable address for minutes; a plain TCP connect says so at once."""
     import socket
 
     host, _, port = address.removeprefix("ray://").rpartition(":")
     if not host or not port.isdigit():
-        raise InputError(f"--ray {address!r} is not HOST:PORT, ray://HOST:PORT or auto; {fix}")
+        raise InputError(f"{flag} {address!r} is not HOST:PORT, ray://HOST:PORT or auto; {fix}")
     try:
         socket.create_connection((host, int(port)), timeout=5).close()
     except OSError as exc:
-        raise InputError(f"--ray {address}: cannot connect ({exc.strerror or exc}); {fix}") from None
+        raise InputError(f"{flag} {address}: cannot connect ({exc.strerror or exc}); {fix}") from None
 
 
 def plan(ray: Any, config: RayConfig) -> tuple[int, int]:
