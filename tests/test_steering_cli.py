@@ -818,6 +818,10 @@ def test_hostile_vector_files_are_one_line_refusals(tmp_path: Path) -> None:
                 load_vector(tmp_path / name)
         assert name in str(caught.value) and "\n" not in str(caught.value)
     assert not (tmp_path / "pwned").exists()
+    from safetensors.torch import save_file as save_torch
+
+    save_torch({"direction": torch.ones(2, HIDDEN, dtype=torch.bfloat16)}, str(tmp_path / "bf16.safetensors"))
+    np.testing.assert_array_equal(load_vector(tmp_path / "bf16.safetensors"), np.ones((2, HIDDEN), np.float32))
 
 
 def test_export_never_replaces_a_file_that_is_not_a_control_vector(tmp_path: Path) -> None:

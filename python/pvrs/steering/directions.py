@@ -118,19 +118,21 @@ def assistant_axis_direction(
 
 def _read_safetensors(path: Path) -> np.ndarray:
     from safetensors import SafetensorError
-    from safetensors.numpy import load_file
+    from safetensors.torch import load_file  # torch, not numpy: bfloat16 has no numpy dtype
+
+    from pvrs.steering.published import as_array
 
     try:
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
         raise ArtifactError(f"{path}: not a readable safetensors file ({exc})") from None
     if len(tensors) == 1:
-        return next(iter(tensors.values()))
+        return as_array(next(iter(tensors.values())), path)
     if "weight" in tensors and "bias" in tensors:  # a probe's linear map: rows are classes
-        return _single_probe_row(tensors["weight"], f"the probe weights in {path}")
+        return _single_probe_row(as_array(tensors["weight"], path), f"the probe weights in {path}")
     for name in _TENSOR_NAMES:
         if name in tensors:
-            return tensors[name]
+            return as_array(tensors[name], path)
     raise ArtifactError(
         f"{path}: holds tensors {sorted(tensors)}; pvrs reads a single tensor or one named "
         f"{', '.join(_TENSOR_NAMES)}"

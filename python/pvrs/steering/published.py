@@ -82,7 +82,7 @@ def real_floats(array: np.ndarray, path: Path) -> np.ndarray:
     return array.astype(np.float32)
 
 
-def _as_array(value: Any, path: Path) -> np.ndarray:
+def as_array(value: Any, path: Path) -> np.ndarray:
     import torch
 
     if isinstance(value, torch.Tensor):
@@ -117,7 +117,7 @@ def read_pt(path: str | Path) -> np.ndarray:
                     f"{', '.join(PT_KEYS)}"
                 )
             obj = tensors[key]
-    return _as_array(obj, path)
+    return as_array(obj, path)
 
 
 def is_vector_folder(path: Path) -> bool:
@@ -219,7 +219,7 @@ def capping_experiment(path: str | Path, experiment: str | int | None = None) ->
                 PublishedCap(
                     name=str(item["vector"]),
                     layer=int(entry["layer"]),
-                    vector=_as_array(entry["vector"], path).reshape(-1),
+                    vector=as_array(entry["vector"], path).reshape(-1),
                     tau=float(item["cap"]),
                 )
             )
