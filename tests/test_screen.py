@@ -149,6 +149,8 @@ def test_user_mistakes_are_one_line_before_the_model_loads(tiny_dir, direction, 
     monkeypatch.setattr(steering_run, "load_model", no_load)
     vector = tmp_path / "v.npy"
     np.save(vector, direction)
+    single = tmp_path / "one.npy"  # one direction for every layer: the model's config bounds --layer
+    np.save(single, direction[0])
     good = _write_inputs(tmp_path)["jsonl"]
     no_messages = tmp_path / "bad.jsonl"
     no_messages.write_text(json.dumps({"text": "hi"}) + "\n")
@@ -168,6 +170,8 @@ def test_user_mistakes_are_one_line_before_the_model_loads(tiny_dir, direction, 
         ([*base, "--data", str(good), "--split", "train", "--layer", "1"], "is a file, which has no splits; drop --split"),
         ([*base, "--data", str(tmp_path), "--layer", "1"], "not a dataset saved by datasets"),
         ([*base, "--data", str(good), "--layer", "9"], "layer 9 does not exist"),
+        (["screen", "--model", str(tiny_dir), "--vector", str(single), "--data", str(good), "--layer", "9"],
+         "layer 9 does not exist"),
         ([*base, "--data", str(good), "--layer", "1", "--output-dir", str(a_file)], "is a file"),
     ]
     capsys.readouterr()  # the setup's save_to_disk progress bars

@@ -74,6 +74,13 @@ def _cmd_screen(args: argparse.Namespace) -> int:
     conversations = read_conversations(args.data, args.split)
     vector = resolve_vector(args.vector, args)
     layers = vector_layers(args.layer, vector)
+    if vector.ndim == 1:  # one direction for every layer: the model's config bounds them
+        from pvrs.store.importers import model_num_layers
+        from pvrs.store.layerspec import parse_layers
+
+        blocks = model_num_layers(args.model)
+        if blocks is not None:
+            layers = parse_layers(args.layer, range(blocks), "--layer")
     console = Console(stderr=True)
     plots = _plots_available(args.png, console)
     model, tokenizer = load_model(args)
