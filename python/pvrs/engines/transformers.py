@@ -65,7 +65,8 @@ def resolve_layers(model: nn.Module, layers: Sequence[int] | None) -> list[int]:
     out = sorted({int(i) + n if int(i) < 0 else int(i) for i in layers})
     bad = [i for i in out if not 0 <= i < n]
     if bad or not out:
-        raise InvalidArgumentError(f"--layers {list(layers)} out of range: the model has {n} decoder blocks (0..{n - 1})")
+        # Named "layers", not a flag: `steer(layers=)`, `pvrs steer --layer` and `eval` all land here.
+        raise InvalidArgumentError(f"layers {list(layers)} out of range: the model has {n} decoder blocks (0..{n - 1})")
     return out
 
 
