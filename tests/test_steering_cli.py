@@ -817,6 +817,7 @@ def test_hostile_vector_files_are_one_line_refusals(tmp_path: Path) -> None:
             with pytest.raises(ArtifactError, match=message) as caught:
                 load_vector(tmp_path / name)
         assert name in str(caught.value) and "\n" not in str(caught.value)
+        assert "weights_only` set to `False" not in str(caught.value)  # never advised
     assert not (tmp_path / "pwned").exists()
     from safetensors.torch import save_file as save_torch
 

@@ -67,6 +67,8 @@ def torch_load(path: Path, error: type[PvrsError] = ArtifactError) -> Any:
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for bad or unsafe pickles
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if "weights_only" in first:  # torch's advice, weights_only=False, is unsafe for a download
+            first = "it holds Python objects besides tensors, which could run code"
         raise error(
             f"{path}: cannot load with torch.load(weights_only=True) ({first}); pvrs reads .pt "
             "files of plain tensors only"
