@@ -228,3 +228,19 @@ def test_reference_difference_of_means_probe_matches_its_own_direction():
     # Its weights file holds two rows [-w/2, w/2]: classes, not two layers.
     with pytest.raises(InvalidArgumentError, match="one per class, not layers"):
         load_vector(folder / "weights.safetensors")
+
+
+def test_a_probe_folder_from_others_with_unreadable_files_is_one_error(tmp_path):
+    """A downloaded probe folder whose probe.json is not UTF-8, or whose weights are bfloat16
+    (no numpy dtype), is one ArtifactError naming the folder, not a traceback."""
+    import torch
+    from safetensors.torch import save_file
+
+    (tmp_path / "probe.json").write_bytes(b"\xff\xfe")
+    save_file({"weight": torch.ones(1, 3), "bias": torch.zeros(1)}, str(tmp_path / "weights.safetensors"))
+    with pytest.raises(ArtifactError, match="is unreadable"):
+        load_probe_artifact(tmp_path)
+    (tmp_path / "probe.json").write_text('{"schema_version": 1}')
+    save_file({"weight": torch.ones(1, 3).bfloat16(), "bias": torch.zeros(1).bfloat16()}, str(tmp_path / "weights.safetensors"))
+    with pytest.raises(ArtifactError, match="is unreadable"):
+        load_probe_artifact(tmp_path)

@@ -123,7 +123,8 @@ def load_probe_artifact(directory: str | Path) -> ProbeArtifact:
     try:
         doc = json.loads(meta_path.read_text(encoding="utf-8"))
         tensors = load_file(str(weights_path))
-    except (json.JSONDecodeError, SafetensorError, OSError) as exc:
+    # ValueError: not UTF-8 JSON; TypeError: a dtype numpy lacks (bfloat16)
+    except (ValueError, TypeError, SafetensorError, OSError) as exc:
         raise ArtifactError(f"probe artifact {str(directory)!r} is unreadable: {exc}") from None
     if not isinstance(doc, dict) or doc.get("schema_version") not in (
         SCHEMA_VERSION,
