@@ -569,6 +569,14 @@ def test_hostile_dataset_folders_are_one_packaging_error(root: Path, tmp_path: P
         with pytest.raises(PackagingError, match=message) as caught:
             store.stack(store.list_personas(["templated"]), "templated")
         assert str(folder) in str(caught.value)
+    meta = dict(table.schema.metadata)
+    info = json.loads(meta[b"huggingface"])
+    info["info"]["features"]["vector"]["shape"] = [100, H]  # a declared shape that lies
+    meta[b"huggingface"] = json.dumps(info).encode()
+    pq.write_table(table.replace_schema_metadata(meta), tmp_path / "case0" / shard)
+    (tmp_path / "case0" / "README.md").write_bytes((good / "README.md").read_bytes())
+    with pytest.raises(PackagingError, match=rf"vectors are \({L}, {H}\), but the dataset declares \(100, {H}\)"):
+        hub.HFPersonaVectorStore(tmp_path / "case0", MODEL).stack(["pirate"], "templated", layers=[50])
     (tmp_path / "case0" / "README.md").write_bytes(b"\xff\xfe binary")
     with pytest.raises(PackagingError, match="not UTF-8"):
         hub.HFPersonaVectorStore(tmp_path / "case0", MODEL).list_personas(["templated"])

@@ -135,9 +135,14 @@ class HFPersonaVectorStore(PersonaQueries):
             pf = pq.ParquetFile(path)
             table = pf.read_row_group(rg, columns=["vector"])
             self._row_groups.clear()  # memory bound: one decoded row group at a time
-            self._row_groups[key] = vector_values(
-                table.column("vector"), table.num_rows, str(path)
-            )
+            values = vector_values(table.column("vector"), table.num_rows, str(path))
+            if index.shape is not None and len(values) and values.shape[1:] != tuple(index.shape):
+                # layer choices were checked against the declared shape: it must be the real one
+                raise PackagingError(
+                    f"{path}: vectors are {values.shape[1:]}, but the dataset declares "
+                    f"{tuple(index.shape)}; re-package the dataset"
+                )
+            self._row_groups[key] = values
         return self._row_groups[key]
 
     def load(self, persona_id: str, variant: str) -> np.ndarray:
