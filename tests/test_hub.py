@@ -575,8 +575,18 @@ def test_hostile_dataset_folders_are_one_packaging_error(root: Path, tmp_path: P
     meta[b"huggingface"] = json.dumps(info).encode()
     pq.write_table(table.replace_schema_metadata(meta), tmp_path / "case0" / shard)
     (tmp_path / "case0" / "README.md").write_bytes((good / "README.md").read_bytes())
-    with pytest.raises(PackagingError, match=rf"vectors are \({L}, {H}\), but the dataset declares \(100, {H}\)"):
+    with pytest.raises(PackagingError, match=rf"vectors are \({L}, {H}\), but this split's are \(100, {H}\)"):
         hub.HFPersonaVectorStore(tmp_path / "case0", MODEL).stack(["pirate"], "templated", layers=[50])
+    mixed = tmp_path / "mixed"  # one file per persona, one of them of another shape
+    package(root, mixed, mask_strategies="answer_mean", file_bytes=L * H * 4)
+    files = sorted((mixed / CONFIG).glob("templated-*.parquet"))
+    other = pq.read_table(files[-1]).replace_schema_metadata(None)
+    other = other.set_column(other.schema.get_field_index("vector"), "vector", pa.array([[[1.0] * H] * (L + 1)], nested))
+    for f in files:
+        pq.write_table(other if f == files[-1] else pq.read_table(f).replace_schema_metadata(None), f)
+    store = hub.HFPersonaVectorStore(mixed, MODEL)
+    with pytest.raises(PackagingError, match="but this split's are"):
+        store.stack(store.list_personas(["templated"]), "templated")
     (tmp_path / "case0" / "README.md").write_bytes(b"\xff\xfe binary")
     with pytest.raises(PackagingError, match="not UTF-8"):
         hub.HFPersonaVectorStore(tmp_path / "case0", MODEL).list_personas(["templated"])

@@ -136,11 +136,13 @@ class HFPersonaVectorStore(PersonaQueries):
             table = pf.read_row_group(rg, columns=["vector"])
             self._row_groups.clear()  # memory bound: one decoded row group at a time
             values = vector_values(table.column("vector"), table.num_rows, str(path))
-            if index.shape is not None and len(values) and values.shape[1:] != tuple(index.shape):
-                # layer choices were checked against the declared shape: it must be the real one
+            if len(values) and index.shape is None:
+                index.shape = values.shape[1:]  # type: ignore[assignment]
+            if len(values) and values.shape[1:] != tuple(index.shape or ()):
+                # layer choices are checked against the split's (declared) shape: all must match
                 raise PackagingError(
-                    f"{path}: vectors are {values.shape[1:]}, but the dataset declares "
-                    f"{tuple(index.shape)}; re-package the dataset"
+                    f"{path}: vectors are {values.shape[1:]}, but this split's are "
+                    f"{tuple(index.shape or ())}; re-package the dataset"
                 )
             self._row_groups[key] = values
         return self._row_groups[key]
