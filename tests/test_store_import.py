@@ -186,3 +186,22 @@ def test_an_import_never_replaces_a_saved_persona_without_force(tmp_path: Path) 
         import_vectors([tmp_path / "src"], store, "templated", num_layers=L)
     assert main([*argv, "--force"]) == 0
     np.testing.assert_array_equal(store.load("pirate", "templated"), downloaded.numpy())
+
+
+def test_a_pt_holding_a_numpy_array_is_one_plain_line(tmp_path: Path) -> None:
+    """torch's 'Weights only load failed' message (ANSI bold, torch's unsafe advice, many
+    lines) never reaches the user: one line of pvrs's own naming the file and what it holds."""
+    from pvrs.steering.directions import load_vector
+
+    src = tmp_path / "src"
+    src.mkdir()
+    torch.save({"vector": torch.ones(L, H), "meta": np.arange(3)}, src / "meta.pt")
+    for load, error in (
+        (lambda: load_vector(src / "meta.pt"), ArtifactError),
+        (lambda: import_vectors([src / "meta.pt"], PersonaVectorStore("org/x", root_dir=tmp_path), "templated", layout="blocks"), InputError),
+    ):
+        with pytest.raises(error, match="holds Python objects") as caught:
+            load()
+        text = str(caught.value)
+        assert "meta.pt" in text and "\n" not in text and "\x1b" not in text
+        assert "Weights only load failed" not in text and "weights_only=False" not in text

@@ -18,6 +18,7 @@ the raw vector (`h + alpha * v`), as `pvrs steer`'s does."""
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,9 @@ STEERING_VECTOR_FILE = "steering_vector.safetensors"
 METADATA_FILE = "metadata.json"
 # Keys tried, in order, in a `.pt` dict holding more than one tensor.
 PT_KEYS = ("axis", "vector", "direction", "steering_vector")
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+# torch's markers of a pickle weights_only refused (the first line differs across versions).
+_UNSAFE_PICKLE = ("weights_only", "Weights only load failed", "Unsupported global")
 
 
 @dataclass(frozen=True)
@@ -66,13 +70,22 @@ def torch_load(path: Path, error: type[PvrsError] = ArtifactError) -> Any:
             warnings.simplefilter("ignore")
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for bad or unsafe pickles
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if "weights_only" in first:  # torch's advice, weights_only=False, is unsafe for a download
-            first = "it holds Python objects besides tensors, which could run code"
         raise error(
-            f"{path}: cannot load with torch.load(weights_only=True) ({first}); pvrs reads .pt "
-            "files of plain tensors only"
+            f"{path}: cannot load with torch.load(weights_only=True) ({_torch_reason(exc)}); pvrs "
+            "reads .pt files of plain tensors only"
         ) from None
+
+
+def _torch_reason(exc: Exception) -> str:
+    """torch's reason in one plain line. Its unsafe-pickle message is many lines with ANSI
+    bold and advice (weights_only=False) that is unsafe for a download: reworded, naming the
+    object it refused (e.g. a numpy array in the metadata)."""
+    text = _ANSI.sub("", str(exc)).strip()
+    if any(marker in text for marker in _UNSAFE_PICKLE):
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+        held = f" ({found.group(1)})" if found else ""
+        return f"it holds Python objects{held} besides tensors, which could run code"
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def real_floats(array: np.ndarray, path: Path) -> np.ndarray:
