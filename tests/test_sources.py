@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 from pvrs.errors import InputError
+from pvrs.hub.vector_sources import local_store_root, open_store
 from pvrs.store import PersonaVectorStore
-from pvrs.store.sources import local_store_root, open_store
 
 MODEL = "org/tiny"
 

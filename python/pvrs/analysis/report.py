@@ -10,11 +10,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from pvrs.analysis import compute as an
 from pvrs.analysis import export
-from pvrs.analysis.sections import Findings, report_sections
+from pvrs.analysis.findings import Findings, VectorSet
+from pvrs.analysis.sections import report_sections
 from pvrs.analysis.tables import (
     ALL_LAYER_SIMILARITY_MAX,
     agreement_table,
@@ -30,30 +29,13 @@ from pvrs.analysis.tables import (
     summary_of,
 )
 from pvrs.errors import InputError
+from pvrs.hub.vector_sources import open_store
 from pvrs.store.layerspec import parse_layers
-from pvrs.store.sources import open_store
 
 PROBE_METHODS = ("logistic", "ridge", "diffmeans")
 
 
 # ---- reading ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class VectorSet:
-    """Persona vectors of one mask strategy and prompt variant, `samples` `(P, L, H)`."""
-
-    mask_strategy: str
-    variant: str
-    persona_ids: list[str]
-    names: list[str]
-    layers: list[int]
-    samples: np.ndarray
-    model: str = ""
-
-    @property
-    def label(self) -> str:
-        return f"{self.mask_strategy}/{self.variant}"
 
 
 def read_vector_sets(

@@ -3,41 +3,14 @@ caption, given what the run found."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from pvrs.analysis import compute as an
 from pvrs.analysis import curves, export, plots
 from pvrs.analysis import geometry_plots as gp
+from pvrs.analysis.findings import Findings
 
-if TYPE_CHECKING:  # the report module imports this one
+if TYPE_CHECKING:
     from pvrs.analysis.geometry import GeometryViews
-    from pvrs.analysis.report import VectorSet
-
-
-@dataclass(frozen=True)
-class Findings:
-    """What the analysis found, as the report's figures and summary use it."""
-
-    main: VectorSet
-    focus: int
-    sim: an.SimilarityResult
-    pca: an.PCAResult
-    curves: an.LayerCurves
-    axis: an.AxisResult | None
-    variant_agreements: list[an.AgreementResult]
-    strategy_agreements: list[an.AgreementResult]
-    probe_curves: list[Any]
-    geometry: GeometryViews | None = None
-    attributes: dict[str, dict[str, Any]] | None = None
-
-    def colourings(self) -> list[gp.Colouring]:
-        """The colour-by menu of every persona scatter: the assistant axis, the k-means
-        clusters, then each attribute of the persona file (whichever there are)."""
-        out = [] if self.axis is None else [gp.axis_colouring(self.axis)]
-        if self.geometry is not None and self.geometry.kmeans is not None:
-            out.append(gp.cluster_colouring(self.geometry.kmeans))
-        return out + gp.attribute_colourings(self.main.persona_ids, self.attributes)
 
 
 # How the per-layer figures read when there are several layers; PNGs show the focus layer.

@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 
 from pvrs.analysis import compute as an
+from pvrs.analysis.findings import Findings
 from pvrs.analysis.geometry import GeometryViews
-from pvrs.analysis.sections import Findings
 
 # Past this many values (personas^2 x layers, e.g. 700 personas x 40 layers) the all-layer
 # similarity file is skipped: the focus layer's CSVs remain. The HTML report's layer slider

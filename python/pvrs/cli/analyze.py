@@ -7,7 +7,7 @@ from pathlib import Path
 
 from pvrs.cli.common import UniqueList, check_writable, writing
 from pvrs.errors import InputError
-from pvrs.store.sources import SOURCE_HELP
+from pvrs.hub.vector_sources import SOURCE_HELP
 
 
 def _cmd_analyze(args: argparse.Namespace) -> int:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from pvrs.errors import PvrsError, PvrsIOError
-from pvrs.store.sources import SOURCE_HELP
+from pvrs.hub.vector_sources import SOURCE_HELP
 
 EXIT_USAGE = 2
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from pvrs.cli.common import UniqueList, check_writable, positive_int, writing
 from pvrs.errors import InputError
-from pvrs.store.sources import SOURCE_HELP
+from pvrs.hub.vector_sources import SOURCE_HELP
 
 METHODS = ("logistic", "ridge", "diffmeans")
 

@@ -34,7 +34,7 @@ def vector_layers(spec: Sequence[str], vector: np.ndarray, flag: str = "--layer"
 
 def open_store(args: argparse.Namespace) -> Any:
     from pvrs.engines.models import canonical_model_name
-    from pvrs.store.sources import open_store as open_source
+    from pvrs.hub.vector_sources import open_store as open_source
 
     return open_source(canonical_model_name(args.model), args.source, args.mask_strategy)
 

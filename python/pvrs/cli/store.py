@@ -8,7 +8,7 @@ from pathlib import Path
 
 from pvrs.cli.common import finite_float
 from pvrs.errors import InputError
-from pvrs.store.sources import local_store_root
+from pvrs.hub.vector_sources import local_store_root
 
 
 def _cmd_push(args: argparse.Namespace) -> int:

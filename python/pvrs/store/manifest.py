@@ -4,7 +4,6 @@ parsing it, and merging a save's shape and provenance into it without mixing run
 from __future__ import annotations
 
 import json
-import re
 import stat
 from collections.abc import Mapping
 from datetime import datetime, timezone
@@ -12,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from pvrs.errors import InvalidArgumentError, ManifestError
+from pvrs.jsonio import decode
 from pvrs.store.layout import (
     _MUTABLE_PROVENANCE,
     DEFAULT_ENGINE,
@@ -25,7 +25,6 @@ from pvrs.store.layout import (
 )
 
 _JSON = json.JSONEncoder(ensure_ascii=False)
-_SHA256 = re.compile("[0-9a-fA-F]{64}")
 
 
 def entry_of(record: VectorRecord) -> dict[str, Any]:
@@ -117,43 +116,19 @@ def read_manifest_bytes(path: Path) -> bytes | None:
 
 
 def parse_manifest(path: Path, raw: bytes) -> dict[str, Any]:
-    """The manifest, its types checked as `pvrs validate` checks them, so no reader meets
-    a string where a count belongs."""
-    try:
-        manifest = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ManifestError(
-            f"{path}: not valid JSON ({exc}); run `pvrs validate {path.parent}`"
-        ) from None
-    problem = _type_problem(manifest)
-    if problem:
-        raise ManifestError(f"{path}: {problem}; run `pvrs validate {path.parent}`")
-    return manifest
+    """The manifest, checked by the very check `pvrs validate` applies (`rust/manifest/
+    model.rs`: JSON, field types and counts, persona ids, the folders it lives in), so every
+    reader refuses what validate refuses and none meets a string where a count belongs."""
+    from pvrs import _core
 
-
-def _count(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
-
-
-def _type_problem(manifest: object) -> str | None:
-    """What in the manifest has the wrong type (None: nothing)."""
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("personas"), dict):
-        return "the manifest has no 'personas' mapping"
-    for key in ("num_layers", "hidden_size"):
-        if not _count(manifest.get(key)):
-            return f"{key!r} must be a positive integer, got {manifest.get(key)!r}"
-    for pid, entry in manifest["personas"].items():
-        if not isinstance(entry, dict):
-            return f"personas[{pid!r}] must be an object {{name, sample_ids}}"
-        if not isinstance(entry.get("name"), str):
-            return f"personas[{pid!r}]: 'name' must be a string"
-        ids = entry.get("sample_ids")
-        if not isinstance(ids, list) or not all(isinstance(s, str) for s in ids):
-            return f"personas[{pid!r}]: 'sample_ids' must be a list of strings"
-        sha256 = entry.get("sha256")
-        if sha256 is not None and not (isinstance(sha256, str) and _SHA256.fullmatch(sha256)):
-            return f"personas[{pid!r}]: 'sha256' must be 64 hex digits, got {sha256!r}"
-    return None
+    for problem in _core.manifest_problems(raw, path):
+        if problem["severity"] == "error":
+            raise ManifestError(
+                f"{path}: {problem['message']}; run `pvrs validate {path.parent}`, then fix "
+                "that field or delete the folder and extract again"
+            )
+    # Rust has parsed it: valid UTF-8 JSON nested at most 128 levels.
+    return decode(raw, str(path), ManifestError)
 
 
 def provenance_header(
@@ -166,7 +141,7 @@ def provenance_header(
     """Every provenance key of a save into `folder` (`mask_strategy`/`variant`), defaults
     filled in; a `provenance` that names another strategy or variant than the folder's is
     refused."""
-    from pvrs import __version__
+    from pvrs._core import __version__
 
     merged: dict[str, Any] = {
         "model": model_name,
