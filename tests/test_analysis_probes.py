@@ -244,3 +244,38 @@ def test_a_probe_folder_from_others_with_unreadable_files_is_one_error(tmp_path)
     save_file({"weight": torch.ones(1, 3).bfloat16(), "bias": torch.zeros(1).bfloat16()}, str(tmp_path / "weights.safetensors"))
     with pytest.raises(ArtifactError, match="is unreadable"):
         load_probe_artifact(tmp_path)
+
+
+def _write_probe(folder: Path, doc: dict, rows: int) -> Path:
+    from safetensors.numpy import save_file
+
+    folder.mkdir(parents=True)
+    (folder / "probe.json").write_text(json.dumps(doc))
+    w = np.random.default_rng(0).normal(size=(rows, H)).astype(np.float32)
+    save_file({"weight": w, "bias": np.zeros(rows, np.float32)}, str(folder / "weights.safetensors"))
+    return folder
+
+
+def test_probe_rows_that_do_not_fit_its_classes_are_refused_naming_the_file(tmp_path):
+    """persona-vectors writes a difference-of-means probe as two rows [-d/2, d/2] whatever
+    the task: on a 4-class attribute it separates classes 0 and 1 only. Read as a binary
+    probe it would predict two of the four classes silently; it is refused, as is any probe
+    whose rows do not match its classes (one per class, one for two) or its regression."""
+    names = ["a", "b", "c", "d"]
+    reference = {
+        "schema_version": 2, "attribute_name": "region", "task": "categorical",
+        "probe_kind": "difference_of_means", "layer": 3, "class_names": names, "metrics": {},
+    }
+    cases = {
+        "categorical_diffmeans": (reference, 2, "2 weight rows for 4 classes"),
+        "numeric_two_rows": ({**reference, "task": "numeric", "probe_kind": "ridge_regression"}, 2, "2 weight rows for a regression"),
+        "pvrs_three_rows": ({"format": "pvrs.probe", "schema_version": 1, "attribute": "x", "layer": 1, "method": "logistic", "task": "classification", "classes": ["p", "q"], "metrics": {}}, 3, "3 weight rows for 2 classes"),
+    }
+    for name, (doc, rows, message) in cases.items():
+        folder = _write_probe(tmp_path / name, doc, rows)
+        with pytest.raises(ArtifactError, match=message) as caught:
+            load_probe_artifact(folder)
+        assert str(folder / "weights.safetensors") in str(caught.value)
+    # What fits is read: the reference's 4-class logistic probe has one row per class.
+    good = _write_probe(tmp_path / "logistic", {**reference, "probe_kind": "logistic_regression"}, 4)
+    assert load_probe_artifact(good).weight.shape == (4, H)

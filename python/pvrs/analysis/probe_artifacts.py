@@ -145,7 +145,15 @@ def load_probe_artifact(directory: str | Path) -> ProbeArtifact:
             f"probe artifact {str(directory)!r}: weight {weight.shape} and bias {bias.shape} disagree"
         )
     try:
-        if doc["schema_version"] == REFERENCE_SCHEMA_VERSION:
+        reference = doc["schema_version"] == REFERENCE_SCHEMA_VERSION
+        task = _REFERENCE_TASKS.get(doc["task"]) if reference else doc["task"]
+        misfit = _rows_misfit(weight.shape[0], task, doc["class_names" if reference else "classes"])
+        if misfit:
+            raise ArtifactError(
+                f"{weights_path}: {misfit}; pvrs cannot tell which classes the rows score, "
+                "so it does not read this probe (refit it with one row per class)"
+            )
+        if reference:
             return _from_reference(doc, tensors)
         known = {"format", "schema_version", "attribute", "layer", "method", "task", "metrics", "classes"}
         return ProbeArtifact(
@@ -163,6 +171,19 @@ def load_probe_artifact(directory: str | Path) -> ProbeArtifact:
         raise ArtifactError(
             f"probe artifact {str(directory)!r}: probe.json lacks a valid {exc}"
         ) from None
+
+
+def _rows_misfit(rows: int, task: object, classes: object) -> str | None:
+    """Why `rows` weight rows do not fit the task (None: they fit). A classification has
+    one row per class, or one or two rows for two classes (persona-vectors writes
+    `[-w/2, w/2]`); a regression one row. persona-vectors saves a difference-of-means probe
+    as two rows whatever the task, so on more classes it separates the first two only."""
+    if task == "regression":
+        return None if rows == 1 else f"{rows} weight rows for a regression (one expected)"
+    if task != "classification" or not isinstance(classes, list):
+        return None  # an unknown task or missing classes is reported as a missing field
+    fits = rows == len(classes) or (rows == 1 and len(classes) == 2)
+    return None if fits else f"{rows} weight rows for {len(classes)} classes ({', '.join(map(str, classes))})"
 
 
 # persona-vectors' probe kinds and tasks, as pvrs names them.
