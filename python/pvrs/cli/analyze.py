@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pvrs.cli.common import UniqueList, check_writable, writing
+from pvrs.cli.common import (
+    UniqueList,
+    bounded_int,
+    check_writable,
+    non_negative_int,
+    positive_int,
+    writing,
+)
 from pvrs.errors import InputError
 from pvrs.hub.vector_sources import SOURCE_HELP
 
@@ -125,7 +132,7 @@ def _add_analyze(sub: argparse._SubParsersAction) -> None:
         help="probe methods: logistic, ridge, diffmeans (default: all that fit the attribute)",
     )
     p.add_argument(
-        "--folds", type=int, default=5, help="cross-validation folds (default: %(default)s)"
+        "--folds", type=bounded_int(2), default=5, help="cross-validation folds (default: %(default)s)"
     )
     p.add_argument(
         "--default-persona",
@@ -135,12 +142,12 @@ def _add_analyze(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--focus-layer",
-        type=int,
+        type=non_negative_int,
         help="layer for heatmaps, projections and tables (default: the middle analysed layer)",
     )
     p.add_argument(
         "--neighbours",
-        type=int,
+        type=positive_int,
         default=5,
         help="nearest neighbours listed per persona (default: %(default)s)",
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -14,6 +14,14 @@ from pvrs.errors import PvrsError, PvrsIOError
 from pvrs.hub.vector_sources import SOURCE_HELP
 
 EXIT_USAGE = 2
+
+
+MAX_COUNT = 2**31 - 1  # counts end up in C ints (torch, Rust, the OS): larger ones overflow there
+MAX_SEED = 2**32 - 1  # numpy's and most engines' seed range
+MAX_MAGNITUDE = 1e6  # a steering strength or cap this large only turns the model's states into inf/NaN
+MAX_MB = 1e6  # a terabyte: larger parquet sizes overflow the byte counts
+MAX_THREADS = 4 * (os.cpu_count() or 1)  # torch allocates per thread: 100000 ran out of memory, then hung
+MAX_TEMPERATURE = 100.0  # far flatter than uniform sampling needs
 
 
 def finite_float(text: str) -> float:
@@ -36,24 +44,45 @@ def score_threshold(text: str) -> float:
     return value
 
 
-def _whole_number(text: str, least: int, bound: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < least:
-        raise argparse.ArgumentTypeError(f"{text!r} must be {bound}")
-    return value
+def float_in(least: float, most: float, *, open_below: bool = False) -> Callable[[str], float]:
+    """argparse type for a finite float in `[least, most]` (`(least, most]` when
+    `open_below`); argparse prefixes the flag to the one-line error."""
+    bounds = f"{'(' if open_below else '['}{least:g}, {most:g}]"
+
+    def parse(text: str) -> float:
+        value = finite_float(text)
+        if not (least < value if open_below else least <= value) or value > most:
+            raise argparse.ArgumentTypeError(f"{text!r} is not in {bounds}")
+        return value
+
+    return parse
 
 
-def positive_int(text: str) -> int:
-    """argparse type for counts and budgets that must be at least 1."""
-    return _whole_number(text, 1, "at least 1")
+probability = float_in(0, 1, open_below=True)  # --top-p, --gpu-memory-utilization
+magnitude = float_in(-MAX_MAGNITUDE, MAX_MAGNITUDE)  # steering strengths and cap thresholds
+megabytes = float_in(0, MAX_MB, open_below=True)
 
 
-def non_negative_int(text: str) -> int:
-    """argparse type for counts that may be 0 (`--gpus-per-replica 0`: CPU replicas)."""
-    return _whole_number(text, 0, "0 or more")
+def bounded_int(least: int, most: int = MAX_COUNT) -> Callable[[str], int]:
+    """argparse type for a whole number in `[least, most]`."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < least:
+            raise argparse.ArgumentTypeError(f"{text!r} must be at least {least}")
+        if value > most:
+            raise argparse.ArgumentTypeError(f"{text!r} must be at most {most}")
+        return value
+
+    return parse
+
+
+positive_int = bounded_int(1)  # counts and budgets
+non_negative_int = bounded_int(0)  # counts that may be 0 (`--gpus-per-replica 0`: CPU replicas)
+seed_int = bounded_int(0, MAX_SEED)
 
 
 class UniqueList(argparse.Action):
@@ -113,7 +142,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--threads",
-        type=positive_int,
+        type=bounded_int(1, MAX_THREADS),
         action=_ThreadsAction,
         help="torch CPU threads (default: the physical cores available to this process, or OMP_NUM_THREADS)",
     )
@@ -163,13 +192,13 @@ def add_generation_args(
     )
     p.add_argument(
         "--temperature",
-        type=finite_float,
+        type=float_in(0, MAX_TEMPERATURE),
         default=temperature,
         help=f"0 decodes greedily (default %(default)s: {why})",
     )
-    p.add_argument("--seed", type=int, default=0, help="seed for sampling with --temperature > 0 (default %(default)s)")
+    p.add_argument("--seed", type=seed_int, default=0, help="seed for sampling with --temperature > 0 (default %(default)s)")
     p.add_argument(
-        "--top-p", type=finite_float, default=0.9, help="nucleus sampling with --temperature > 0 (default %(default)s)"
+        "--top-p", type=probability, default=0.9, help="nucleus sampling with --temperature > 0 (default %(default)s)"
     )
     if system:
         p.add_argument("--system", default=None, help="system prompt (default: the template's own)")

@@ -13,7 +13,7 @@ from pvrs.cli.common import (
     add_generation_args,
     add_model_and_store_args,
     check_writable,
-    finite_float,
+    magnitude,
     score_threshold,
     writing,
 )
@@ -181,13 +181,13 @@ def add_grid_args(p: argparse.ArgumentParser, min_coherence_help: str | None = N
     g = p.add_argument_group("grid (layers x alphas, caps x taus, or both)")
     # A repeated value would be a repeated cell and a repeated row of the table.
     g.add_argument("--layer", nargs="+", action=UniqueList, help="block indices or ranges to steer at, one at a time (12 or 10-14)")
-    g.add_argument("--alpha", nargs="+", type=finite_float, action=UniqueList, help="strengths to try at each --layer")
+    g.add_argument("--alpha", nargs="+", type=magnitude, action=UniqueList, help="strengths to try at each --layer")
     g.add_argument("--relative", action="store_true", help="read each alpha as a fraction of the layer's median residual norm")
     g.add_argument(
         "--cap", nargs="+", metavar="LAYERS", action=UniqueList,
         help="instead of steering, cap the projection on the direction: each item a set of blocks capped together (12 or 10-14)",
     )
-    g.add_argument("--tau", nargs="+", type=finite_float, action=UniqueList, help="cap thresholds to try for each --cap: projections on the unit direction")
+    g.add_argument("--tau", nargs="+", type=magnitude, action=UniqueList, help="cap thresholds to try for each --cap: projections on the unit direction")
     g.add_argument(
         "--cap-side", choices=("upper", "lower"), default="upper",
         help="upper: projections above tau are cut to tau (limits the trait); lower: a floor at tau (default %(default)s)",

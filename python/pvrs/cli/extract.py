@@ -14,9 +14,9 @@ from pvrs.cli.common import (
     add_generation_args,
     add_model_args,
     check_writable,
-    finite_float,
     non_negative_int,
     positive_int,
+    probability,
     score_threshold,
 )
 from pvrs.errors import InputError
@@ -90,7 +90,7 @@ def _add_preview(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--variant", choices=VARIANTS, default="templated", help="prompt variant (default templated)")
     p.add_argument("--personas", default=None, help="persona file (default: the built-in demo set)")
     p.add_argument("--qa", default=None, help="QA file (default: the built-in demo set)")
-    p.add_argument("-n", type=int, default=1, help="number of QA pairs to show (default 1)")
+    p.add_argument("-n", type=positive_int, default=1, help="number of QA pairs to show (default 1)")
     p.add_argument("--mask-strategy", default="all", help="a strategy name or 'all' (default all)")
     p.add_argument("--system", default=None, help="custom system prompt (omit for none)")
     p.add_argument("--question", default=None, help="custom question (with --answer)")
@@ -258,8 +258,8 @@ def _add_extract(sub: argparse._SubParsersAction) -> None:
     data.add_argument("--qa", metavar="FILE", help="QA pairs (.jsonl/.json/.parquet); default: built-in demo set")
     data.add_argument("--dataset", metavar="DIR", help="folder with personas.* and qa.* (or a saved DatasetDict)")
     data.add_argument("--persona-id", nargs="+", metavar="ID", help="only these personas (baseline_assistant included)")
-    data.add_argument("--sample-size", type=int, metavar="N", help="only the first N personas")
-    data.add_argument("--n-train", type=int, metavar="N", help="first N train-split QA rows per persona")
+    data.add_argument("--sample-size", type=positive_int, metavar="N", help="only the first N personas")
+    data.add_argument("--n-train", type=positive_int, metavar="N", help="first N train-split QA rows per persona")
     data.add_argument(
         "--qa-type", choices=QA_TYPES, default="all",
         help="QA rows to use by their type: explicit, implicit or all (default %(default)s)",
@@ -327,7 +327,7 @@ def _add_extract(sub: argparse._SubParsersAction) -> None:
     )
     eng.add_argument("--tensor-parallel-size", type=positive_int, metavar="N", help="vLLM: GPUs the model is split over (default 1)")
     eng.add_argument(
-        "--gpu-memory-utilization", type=finite_float, metavar="F",
+        "--gpu-memory-utilization", type=probability, metavar="F",
         help="vLLM: share of each GPU's memory it may take, 0-1 (default 0.9)",
     )
     eng.add_argument("--max-model-len", type=positive_int, metavar="N", help="vLLM: context length (default: the model's)")

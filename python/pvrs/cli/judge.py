@@ -12,11 +12,13 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pvrs.cli.common import check_writable, finite_float, positive_int, writing
+from pvrs.cli.common import bounded_int, check_writable, float_in, positive_int, writing
 from pvrs.errors import InputError
 
 if TYPE_CHECKING:
     from pvrs.judge import Judge, ScoreCache
+
+MAX_TIMEOUT, MAX_RETRIES = 86400.0, 100  # a day per reply; 2**100 backoffs would never end
 
 # The baseline persona has no system prompt: the role its answers are judged against.
 BASELINE_ROLE = "a helpful AI assistant (no persona)"
@@ -76,9 +78,9 @@ def add_judge_args(p: argparse.ArgumentParser) -> None:
     )
     api.add_argument("--api-key", help=f"bearer token (default ${KEY_ENV}; none if unset)")
     api.add_argument("--concurrency", type=positive_int, default=8, help="requests in flight at once (default %(default)s)")
-    api.add_argument("--timeout", type=finite_float, default=60.0, help="seconds to wait for one reply (default %(default)s)")
+    api.add_argument("--timeout", type=float_in(0, MAX_TIMEOUT, open_below=True), default=60.0, help="seconds to wait for one reply (default %(default)s)")
     api.add_argument(
-        "--retries", type=int, default=5,
+        "--retries", type=bounded_int(0, MAX_RETRIES), default=5,
         help="retries after a 429, 5xx, timeout or dropped connection, with exponential backoff (default %(default)s)",
     )
     api.add_argument(

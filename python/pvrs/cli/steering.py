@@ -9,7 +9,8 @@ from pvrs.cli.common import (
     add_generation_args,
     add_model_and_store_args,
     add_model_args,
-    finite_float,
+    float_in,
+    magnitude,
 )
 
 
@@ -37,7 +38,7 @@ def _add_steer(sub: argparse._SubParsersAction) -> None:
         "--layer", nargs="+", required=True, help="block indices or ranges (12 or 10-14)"
     )
     p.add_argument(
-        "--alpha", nargs="+", type=finite_float, required=True, help="one or more strengths to sweep"
+        "--alpha", nargs="+", type=magnitude, required=True, help="one or more strengths to sweep"
     )
     p.add_argument(
         "--relative",
@@ -99,7 +100,7 @@ def _add_chat(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--cap-quantile",
-        type=finite_float,
+        type=float_in(0, 1),
         default=None,
         help="quantile for a calibrated tau (default 0.99 upper, 0.01 lower)",
     )
@@ -158,7 +159,7 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--layer", nargs="+", required=True, help="blocks >= 1 (llama.cpp cannot steer block 0)"
     )
-    p.add_argument("--alpha", type=finite_float, default=1.0, help="scale baked into the file (default 1)")
+    p.add_argument("--alpha", type=magnitude, default=1.0, help="scale baked into the file (default 1)")
     p.add_argument(
         "--model-hint", help="architecture name in the file (default: the model's model_type)"
     )

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from pvrs.cli.common import finite_float
+from pvrs.cli.common import megabytes, positive_int
 from pvrs.errors import InputError
 from pvrs.hub.vector_sources import local_store_root
 
@@ -62,8 +62,8 @@ def _add_push(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", metavar="DIR", help="where to write the dataset folder (required with --dry-run; replaced if it holds an earlier package)")
     p.add_argument("--source", metavar="DIR", help="local store to publish (default: $ARTIFACTS_DIR/activations)")
     p.add_argument("--message", metavar="TEXT", help="commit message")
-    p.add_argument("--row-group-mb", type=finite_float, default=64.0, metavar="MB", help="uncompressed row group size, the memory bound (default: 64)")
-    p.add_argument("--file-mb", type=finite_float, default=500.0, metavar="MB", help="uncompressed size of one parquet file (default: 500)")
+    p.add_argument("--row-group-mb", type=megabytes, default=64.0, metavar="MB", help="uncompressed row group size, the memory bound (default: 64)")
+    p.add_argument("--file-mb", type=megabytes, default=500.0, metavar="MB", help="uncompressed size of one parquet file (default: 500)")
     p.set_defaults(handler=_cmd_push)
 
 
@@ -144,7 +144,7 @@ def _add_import(sub: argparse._SubParsersAction) -> None:
         default="auto",
         help="rows of the files: auto (from the model's layer count), with-embeddings ([L+1, d]) or blocks ([L, d]) (default auto)",
     )
-    p.add_argument("--num-layers", type=int, default=None, help="the model's decoder layers (when its config cannot be read)")
+    p.add_argument("--num-layers", type=positive_int, default=None, help="the model's decoder layers (when its config cannot be read)")
     p.add_argument("--force", action="store_true", help="replace personas the variant already holds (default: refuse)")
     p.set_defaults(handler=_cmd_import)
 
