@@ -176,8 +176,24 @@ fn validate_tree(py: Python<'_>, path: PathBuf, deep: bool) -> PyResult<Bound<'_
     out.set_item("variant_dirs", report.variant_dirs)?;
     out.set_item("personas", report.personas)?;
     out.set_item("files_checked", report.files_checked)?;
+    out.set_item("problems", problem_list(py, &report.problems)?)?;
+    Ok(out)
+}
+
+/// The problems `validate` finds in the manifest bytes `raw` read from `path`, as
+/// `validate_tree` lists them: the one manifest check every reader applies.
+#[pyfunction]
+fn manifest_problems<'py>(
+    py: Python<'py>,
+    raw: &[u8],
+    path: PathBuf,
+) -> PyResult<Bound<'py, PyList>> {
+    problem_list(py, &manifest::manifest_problems(raw, &path))
+}
+
+fn problem_list<'py>(py: Python<'py>, found: &[manifest::Problem]) -> PyResult<Bound<'py, PyList>> {
     let problems = PyList::empty(py);
-    for p in &report.problems {
+    for p in found {
         let item = PyDict::new(py);
         item.set_item("path", &p.path)?;
         item.set_item(
@@ -191,8 +207,7 @@ fn validate_tree(py: Python<'_>, path: PathBuf, deep: bool) -> PyResult<Bound<'_
         item.set_item("message", &p.message)?;
         problems.append(item)?;
     }
-    out.set_item("problems", problems)?;
-    Ok(out)
+    Ok(problems)
 }
 
 /// Why `persona_id` is not a safe file name, or None when it is.
@@ -444,6 +459,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(stack_files, m)?)?;
     m.add_function(wrap_pyfunction!(validate_tree, m)?)?;
     m.add_function(wrap_pyfunction!(persona_id_problem, m)?)?;
+    m.add_function(wrap_pyfunction!(manifest_problems, m)?)?;
     // spans
     m.add_function(wrap_pyfunction!(build_token_masks, m)?)?;
     // hub packaging

@@ -35,10 +35,13 @@ def _edit_manifest(store: PersonaVectorStore, **changes: object) -> None:
 @pytest.mark.parametrize(
     ("changes", "said"),
     [
-        ({"num_layers": "4"}, "'num_layers' must be a positive integer, got '4'"),
-        ({"hidden_size": -8}, "'hidden_size' must be a positive integer"),
-        ({"personas": {"a": "A"}}, "personas['a'] must be an object"),
-        ({"personas": {"a": {"name": "A", "sample_ids": "q"}}}, "'sample_ids' must be a list"),
+        ({"num_layers": "4"}, '"num_layers" must be a positive integer, got "4"'),
+        ({"hidden_size": -8}, '"hidden_size" must be a positive integer'),
+        ({"num_layers": 1e30}, '"num_layers" must be a positive integer, got 1e+30'),
+        ({"personas": {"a": "A"}}, 'personas["a"]: must be an object'),
+        ({"personas": {"a": {"name": "A", "sample_ids": "q"}}}, '"sample_ids" must be a list'),
+        ({"personas": {"a": {"name": "A", "sample_ids": ["q"], "n_samples": -5}}}, '"n_samples" must be an integer'),
+        ({"model": "someone/else"}, 'records model="someone/else" but lives in model folder "org__tiny-model"'),
     ],
 )
 def test_a_mistyped_manifest_is_one_manifest_error(

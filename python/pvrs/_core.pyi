@@ -50,6 +50,10 @@ def validate_tree(path: str | PathLike[str], deep: bool = False) -> dict[str, ob
 
 def persona_id_problem(persona_id: str) -> str | None:
     """Why `persona_id` is not a safe file name, or None when it is."""
+
+def manifest_problems(raw: bytes, path: str | PathLike[str]) -> list[dict[str, str]]:
+    """The problems `validate_tree` finds in the manifest bytes `raw` read from `path`
+    ({path, severity, kind, message}): the one manifest check every reader applies."""
 # ---- spans ----
 
 def build_token_masks(

@@ -41,6 +41,15 @@ pub const TENSOR_SUFFIX: &str = ".safetensors";
 pub const SAMPLES_DIRNAME: &str = "samples";
 pub const MAX_PERSONA_ID_BYTES: usize = 200;
 
+/// The problems `validate` finds in a manifest's `bytes` read from `path` (its JSON, field
+/// types, persona ids and the folders it lives in): the check every reader applies.
+pub fn manifest_problems(bytes: &[u8], path: &Path) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    let dir = path.parent().unwrap_or_else(|| Path::new(""));
+    model::check_manifest(bytes, path, dir, &mut problems);
+    problems
+}
+
 /// Validate the tree or variant folder at `path`. `Err` only when `path` itself cannot be
 /// read; everything wrong inside it is a `Problem`.
 pub fn validate(path: &Path, deep: bool) -> Result<Report> {

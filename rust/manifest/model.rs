@@ -89,12 +89,31 @@ pub(super) fn read_manifest(
             return None;
         }
     }
-    let value: Value = match fs::read(path).map_err(|e| e.to_string()).and_then(|bytes| {
-        serde_json::from_slice(&bytes).map_err(|e| format!("not valid JSON ({e})"))
-    }) {
+    match fs::read(path) {
+        Ok(bytes) => check_manifest(&bytes, path, dir, problems),
+        Err(e) => {
+            bad(problems, format!("cannot read: {e}"));
+            None
+        }
+    }
+}
+
+/// The checks of a manifest's bytes, `path` being where they were read (`dir`, its folder):
+/// the one check `validate` and every Python reader apply (`pvrs.store.manifest`).
+pub(super) fn check_manifest(
+    bytes: &[u8],
+    path: &Path,
+    dir: &Path,
+    problems: &mut Vec<Problem>,
+) -> Option<ManifestView> {
+    let bad = |problems: &mut Vec<Problem>, msg: String| {
+        problems.push(error(path, "bad_manifest", msg));
+    };
+    // serde_json refuses nesting deeper than 128 levels, so no reader recurses on it.
+    let value: Value = match serde_json::from_slice(bytes) {
         Ok(v) => v,
         Err(e) => {
-            bad(problems, e);
+            bad(problems, format!("not valid JSON ({e})"));
             return None;
         }
     };
@@ -156,6 +175,7 @@ pub(super) fn read_manifest(
             }
         }
     }
+    model_problem(&top, path, dir, problems);
     let Some(Value::Object(personas)) = top.get("personas") else {
         bad(
             problems,
@@ -234,6 +254,49 @@ pub(super) fn read_manifest(
     })
 }
 
+/// Folder name of a model in the tree, as `pvrs.engines.models.model_dir_name` makes it
+/// (None: the name cannot name a folder).
+fn model_dir_name(model: &str) -> Option<String> {
+    let parts: Vec<&str> = model
+        .split('/')
+        .filter(|p| !p.is_empty() && *p != ".")
+        .collect();
+    if parts.is_empty() || parts.contains(&"..") || parts[0].starts_with('.') {
+        return None;
+    }
+    Some(parts.join("__"))
+}
+
+/// A `model` that the model folder (two levels above `dir`) does not name: the field was
+/// edited or the folder renamed, and readers (which find vectors by folder) would publish
+/// and compare the vectors under another model's name.
+fn model_problem(
+    top: &serde_json::Map<String, Value>,
+    path: &Path,
+    dir: &Path,
+    problems: &mut Vec<Problem>,
+) {
+    let (Some(Value::String(model)), Some(folder)) = (
+        top.get("model"),
+        dir.parent()
+            .and_then(Path::parent)
+            .and_then(Path::file_name),
+    ) else {
+        return;
+    };
+    let folder = folder.to_string_lossy();
+    if model_dir_name(model).as_deref() != Some(&*folder) {
+        problems.push(error(
+            path,
+            "model_mismatch",
+            format!(
+                "records model={model:?} but lives in model folder {folder:?}; restore the \
+                 manifest's \"model\" (or the folder's name) or re-extract"
+            ),
+        ));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::test_util::{kinds, tree};
@@ -264,5 +327,29 @@ mod tests {
         }
         assert!(persona_id_problem(&"x".repeat(201)).is_some());
         assert!(persona_id_problem(&"x".repeat(200)).is_none());
+    }
+
+    #[test]
+    fn an_edited_model_field_is_an_error() {
+        let (tmp, dir) = tree();
+        let path = dir.join(crate::manifest::MANIFEST_FILENAME);
+        let text = fs::read_to_string(&path).unwrap();
+        fs::write(&path, text.replacen('{', "{\"model\": \"org/m\",", 1)).unwrap();
+        assert!(validate(tmp.path(), false).unwrap().is_clean());
+        fs::write(&path, text.replacen('{', "{\"model\": \"other/m\",", 1)).unwrap();
+        let report = validate(tmp.path(), true).unwrap();
+        assert_eq!(kinds(&report), vec!["model_mismatch"]);
+    }
+
+    #[test]
+    fn deep_nesting_is_invalid_json() {
+        let (_tmp, dir) = tree();
+        let mut problems = Vec::new();
+        let raw = "[".repeat(100_000);
+        assert!(check_manifest(raw.as_bytes(), &dir.join("m"), &dir, &mut problems).is_none());
+        assert!(
+            problems[0].message.contains("not valid JSON"),
+            "{problems:?}"
+        );
     }
 }
