@@ -41,13 +41,13 @@ TOLERANCE = 1e-5
 STRATEGIES = [s for s in ALL_STRATEGIES if s is not MaskStrategy.QUESTION_LAST_SPECIAL]
 
 
-def _save_tiny(folder: Path, arch: str, family: str) -> Path:
+def _save_tiny(folder: Path, arch: str, family: str, heads: int = 2) -> Path:
     import torch
     from transformers import AutoModelForCausalLM, Gemma2Config, Qwen2Config
 
     tokenizer = make_tokenizer(family)
-    common = dict(vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256, num_hidden_layers=4,
-                  num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512,
+    common = dict(vocab_size=len(tokenizer), hidden_size=64 * heads, intermediate_size=256, num_hidden_layers=4,
+                  num_attention_heads=heads, num_key_value_heads=1, max_position_embeddings=512,
                   eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id)
     config = Qwen2Config(**common) if arch == "qwen2" else Gemma2Config(**common, head_dim=64, query_pre_attn_scalar=64)
     torch.manual_seed(0)
@@ -183,6 +183,72 @@ def test_cli_extract_and_generate_on_the_builtin_model(tmp_path: Path, capsys: p
 
     store = PersonaVectorStore("HuggingFaceTB/SmolLM2-135M-Instruct", root_dir=out)
     assert store.load("pirate_captain", "templated").shape == (30, 576)
+
+
+def _start_failure_is_one_line_once(folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], llm: object) -> None:
+    """`pvrs extract --engine vllm` on 2 personas x 2 variants with an engine that cannot start
+    (`llm` replaces `vllm.LLM`): it is tried once, and its reason is the one line said."""
+    import vllm
+
+    starts: list[dict[str, object]] = []
+
+    def counting(**kwargs: object) -> object:
+        starts.append(kwargs)
+        return llm(**kwargs)  # type: ignore[operator]
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(vllm, "LLM", counting)
+        code = main(["extract", "--model", str(folder), "--engine", "vllm", "--enforce-eager", "--dtype", "float32",
+                     "--tensor-parallel-size", "2", "--output-dir", str(tmp_path / "out"),
+                     "--persona-id", "pirate_captain", "baseline_assistant"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(starts) == 1
+    assert "must be divisible by tensor parallel size (2)" in err[-1] and "validation error" not in err[-1]
+    assert not any("failed" in line for line in err[:-1])
+
+
+class _FakeVllm:
+    """Just enough of `vllm` for a start that fails the way its config checks do."""
+
+    __version__ = "0.0-fake"
+
+    @staticmethod
+    def SamplingParams(**kwargs: object) -> dict[str, object]:
+        return kwargs
+
+    @staticmethod
+    def LLM(**kwargs: object) -> object:
+        import pydantic
+
+        class SpeculativeConfig(pydantic.BaseModel):
+            heads: int
+
+            @pydantic.field_validator("heads")
+            @classmethod
+            def divisible(cls, heads: int) -> int:
+                raise ValueError(f"Total number of attention heads ({heads}) must be divisible by tensor parallel size (2).")
+
+        return SpeculativeConfig(heads=3)
+
+
+def test_an_engine_that_cannot_start_is_one_line_with_vllms_reason_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake = _FakeVllm()
+    monkeypatch.setitem(sys.modules, "vllm", fake)
+    folder = _save_tiny(tmp_path / "qwen2", "qwen2", "qwen2.5")
+    _start_failure_is_one_line_once(folder, tmp_path, capsys, _FakeVllm.LLM)
+
+
+@needs_vllm
+def test_heads_not_divisible_by_the_tensor_parallel_size_is_one_line_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import vllm
+
+    folder = _save_tiny(tmp_path / "qwen2", "qwen2", "qwen2.5", heads=3)
+    _start_failure_is_one_line_once(folder, tmp_path, capsys, vllm.LLM)
 
 
 @pytest.mark.skipif(HAVE_VLLM, reason="vLLM is installed")

@@ -20,6 +20,10 @@ class ModelError(PvrsError):
     """A model or tokenizer cannot be loaded or used (unknown id, no chat template, ...)."""
 
 
+class EngineStartError(ModelError):
+    """An engine (vLLM) cannot start the model: the whole run stops, not one persona."""
+
+
 class TemplateError(PvrsError, ValueError):
     """A chat template cannot render a conversation the way pvrs needs."""
 
@@ -71,6 +75,7 @@ class InternalError(PvrsError):
 
 __all__ = [
     "ArtifactError",
+    "EngineStartError",
     "InputError",
     "InternalError",
     "InvalidArgumentError",

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pvrs.engines.models import ModelSpec, resolve_model_path
-from pvrs.errors import InputError, InvalidArgumentError, ModelError
+from pvrs.errors import EngineStartError, InputError, InvalidArgumentError, ModelError
 
 if TYPE_CHECKING:
     from torch import nn
@@ -99,6 +99,19 @@ def check_capture_support(architectures: Sequence[str]) -> None:
         )
 
 
+def start_failure(exc: Exception) -> str:
+    """vLLM's reason for not starting, on one line. Its config checks are pydantic errors whose
+    first line only names the config ("1 validation error for SpeculativeConfig"); the reason
+    is in each error's `msg`."""
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        with contextlib.suppress(Exception):
+            reasons = [str(e["msg"]).removeprefix("Value error, ") for e in errors()]
+            if reasons:
+                return "; ".join(reasons)
+    return " ".join(line.strip() for line in str(exc).splitlines() if line.strip()) or type(exc).__name__
+
+
 def _spans(mask: np.ndarray) -> list[list[int]]:
     """`[start, end)` runs of a 1-D bool mask: what crosses to vLLM instead of the mask."""
     padded = np.concatenate([[False], mask.astype(bool), [False]])
@@ -156,11 +169,9 @@ class VllmEngine:
             }
         try:
             self._llm = vllm.LLM(**kwargs)
-        except Exception as exc:  # vLLM raises many kinds; the first line says which
-            first = str(exc).strip().splitlines()
-            raise ModelError(
-                f"vLLM {self.version} could not start model {spec.model!r}: {type(exc).__name__}: "
-                f"{first[0] if first else ''}"
+        except Exception as exc:  # vLLM raises many kinds
+            raise EngineStartError(
+                f"vLLM {self.version} could not start model {spec.model!r}: {start_failure(exc)}"
             ) from exc
         self._capturing = capture
         return self._llm

@@ -23,7 +23,7 @@ from pvrs.engines.transformers import (
     resolve_layers,
     sample_means,
 )
-from pvrs.errors import InputError, InvalidArgumentError, PvrsError
+from pvrs.errors import EngineStartError, InputError, InvalidArgumentError, PvrsError
 from pvrs.extraction.generate import SamplingConfig, generate_answers
 from pvrs.extraction.inputs import VARIANTS, Persona, QAPair
 from pvrs.extraction.masks import DEFAULT_STRATEGY, MaskStrategy, parse_strategies
@@ -305,6 +305,8 @@ def extract(
                             batch_tokens=config.batch_tokens, on_batch=on_batch,
                         )
                     )
+                except EngineStartError:
+                    raise  # no persona can run: one error for the run, not a failure per persona
                 except PvrsError as exc:
                     result.outcomes.append(PersonaOutcome(job.persona.id, job.variant, "failed", str(exc)))
                 else:
