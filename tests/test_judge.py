@@ -5,6 +5,7 @@ backend, rubric files, the score cache, and the round trip into `pvrs extract --
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -31,11 +32,14 @@ ANSWERS = [Answer("pirate", f"q{i}", f"Question {i}?", f"Answer number {i}, arr.
 
 
 def test_endpoint_scores_in_order_within_the_concurrency_limit(server: Server) -> None:
-    server.delay = 0.05
+    # Each request waits until three are in flight, so overlap does not depend on the box's
+    # speed; a fourth at once would show in max_in_flight. The timeout only ends a hang.
+    together = threading.Barrier(3, timeout=120)
+    server.scorer = lambda prompt: (together.wait(), expected_score(prompt))[1]
     rubric = load_rubric("coherence")
     scores = judge_answers(judge_for(server, concurrency=3, api_key="sk-test"), rubric, ANSWERS)
     assert scores == [expected_score(rubric.render(a.question, a.answer)) for a in ANSWERS]
-    assert 1 < server.max_in_flight <= 3
+    assert server.max_in_flight == 3
     request = server.requests[0]
     assert request["model"] == "judge-model" and request["temperature"] == 0 and request["auth"] == "Bearer sk-test"
 

@@ -13,12 +13,23 @@ import numpy as np
 import pytest
 from pvrs.cli import main
 from pvrs.errors import InputError
+from pvrs.judge.cache import default_cache_path
 from pvrs.judge.trait import load_trait_file
 
 from tests.judge_server import Server, server_fixture  # noqa: F401 (the `server` fixture)
 from tests.test_eval import tiny_folder  # noqa: F401 (the `tiny_folder` fixture)
 
 FIXTURE = Path(__file__).parent / "data" / "traits" / "pirate.json"
+
+
+@pytest.mark.parametrize("run", [1, 2])
+def test_each_test_has_its_own_judge_cache(run: int, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Whatever $PVRS_CACHE_DIR the caller set, judge scores cached by one test are not
+    another's (two tests sharing `judge-scores.jsonl` judged nothing and failed)."""
+    cache = default_cache_path(Path("scores.jsonl"))
+    assert cache.parent.resolve().is_relative_to(tmp_path_factory.getbasetemp().resolve())
+    assert not cache.exists()
+    cache.write_text("")
 
 
 def test_trait_file_in_the_persona_vectors_format_parses() -> None:
