@@ -3,8 +3,18 @@ flag, exit 2), and the checks that need no model run before one loads."""
 
 from __future__ import annotations
 
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
 import pytest
 from pvrs.cli import main
+
+from tests.judge_server import Server, server_fixture  # noqa: F401 (the `server` fixture)
 
 
 def refusal(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
@@ -49,3 +59,52 @@ def refusal(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
 def test_numeric_flags_are_bounded(argv: list[str], expected: str, capsys: pytest.CaptureFixture[str]) -> None:
     line = refusal(argv, capsys)
     assert line.startswith(f"pvrs {argv[0]}: error: {expected}")
+
+
+def _answers(path: Path, *answers: str) -> Path:
+    path.write_text("".join(json.dumps({"persona_id": "p", "qid": f"q{i}", "question": "Q?", "answer": a}) + "\n"
+                            for i, a in enumerate(answers)))
+    return path
+
+
+@pytest.mark.parametrize(
+    "url,why",
+    [("http://[::1", "is not a URL"), ("ftp://host/v1", "is not an http:// or https:// URL with a host"),
+     ("localhost:8000/v1", "is not an http:// or https:// URL with a host"), ("http:///v1", "is not an http:// or https:// URL with a host")],
+)
+def test_a_malformed_judge_url_is_one_line(url: str, why: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["judge", str(_answers(tmp_path / "a.jsonl", "A.")), "-o", str(tmp_path / "s.jsonl"),
+            "--cache", str(tmp_path / "cache.jsonl"), "--judge-url", url, "--judge-model", "m", "--trait", "t"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"error: --judge-url {url!r} {why}" in err
+
+
+def test_ctrl_c_on_judge_exits_130_at_once_keeping_the_cache(server: Server, tmp_path: Path) -> None:
+    """Two answers are scored, a third hangs on the server; Ctrl-C then ends the run at
+    once (not after --timeout 120) and the two scores stay in the cache."""
+    release = threading.Event()
+
+    def scorer(prompt: str) -> float:
+        if "slow" in prompt:
+            release.wait(120)
+        return 50.0
+
+    server.scorer = scorer
+    cache = tmp_path / "cache.jsonl"
+    argv = ["judge", str(_answers(tmp_path / "a.jsonl", "fast one", "fast two", "slow")), "-o", str(tmp_path / "s.jsonl"),
+            "--cache", str(cache), "--judge-url", server.url, "--judge-model", "m", "--trait", "t", "--timeout", "120"]
+    proc = subprocess.Popen([sys.executable, "-m", "pvrs", *argv], stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (len(server.requests) == 3 and cache.is_file() and len(cache.read_text().splitlines()) == 2):
+            assert time.monotonic() < deadline and proc.poll() is None, "the judge run did not reach the slow answer"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        release.set()
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err
+    assert len(cache.read_text().splitlines()) == 2 and not (tmp_path / "s.jsonl").exists()

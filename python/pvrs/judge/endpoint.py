@@ -10,10 +10,10 @@ import email.utils
 import json
 import math
 import os
+import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,10 +45,11 @@ class EndpointJudge:
     @classmethod
     def from_env(cls, url: str | None, model: str | None, api_key: str | None, **options: Any) -> EndpointJudge:
         """Flags first, then $PVRS_JUDGE_URL, $PVRS_JUDGE_MODEL and $OPENAI_API_KEY."""
-        url = url or os.environ.get(URL_ENV)
+        flag_url, url = url, url or os.environ.get(URL_ENV)
         model = model or os.environ.get(MODEL_ENV)
         if not url:
             raise InputError(f"no judge endpoint: pass --judge-url URL (e.g. http://localhost:8000/v1) or set ${URL_ENV}")
+        _check_url(url, "--judge-url" if flag_url else f"${URL_ENV}")
         if not model:
             raise InputError(f"no judge model for {url}: pass --judge-model NAME or set ${MODEL_ENV}")
         judge = cls(url, model, api_key or os.environ.get(KEY_ENV), **options)
@@ -71,25 +72,47 @@ class EndpointJudge:
         self, prompts: Sequence[str], on_score: Callable[[int, float | None], object] | None = None
     ) -> list[float | None]:
         """Scores of `prompts`, in order (None: no score); `on_score(i, score)` hears each as it
-        arrives (on the calling thread). The first failure, or Ctrl-C, cancels the requests not
-        yet sent and ends the retry waits of those in flight."""
+        arrives (on the calling thread). The first failure, or Ctrl-C, returns at once: the
+        requests not yet sent are dropped and those in flight abandoned on daemon threads (a
+        thread pool's are joined at exit, which kept Ctrl-C waiting up to `timeout`)."""
         scores: list[float | None] = [None] * len(prompts)
         stop = threading.Event()
+        todo: queue.SimpleQueue[int] = queue.SimpleQueue()
+        done: queue.SimpleQueue[tuple[int, float | None, BaseException | None]] = queue.SimpleQueue()
+        for i in range(len(prompts)):
+            todo.put(i)
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
-        limits = httpx.Limits(max_connections=self.concurrency)
-        with httpx.Client(timeout=self.timeout, headers=headers, limits=limits) as client, \
-                ThreadPoolExecutor(self.concurrency) as pool:
-            futures = {pool.submit(self._score_one, client, p, stop): i for i, p in enumerate(prompts)}
-            try:
-                for future in as_completed(futures):
-                    i = futures[future]
-                    scores[i] = future.result()
-                    if on_score is not None:
-                        on_score(i, scores[i])
-            except BaseException:
-                stop.set()
-                pool.shutdown(wait=True, cancel_futures=True)
-                raise
+        client = httpx.Client(timeout=self.timeout, headers=headers, limits=httpx.Limits(max_connections=self.concurrency))
+
+        def work() -> None:
+            while not stop.is_set():
+                try:
+                    i = todo.get_nowait()
+                except queue.Empty:
+                    return
+                try:
+                    done.put((i, self._score_one(client, prompts[i], stop), None))
+                except BaseException as exc:  # handed to the calling thread, which raises it
+                    done.put((i, None, exc))
+                    return
+
+        workers = [threading.Thread(target=work, name="pvrs-judge", daemon=True)
+                   for _ in range(min(self.concurrency, len(prompts)))]
+        for worker in workers:
+            worker.start()
+        try:
+            for _ in prompts:
+                i, scores[i], error = done.get()
+                if error is not None:
+                    raise error
+                if on_score is not None:
+                    on_score(i, scores[i])
+        except BaseException:
+            stop.set()
+            # The client is closed once the abandoned requests end, not under them.
+            threading.Thread(target=_close_after, args=(workers, client), daemon=True).start()
+            raise
+        _close_after(workers, client)
         return scores
 
     def _score_one(self, client: httpx.Client, prompt: str, stop: threading.Event) -> float | None:
@@ -145,6 +168,24 @@ class EndpointJudge:
         if top is not None:  # as persona_vectors: the logprobs decide, whatever token was sampled
             return weighted_score(top)
         return None if text is None else stated_score(text)
+
+
+def _check_url(url: str, where: str) -> None:
+    """An http(s) URL with a host, checked before any request (httpx would raise
+    `InvalidURL` from a worker thread)."""
+    example = "pass the API base, e.g. http://localhost:8000/v1"
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL as exc:
+        raise InputError(f"{where} {url!r} is not a URL ({exc}); {example}") from None
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise InputError(f"{where} {url!r} is not an http:// or https:// URL with a host; {example}")
+
+
+def _close_after(workers: Sequence[threading.Thread], client: httpx.Client) -> None:
+    for worker in workers:
+        worker.join()
+    client.close()
 
 
 def _probability(logprob: object) -> float:
