@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from pvrs.cli import main
-from pvrs.errors import ArtifactError, InputError
+from pvrs.errors import ArtifactError, InputError, InvalidArgumentError
 from pvrs.store import PersonaVectorStore
 from pvrs.store.importers import import_vectors
 
@@ -34,16 +34,70 @@ def test_with_embedding_row_is_dropped_and_recorded(
     rc = main(
         ["import", str(src), "--model", "org/x", "--num-layers", str(L), "--output-dir", str(root)]
     )
-    assert rc == 0 and "dropped the embedding row" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert rc == 0 and f"({L - 1}, {H})" in out and "dropped row 0 (embeddings) and the final norm's row" in out
     store = PersonaVectorStore("org/x", root_dir=root)
     assert store.list_personas(["templated"]) == ["chef", "pirate"]
-    np.testing.assert_array_equal(store.load("pirate", "templated"), a[1:].numpy())
-    np.testing.assert_array_equal(store.load("chef", "templated"), b[1:].numpy())
+    np.testing.assert_array_equal(store.load("pirate", "templated"), a[1:-1].numpy())
+    np.testing.assert_array_equal(store.load("chef", "templated"), b[1:-1].numpy())
     manifest = json.loads(store.manifest_path("templated").read_text())
-    assert manifest["num_layers"] == L
+    assert manifest["num_layers"] == L - 1
     assert manifest["layer_convention"] == "decoder_block_outputs"
-    assert manifest["source_layer_convention"] == "embedding_then_decoder_blocks"
+    assert manifest["source_layer_convention"] == "hidden_states_embeddings_blocks_final_norm"
     assert main(["validate", str(root), "--deep"]) == 0
+
+
+def test_anthropic_layout_rows_are_read_as_the_blocks_they_come_from(tmp_path: Path) -> None:
+    """persona_vectors' generate_vec.py saves means of `output_hidden_states`: L+1 rows, row 0
+    the embeddings, row i block i-1's output, and row L the FINAL NORM of block L-1's output
+    (transformers applies it to the last entry). Row i of pvrs is block i: the file's row i+1;
+    its last row is no block's output and is dropped, never taken as block L-1."""
+    import warnings
+
+    from pvrs.steering.directions import load_vector
+
+    from tests.tiny_models import tiny_model
+
+    model = tiny_model("llama")
+    blocks: dict[int, torch.Tensor] = {}
+    hooks = [
+        layer.register_forward_hook(lambda _m, _i, out, k=k: blocks.__setitem__(k, out[0] if isinstance(out, tuple) else out))
+        for k, layer in enumerate(model.model.layers)
+    ]
+    with torch.no_grad():
+        hidden = model(torch.tensor([[1, 2, 3, 4, 5]]), output_hidden_states=True).hidden_states
+    for hook in hooks:
+        hook.remove()
+    n = len(blocks)
+    # generate_vec.py: one row per entry of hidden_states, the mean over the answer's tokens.
+    rows = torch.stack([h[0].mean(0) for h in hidden])
+    block_means = torch.stack([blocks[k][0].mean(0) for k in range(n)]).numpy()
+    assert rows.shape[0] == n + 1 and not np.allclose(rows[n].numpy(), block_means[n - 1])
+    src = tmp_path / "src"
+    src.mkdir()
+    torch.save(rows, src / "evil_response_avg_diff.pt")
+
+    with pytest.warns(UserWarning, match=rf"layer 1 is its row 2; row 0 .embeddings. and row {n} .the final norm"):
+        np.testing.assert_allclose(load_vector(src / "evil_response_avg_diff.pt", layer=1, num_layers=n), block_means[1], rtol=1e-5, atol=1e-6)
+    for last in (n - 1, -1):
+        with pytest.raises(InvalidArgumentError, match=f"no output of block {n - 1}: its row {n} is the final norm's"):
+            load_vector(src / "evil_response_avg_diff.pt", layer=last, num_layers=n)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the model's own (L, H) rows are read as they are
+        np.testing.assert_array_equal(load_vector(src / "evil_response_avg_diff.pt"), rows.numpy())
+
+    # `pvrs steer --vector FILE` (from_spec) reads the layer count from the store's model.
+    from pvrs.steering.directions import from_spec
+
+    model.config.save_pretrained(tmp_path / "model")
+    with pytest.warns(UserWarning, match="read as output_hidden_states"):
+        spec = from_spec(str(src / "evil_response_avg_diff.pt"), PersonaVectorStore(str(tmp_path / "model"), root_dir=tmp_path))
+    np.testing.assert_allclose(spec, block_means[: n - 1], rtol=1e-5, atol=1e-6)
+
+    store = PersonaVectorStore("org/x", root_dir=tmp_path / "store")
+    result = import_vectors([src], store, "templated", num_layers=n)
+    assert result.num_layers == n - 1
+    np.testing.assert_allclose(store.load("evil_response_avg_diff", "templated"), block_means[: n - 1], rtol=1e-5, atol=1e-6)
 
 
 def test_blocks_only_files_and_model_config(tmp_path: Path) -> None:

@@ -116,7 +116,8 @@ def _cmd_import(args: argparse.Namespace) -> int:
         force=args.force,
     )
     notes = {
-        WITH_EMBEDDINGS: " (dropped the embedding row)",
+        WITH_EMBEDDINGS: " (output_hidden_states rows: dropped row 0 (embeddings) and the final norm's row, "
+        "which is no block's output; row i is block i, the last block is not in the file)",
         CONTROL_VECTOR: " (control vectors: blocks without a direction are zero rows)",
     }
     print(
@@ -130,7 +131,7 @@ def _add_import(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "import",
         help="import vectors from other tools (.pt tensors, llama.cpp .gguf control vectors) into the store",
-        description="Import [L+1, d] (embedding row first) or [L, d] .pt tensors, or llama.cpp "
+        description="Import [L+1, d] (output_hidden_states: embeddings, blocks, final norm) or [L, d] .pt tensors, or llama.cpp "
         "control vectors (.gguf, direction.k = block k); persona id = file stem.",
     )
     p.add_argument("files", nargs="+", help=".pt/.gguf files or folders of them")
@@ -142,7 +143,8 @@ def _add_import(sub: argparse._SubParsersAction) -> None:
         "--layout",
         choices=("auto", "with-embeddings", "blocks"),
         default="auto",
-        help="rows of the files: auto (from the model's layer count), with-embeddings ([L+1, d]) or blocks ([L, d]) (default auto)",
+        help="rows of the files: auto (from the model's layer count), with-embeddings ([L+1, d] of output_hidden_states: "
+        "blocks 0..L-2 are kept) or blocks ([L, d]) (default auto)",
     )
     p.add_argument("--num-layers", type=positive_int, default=None, help="the model's decoder layers (when its config cannot be read)")
     p.add_argument("--force", action="store_true", help="replace personas the variant already holds (default: refuse)")

@@ -15,6 +15,7 @@ arrays (or one `(hidden_size,)` row with `layer=`):
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -150,13 +151,19 @@ def _single_probe_row(weights: Any, what: str) -> np.ndarray:
     return _finite(rows[0], what)
 
 
-def load_vector(path: str | Path, layer: int | None = None) -> np.ndarray:
+def load_vector(
+    path: str | Path, layer: int | None = None, *, num_layers: int | None = None
+) -> np.ndarray:
     """A vector file as float32: `.safetensors` (a store tensor, or any file with a single
     tensor), `.npy`, `.pt` (`torch.load(weights_only=True)`), or a control-vector `.gguf`
     (rows for layers it lacks are zero); a folder is read as a reference vector folder
     (its `steering_vector.safetensors`). Leading axes of size 1 (a binary probe's `(1, H)`
     weights, the reference's `(1, 1, H)` steering vector) are dropped; a probe's per-class
-    `(C, H)` weights (tensors `weight` and `bias`) are refused, not read as layers."""
+    `(C, H)` weights (tensors `weight` and `bias`) are refused, not read as layers.
+
+    With the model's `num_layers`, a file of `num_layers + 1` rows (Anthropic's
+    persona_vectors: `output_hidden_states`, embeddings first and the final norm's output
+    last) is read as block rows (`as_block_rows`), with a warning naming the rows used."""
     from pvrs.steering import published
 
     path = Path(path)
@@ -189,7 +196,36 @@ def load_vector(path: str | Path, layer: int | None = None) -> np.ndarray:
         array = array[0]
     if array.ndim not in (1, 2) or array.size == 0:
         raise ArtifactError(f"{path}: a vector is (H,) or (L, H), this file holds {array.shape}")
+    if num_layers is not None:
+        array, layer = as_block_rows(array, num_layers, path, layer)
     return _select_layer(_finite(array, str(path)), layer, str(path))
+
+
+def as_block_rows(
+    array: np.ndarray, num_layers: int, path: str | Path, layer: int | None = None
+) -> tuple[np.ndarray, int | None]:
+    """`array` in pvrs's rows (row i = block i) and `layer` as a block index (-1: the
+    model's last block). Only a `(num_layers + 1, H)` array changes: transformers'
+    `output_hidden_states` rows, whose row i+1 is block i and whose last row is the final
+    norm's output, not block L-1's: a `layer` naming that block is refused."""
+    from pvrs.store.importers import block_rows, hidden_states_note
+
+    if array.ndim != 2 or array.shape[0] != num_layers + 1:
+        return array, layer
+    if layer is not None and layer < 0:
+        layer += num_layers
+    if layer == num_layers - 1:
+        raise InvalidArgumentError(
+            f"{path} holds no output of block {layer}: its row {num_layers} is the final norm's "
+            "output (transformers' output_hidden_states); choose an earlier layer"
+        )
+    used = f"layer {layer} is its row {layer + 1}; " if layer is not None and 0 <= layer < num_layers else ""
+    warnings.warn(
+        f"{path}: {num_layers + 1} rows for a {num_layers}-layer model, read as "
+        f"output_hidden_states (row i+1 is block i): {used}{hidden_states_note(num_layers)}",
+        stacklevel=3,
+    )
+    return block_rows(array), layer
 
 
 def probe_direction(weights: Any, layer: int | None = None) -> np.ndarray:
@@ -218,14 +254,22 @@ def probe_direction(weights: Any, layer: int | None = None) -> np.ndarray:
 def from_spec(
     spec: str, store: VectorStore | None, variant: str = DEFAULT_VARIANT
 ) -> np.ndarray:
-    """Resolve a CLI vector spec: an existing file or vector folder (`load_vector`), a probe
+    """Resolve a CLI vector spec: an existing file or vector folder (`load_vector`; an
+    `output_hidden_states` file of the store's model becomes block rows), a probe
     artifact folder (`probe_direction`), `assistant-axis`, `biography:ID` (the persona's
     biography minus templated vector) or a persona id (persona minus baseline from `store`)."""
     path = Path(spec)
     if path.is_dir() and (path / PROBE_JSON).is_file():
         return probe_direction(path)
     if path.is_file() or path.is_dir():
-        return load_vector(path)
+        array = load_vector(path)
+        if array.ndim == 2 and store is not None:  # the store's model tells the file's rows
+            from pvrs.store.importers import model_num_layers
+
+            num_layers = model_num_layers(store.model_name)
+            if num_layers is not None:
+                array, _ = as_block_rows(array, num_layers, path)
+        return array
     if store is None:
         raise InputError(f"{spec!r} is not a file, and no store was given to look it up in")
     if spec in ASSISTANT_AXIS_SPECS:
@@ -240,7 +284,9 @@ def from_spec(
                 f"it with --variants biography templated"
             )
         return direction(store, persona_id, kind="biography")
-    if not store.has(spec, variant):
+    # Recorded is enough here: a recorded file that cannot be read fails in `direction`,
+    # naming what is wrong with it.
+    if spec not in store.list_personas([variant], include_baseline=True):
         raise InputError(
             f"{spec!r} is neither a vector file nor a persona saved in "
             f"{store.location(variant)}; run `pvrs extract` for it, pass a .safetensors/"

@@ -1,8 +1,11 @@
 """Import persona vectors made by other tools into a pvrs store.
 
-- `.pt` files holding one `[L+1, d]` tensor (row 0 = embedding output, then one row per
-  decoder block, as `output_hidden_states` returns) or `[L, d]` (decoder blocks only), loaded
-  with `torch.load(weights_only=True)` so no pickled code runs.
+- `.pt` files holding one `[L+1, d]` tensor, one row per entry of transformers'
+  `output_hidden_states` (Anthropic's persona_vectors `generate_vec.py`), or `[L, d]`
+  (decoder blocks only), loaded with `torch.load(weights_only=True)` so no pickled code runs.
+  In `output_hidden_states` row 0 is the embeddings, row i the output of block i-1, and row L
+  the final norm applied to block L-1's output (transformers normalises the last entry), which
+  is no block's output: such a file keeps rows 1..L-1 as blocks 0..L-2 (`block_rows`).
 - `.gguf` llama.cpp control vectors: `direction.<k>` is added to block k's output, so it is
   row k as it is; layers the file does not steer are zero rows.
 
@@ -20,7 +23,7 @@ from typing import Any
 from pvrs.errors import InputError
 from pvrs.store import LAYER_CONVENTION, PersonaVectorStore, VectorRecord, validate_persona_id
 
-WITH_EMBEDDINGS = "embedding_then_decoder_blocks"
+WITH_EMBEDDINGS = "hidden_states_embeddings_blocks_final_norm"
 CONTROL_VECTOR = "llama_cpp_control_vector"
 SUFFIXES = (".pt", ".gguf")
 LAYOUTS = ("auto", "with-embeddings", "blocks")
@@ -98,6 +101,20 @@ def model_num_layers(model: str) -> int | None:
     return int(layers) if isinstance(layers, int) else None
 
 
+def block_rows(rows: Any) -> Any:
+    """The block rows of an `output_hidden_states` `[L+1, d]` array or tensor: rows 1..L-1,
+    blocks 0..L-2. Row 0 (embeddings) and row L (the final norm's output) are dropped."""
+    return rows[1:-1]
+
+
+def hidden_states_note(num_layers: int) -> str:
+    """What reading an `[L+1, d]` file as `output_hidden_states` does, in words."""
+    return (
+        f"row 0 (embeddings) and row {num_layers} (the final norm's output, not block "
+        f"{num_layers - 1}'s) are dropped"
+    )
+
+
 def _source_layout(rows: int, layout: str, num_layers: int | None, path: Path) -> str:
     if layout == "with-embeddings":
         return WITH_EMBEDDINGS
@@ -137,7 +154,7 @@ def _load(path: Path, layout: str, num_layers: int | None) -> tuple[Any, str, st
     convention = _source_layout(int(tensor.shape[0]), layout, num_layers, path)
     dtype = str(tensor.dtype).removeprefix("torch.")
     if convention == WITH_EMBEDDINGS:
-        tensor = tensor[1:]
+        tensor = block_rows(tensor)
     return tensor.to(torch.float32), convention, dtype
 
 
