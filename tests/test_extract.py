@@ -130,6 +130,22 @@ def test_save_samples(tmp_path: Path) -> None:
     np.testing.assert_allclose(array.mean(axis=0), result.vector("pirate", "templated"), atol=1e-6)
 
 
+def test_saved_samples_are_the_same_bytes_every_time(tmp_path: Path) -> None:
+    """safetensors keeps metadata in a hash map whose order changes from one call (and one
+    process) to the next: the header is written with sorted keys instead."""
+    store = PersonaVectorStore("tiny", root_dir=tmp_path)
+    vectors = np.arange(2 * 4 * 8, dtype=np.float32).reshape(2, 4, 8)
+    files = []
+    for _ in range(16):
+        path = store.save_samples("pirate", "templated", vectors, ["q1", "q2 東京"])
+        files.append(path.read_bytes())
+    assert len(set(files)) == 1
+    n = int.from_bytes(files[0][:8], "little")
+    header = json.loads(files[0][8 : 8 + n])
+    assert list(header["__metadata__"]) == sorted(header["__metadata__"])
+    assert store.load_samples("pirate", "templated")[1] == ["q1", "q2 東京"]
+
+
 def test_only_persona_vectors_leave_the_device_unless_samples_are_kept() -> None:
     tokenizer = make_tokenizer("chatml")
     model = tiny_model("llama", vocab_size=len(tokenizer))

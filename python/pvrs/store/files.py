@@ -101,9 +101,21 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def safetensors_bytes(array: np.ndarray, metadata: dict[str, str] | None = None) -> bytes:
+    """The file's bytes, the same for the same array and metadata: safetensors keeps metadata
+    in a hash map whose order changes between calls, so its keys are rewritten sorted."""
+    import json
+
     from safetensors.numpy import save
 
-    return save({TENSOR_KEY: array}, metadata=metadata)
+    data = save({TENSOR_KEY: array}, metadata=metadata)
+    if not metadata:
+        return data
+    n = int.from_bytes(data[:8], "little")
+    parsed = json.loads(data[8 : 8 + n])
+    parsed["__metadata__"] = dict(sorted(parsed["__metadata__"].items()))
+    header = json.dumps(parsed, separators=(",", ":"), ensure_ascii=False).encode()
+    header += b" " * (-len(header) % 8)  # safetensors pads the header to 8 bytes
+    return len(header).to_bytes(8, "little") + header + data[8 + n :]
 
 
 def metadata_sample_ids(metadata: Mapping[str, str]) -> list[str] | None:
