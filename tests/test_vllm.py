@@ -152,13 +152,37 @@ def test_generation_is_deterministic_by_seed_and_keyed_by_engine(tmp_path: Path)
     source = SampleSource(QA, generate=sampling, generations_dir=tmp_path / "generations")
     run = dict(variants=("templated",), progress=False, vllm=VllmConfig(spec, enforce_eager=True))
     extract(meta, tokenizer, PERSONAS[1:], source, **run)
-    sidecar = json.loads((tmp_path / "generations" / "templated" / "pirate.sampling.json").read_text())
+    sidecar = json.loads((tmp_path / "generations" / "vllm" / "templated" / "pirate.sampling.json").read_text())
     import vllm
 
     assert sidecar["key"]["engine"] == f"vllm {vllm.__version__}"
-    saved = (tmp_path / "generations" / "templated" / "pirate.jsonl").read_text()
+    saved = (tmp_path / "generations" / "vllm" / "templated" / "pirate.jsonl").read_text()
     extract(meta, tokenizer, PERSONAS[1:], source, **run)
-    assert (tmp_path / "generations" / "templated" / "pirate.jsonl").read_text() == saved
+    assert (tmp_path / "generations" / "vllm" / "templated" / "pirate.jsonl").read_text() == saved
+
+
+def test_answers_of_the_two_engines_are_both_kept(tmp_path: Path) -> None:
+    from pvrs.extraction.samples import AnswerJob
+
+    from tests.tiny_models import tiny_model
+
+    model, tokenizer = tiny_model("qwen2"), make_tokenizer("qwen2.5")
+
+    def answering(text: str) -> object:
+        def answerer(asks: list[AnswerJob], sampling: SamplingConfig, on_batch: object) -> object:
+            for i, ask in enumerate(asks):
+                yield i, [inputs.QAPair(q.qid, q.question, text, persona_id=ask.persona.id) for q in ask.questions]
+        return answerer
+
+    wanted = [(PERSONAS[1], "templated")]
+    hf = SampleSource(QA, generate=SamplingConfig(), generations_dir=tmp_path / "generations")
+    vl = SampleSource(QA, generate=SamplingConfig(), generations_dir=tmp_path / "generations", answer_engine="vllm 0.32.0")
+    hf.answers(model, tokenizer, wanted, answering("by transformers"), lambda n, reused: None)
+    vl.answers(model, tokenizer, wanted, answering("by vllm"), lambda n, reused: None)
+    assert hf.answers_path(*wanted[0]) == tmp_path / "generations" / "templated" / "pirate.jsonl"  # as before engines
+    for source, text in [(hf, "by transformers"), (vl, "by vllm")]:
+        rows = source.answers(model, tokenizer, wanted, answering("new"), lambda n, reused: None)[0]
+        assert [r.answer for r in rows] == [text] * len(QA)
 
 
 @needs_vllm

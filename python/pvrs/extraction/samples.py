@@ -75,6 +75,15 @@ class SampleSource:
         generating: judge scores key on ids."""
         return self.passing(persona, self.questions(persona))
 
+    def answers_path(self, persona: Persona, variant: str) -> Path | None:
+        """Where the persona's generated answers are saved: `<variant>/<id>.jsonl`, under a
+        folder named after the engine when it is not transformers (`vllm/<variant>/...`), so
+        one engine's answers never replace the other's (transformers' paths are unchanged)."""
+        if self.generations_dir is None:
+            return None
+        root = self.generations_dir if self.answer_engine is None else self.generations_dir / self.answer_engine.split()[0]
+        return root / variant / f"{persona.id}.jsonl"
+
     def answers(
         self,
         model: nn.Module,
@@ -91,8 +100,7 @@ class SampleSource:
         assert self.generate is not None
         sampling = self.generate
         asks = [
-            AnswerJob(persona, variant, self.questions(persona),
-                      None if self.generations_dir is None else self.generations_dir / variant / f"{persona.id}.jsonl",
+            AnswerJob(persona, variant, self.questions(persona), self.answers_path(persona, variant),
                       generation_key(model, tokenizer, persona.system_prompt(variant), sampling, self.answer_engine))
             for persona, variant in wanted
         ]
