@@ -59,3 +59,74 @@ def test_config_and_folder_names():
     assert activation_config_name("org/m", MaskStrategy.ANSWER_LAST) == "org__m__answer_last"
     assert model_dir_name("org/m") == "org__m"
     assert normalize_mask_strategy(None) == "answer_mean"
+
+
+def test_the_reference_smoke_test_runs_on_pvrs(tmp_path):
+    """persona-vectors' tests/smoke_test.py::test_smoke (main), its imports changed to
+    pvrs.compat. One assertion differs by design: pvrs's manifest entry holds the reference's
+    `name` and `sample_ids` plus provenance (n_samples, created_at, sha256, ...)."""
+    import json
+
+    from pvrs.compat.persona_vectors import DEFAULT_MASK_STRATEGY, discover_activation_models
+
+    store = PersonaVectorStore("test/model", root_dir=tmp_path, mask_strategy="answer_previous")
+    vectors = torch.arange(4 * 8, dtype=torch.float32).reshape(4, 8)
+    sample_ids = ["q0", "q1", "q2"]
+    saved_dir = store.save("templated", "persona-001", "Test Persona", vectors, sample_ids)
+    expected_dir = store.root_dir / "test__model" / "answer_previous" / "templated"
+    assert saved_dir == expected_dir
+    assert (expected_dir / "manifest.json").exists()
+    assert (expected_dir / "persona-001.safetensors").exists()
+    manifest = json.loads((saved_dir / "manifest.json").read_text())
+    entry = manifest["personas"]["persona-001"]
+    assert {k: entry[k] for k in ("name", "sample_ids")} == {"name": "Test Persona", "sample_ids": sample_ids}
+    assert torch.allclose(store.load("templated", "persona-001"), vectors)
+    assert store.list_personas(["templated"]) == ["persona-001"]
+    assert store.list_personas([]) == []
+    assert store.available_variants(["templated", "biography"]) == ["templated"]
+    assert store.available_variants([]) == []
+    assert store.persona_names(["persona-001"], variants=["templated"]) == {"persona-001": "Test Persona"}
+    assert store.list_layers(["templated"], ["persona-001"]) == [0, 1, 2, 3]
+    assert discover_activation_models(tmp_path, "answer_previous") == ["test/model"]
+    assert discover_activation_models(tmp_path, "answer_mean") == []
+    assert DEFAULT_MASK_STRATEGY == "answer_mean"
+    assert model_dir_name("org/model") == "org__model"
+
+
+def test_reference_hub_store_over_a_packaged_dataset(tmp_path):
+    """`HFPersonaVectorStore(repo_id, model_name, mask_strategy)` with the reference's
+    argument order, torch tensors, default variants (every split) and its refusal of another
+    mask strategy, over pvrs's own Hub reader."""
+    from pvrs import hub
+    from pvrs.compat.persona_vectors import HFPersonaVectorStore
+
+    rng = np.random.default_rng(1)
+    local = PvrsStore(MODEL, root_dir=tmp_path / "store")
+    vectors = {pid: rng.standard_normal((L, H)).astype(np.float32) for pid in ("a", "b", "baseline_assistant")}
+    for pid, v in vectors.items():
+        local.save(pid, "templated", v, name=pid.upper(), sample_ids=[f"{pid}-q"])
+    local.save("a", "biography", vectors["a"] * 2, name="A", sample_ids=["a-q"])
+    hub.package(MODEL, tmp_path / "out", root_dir=tmp_path / "store", progress=False)
+
+    remote = HFPersonaVectorStore(str(tmp_path / "out"), MODEL, mask_strategy="answer_mean")
+    assert remote.repo_id == str(tmp_path / "out") and remote.config_name == "org__tiny-model__answer_mean"
+    loaded = remote.load("biography", "a")
+    assert isinstance(loaded, torch.Tensor) and loaded.dtype == torch.float32
+    torch.testing.assert_close(loaded, torch.from_numpy(vectors["a"] * 2))
+    assert remote.available_variants() == ["biography", "templated"]
+    assert remote.list_personas(["templated"]) == ["a", "b"]
+    assert remote.list_personas(["templated"], include_baseline=True) == ["a", "b", "baseline_assistant"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the reference's Hub store does not warn by default
+        assert remote.list_personas() == ["a"]
+    with pytest.warns(UserWarning, match="Skipping 2 persona"):
+        remote.list_personas(warn_missing=True)
+    assert remote.persona_names(["a", "b"], variants=["templated"]) == {"a": "A", "b": "B"}
+    assert remote.list_layers(["templated"], ["a"]) == [0, 1, 2]
+    assert remote.list_personas(["templated"], mask_strategy="answer_mean") == ["a", "b"]
+    with pytest.raises(ValueError, match="bound to mask_strategy='answer_mean'"):
+        remote.load("templated", "a", mask_strategy="answer_last")
+    with pytest.raises(FileNotFoundError, match="'nobody'"):
+        remote.load("templated", "nobody")
+    remote.release_cache()
+    torch.testing.assert_close(remote.load("templated", "b"), torch.from_numpy(vectors["b"]))

@@ -3,6 +3,11 @@ script written for it runs on a pvrs store by changing its import:
 
     from pvrs.compat.persona_vectors import PersonaVectorStore, activation_config_name
 
+`HFPersonaVectorStore(repo_id, model_name, mask_strategy)` is the reference's Hub reader over
+pvrs's (`pvrs.hub.HFPersonaVectorStore`): bound to one mask strategy (another raises
+ValueError, as there), torch tensors, no warning about missing variants unless asked, and
+every split by default. `discover_activation_models` is pvrs's own (same signature).
+
 Same argument order and semantics as the reference: `load(prompt_variant, persona_id,
 mask_strategy=None)` returns a torch tensor and raises `FileNotFoundError` when nothing is
 saved; `list_personas(variants, mask_strategy=, warn_missing=, include_baseline=)` warns
@@ -21,12 +26,18 @@ from pathlib import Path
 from typing import Any
 
 from pvrs.engines.models import model_dir_name
+from pvrs.errors import InvalidArgumentError
 from pvrs.store import PersonaVectorStore as _PvrsStore
+from pvrs.store import discover_activation_models
 from pvrs.store.layout import DEFAULT_MASK_STRATEGY, SUPPORTED_VARIANTS, strategy_name
+from pvrs.store.queries import PersonaQueries
 
 __all__ = [
+    "DEFAULT_MASK_STRATEGY",
+    "HFPersonaVectorStore",
     "PersonaVectorStore",
     "activation_config_name",
+    "discover_activation_models",
     "model_dir_name",
     "normalize_mask_strategy",
 ]
@@ -40,6 +51,23 @@ def normalize_mask_strategy(mask_strategy: object | None) -> str:
 def activation_config_name(model_name: str, mask_strategy: object | None = DEFAULT_MASK_STRATEGY) -> str:
     """The Hub dataset config of a model's vectors: `<model_dir>__<mask_strategy>`."""
     return f"{model_dir_name(model_name)}__{normalize_mask_strategy(mask_strategy)}"
+
+
+def _shared_personas(
+    store: PersonaQueries, requested: Sequence[str], warn_missing: bool, include_baseline: bool
+) -> list[str]:
+    """Persona ids saved in every requested variant; with `warn_missing`, the reference's
+    warning counting the personas some variant lacks."""
+    shared = store.list_personas(requested, include_baseline=include_baseline)
+    if warn_missing and len(requested) > 1 and shared:
+        each = [set(store.list_personas([v], include_baseline=True)) for v in requested]
+        skipped = len(set.union(*each) - set.intersection(*each))
+        if skipped:
+            warnings.warn(
+                f"Skipping {skipped} persona(s) missing one or more requested variants.",
+                stacklevel=3,
+            )
+    return shared
 
 
 class PersonaVectorStore:
@@ -97,18 +125,8 @@ class PersonaVectorStore:
     ) -> list[str]:
         """Persona ids saved in every requested variant (baseline hidden unless asked for);
         with `warn_missing`, a warning counts the personas some variant lacks."""
-        store = self.store(mask_strategy)
         requested = self.variants if variants is None else tuple(variants)
-        shared = store.list_personas(requested, include_baseline=include_baseline)
-        if warn_missing and len(requested) > 1 and shared:
-            each = [set(store.list_personas([v], include_baseline=True)) for v in requested]
-            skipped = len(set.union(*each) - set.intersection(*each))
-            if skipped:
-                warnings.warn(
-                    f"Skipping {skipped} persona(s) missing one or more requested variants.",
-                    stacklevel=2,
-                )
-        return shared
+        return _shared_personas(self.store(mask_strategy), requested, warn_missing, include_baseline)
 
     def persona_sample_ids(
         self, prompt_variant: str, persona_id: str, mask_strategy: object | None = None
@@ -139,3 +157,76 @@ class PersonaVectorStore:
         self, variants: Sequence[str] | None = None, mask_strategy: object | None = None
     ) -> list[str]:
         return self.store(mask_strategy).available_variants(variants)
+
+
+class HFPersonaVectorStore:
+    """`persona_vectors.artifacts.HFPersonaVectorStore`'s methods over pvrs's Hub reader
+    (`store`): a Hub dataset id or a local packaged folder, one mask strategy."""
+
+    def __init__(
+        self, repo_id: str, model_name: str, mask_strategy: object | None = DEFAULT_MASK_STRATEGY
+    ) -> None:
+        from pvrs.hub import HFPersonaVectorStore as _HubStore
+
+        self.repo_id = repo_id
+        self.model_name = model_name
+        self.mask_strategy = normalize_mask_strategy(mask_strategy)
+        self.config_name = activation_config_name(model_name, self.mask_strategy)
+        self.store = _HubStore(repo_id, model_name, self.mask_strategy)
+
+    def _check(self, mask_strategy: object | None) -> None:
+        if mask_strategy is not None and normalize_mask_strategy(mask_strategy) != self.mask_strategy:
+            raise InvalidArgumentError(
+                f"HFPersonaVectorStore is bound to mask_strategy={self.mask_strategy!r}; got "
+                f"{mask_strategy!r} (open another store for it)"
+            )
+
+    def release_cache(self, variants: Sequence[str] | None = None) -> None:
+        """Drop cached indexes and vectors (all variants: pvrs caches them together)."""
+        self.store.release_cache()
+
+    def available_variants(
+        self, variants: Sequence[str] | None = None, mask_strategy: object | None = None
+    ) -> list[str]:
+        """Requested variants (default: every split of the config) holding a persona."""
+        self._check(mask_strategy)
+        return self.store.available_variants(self.store.splits() if variants is None else variants)
+
+    def load(self, prompt_variant: str, persona_id: str, mask_strategy: object | None = None) -> Any:
+        """The `(num_layers, hidden_size)` vector as a float32 torch tensor;
+        `FileNotFoundError` (pvrs's `VectorNotFoundError`) when the split lacks it."""
+        import torch
+
+        self._check(mask_strategy)
+        return torch.from_numpy(self.store.load(persona_id, prompt_variant))
+
+    def list_personas(
+        self,
+        variants: Sequence[str] | None = None,
+        mask_strategy: object | None = None,
+        warn_missing: bool = False,
+        *,
+        include_baseline: bool = False,
+    ) -> list[str]:
+        self._check(mask_strategy)
+        requested = self.available_variants() if variants is None else list(variants)
+        return _shared_personas(self.store, requested, warn_missing, include_baseline)
+
+    def persona_names(
+        self,
+        persona_ids: Sequence[str],
+        variants: Sequence[str] | None = None,
+        mask_strategy: object | None = None,
+    ) -> dict[str, str]:
+        self._check(mask_strategy)
+        requested = self.available_variants() if variants is None else list(variants)
+        return self.store.persona_names(persona_ids, requested)
+
+    def list_layers(
+        self,
+        variants: Sequence[str],
+        persona_ids: Sequence[str] | None = None,
+        mask_strategy: object | None = None,
+    ) -> list[int]:
+        self._check(mask_strategy)
+        return self.store.list_layers(variants, persona_ids)

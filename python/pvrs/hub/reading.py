@@ -59,6 +59,10 @@ class HFPersonaVectorStore(PersonaQueries):
     def location(self, variant: str) -> str:
         return f"{self._source.where} (config {self.config_name}, split {variant})"
 
+    def splits(self) -> list[str]:
+        """Every split (prompt variant) the dataset declares for this model and mask strategy."""
+        return self._source.splits(self.config_name)
+
     def release_cache(self) -> None:
         """Drop cached indexes and decoded row groups (downloaded files stay in the Hub cache)."""
         self._indexes.clear()
