@@ -10,7 +10,9 @@ use serde::Deserialize;
 use super::{MANIFEST, TENSOR_NAME};
 use crate::aggregate::{decode_into, Dtype};
 use crate::error::{Error, Result};
-use crate::header::{header_len, open_regular, parse_header, MAX_HEADER_BYTES};
+use crate::header::{
+    header_len, open_checked_regular, open_regular, parse_header, MAX_HEADER_BYTES,
+};
 
 #[derive(Deserialize)]
 struct ManifestPersona {
@@ -235,7 +237,24 @@ pub(super) struct ManifestFile {
 impl ManifestFile {
     pub(super) fn open(dir: &Path) -> Result<Self> {
         let path = dir.join(MANIFEST);
-        let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
+        // What is published must be the store's own manifest: as `pvrs validate` and every
+        // reader, refuse a link (it could publish any file) or anything but a regular file.
+        let not_regular = || {
+            Error::Manifest(format!(
+                "{}: not a regular file (symlink, folder or device); copy the manifest in and \
+                 run `pvrs validate {}`",
+                path.display(),
+                dir.display()
+            ))
+        };
+        let link = fs::symlink_metadata(&path).map_err(|e| Error::io(&path, e))?;
+        if !link.file_type().is_file() {
+            return Err(not_regular());
+        }
+        let file = open_checked_regular(&path, true).map_err(|e| Error::io(&path, e))?;
+        if !file.metadata().map_err(|e| Error::io(&path, e))?.is_file() {
+            return Err(not_regular());
+        }
         Ok(Self { path, file })
     }
 
@@ -552,6 +571,13 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("a symbolic link"), "{err}");
+        // A manifest linked to a file outside the store is never read.
+        let manifest = src.dir.join(MANIFEST);
+        let outside = out.path().join("elsewhere.json");
+        fs::rename(&manifest, &outside).unwrap();
+        std::os::unix::fs::symlink(&outside, &manifest).unwrap();
+        let err = ManifestFile::open(&src.dir).err().unwrap().to_string();
+        assert!(err.contains("not a regular file"), "{err}");
         assert!(crate::header::open_regular(Path::new("/dev/zero"))
             .unwrap_err()
             .to_string()

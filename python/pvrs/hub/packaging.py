@@ -24,7 +24,9 @@ from pvrs.paths import activations_dir
 from pvrs.store import (
     MANIFEST_FILENAME,
 )
+from pvrs.store.files import escapes
 from pvrs.store.layout import LOCK_FILENAME, LOCK_TIMEOUT_S
+from pvrs.store.manifest import parse_manifest, read_manifest_bytes
 
 DEFAULT_ROW_GROUP_BYTES = 64 << 20
 DEFAULT_FILE_BYTES = 500 << 20
@@ -165,7 +167,8 @@ def variant_locks(
 ) -> Iterator[None]:
     """Hold the store's lock of every variant folder being packaged, so a run saving into
     the store meanwhile waits: each split is a snapshot, never a manifest paired with
-    tensors from a later save. Taken in sorted order; a saver takes one lock at a time."""
+    tensors from a later save. Taken in sorted order; a saver takes one lock at a time.
+    Then every manifest is checked as every reader checks it."""
     from filelock import FileLock
 
     folders = sorted(
@@ -180,6 +183,12 @@ def variant_locks(
                 stack.enter_context(FileLock(str(folder / LOCK_FILENAME), timeout=LOCK_TIMEOUT_S))
             except PermissionError:  # a read-only store: nobody can be saving into it
                 continue
+        # Each manifest passes the readers' checked open and validate's checks before the
+        # Rust packager streams it (a folder linked out of the store it refuses itself).
+        for folder in folders:
+            if escapes(folder, root) is None:
+                path = folder / MANIFEST_FILENAME
+                parse_manifest(path, read_manifest_bytes(path) or b"")
         yield
 
 
