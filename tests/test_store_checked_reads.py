@@ -78,10 +78,14 @@ def test_symlinked_tensors_leaving_the_store_are_not_read(store: PersonaVectorSt
     path.symlink_to("/etc/passwd")
     with pytest.raises(ArtifactError, match="outside the store"):
         store.load("a", "templated")
-    # A link inside the store (validate accepts it) is still read.
+    # A link inside the store would pass b's vector for a's: refused too, as validate does.
     path.unlink()
     path.symlink_to(store.tensor_path("b", "templated"))
-    np.testing.assert_array_equal(store.load("a", "templated"), vec(1))
+    assert "symlinked_file" in {p.kind for p in validate(store.root_dir).problems}
+    for read in (lambda: store.load("a", "templated"), lambda: store.mean("templated")):
+        with pytest.raises(ArtifactError, match=r"a\.safetensors: a symbolic link \(to .*b\.safetensors\)"):
+            read()
+    assert not store.has("a", "templated", ["q"])  # resume computes it again
 
 
 def test_non_regular_and_wrong_shape_tensors_are_refused(store: PersonaVectorStore) -> None:

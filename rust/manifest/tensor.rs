@@ -59,8 +59,8 @@ pub(super) fn check_file(
     out
 }
 
-/// Opens a tensor file after the safety checks, with its length: a symlink must resolve
-/// inside the tree, and only regular files are opened (a FIFO would block, a device never
+/// Opens a tensor file after the safety checks, with its length: symlinks are reported, not
+/// followed, and only regular files are opened (a FIFO would block, a device never
 /// ends), checked again on the opened file in case the entry changed since the listing.
 fn open_tensor(task: &FileTask, root: &Path) -> Result<(File, u64), Problem> {
     let path = &task.path;
@@ -88,7 +88,18 @@ fn open_tensor(task: &FileTask, root: &Path) -> Result<(File, u64), Problem> {
                     ),
                 ));
             }
-            Ok(_) => {}
+            // Readers would take the target's vector (another persona's) for this one.
+            Ok(target) => {
+                return Err(error(
+                    path,
+                    "symlinked_file",
+                    format!(
+                        "a symbolic link (to {}), not a file pvrs wrote; not read. Replace it \
+                         with a copy or re-extract this persona",
+                        target.display()
+                    ),
+                ));
+            }
             Err(e) => {
                 return Err(error(
                     path,
@@ -97,14 +108,10 @@ fn open_tensor(task: &FileTask, root: &Path) -> Result<(File, u64), Problem> {
                 ))
             }
         }
-        // Opening follows the link: its target must be a regular file before it is opened.
-        if !fs::metadata(path).map_err(cannot_stat)?.is_file() {
-            return Err(not_a_file());
-        }
     } else if !kind.is_file() {
         return Err(not_a_file());
     }
-    let file = open_checked_regular(path, !kind.is_symlink())
+    let file = open_checked_regular(path, true)
         .map_err(|e| error(path, "unreadable", format!("cannot open: {e}")))?;
     let meta = file.metadata().map_err(cannot_stat)?;
     if !meta.is_file() {
@@ -455,19 +462,37 @@ mod tests {
             assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0);
         }
         std::os::unix::fs::symlink(dir.join("inside.fifo"), dir.join("g.safetensors")).unwrap();
-        // Opening either would block forever: both are reported, as files of no kind.
+        // Opening either would block forever: the FIFO is a file of no kind, the link a link.
         let report = validate(tmp.path(), true).unwrap();
-        let fifos: Vec<&str> = report
-            .problems
-            .iter()
-            .filter(|p| p.kind == "not_a_file")
-            .map(|p| p.path.as_str())
-            .collect();
-        assert_eq!(fifos.len(), 2, "{:?}", report.problems);
+        let found = |kind: &str| -> Vec<&str> {
+            report
+                .problems
+                .iter()
+                .filter(|p| p.kind == kind)
+                .map(|p| p.path.as_str())
+                .collect()
+        };
+        let fifos = found("not_a_file");
         assert!(
-            fifos.iter().any(|p| p.ends_with("g.safetensors")),
-            "{fifos:?}"
+            fifos.len() == 1 && fifos[0].ends_with("f.safetensors"),
+            "{:?}",
+            report.problems
         );
+        let links = found("symlinked_file");
+        assert!(
+            links.len() == 1 && links[0].ends_with("g.safetensors"),
+            "{:?}",
+            report.problems
+        );
+    }
+
+    #[test]
+    fn a_link_to_another_persona_is_an_error() {
+        let (tmp, dir) = tree();
+        fs::remove_file(dir.join("b.safetensors")).unwrap();
+        std::os::unix::fs::symlink("a.safetensors", dir.join("b.safetensors")).unwrap();
+        let report = validate(tmp.path(), false).unwrap();
+        assert_eq!(kinds(&report), vec!["symlinked_file"]);
     }
 
     #[test]

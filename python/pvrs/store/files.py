@@ -153,11 +153,23 @@ def escapes(path: Path, tree: Path) -> Path | None:
     return None if target.is_relative_to(tree.resolve()) else target
 
 
+def link_problem(path: Path, tree: Path) -> str:
+    """Why the symlink `path` is not read (`pvrs validate` refuses every symlinked tensor)."""
+    outside = escapes(path, tree)
+    if outside is not None:
+        return f"symlink points outside the store (to {outside}); copy the file in instead"
+    # Inside the store it is another persona's file: its vector would pass for this one's.
+    return (
+        f"a symbolic link (to {path.resolve()}), not a file pvrs wrote; replace it with a "
+        "copy or re-extract this persona"
+    )
+
+
 def tensor_problem(
     path: Path, tree: Path, shape: tuple[int, int], *, deep: bool = False, sha256: str | None = None
 ) -> str | None:
     """Why `path` is not a persona vector readers may use (None: it is), by the rules of
-    `pvrs validate` (`rust/manifest/tensor.rs`): a regular file inside `tree`, a header that
+    `pvrs validate` (`rust/manifest/tensor.rs`): a regular file (no symlink), a header that
     parses (which also bounds the file's size: the tensors must tile it exactly), an
     "activations" tensor of a float dtype and of `shape`; `deep` adds the checks of
     `validate --deep`: the bytes against `sha256` (if given) and no NaN/Inf.
@@ -172,9 +184,7 @@ def tensor_problem(
     except FileNotFoundError:
         return "the tensor file is missing"
     if stat.S_ISLNK(link.st_mode):
-        outside = escapes(path, tree)
-        if outside is not None:
-            return f"symlink points outside the store (to {outside}); copy the file in instead"
+        return link_problem(path, tree)
     try:
         if not stat.S_ISREG(path.stat().st_mode):
             return "not a regular file (folder, FIFO or device)"

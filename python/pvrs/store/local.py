@@ -33,6 +33,7 @@ from pvrs.store.files import (
     as_float32,
     atomic_write_bytes,
     escapes,
+    link_problem,
     mean_files,
     metadata_sample_ids,
     read_tensor,
@@ -378,11 +379,8 @@ class PersonaVectorStore(PersonaQueries):
     def load_samples(self, persona_id: str, variant: str) -> tuple[np.ndarray, list[str]]:
         """Per-sample vectors `(n_samples, num_layers, hidden_size)` float32 and their ids."""
         path = self.samples_path(persona_id, variant)
-        outside = escapes(path, self.root_dir)
-        if outside is not None:
-            raise ArtifactError(
-                f"{path}: symlink points outside the store (to {outside}); copy the file in instead"
-            )
+        if path.is_symlink():
+            raise ArtifactError(f"{path}: {link_problem(path, self.root_dir)}")
         if not path.is_file():
             raise VectorNotFoundError(
                 f"no per-sample vectors for persona {persona_id!r} at {path}; extract with per-sample saving on"
