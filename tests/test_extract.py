@@ -273,6 +273,9 @@ def test_cli_extract_then_bad_inputs_leave_artifacts_untouched(tiny_model_dir: P
     out = tmp_path / "store"
     base = ["extract", "--model", str(tiny_model_dir), "--output-dir", str(out), "--variants", "templated"]
     assert main([*base, "--persona-id", "pirate_captain", "baseline_assistant"]) == 0
+    printed = capsys.readouterr()  # the summary is the command's output; progress goes to stderr
+    assert "pvrs extract: summary" in printed.out and "2 written, 0 skipped" in printed.out
+    assert "summary" not in printed.err and "written" not in printed.err
     before = _snapshot(out)
     assert any(k.endswith("pirate_captain.safetensors") for k in before)
 
@@ -524,7 +527,7 @@ def test_cli_extract_stops_on_a_full_disk_and_reports_what_was_saved(
     argv = ["extract", "--model", str(tiny_model_dir), "--output-dir", str(out), "--variants", "templated", "templated",
             "--persona-id", "pirate_captain", "baseline_assistant"]  # fmt: skip
     assert main(argv) == 1
-    err = capsys.readouterr().err
-    assert err.strip().splitlines()[-1] == f"pvrs extract: error: cannot write {out}: No space left on device"
-    assert "1 written, 0 skipped, 1 failed" in err  # the summary; the repeated variant ran once
+    printed = capsys.readouterr()
+    assert printed.err.strip().splitlines()[-1] == f"pvrs extract: error: cannot write {out}: No space left on device"
+    assert "1 written, 0 skipped, 1 failed" in printed.out  # the summary; the repeated variant ran once
     assert len(calls) == 2

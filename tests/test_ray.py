@@ -121,8 +121,8 @@ def test_a_persona_whose_answers_fail_is_reported_and_the_others_saved(
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(ray_engine.Cluster, "stream", first_answers_die_twice)
         assert main(argv) == 1
-    err = capsys.readouterr().err
-    assert "1 written, 0 skipped, 1 failed" in err and "died 2 times" in err
+    summary = capsys.readouterr().out
+    assert "1 written, 0 skipped, 1 failed" in summary and "died 2 times" in summary
     assert sorted(p.stem for p in out.rglob("*.safetensors")) == ["p01"]
     assert sorted(p.name for p in (tmp_path / "run" / "generations").rglob("*.jsonl")) == ["p01.jsonl"]
 
@@ -187,10 +187,9 @@ def test_resume_across_ray_and_plain_runs(
     assert main([*base, "--persona-id", "p00", "p01"]) == 0
     capsys.readouterr()
     assert main([*base, "--ray"]) == 0
-    err = capsys.readouterr().err
-    assert "2 written, 2 skipped" in err
+    assert "2 written, 2 skipped" in capsys.readouterr().out
     assert main(base) == 0
-    assert "0 written, 4 skipped" in capsys.readouterr().err
+    assert "0 written, 4 skipped" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
@@ -268,7 +267,7 @@ def test_ctrl_c_stops_the_replicas_and_a_rerun_resumes(
     assert pids and not any(_alive(p) for p in pids), "replicas outlived the interrupted run"
     capsys.readouterr()
     assert main(argv) == 0
-    assert "4 written, 2 skipped" in capsys.readouterr().err
+    assert "4 written, 2 skipped" in capsys.readouterr().out
 
 
 def test_a_persona_that_fails_is_reported_and_the_run_exits_1(

@@ -172,7 +172,7 @@ def _cmd_extract(args: argparse.Namespace) -> int:
         allow_long_samples=args.allow_long_samples, split_special_tokens=args.split_special_tokens,
         verbose=args.verbose, console=console, ray=ray, vllm=vllm,
     )
-    print_extraction_summary(console, result, root)
+    print_extraction_summary(Console(), result, root)  # the output; progress and warnings: stderr
     if result.stopped:
         print(f"pvrs extract: error: {result.stopped}", file=sys.stderr)
     return 1 if result.count("failed") else 0
