@@ -227,14 +227,20 @@ def builtin_model(model: str) -> BuiltinModel | None:
     return next((b for b in BUILTIN_MODELS.values() if model in (b.name, b.hf_id)), None)
 
 
-def builtin_source(model: nn.Module) -> dict[str, str] | None:
-    """`BuiltinModel.source()` of the built-in whose converted folder `model` was loaded from,
-    else None (a Hub id or a folder of the user's)."""
+def loaded_builtin(model: nn.Module) -> BuiltinModel | None:
+    """The built-in whose converted folder `model` was loaded from, else None (a Hub id or a
+    folder of the user's)."""
     loaded = str(getattr(model.config, "name_or_path", "") or "")
     for builtin in BUILTIN_MODELS.values():
         if loaded and Path(loaded).resolve() == builtin.cache_path().resolve():
-            return builtin.source()
+            return builtin
     return None
+
+
+def builtin_source(model: nn.Module) -> dict[str, str] | None:
+    """`BuiltinModel.source()` of the built-in `model` was loaded from, else None."""
+    builtin = loaded_builtin(model)
+    return None if builtin is None else builtin.source()
 
 
 def canonical_model_name(model: str) -> str:

