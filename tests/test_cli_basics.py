@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import subprocess
@@ -44,3 +45,17 @@ def test_doctor_piped_prints_long_paths_whole(tmp_path) -> None:
 def test_no_command_prints_help_and_fails(capsys: pytest.CaptureFixture[str]) -> None:
     assert main([]) == 2
     assert "usage: pvrs" in capsys.readouterr().out
+
+
+def test_doctor_imports_torch_only_where_a_gpu_driver_is_visible() -> None:
+    """Importing torch takes seconds; versions come from package metadata, and without a GPU
+    driver there is no device to ask it about."""
+    code = (
+        "import json, sys; from pvrs.cli import doctor; doctor._gpu_driver_visible = lambda: False; "
+        "info = doctor.report(); print(json.dumps(['torch' in sys.modules, info['cuda_available'], info['torch']]))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    imported, cuda, version = json.loads(proc.stdout)
+    assert not imported and cuda is False
+    assert version == importlib.metadata.version("torch")

