@@ -249,6 +249,13 @@ def test_eval_questions_from_a_trait_file_or_a_questions_file(tmp_path: Path) ->
     (tmp_path / "empty.txt").write_text("")
     with pytest.raises(InputError, match=r"^--eval-questions .*empty.txt holds no prompts$"):
         _eval_questions(argparse.Namespace(eval_questions=str(tmp_path / "empty.txt")), trait)
+    # The obvious JSON, questions alone, is read as the trait file's questions are.
+    plain = tmp_path / "questions.json"
+    plain.write_text(json.dumps({"questions": ["First?", "Second?"]}))
+    assert _eval_questions(argparse.Namespace(eval_questions=str(plain)), trait) == ["First?", "Second?"]
+    plain.write_text(json.dumps({"questions": ["First?", 2]}))
+    with pytest.raises(InputError, match=r"^--eval-questions .*questions.json: 'questions' must be a non-empty list of strings$"):
+        _eval_questions(argparse.Namespace(eval_questions=str(plain)), trait)
 
 
 def test_default_output_dir_stays_under_the_artifacts_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

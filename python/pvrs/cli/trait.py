@@ -46,10 +46,11 @@ def _output_dir(args: argparse.Namespace, trait: TraitFile) -> Path:
 
 
 def _eval_questions(args: argparse.Namespace, trait: TraitFile) -> list[str]:
-    """--eval-questions: a trait file (its questions: persona_vectors' trait_data_eval set) or a
-    questions file; default the trait file's own questions."""
+    """--eval-questions: a JSON file with `questions` (a trait file: persona_vectors'
+    trait_data_eval set, or the questions alone) or a questions file; default the trait file's
+    own questions."""
     from pvrs.cli.steering_run import read_prompts
-    from pvrs.judge.trait import load_trait_file
+    from pvrs.judge.trait import questions_of
 
     if args.eval_questions is None:
         return trait.questions
@@ -60,7 +61,7 @@ def _eval_questions(args: argparse.Namespace, trait: TraitFile) -> list[str]:
         except (OSError, ValueError, UnicodeDecodeError):
             data = None  # read_prompts names the problem
         if isinstance(data, dict) and "questions" in data:
-            return load_trait_file(path).questions
+            return questions_of(data, f"--eval-questions {path}")
     return read_prompts(argparse.Namespace(prompt=None, prompts=str(path)), "--eval-questions")
 
 

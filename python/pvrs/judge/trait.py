@@ -82,16 +82,22 @@ def load_trait_file(path: str | Path, name: str | None = None) -> TraitFile:
         isinstance(p, dict) and all(isinstance(p.get(s), str) and p[s].strip() for s in SIDES) for p in pairs
     ):
         raise InputError(f"trait file {path}: 'instruction' must be a non-empty list of {{pos, neg}} strings; {fix}")
-    questions = data.get("questions")
-    if not isinstance(questions, list) or not questions or not all(isinstance(q, str) and q.strip() for q in questions):
-        raise InputError(f"trait file {path}: 'questions' must be a non-empty list of strings; {fix}")
+    questions = questions_of(data, f"trait file {path}", f"; {fix}")
     prompt = data.get("eval_prompt")
     if not isinstance(prompt, str) or not prompt.strip():
         raise InputError(f"trait file {path}: 'eval_prompt' must be the rubric string; {fix}")
     for field in ("question", "answer"):
         if "{" + field + "}" not in prompt:
             raise InputError(f"trait file {path}: 'eval_prompt' has no {{{field}}} placeholder; add one where the {field} goes")
-    return TraitFile(name or path.stem, [(p["pos"], p["neg"]) for p in pairs], list(questions), prompt)
+    return TraitFile(name or path.stem, [(p["pos"], p["neg"]) for p in pairs], questions, prompt)
+
+
+def questions_of(data: Mapping[str, object], what: str, fix: str = "") -> list[str]:
+    """The `questions` of a trait file (or of a `{"questions": [...]}` file), checked."""
+    questions = data.get("questions")
+    if not isinstance(questions, list) or not questions or not all(isinstance(q, str) and q.strip() for q in questions):
+        raise InputError(f"{what}: 'questions' must be a non-empty list of strings{fix}")
+    return list(questions)
 
 
 def generate_all(
