@@ -3,6 +3,7 @@ flag, exit 2), and the checks that need no model run before one loads."""
 
 from __future__ import annotations
 
+import errno
 import json
 import signal
 import subprocess
@@ -11,6 +12,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from pvrs.cli import main
 
@@ -108,3 +110,67 @@ def test_ctrl_c_on_judge_exits_130_at_once_keeping_the_cache(server: Server, tmp
     assert proc.returncode == 130, err
     assert "interrupted" in err and "Traceback" not in err
     assert len(cache.read_text().splitlines()) == 2 and not (tmp_path / "s.jsonl").exists()
+
+
+def _disk_full(*args: object, **kwargs: object) -> None:
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_export_on_a_full_disk_is_a_failed_write_naming_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import gguf
+
+    vector = tmp_path / "v.npy"
+    np.save(vector, np.ones((3, 4), np.float32))
+    monkeypatch.setattr(gguf.GGUFWriter, "write_tensors_to_file", _disk_full)
+    out = tmp_path / "cv.gguf"
+    argv = ["export", "--vector", str(vector), "--layer", "1", "--model", "org/m", "--model-hint", "llama", "--out", str(out)]
+    assert main(argv) == 1
+    assert capsys.readouterr().err.splitlines() == [f"pvrs export: error: cannot write {out}: No space left on device"]
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("wording", ["External: No space left on device (os error 28)", "No space left on device (os error 28)"])
+def test_push_on_a_full_disk_is_a_failed_write_naming_the_file(
+    wording: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The Rust packager's errors (a parquet writer's `External: ...`, a flush's io error)
+    read as pvrs's failed-write line: the file, the OS reason, exit 1."""
+    from pvrs import _core
+    from pvrs.errors import PackagingError, PvrsIOError
+    from pvrs.store import PersonaVectorStore
+
+    PersonaVectorStore("org/m", root_dir=tmp_path / "store").save(
+        "pirate", "templated", np.ones((2, 3), np.float32), name="Pirate", sample_ids=["q1"])
+    failing = tmp_path / "out" / "org__m__answer_mean" / "templated-00000-of-00001.parquet"
+    error = PackagingError if wording.startswith("External") else PvrsIOError
+
+    def disk_full(*args: object) -> None:
+        raise error(f"{failing}: {wording}")
+
+    monkeypatch.setattr(_core, "package_store", disk_full)
+    argv = ["push", "--model", "org/m", "--source", str(tmp_path / "store"), "--dry-run", "--out", str(tmp_path / "out")]
+    assert main(argv) == 1
+    assert capsys.readouterr().err.splitlines() == [f"pvrs push: error: cannot write {failing}: No space left on device"]
+    # An error that names no file of the package stays what it was.
+    def refused(*args: object) -> None:
+        raise error(f"{tmp_path / 'store'}: Permission denied (os error 13)")
+
+    monkeypatch.setattr(_core, "package_store", refused)
+    assert main(argv) == 2
+
+
+def test_import_on_a_full_disk_names_the_folder_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import torch
+    from pvrs.store import PersonaVectorStore
+
+    torch.save(torch.ones(2, 3), tmp_path / "pirate.pt")
+    monkeypatch.setattr(PersonaVectorStore, "save_many", _disk_full)
+    root = tmp_path / "store"
+    argv = ["import", str(tmp_path / "pirate.pt"), "--model", "org/m", "--num-layers", "2", "--output-dir", str(root)]
+    assert main(argv) == 1
+    folder = PersonaVectorStore("org/m", root_dir=root).variant_dir("templated")
+    assert capsys.readouterr().err.splitlines() == [f"pvrs import: error: cannot write {folder}: No space left on device"]

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from pvrs.cli.common import megabytes, positive_int
+from pvrs.cli.common import megabytes, positive_int, writing
 from pvrs.errors import InputError
 from pvrs.hub.vector_sources import local_store_root
 
@@ -111,10 +111,11 @@ def _cmd_import(args: argparse.Namespace) -> int:
     store = PersonaVectorStore(
         canonical_model_name(args.model), root_dir=args.output_dir, mask_strategy=args.mask_strategy
     )
-    result = import_vectors(
-        args.files, store, args.variant, layout=args.layout, num_layers=args.num_layers,
-        force=args.force,
-    )
+    with writing(store.variant_dir(args.variant)):  # a full disk's write() names no file
+        result = import_vectors(
+            args.files, store, args.variant, layout=args.layout, num_layers=args.num_layers,
+            force=args.force,
+        )
     notes = {
         WITH_EMBEDDINGS: " (output_hidden_states rows: dropped row 0 (embeddings) and the final norm's row, "
         "which is no block's output; row i is block i, the last block is not in the file)",

@@ -4,6 +4,7 @@ racing another fails clearly instead of dropping the other's card entries."""
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,6 +34,21 @@ class PushResult:
     commit_url: str | None = None
     commit_oid: str | None = None
     deleted: tuple[str, ...] = ()
+
+
+# How the Rust packager words an OS error: `PATH: [External: ]REASON (os error N)`.
+_OS_ERROR = re.compile(r"(?P<path>.+?): (?:External: )?.+ \(os error (?P<errno>\d+)\)")
+
+
+def _write_failure(exc: Exception, folder: Path) -> OSError | None:
+    """The packager's error as the plain `OSError` of a failed write (`pvrs.cli.main`: one
+    line naming the file, exit 1) when the OS refused a file inside `folder` (a full disk,
+    a quota, a read-only mount); None for any other error."""
+    found = _OS_ERROR.fullmatch(str(exc))
+    if found is None or not Path(found["path"]).resolve().is_relative_to(folder.expanduser().resolve()):
+        return None
+    code = int(found["errno"])
+    return OSError(code, os.strerror(code), found["path"])
 
 
 def _resolve_token(token: str | None) -> str:
@@ -87,16 +103,19 @@ def push(
     the upload). The token is `token`, else `HF_TOKEN` or the one `hf auth login` saved."""
 
     def package_into(folder: str | os.PathLike[str]) -> PackageResult:
-        return package(
-            model_names,
-            folder,
-            mask_strategies=mask_strategies,
-            root_dir=root_dir,
-            row_group_bytes=row_group_bytes,
-            file_bytes=file_bytes,
-            overwrite=overwrite,
-            progress=progress,
-        )
+        try:
+            return package(
+                model_names,
+                folder,
+                mask_strategies=mask_strategies,
+                root_dir=root_dir,
+                row_group_bytes=row_group_bytes,
+                file_bytes=file_bytes,
+                overwrite=overwrite,
+                progress=progress,
+            )
+        except (PackagingError, PvrsIOError) as exc:
+            raise _write_failure(exc, Path(folder)) or exc from None
 
     if dry_run:
         if out_dir is None:

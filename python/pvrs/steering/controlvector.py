@@ -22,7 +22,6 @@ from pvrs.errors import (
     InvalidArgumentError,
     NonFiniteError,
     PvrsError,
-    PvrsIOError,
 )
 
 ARCH = "controlvector"
@@ -81,8 +80,8 @@ def write_control_vector(
             writer.write_kv_data_to_file()
             writer.write_tensors_to_file()
             writer.close()
-    except OSError as exc:
-        raise PvrsIOError(f"cannot write {path}: {exc.strerror or exc}") from None
+    except OSError as exc:  # a full disk is a failed write naming the file (exit 1), not a mistake
+        raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from None
     return path
 
 
