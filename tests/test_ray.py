@@ -1,31 +1,48 @@
 """`pvrs extract --ray`: the same store as a single process, nothing lost when a replica dies,
-resume across Ray and plain runs, user errors before any work. One local Ray per module
-(it takes seconds to start)."""
+resume across Ray and plain runs, user errors before any work, nothing listening beyond
+127.0.0.1. One local Ray for the module (it takes seconds to start); the tests of a fake-GPU
+cluster come last, as the driver joins one Ray at a time."""
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import json
 import os
 import signal
+import socket
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
+import psutil
 import pytest
 from pvrs.cli import main
-from pvrs.engines.models import model_dir_name
+from pvrs.engines.models import ModelSpec, model_dir_name
 
 from tests.test_extract import tiny_model_dir  # noqa: F401  (fixture)
 
 ray = pytest.importorskip("ray")
 
 
-@pytest.fixture(scope="module")
-def local_ray() -> object:
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
+@pytest.fixture(scope="module", autouse=True)
+def _ray_down_after_the_module() -> Iterator[None]:
+    yield
     ray.shutdown()
+
+
+@pytest.fixture
+def local_ray() -> object:
+    """The local Ray that `--ray` alone starts (two CPUs, whatever the machine has), kept for
+    the next test."""
+    from pvrs.engines import ray_engine
+
+    if not ray.is_initialized():
+        ray_engine.start_local(num_cpus=2)
+    return ray
 
 
 def _inputs(tmp_path: Path, n: int) -> list[str]:
@@ -40,6 +57,15 @@ def _inputs(tmp_path: Path, n: int) -> list[str]:
         json.dumps({"qid": f"q{j}", "question": f"Question {j}?", "answer": f"Answer {j}, I think."}) + "\n" for j in range(3)
     ))
     return ["--personas", str(personas), "--qa", str(qa)]
+
+
+def _cli_error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[object, str]:
+    """The exit code and last stderr line of a run that must stop on a user error."""
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse
+        code = exc.code
+    return code, capsys.readouterr().err.strip().splitlines()[-1]
 
 
 def _store(root: Path) -> dict[str, object]:
@@ -211,13 +237,9 @@ def test_user_errors_are_one_line_before_any_work(
 ) -> None:
     out = tmp_path / "store"
     argv = ["extract", "--model", str(tiny_model_dir), *_inputs(tmp_path, 2), "--output-dir", str(out), *extra]
-    try:
-        code = main(argv)
-    except SystemExit as exc:  # argparse
-        code = exc.code
-    err = capsys.readouterr().err.strip().splitlines()
+    code, last = _cli_error(argv, capsys)
     assert code == 2
-    assert message in err[-1]
+    assert message in last
     assert not out.exists() or not any(out.rglob("*.safetensors"))
 
 
@@ -292,3 +314,125 @@ def test_a_persona_that_fails_is_reported_and_the_run_exits_1(
     err = capsys.readouterr().err
     assert "2 written, 0 skipped, 1 failed" in err and "died 2 times" in err
     assert sorted(p.stem for p in out.rglob("*.safetensors")) == ["p01", "p02"]
+
+
+def _is_loopback(ip: str) -> bool:
+    address = ipaddress.ip_address(ip)
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:  # ::ffff:127.0.0.1
+        address = address.ipv4_mapped
+    return address.is_loopback
+
+
+def test_the_local_ray_listens_on_loopback_only(local_ray: object) -> None:
+    # A laptop's run opens no port to the network: not this driver, GCS, raylet, agents or workers.
+    @ray.remote(num_cpus=0)
+    class Probe:
+        def pid(self) -> int:
+            return os.getpid()
+
+    probe = Probe.remote()  # type: ignore[attr-defined]
+    worker = ray.get(probe.pid.remote())
+    me = psutil.Process()
+    bound: dict[str, set[str]] = {}
+    for proc in [me, *me.children(recursive=True)]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            for conn in proc.net_connections(kind="inet"):
+                if conn.status == psutil.CONN_LISTEN or conn.type == socket.SOCK_DGRAM:
+                    bound.setdefault(f"{proc.name()} ({proc.pid})", set()).add(conn.laddr.ip)
+    ray.kill(probe)
+    names = " ".join(bound)
+    assert "gcs_server" in names and "raylet" in names and f"({worker})" in names, bound
+    assert {name: ips for name, ips in bound.items() if not all(map(_is_loopback, ips))} == {}
+
+
+def _nodes(*resources: dict[str, float]) -> object:
+    """A stand-in for `ray` whose cluster has these nodes, and a dead one with 8 GPUs."""
+    dead = {"Alive": False, "Resources": {"CPU": 8.0, "GPU": 8.0}}
+    return SimpleNamespace(nodes=lambda: [*({"Alive": True, "Resources": r} for r in resources), dead])
+
+
+def test_plan_fits_each_replica_on_one_node() -> None:
+    from pvrs.engines.ray_engine import RayConfig, plan
+    from pvrs.errors import InputError
+
+    spec = ModelSpec("m")
+    two_by_two = _nodes({"CPU": 4.0, "GPU": 2.0}, {"CPU": 4.0, "GPU": 2.0})
+    assert plan(two_by_two, RayConfig(spec)) == (4, 1)
+    assert plan(two_by_two, RayConfig(spec, gpus_per_replica=2)) == (2, 2)
+    assert plan(_nodes({"CPU": 1.0, "GPU": 2.0}, {"CPU": 3.0}), RayConfig(spec)) == (1, 1)  # a CPU per replica
+    assert plan(_nodes({"CPU": 3.0}, {"CPU": 2.0}), RayConfig(spec)) == (1, 0)
+    assert plan(_nodes({"CPU": 3.0}, {"CPU": 2.0}), RayConfig(spec, replicas=5)) == (5, 0)
+    with pytest.raises(InputError, match=r"--gpus-per-replica 4: .* at most 2 on one node.*; lower it"):
+        plan(two_by_two, RayConfig(spec, gpus_per_replica=4))
+    with pytest.raises(InputError, match=r"--replicas 3: the Ray cluster fits 2 replica\(s\) of 2 GPU\(s\)"):
+        plan(two_by_two, RayConfig(spec, gpus_per_replica=2, replicas=3))
+    with pytest.raises(InputError, match=r"--replicas 6: the Ray cluster fits 5"):
+        plan(_nodes({"CPU": 3.0}, {"CPU": 2.0}), RayConfig(spec, replicas=6))
+
+
+# Last: these tests stop the local Ray (a driver joins one Ray at a time).
+@pytest.fixture(scope="module")
+def fake_gpu_nodes() -> Iterator[object]:
+    """Two nodes of two fake GPUs each, on 127.0.0.1: Ray schedules on them, nothing uses CUDA."""
+    from pvrs.engines import ray_engine
+    from ray.cluster_utils import Cluster
+
+    ray.shutdown()
+    node = {"num_cpus": 1, "num_gpus": 2, "node_ip_address": "127.0.0.1"}
+    with ray_engine.loopback():
+        cluster = Cluster(initialize_head=True, connect=False, head_node_args={**node, "include_dashboard": False})
+        cluster.add_node(**node)
+    yield cluster
+    ray.shutdown()
+    cluster.shutdown()
+
+
+@pytest.fixture
+def on_fake_gpus(fake_gpu_nodes: object) -> Iterator[object]:
+    from pvrs.engines import ray_engine
+
+    ray.shutdown()
+    with ray_engine.loopback():
+        ray.init(address=fake_gpu_nodes.address, log_to_driver=False)  # type: ignore[attr-defined]
+    yield ray
+    ray.shutdown()
+
+
+def test_a_replica_wider_than_any_node_is_one_line_before_any_work(
+    on_fake_gpus: object, tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]  # noqa: F811
+) -> None:
+    # 4 GPUs in the cluster, but 2 per node: Ray would wait forever for a 4-GPU node.
+    out = tmp_path / "store"
+    argv = ["extract", "--model", str(tiny_model_dir), *_inputs(tmp_path, 2), "--output-dir", str(out),
+            "--ray", "--gpus-per-replica", "4"]
+    code, last = _cli_error(argv, capsys)
+    assert code == 2
+    assert "--gpus-per-replica 4: the Ray cluster has 4 GPU(s), at most 2 on one node" in last
+    assert not out.exists() or not any(out.rglob("*.safetensors"))
+
+
+def test_replicas_ray_cannot_place_are_one_line_at_a_deadline(
+    on_fake_gpus: object, tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from pvrs.engines import ray_engine
+
+    @ray.remote(num_gpus=1, num_cpus=0)
+    class Holder:  # other work holding a GPU: the cluster fits 2 replicas of 2 GPUs, but not now
+        def ready(self) -> bool:
+            return True
+
+    holder = Holder.remote()  # type: ignore[attr-defined]
+    ray.get(holder.ready.remote())
+    monkeypatch.setattr(ray_engine, "PLACE_TIMEOUT_S", 1.0)  # placement can never succeed here
+    out = tmp_path / "store"
+    argv = ["extract", "--model", str(tiny_model_dir), *_inputs(tmp_path, 2), "--output-dir", str(out),
+            "--ray", "--gpus-per-replica", "2"]
+    code, last = _cli_error(argv, capsys)
+    ray.kill(holder)
+    assert code == 2
+    assert "Ray could not place 2 replica(s) of 2 GPU(s) and 1 CPU(s) in 1 s" in last and "--replicas" in last
+    assert not any(out.rglob("*.safetensors"))
+    assert ray.util.placement_group_table() == {} or all(
+        pg["state"] == "REMOVED" for pg in ray.util.placement_group_table().values()
+    )

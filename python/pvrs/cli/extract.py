@@ -308,12 +308,12 @@ def _add_extract(sub: argparse._SubParsersAction) -> None:
     ray.add_argument(
         "--ray", nargs="?", const="", metavar="auto|ADDRESS",
         help="run on Ray replicas (with --generate they answer too; this process saves): alone, a "
-        "local Ray (or RAY_ADDRESS); 'auto', the cluster of `ray start --head` on this machine; or "
+        "local Ray on 127.0.0.1 (or RAY_ADDRESS); 'auto', the cluster of `ray start --head` on this machine; or "
         "HOST:6379 / ray://HOST:10001 (default: no Ray)",
     )
     ray.add_argument(
         "--replicas", type=positive_int, metavar="N",
-        help="model replicas (default: one per GPU-per-replica the cluster has; 1 on CPU)",
+        help="model replicas (default: as many as the cluster's nodes hold, each on one node; 1 on CPU)",
     )
     ray.add_argument(
         "--gpus-per-replica", type=non_negative_int, metavar="K",

@@ -11,7 +11,10 @@ Each replica is an actor that loads the model once, answers the questions of `--
 (the driver saves the answers, then sends the extraction jobs) and computes vectors; the driver keeps at most `IN_FLIGHT` jobs
 queued per replica, so a fast replica pulls more work and results never pile up in memory.
 A replica that dies is restarted by Ray (`max_restarts`) and its queued jobs are retried once
-(`max_task_retries`); a second death of the same job reports the persona failed."""
+(`max_task_retries`); a second death of the same job reports the persona failed.
+
+The replicas are placed as one placement group, a bundle per replica (its GPUs on one node),
+with a deadline: Ray itself would wait forever, silently, for resources no node has free."""
 
 from __future__ import annotations
 
@@ -36,6 +39,8 @@ INSTALL_HINT = "pip install 'pvrs[ray]'"
 IN_FLIGHT = 2  # jobs queued per replica: one running, one ready when it ends
 MAX_RESTARTS = 3  # restarts per replica before Ray gives up on it
 TASK_RETRIES = 1  # a job whose replica died is run once more: "fails twice" = failed
+PLACE_TIMEOUT_S = 60.0  # free resources are reserved in well under a second; this long means held
+LOOPBACK = "127.0.0.1"
 
 
 @dataclass(frozen=True)
@@ -82,11 +87,41 @@ def connect(address: str | None) -> Any:
     if ray.is_initialized():
         return ray
     try:
-        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+        if target in (None, "", "local"):
+            start_local()
+        else:
+            ray.init(address=address, include_dashboard=False, log_to_driver=False)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InputError(f"--ray {where}: cannot connect ({first}); {fix}") from None
     return ray
+
+
+def start_local(num_cpus: int | None = None) -> None:
+    """A new Ray for this machine alone (never one that `ray start` left running), on 127.0.0.1:
+    none of its processes listens on the network, which a single machine's run never needs."""
+    ray = import_ray()
+    with loopback():
+        ray.init(
+            address="local", _node_ip_address=LOOPBACK, num_cpus=num_cpus,
+            include_dashboard=False, log_to_driver=False,
+        )
+
+
+@contextlib.contextmanager
+def loopback() -> Iterator[None]:
+    """Ray keeps 127.0.0.1 as given while it starts (or joins) a Ray on it. On Linux it rewrites
+    127.0.0.1 to the host's network address, for other nodes to join, and its servers then listen
+    on every interface; its switch for single-machine platforms (macOS, Windows), set from
+    RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER once at import, leaves the address alone."""
+    from ray._private import ray_constants
+
+    saved = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved
 
 
 def _reachable(address: str, flag: str, fix: str) -> None:
@@ -103,18 +138,27 @@ def _reachable(address: str, flag: str, fix: str) -> None:
 
 
 def plan(ray: Any, config: RayConfig) -> tuple[int, int]:
-    """(replicas, gpus per replica) fitted to the cluster, refused when it cannot hold them."""
-    resources = ray.cluster_resources()
-    gpus, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 0))
-    per = config.gpus_per_replica if config.gpus_per_replica is not None else (1 if gpus else 0)
-    if per > 0 and gpus < per:
-        raise InputError(f"--gpus-per-replica {per}: the Ray cluster has {gpus} GPU(s); lower it, or 0 for CPU replicas")
-    most = gpus // per if per else max(1, cpus // config.cpus_per_replica)
+    """(replicas, gpus per replica) fitted to the cluster's live nodes, refused when they cannot
+    hold them: a replica's GPUs and CPUs sit on one node, so 2 nodes x 2 GPUs hold no 4-GPU one."""
+    nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+    gpus = [int(r.get("GPU", 0)) for r in nodes]
+    cpus = [int(r.get("CPU", 0)) // config.cpus_per_replica for r in nodes]
+    per = config.gpus_per_replica if config.gpus_per_replica is not None else (1 if any(gpus) else 0)
+    if per > max(gpus, default=0):
+        has = f"{sum(gpus)} GPU(s), at most {max(gpus)} on one node, and a replica's GPUs must sit on one node" if any(gpus) else "no GPUs"
+        raise InputError(f"--gpus-per-replica {per}: the Ray cluster has {has}; lower it, or 0 for CPU replicas")
+    most = sum(min(g // per, c) if per else c for g, c in zip(gpus, cpus, strict=True))
     replicas = config.replicas if config.replicas is not None else (most if per else 1)
     if replicas > most:
-        kind = f"{per} GPU(s)" if per else f"{config.cpus_per_replica} CPU(s)"
-        raise InputError(f"--replicas {replicas}: the Ray cluster fits {most} replica(s) of {kind}; lower --replicas")
+        raise InputError(
+            f"--replicas {replicas}: the Ray cluster fits {most} replica(s) of {_size(per, config.cpus_per_replica)} "
+            f"on its {len(nodes)} node(s) (a replica sits on one node); lower --replicas"
+        )
     return replicas, per
+
+
+def _size(gpus: int, cpus: int) -> str:
+    return f"{gpus} GPU(s) and {cpus} CPU(s)" if gpus else f"{cpus} CPU(s)"
 
 
 class _Replica:
@@ -176,12 +220,18 @@ class Cluster:
 
     def __init__(self, config: RayConfig, engine: EngineConfig, expect_dtype: str) -> None:
         self.ray = connect(config.address)
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
         self.replicas_n, gpus = plan(self.ray, config)
-        actor = self.ray.remote(_Replica).options(
-            num_gpus=gpus, num_cpus=config.cpus_per_replica,
-            max_restarts=MAX_RESTARTS, max_task_retries=TASK_RETRIES,
-        )
-        self.actors = [actor.remote(config.model, gpus, engine) for _ in range(self.replicas_n)]
+        self.group = _place(self.ray, self.replicas_n, gpus, config.cpus_per_replica)
+        actor = self.ray.remote(_Replica)
+        self.actors = [
+            actor.options(
+                num_gpus=gpus, num_cpus=config.cpus_per_replica, max_restarts=MAX_RESTARTS,
+                max_task_retries=TASK_RETRIES, scheduling_strategy=PlacementGroupSchedulingStrategy(self.group, i),
+            ).remote(config.model, gpus, engine)
+            for i in range(self.replicas_n)
+        ]
         self.names = [f"replica {i}" for i in range(self.replicas_n)]
         try:
             infos = self.ray.get([a.info.remote() for a in self.actors])
@@ -231,8 +281,29 @@ class Cluster:
                 yield done.key, done.error if done.value is None else done.value
 
     def close(self) -> None:
+        from ray.util.placement_group import remove_placement_group
+
         for actor in self.actors:
             self.ray.kill(actor, no_restart=True)
+        remove_placement_group(self.group)
+
+
+def _place(ray: Any, replicas: int, gpus: int, cpus: int) -> Any:
+    """The replicas' resources, reserved together (a bundle per replica, each on one node) before
+    any loads the model; what Ray cannot place by the deadline (other work holds it) is one line."""
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    bundle = {"CPU": float(cpus), **({"GPU": float(gpus)} if gpus else {})}
+    group = placement_group([bundle] * replicas, strategy="PACK")
+    if not group.wait(timeout_seconds=PLACE_TIMEOUT_S):
+        remove_placement_group(group)
+        free = ray.available_resources()
+        raise InputError(
+            f"--ray: Ray could not place {replicas} replica(s) of {_size(gpus, cpus)} in {PLACE_TIMEOUT_S:g} s: other "
+            f"work holds them (free now: {free.get('GPU', 0):g} GPU(s), {free.get('CPU', 0):g} CPU(s)); "
+            "lower --replicas or --gpus-per-replica, or rerun when they are free"
+        )
+    return group
 
 
 def _cause(exc: BaseException) -> str:
