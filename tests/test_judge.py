@@ -491,3 +491,26 @@ def test_scores_off_the_0_100_scale_are_refused(tmp_path: Path, score: object) -
     # A 0-1 or 0-10 judge would silently drop or keep everything at --min-score 50.
     with pytest.raises(InputError, match=r"s\.jsonl row 2: score .* is not on the 0-100 scale"):
         load_scores(path)
+
+
+def test_persona_vectors_preset_asks_as_its_judge_does(server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """Anthropic's persona_vectors judge (judge.py) asks for one token with its top 20
+    logprobs at temperature 0 and seed 0; pvrs by default asks for 4 tokens (a number stated
+    in several tokens is read whole when an endpoint sends no logprobs) and no seed. The
+    preset's scores are cached apart from the default's: they are other requests."""
+    monkeypatch.setenv("PVRS_CACHE_DIR", str(tmp_path / "cache"))
+    _write_answers(tmp_path / "answers.jsonl", ANSWERS[:2])
+    argv = ["judge", str(tmp_path / "answers.jsonl"), "-o", str(tmp_path / "s.jsonl"), "--judge-url", server.url,
+            "--judge-model", "m", "--rubric", "coherence"]
+    assert main(argv) == 0
+    default = server.requests[-1]
+    assert default["max_tokens"] == 4 and "seed" not in default
+    assert main([*argv, "--preset", "persona_vectors"]) == 0
+    assert len(server.requests) == 4  # not answered from the default's cache
+    preset = server.requests[-1]
+    assert (preset["max_tokens"], preset["seed"], preset["temperature"], preset["top_logprobs"]) == (1, 0, 0, 20)
+    assert main([*argv, "--preset", "persona_vectors", "--no-logprobs"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "pvrs judge: error: --preset persona_vectors reads the top logprobs of one reply token, as persona_vectors "
+        "does; drop --no-logprobs or the preset")

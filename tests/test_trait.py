@@ -270,3 +270,25 @@ def test_default_output_dir_stays_under_the_artifacts_folder(tmp_path: Path, mon
         out = _output_dir(args, load_trait_file(FIXTURE, name)).resolve()
         assert out.is_relative_to((tmp_path / "traits").resolve()) and out.parent != (tmp_path / "traits").resolve(), out
     assert _output_dir(args, load_trait_file(FIXTURE)).name == "pirate"
+
+
+def test_persona_vectors_preset_samples_as_its_pipeline_does(capsys: pytest.CaptureFixture[str]) -> None:
+    """persona_vectors samples trait answers with top_p 1 and up to 1,000 new tokens
+    (eval_persona.py), pvrs by default with top_p 0.9 and 256; the preset takes its values,
+    and a flag that contradicts it is one line, before any model loads."""
+    from pvrs.cli import build_parser
+    from pvrs.cli.trait import trait_sampling
+
+    argv = ["trait", str(FIXTURE), "--no-eval"]
+    default = trait_sampling(build_parser().parse_args(argv))
+    assert (default.top_p, default.max_new_tokens, default.temperature) == (0.9, 256, 1.0)
+    preset = trait_sampling(build_parser().parse_args([*argv, "--preset", "persona_vectors"]))
+    assert (preset.top_p, preset.max_new_tokens, preset.temperature) == (1.0, 1000, 1.0)
+    once = trait_sampling(build_parser().parse_args([*argv, "--preset", "persona_vectors", "--samples", "1"]))
+    assert once.temperature == 0.0  # as there: one answer per question is greedy
+    with pytest.raises(InputError, match=r"--preset persona_vectors samples with --top-p 1; drop --top-p 0.5 or the preset"):
+        trait_sampling(build_parser().parse_args([*argv, "--preset", "persona_vectors", "--top-p", "0.5"]))
+    assert main([*argv, "--preset", "persona_vectors", "--max-new-tokens", "64", "--judge-url", "http://127.0.0.1:9/v1",
+                 "--judge-model", "m"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "pvrs trait: error: --preset persona_vectors samples with --max-new-tokens 1000; drop --max-new-tokens 64 or the preset"]

@@ -22,6 +22,7 @@ MAX_MAGNITUDE = 1e6  # a steering strength or cap this large only turns the mode
 MAX_MB = 1e6  # a terabyte: larger parquet sizes overflow the byte counts
 MAX_THREADS = 4 * (os.cpu_count() or 1)  # torch allocates per thread: 100000 ran out of memory, then hung
 MAX_TEMPERATURE = 100.0  # far flatter than uniform sampling needs
+DEFAULT_TOP_P = 0.9
 
 
 def finite_float(text: str) -> float:
@@ -198,7 +199,7 @@ def add_generation_args(
     )
     p.add_argument("--seed", type=seed_int, default=0, help="seed for sampling with --temperature > 0 (default %(default)s)")
     p.add_argument(
-        "--top-p", type=probability, default=0.9, help="nucleus sampling with --temperature > 0 (default %(default)s)"
+        "--top-p", type=probability, default=DEFAULT_TOP_P, help="nucleus sampling with --temperature > 0 (default %(default)s)"
     )
     if system:
         p.add_argument("--system", default=None, help="system prompt (default: the template's own)")

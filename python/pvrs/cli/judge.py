@@ -20,6 +20,10 @@ if TYPE_CHECKING:
 
 MAX_TIMEOUT, MAX_RETRIES = 86400.0, 100  # a day per reply; 2**100 backoffs would never end
 
+# `--preset`: pvrs's defaults, or Anthropic persona_vectors' settings where they differ.
+PERSONA_VECTORS = "persona_vectors"
+PRESETS = ("pvrs", PERSONA_VECTORS)
+
 # The baseline persona has no system prompt: the role its answers are judged against.
 BASELINE_ROLE = "a helpful AI assistant (no persona)"
 
@@ -42,12 +46,21 @@ def _traits(args: argparse.Namespace, persona_ids: list[str]) -> dict[str, str]:
 
 def make_judge(args: argparse.Namespace) -> Judge:
     """The judge the `add_judge_args` flags describe (loads a local judge model)."""
-    from pvrs.judge.endpoint import MODEL_ENV, EndpointJudge
+    from pvrs.judge.endpoint import MODEL_ENV, PERSONA_VECTORS_REQUEST, EndpointJudge
 
     if not args.local:
+        request: dict[str, object] = {}
+        if args.preset == PERSONA_VECTORS:
+            if args.no_logprobs:
+                raise InputError(
+                    f"--preset {PERSONA_VECTORS} reads the top logprobs of one reply token, as persona_vectors does; "
+                    "drop --no-logprobs or the preset"
+                )
+            request = PERSONA_VECTORS_REQUEST
         return EndpointJudge.from_env(
             args.judge_url, args.judge_model, args.api_key,
             concurrency=args.concurrency, timeout=args.timeout, retries=args.retries, logprobs=not args.no_logprobs,
+            **request,
         )
     if args.judge_url:
         raise InputError("pass either --local or --judge-url, not both")
@@ -93,6 +106,11 @@ def add_judge_args(p: argparse.ArgumentParser) -> None:
     )
     api.add_argument("--judge-batch-size", type=positive_int, default=8, help="prompts per forward pass of a --local judge (default %(default)s)")
     api.add_argument("--cache", metavar="FILE", help=f"score cache (default ${CACHE_ENV}/{CACHE_NAME}, else beside the output)")
+    api.add_argument(
+        "--preset", choices=PRESETS, default="pvrs",
+        help=f"{PERSONA_VECTORS}: ask the endpoint as Anthropic's persona_vectors judge does (1 token, seed 0; pvrs: "
+        "4 tokens, no seed) and, in `pvrs trait`, sample as it does (top-p 1, 1000 new tokens) (default %(default)s)",
+    )
     api.add_argument("--no-cache", action="store_true", help="neither read nor write the score cache")
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pvrs.cli.common import (
+    DEFAULT_TOP_P,
     add_generation_args,
     add_model_args,
     check_writable,
@@ -20,19 +21,25 @@ from pvrs.cli.common import (
 )
 from pvrs.cli.evaluate import add_grid_args, check_grid_args, evaluate
 from pvrs.cli.judge import (
+    PERSONA_VECTORS,
     add_judge_args,
     make_judge,
     score_cache,
     unscored_note,
     write_scores,
 )
+from pvrs.errors import InputError
 
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from pvrs.extraction.generate import SamplingConfig
     from pvrs.extraction.inputs import QAPair
     from pvrs.judge import Judge, Rubric, ScoreCache
     from pvrs.judge.trait import TraitFile
+
+# pvrs's sampling of trait answers (persona_vectors: temperature 1 too, top_p 1, 1000 tokens).
+MAX_NEW_TOKENS, TEMPERATURE = 256, 1.0
 
 
 def _output_dir(args: argparse.Namespace, trait: TraitFile) -> Path:
@@ -95,6 +102,23 @@ def _write_scores(out: Path, scores: dict[str, dict[tuple[str, str], float | Non
     return len({key for by_key in scores.values() for key, s in by_key.items() if s is None})
 
 
+def trait_sampling(args: argparse.Namespace) -> SamplingConfig:
+    """The answers' sampling: the flags, or with `--preset persona_vectors` its pipeline's
+    (eval_persona.py: top_p 1, 1000 new tokens, temperature 1, 0 for one answer per question).
+    A flag set to another value than the preset's is refused, not silently replaced."""
+    from pvrs.extraction.generate import SamplingConfig
+
+    top_p, max_new_tokens, temperature = args.top_p, args.max_new_tokens, args.temperature
+    if args.preset == PERSONA_VECTORS:
+        wanted = {"--top-p": (top_p, DEFAULT_TOP_P, 1.0), "--max-new-tokens": (max_new_tokens, MAX_NEW_TOKENS, 1000),
+                  "--temperature": (temperature, TEMPERATURE, 0.0 if args.samples == 1 else 1.0)}
+        for flag, (given, default, value) in wanted.items():
+            if given not in (default, value):
+                raise InputError(f"--preset {PERSONA_VECTORS} samples with {flag} {value:g}; drop {flag} {given:g} or the preset")
+        top_p, max_new_tokens, temperature = (value for _, _, value in wanted.values())
+    return SamplingConfig(int(max_new_tokens), temperature, top_p, args.seed, args.batch_size)
+
+
 def _cmd_trait(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
@@ -104,7 +128,6 @@ def _cmd_trait(args: argparse.Namespace) -> int:
     from pvrs.cli.steering_run import load_model
     from pvrs.engines.hooks import decoder_layers
     from pvrs.engines.models import canonical_model_name
-    from pvrs.extraction.generate import SamplingConfig
     from pvrs.judge import load_rubric
     from pvrs.judge.evaluation import EvalSetup
     from pvrs.judge.trait import (
@@ -122,6 +145,7 @@ def _cmd_trait(args: argparse.Namespace) -> int:
     from pvrs.store.layerspec import parse_layers
 
     trait = load_trait_file(args.trait_file, args.name)
+    sampling = trait_sampling(args)
     out = _output_dir(args, trait)
     check_writable("--output-dir", out, is_dir=True)
     cache = score_cache(args, out / "pairs.csv")  # a bad --cache fails now, not after generating
@@ -137,7 +161,6 @@ def _cmd_trait(args: argparse.Namespace) -> int:
             if spec:
                 parse_layers(spec, blocks, flag)
     model_name = canonical_model_name(args.model)
-    sampling = SamplingConfig(args.max_new_tokens, args.temperature, args.top_p, args.seed, args.batch_size)
     console = Console(stderr=True)
 
     with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -225,7 +248,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_grid_args(p, min_coherence_help="keep a pair when both answers' coherence is >= this, 0-100; also the "
                   "lowest mean coherence a recommended eval cell may have (default %(default)s)")
-    add_generation_args(p, max_new_tokens=256, temperature=1.0, system=False,
+    add_generation_args(p, max_new_tokens=MAX_NEW_TOKENS, temperature=TEMPERATURE, system=False,
                         why="persona_vectors samples its extraction answers at temperature 1, seeded here")
     add_judge_args(p)
     p.set_defaults(handler=_cmd_trait)

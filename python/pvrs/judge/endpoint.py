@@ -24,6 +24,11 @@ from pvrs.judge.numbers import stated_score, weighted_score
 
 URL_ENV, MODEL_ENV, KEY_ENV = "PVRS_JUDGE_URL", "PVRS_JUDGE_MODEL", "OPENAI_API_KEY"
 TOP_LOGPROBS = 20  # the most OpenAI's API returns; enough to cover the plausible numbers
+# Reply tokens asked for: a number stated in several tokens is read whole when an endpoint
+# sends no logprobs (the logprob score reads the first token either way).
+MAX_TOKENS = 4
+# Anthropic persona_vectors' judge (judge.py): one token with its top logprobs, seed 0.
+PERSONA_VECTORS_REQUEST: dict[str, Any] = {"max_tokens": 1, "seed": 0}
 
 
 @dataclass(frozen=True)
@@ -41,6 +46,8 @@ class EndpointJudge:
     backoff: float = 1.0
     max_wait: float = 60.0
     logprobs: bool = True  # False for endpoints that refuse them: the stated number is read
+    max_tokens: int = MAX_TOKENS
+    seed: int | None = None
 
     @classmethod
     def from_env(cls, url: str | None, model: str | None, api_key: str | None, **options: Any) -> EndpointJudge:
@@ -60,8 +67,10 @@ class EndpointJudge:
     @property
     def id(self) -> str:
         # The served model decides the scores, not the server it runs on: moving the same
-        # model elsewhere keeps its cached scores.
-        return f"endpoint:{self.model}"
+        # model elsewhere keeps its cached scores. Other requests (a preset's) are other scores.
+        if (self.max_tokens, self.seed) == (MAX_TOKENS, None):
+            return f"endpoint:{self.model}"
+        return f"endpoint:{self.model}?max_tokens={self.max_tokens}&seed={self.seed}"
 
     @property
     def endpoint(self) -> str:
@@ -120,8 +129,10 @@ class EndpointJudge:
             "model": self.model,
             "messages": [{"role": "user", "content": prompt}],
             "temperature": 0,
-            "max_tokens": 4,
+            "max_tokens": self.max_tokens,
         }
+        if self.seed is not None:
+            body["seed"] = self.seed
         if self.logprobs:
             body.update(logprobs=True, top_logprobs=TOP_LOGPROBS)
         return self._read_score(self._post(client, body, stop))
