@@ -130,3 +130,61 @@ def test_reference_hub_store_over_a_packaged_dataset(tmp_path):
         remote.load("templated", "nobody")
     remote.release_cache()
     torch.testing.assert_close(remote.load("templated", "b"), torch.from_numpy(vectors["b"]))
+
+
+def _reference_trait_store(root):
+    """A trait vector store as persona-vectors main writes it (artifacts.TraitVectorStore
+    ._save_item: safetensors.torch.save_file of one `activations` tensor, and a manifest keyed
+    `attributes` whose entries hold the contrast metadata of traits.save_trait_deltas)."""
+    import json
+
+    from safetensors.torch import save_file
+
+    folder = root / "google__gemma-2-2b-it" / "persona_mean" / "templated"
+    folder.mkdir(parents=True)
+    deltas = {"sex": torch.randn(L, H, generator=torch.Generator().manual_seed(0)),
+              "age": torch.randn(L, H, generator=torch.Generator().manual_seed(1))}
+    entries = {}
+    for name, delta in deltas.items():
+        save_file({"activations": delta}, str(folder / f"{name}.safetensors"))
+        entries[name] = {"positive": "female", "value_from": "male", "value_to": "female", "n_personas": 12,
+                         "auc_by_layer": [0.5] * L, "act_norm_by_layer": [1.0] * L}
+    manifest = {"num_layers": L, "hidden_size": H, "attributes": entries}
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return folder, deltas, entries
+
+
+def test_a_trait_vector_store_of_persona_vectors_main_is_read(tmp_path):
+    """persona-vectors main keeps trait vectors under trait_vectors/ with a manifest keyed
+    `attributes`: pvrs's persona-vector readers name what it is and what reads it (they
+    said "the manifest has no 'personas' mapping"); compat's TraitVectorStore reads it with
+    the reference's methods, and its files are vectors `--vector` takes."""
+    from pvrs.compat.persona_vectors import TraitVectorStore
+    from pvrs.errors import ArtifactError, ManifestError
+    from pvrs.steering.directions import load_vector
+
+    root = tmp_path / "trait_vectors"
+    folder, deltas, entries = _reference_trait_store(root)
+    with pytest.raises(ManifestError, match=r"holds persona-vectors trait vectors .*compat.persona_vectors.TraitVectorStore") as caught:
+        PvrsStore("google/gemma-2-2b-it", root_dir=root, mask_strategy="persona_mean").list_personas(["templated"])
+    assert str(folder / "manifest.json") in str(caught.value) and "\n" not in str(caught.value)
+
+    store = TraitVectorStore("google/gemma-2-2b-it", root_dir=root, mask_strategy="persona_mean")
+    assert store.list_attributes() == ["age", "sex"]
+    assert store.list_attributes(variant="biography") == []
+    loaded = store.load("sex")
+    assert isinstance(loaded, torch.Tensor) and loaded.dtype == torch.float32
+    torch.testing.assert_close(loaded, deltas["sex"])
+    assert store.metadata("sex") == entries["sex"]
+    assert store.list_layers(["templated"], ["age"]) == list(range(L))
+    assert store.available_variants() == ["templated"]
+    with pytest.raises(FileNotFoundError, match="'height'"):
+        store.load("height")
+    with pytest.raises(FileNotFoundError, match="'height'"):
+        store.metadata("height")
+    np.testing.assert_array_equal(load_vector(folder / "sex.safetensors", layer=1), deltas["sex"][1].numpy())
+
+    (folder / "age.safetensors").unlink()
+    (folder / "age.safetensors").symlink_to(folder / "sex.safetensors")  # another attribute's delta
+    with pytest.raises(ArtifactError, match=r"age\.safetensors: a symbolic link"):
+        store.load("age")

@@ -7,6 +7,8 @@ script written for it runs on a pvrs store by changing its import:
 pvrs's (`pvrs.hub.HFPersonaVectorStore`): bound to one mask strategy (another raises
 ValueError, as there), torch tensors, no warning about missing variants unless asked, and
 every split by default. `discover_activation_models` is pvrs's own (same signature).
+`TraitVectorStore` reads persona-vectors main's trait vector store (`trait_vectors/`, one mean
+swap delta per attribute, its manifest keyed `attributes`); saving into it is not offered.
 
 Same argument order and semantics as the reference: `load(prompt_variant, persona_id,
 mask_strategy=None)` returns a torch tensor and raises `FileNotFoundError` when nothing is
@@ -26,16 +28,27 @@ from pathlib import Path
 from typing import Any
 
 from pvrs.engines.models import model_dir_name
-from pvrs.errors import InvalidArgumentError
+from pvrs.errors import ArtifactError, InvalidArgumentError, ManifestError
+from pvrs.paths import artifacts_dir
 from pvrs.store import PersonaVectorStore as _PvrsStore
 from pvrs.store import discover_activation_models
-from pvrs.store.layout import DEFAULT_MASK_STRATEGY, SUPPORTED_VARIANTS, strategy_name
+from pvrs.store.layout import (
+    DEFAULT_MASK_STRATEGY,
+    MANIFEST_FILENAME,
+    SUPPORTED_VARIANTS,
+    TENSOR_SUFFIX,
+    VectorNotFoundError,
+    folder_name,
+    strategy_name,
+    validate_persona_id,
+)
 from pvrs.store.queries import PersonaQueries
 
 __all__ = [
     "DEFAULT_MASK_STRATEGY",
     "HFPersonaVectorStore",
     "PersonaVectorStore",
+    "TraitVectorStore",
     "activation_config_name",
     "discover_activation_models",
     "model_dir_name",
@@ -230,3 +243,106 @@ class HFPersonaVectorStore:
     ) -> list[int]:
         self._check(mask_strategy)
         return self.store.list_layers(variants, persona_ids)
+
+
+TRAIT_VECTORS_DIR = "trait_vectors"  # beside `activations/` under the artifacts folder
+
+
+class TraitVectorStore:
+    """`persona_vectors.artifacts.TraitVectorStore` (persona-vectors main) for reading: one
+    `(num_layers, hidden_size)` mean swap delta per attribute in
+    `<root>/<model_dir>/<mask_strategy>/<variant>/<attribute>.safetensors` (tensor
+    `activations`, row i block i), and a manifest `{num_layers, hidden_size, attributes:
+    {attribute: contrast metadata}}`. Read with pvrs's checks: safe attribute ids, regular
+    files inside the root, tensors of the manifest's shape. Default root:
+    `$ARTIFACTS_DIR/trait_vectors`."""
+
+    def __init__(
+        self,
+        model_name: str,
+        root_dir: str | os.PathLike[str] | None = None,
+        mask_strategy: object | None = DEFAULT_MASK_STRATEGY,
+        variants: Sequence[str] = SUPPORTED_VARIANTS,
+    ) -> None:
+        self.model_name = model_name
+        self.mask_strategy = mask_strategy
+        self.variants = tuple(variants)
+        self.root_dir = Path(root_dir).expanduser() if root_dir is not None else artifacts_dir() / TRAIT_VECTORS_DIR
+
+    def _dir(self, variant: str, mask_strategy: object | None) -> Path:
+        strategy = normalize_mask_strategy(self.mask_strategy if mask_strategy is None else mask_strategy)
+        return self.root_dir / model_dir_name(self.model_name) / folder_name(strategy, "mask strategy") / folder_name(
+            variant, "variant"
+        )
+
+    def _manifest(self, variant: str, mask_strategy: object | None) -> dict[str, Any] | None:
+        """The variant's manifest, its fields checked (None: no such folder)."""
+        from pvrs.jsonio import decode
+        from pvrs.store.manifest import read_manifest_bytes
+
+        path = self._dir(variant, mask_strategy) / MANIFEST_FILENAME
+        raw = read_manifest_bytes(path)
+        if raw is None:
+            return None
+        doc = decode(raw, str(path), ManifestError)
+        items = doc.get("attributes") if isinstance(doc, dict) else None
+        counts = [doc.get(k) if isinstance(doc, dict) else None for k in ("num_layers", "hidden_size")]
+        if not isinstance(items, dict) or not all(
+            isinstance(c, int) and not isinstance(c, bool) and c > 0 for c in counts
+        ):
+            raise ManifestError(
+                f"{path}: not a trait vector manifest {{num_layers, hidden_size, attributes: {{...}}}}"
+            )
+        for attribute, entry in items.items():
+            validate_persona_id(attribute)
+            if not isinstance(entry, dict):
+                raise ManifestError(f"{path}: attributes[{attribute!r}] must be an object")
+        return doc
+
+    def _entry(self, attribute: str, variant: str, mask_strategy: object | None) -> tuple[dict[str, Any], dict[str, Any]]:
+        manifest = self._manifest(variant, mask_strategy)
+        if manifest is None or attribute not in manifest["attributes"]:
+            raise VectorNotFoundError(
+                f"no trait vector for {self.model_name!r} / {variant!r} / {attribute!r} in "
+                f"{self._dir(variant, mask_strategy)}"
+            )
+        return manifest, manifest["attributes"][attribute]
+
+    def load(self, attribute: str, *, variant: str = "templated", mask_strategy: object | None = None) -> Any:
+        """The attribute's `(num_layers, hidden_size)` mean delta as a float32 torch tensor."""
+        import torch
+
+        from pvrs.store.files import stack_files, tensor_problem
+
+        manifest, _ = self._entry(attribute, variant, mask_strategy)
+        path = self._dir(variant, mask_strategy) / f"{validate_persona_id(attribute)}{TENSOR_SUFFIX}"
+        problem = tensor_problem(path, self.root_dir, (manifest["num_layers"], manifest["hidden_size"]))
+        if problem:
+            raise ArtifactError(f"{path}: {problem}")
+        return torch.from_numpy(stack_files([path], None)[0])
+
+    def metadata(self, attribute: str, *, variant: str = "templated", mask_strategy: object | None = None) -> dict[str, Any]:
+        """The attribute's contrast metadata (`positive`, `value_from`, `auc_by_layer`, ...)."""
+        return self._entry(attribute, variant, mask_strategy)[1]
+
+    def list_attributes(self, *, variant: str = "templated", mask_strategy: object | None = None) -> list[str]:
+        manifest = self._manifest(variant, mask_strategy)
+        return [] if manifest is None else sorted(manifest["attributes"])
+
+    def list_layers(
+        self,
+        variants: Sequence[str],
+        item_ids: Sequence[str] | None = None,
+        mask_strategy: object | None = None,
+    ) -> list[int]:
+        """Layers shared by the variants ([] when one lacks a manifest or an item)."""
+        manifests = [self._manifest(v, mask_strategy) for v in variants]
+        if not manifests or any(m is None or not set(item_ids or ()) <= set(m["attributes"]) for m in manifests):
+            return []
+        return list(range(min(m["num_layers"] for m in manifests if m is not None)))
+
+    def available_variants(
+        self, variants: Sequence[str] | None = None, mask_strategy: object | None = None
+    ) -> list[str]:
+        candidates = self.variants if variants is None else variants
+        return [v for v in candidates if self.list_attributes(variant=v, mask_strategy=mask_strategy)]

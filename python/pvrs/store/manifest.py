@@ -123,12 +123,28 @@ def parse_manifest(path: Path, raw: bytes) -> dict[str, Any]:
 
     for problem in _core.manifest_problems(raw, path):
         if problem["severity"] == "error":
+            if is_trait_manifest(raw):  # persona-vectors' other store: say what reads it
+                raise ManifestError(
+                    f"{path}: holds persona-vectors trait vectors (its manifest keys 'attributes', not "
+                    "'personas'); read them with pvrs.compat.persona_vectors.TraitVectorStore, or pass "
+                    "an <attribute>.safetensors file as a vector (--vector FILE)"
+                )
             raise ManifestError(
                 f"{path}: {problem['message']}; run `pvrs validate {path.parent}`, then fix "
                 "that field or delete the folder and extract again"
             )
     # Rust has parsed it: valid UTF-8 JSON nested at most 128 levels.
     return decode(raw, str(path), ManifestError)
+
+
+def is_trait_manifest(raw: bytes) -> bool:
+    """Whether `raw` is the manifest of persona-vectors' trait vector store (`trait_vectors/`,
+    one mean swap delta per attribute), keyed `attributes` instead of `personas`."""
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        return False
+    return isinstance(doc, dict) and "personas" not in doc and isinstance(doc.get("attributes"), dict)
 
 
 def provenance_header(
