@@ -140,6 +140,9 @@ def test_bad_inputs_name_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         import_vectors([src], store, "templated", num_layers=L)
     with pytest.raises(InputError, match=r"b\.pt: 4 rows, but the model has 2 layers"):
         import_vectors([src / "b.pt"], store, "templated", num_layers=2)
+    write_pt(src / "one", "tiny", 2)  # a one-block model: its only row is the final norm's
+    with pytest.raises(InputError, match=r"tiny\.pt: 2 rows of output_hidden_states hold no block output"):
+        import_vectors([src / "one"], store, "templated", num_layers=1)
     with pytest.raises(InputError, match="--num-layers"):
         import_vectors([src / "b.pt"], store, "templated")  # unknown model: cannot tell the layout
     torch.save(torch.zeros(2, 3, 4), src / "c.pt")

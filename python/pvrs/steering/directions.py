@@ -225,7 +225,7 @@ def as_block_rows(
         f"output_hidden_states (row i+1 is block i): {used}{hidden_states_note(num_layers)}",
         stacklevel=3,
     )
-    return block_rows(array), layer
+    return block_rows(array, Path(path)), layer
 
 
 def probe_direction(weights: Any, layer: int | None = None) -> np.ndarray:

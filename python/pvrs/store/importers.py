@@ -101,9 +101,14 @@ def model_num_layers(model: str) -> int | None:
     return int(layers) if isinstance(layers, int) else None
 
 
-def block_rows(rows: Any) -> Any:
+def block_rows(rows: Any, path: Path) -> Any:
     """The block rows of an `output_hidden_states` `[L+1, d]` array or tensor: rows 1..L-1,
     blocks 0..L-2. Row 0 (embeddings) and row L (the final norm's output) are dropped."""
+    if len(rows) < 3:
+        raise InputError(
+            f"{path}: {len(rows)} rows of output_hidden_states hold no block output besides the final "
+            "norm's; there is nothing to read as a block's vector"
+        )
     return rows[1:-1]
 
 
@@ -154,7 +159,7 @@ def _load(path: Path, layout: str, num_layers: int | None) -> tuple[Any, str, st
     convention = _source_layout(int(tensor.shape[0]), layout, num_layers, path)
     dtype = str(tensor.dtype).removeprefix("torch.")
     if convention == WITH_EMBEDDINGS:
-        tensor = block_rows(tensor)
+        tensor = block_rows(tensor, path)
     return tensor.to(torch.float32), convention, dtype
 
 
