@@ -124,7 +124,7 @@ def test_ray_generate_saves_what_a_plain_generate_saves_and_reuses_it(
         mp.setattr(driver, "generate_answers", no_answers)
         assert main([*base, "--output-dir", str(tmp_path / "plain" / "vectors"), "--ray", "--force"]) == 0
         assert main([*base, "--output-dir", str(tmp_path / "ray" / "vectors"), "--force"]) == 0
-    assert capsys.readouterr().err.count("3 written") == 2
+    assert capsys.readouterr().out.count("3 written") == 2
     assert _store(tmp_path / "ray") == plain
 
 
@@ -177,8 +177,9 @@ def test_killed_replica_loses_nothing(
         killer.join()
     saved = json.loads(manifest.read_text())["personas"]
     assert pids and not _alive(pids[0]), "the replica was not killed"
-    assert code == 0 and len(saved) == 24, capsys.readouterr().err
-    assert "replica 0" in capsys.readouterr().err  # per-replica counts in the summary
+    captured = capsys.readouterr()
+    assert code == 0 and len(saved) == 24, captured.err
+    assert "replica 0" in captured.out  # per-replica counts in the summary
     assert main(["validate", str(out), "--deep"]) == 0
 
 
@@ -311,8 +312,8 @@ def test_a_persona_that_fails_is_reported_and_the_run_exits_1(
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(ray_engine.Cluster, "stream", one_dies_twice)
         assert main(argv) == 1
-    err = capsys.readouterr().err
-    assert "2 written, 0 skipped, 1 failed" in err and "died 2 times" in err
+    summary = capsys.readouterr().out
+    assert "2 written, 0 skipped, 1 failed" in summary and "died 2 times" in summary
     assert sorted(p.stem for p in out.rglob("*.safetensors")) == ["p01", "p02"]
 
 
