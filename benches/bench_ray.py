@@ -48,7 +48,7 @@ def main() -> None:
     qa = [replace(r, persona_id=copy(r.persona_id, c)) for c in range(args.copies) for r in demo_qa
           if c == 0 or r.persona_id is not None]
     started = time.perf_counter()
-    ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
+    ray_engine.start_local(num_cpus=args.cpus)  # on 127.0.0.1 only, as `pvrs extract --ray`
     ray_start = time.perf_counter() - started
     model, tokenizer = models.load(args.model, device="cpu")
     skeleton, _ = models.skeleton(models.ModelSpec(args.model), on_gpu=False)
