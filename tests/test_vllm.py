@@ -265,6 +265,33 @@ def test_an_engine_that_cannot_start_is_one_line_with_vllms_reason_once(
     _start_failure_is_one_line_once(folder, tmp_path, capsys, _FakeVllm.LLM)
 
 
+def test_the_context_is_what_fits_and_a_longer_sample_is_one_line_with_the_number(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from types import SimpleNamespace
+
+    from pvrs.engines.vllm_engine import VllmConfig, VllmEngine
+    from pvrs.errors import ModelError
+
+    started: list[dict[str, object]] = []
+
+    def llm(**kwargs: object) -> object:  # vLLM fitted the context to its memory: 12 tokens
+        started.append(kwargs)
+        return SimpleNamespace(llm_engine=SimpleNamespace(vllm_config=SimpleNamespace(
+            model_config=SimpleNamespace(max_model_len=12))))
+
+    fake = _FakeVllm()
+    monkeypatch.setitem(sys.modules, "vllm", fake)
+    monkeypatch.setattr(fake, "LLM", llm, raising=False)
+    spec = ModelSpec(str(_save_tiny(tmp_path / "qwen2", "qwen2", "qwen2.5")), dtype="float32")
+    meta, tokenizer = skeleton(spec, on_gpu=False)
+    engine = VllmEngine(VllmConfig(spec), meta, tokenizer, list(range(4)))
+    with pytest.raises(ModelError, match="sample 's2' has 20 tokens, but vLLM takes at most 11 here"):
+        engine.sample_means([list(range(5)), list(range(20))], [np.ones(5, bool), np.ones(20, bool)],
+                            sample_ids=["s1", "s2"], per_sample=False, batch_tokens=64)
+    assert started[0]["max_model_len"] == -1  # asked to fit; a --max-model-len given is passed as is
+
+
 @needs_vllm
 def test_heads_not_divisible_by_the_tensor_parallel_size_is_one_line_once(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
@@ -311,3 +338,36 @@ def test_spans_encode_masks_exactly() -> None:
             assert start < end
             rebuilt[start:end] = True
         np.testing.assert_array_equal(rebuilt, mask)
+
+
+class _GatherCounting:
+    """A hidden-state cache that records the size of every copy read from it."""
+
+    def __init__(self, cache: object) -> None:
+        self.cache = cache
+        self.shape = cache.shape  # type: ignore[attr-defined]
+        self.device = cache.device  # type: ignore[attr-defined]
+        self.gathered: list[int] = []
+
+    def __getitem__(self, index: object) -> object:
+        out = self.cache[index]  # type: ignore[index]
+        self.gathered.append(out.numel())
+        return out
+
+
+def test_capture_reduction_gathers_a_few_layers_at_a_time() -> None:
+    import torch
+    from pvrs.engines.vllm_reduce import masked_means
+
+    blocks, layers, size, hidden = 9, 20, 4, 16
+    cache = torch.randn(blocks, layers, size, hidden, dtype=torch.bfloat16)
+    block_ids, tokens = [7, 2, 5, 0, 8], 18
+    spans = [[[0, 3], [10, 18]], [[17, 18]], [[0, 18]]]
+    counting = _GatherCounting(cache)
+    means = masked_means(counting, block_ids, tokens, spans, layer_chunk=8)  # type: ignore[arg-type]
+    assert counting.gathered and max(counting.gathered) <= tokens * 8 * hidden < tokens * layers * hidden
+    # The same means as from all tokens' states at once.
+    states = torch.cat([cache[b] for b in block_ids], dim=1)[:, :tokens].float()  # (L, T, H)
+    for s, ranges in enumerate(spans):
+        picked = torch.cat([states[:, a:b] for a, b in ranges], dim=1)
+        torch.testing.assert_close(means[s], picked.mean(dim=1))

@@ -1,11 +1,13 @@
 """A vLLM KV connector that reduces captured hidden states to pvrs's masked means inside vLLM.
 
 Loaded by vLLM itself (`kv_connector_module_path`), in its engine and worker processes, so it
-imports only torch, numpy and vLLM, never the rest of pvrs. With the `extract_hidden_states`
+imports only torch, numpy, vLLM and the reduction (`pvrs.engines.vllm_reduce`), never the rest of
+pvrs. With the `extract_hidden_states`
 speculative method vLLM writes the residual stream of the chosen layers for every prompt token
 into the KV cache of one cache-only layer (prefix-cached blocks included); this connector reads
-each finished request's slots there, computes the fp32 mean over each mask strategy's tokens on
-the model's device and writes only that `(S, L, H)` array, never the per-token states.
+each finished request's slots there, a few layers at a time, computes the fp32 mean over each
+mask strategy's tokens on the model's device and writes only that `(S, L, H)` array, never the
+per-token states.
 
 A request asks for it with `SamplingParams(extra_args={"kv_transfer_params": {"pvrs": {...}}})`:
 `out` (the .npy path to write) and `spans` (per strategy, `[start, end)` token ranges). The
@@ -27,17 +29,14 @@ from vllm.distributed.kv_transfer.kv_connector.v1.base import (
     SupportsHMA,
 )
 
+from pvrs.engines.vllm_reduce import masked_means
+
 if TYPE_CHECKING:
     from vllm.config import VllmConfig
     from vllm.v1.core.kv_cache_manager import KVCacheBlocks
     from vllm.v1.core.sched.output import SchedulerOutput
     from vllm.v1.kv_cache_interface import KVCacheConfig
     from vllm.v1.request import Request
-
-# Layers reduced per step: bounds the fp32 copy of one request's states (tokens x layers x
-# hidden x 4 bytes) however many layers are captured.
-LAYER_CHUNK = 8
-
 
 @dataclass
 class Reduction:
@@ -51,22 +50,6 @@ class Reduction:
 @dataclass
 class PvrsConnectorMetadata(KVConnectorMetadata):
     reductions: list[Reduction] = field(default_factory=list)
-
-
-def masked_means(hidden: torch.Tensor, spans: list[list[list[int]]]) -> torch.Tensor:
-    """`(S, L, H)` fp32: for each strategy, the mean of `hidden` (T, L, H) over its tokens."""
-    weights = torch.zeros((len(spans), hidden.shape[0]), dtype=torch.float32, device=hidden.device)
-    for s, ranges in enumerate(spans):
-        for start, end in ranges:
-            weights[s, start:end] = 1.0
-    counts = weights.sum(dim=1)
-    if bool((counts == 0).any()):
-        raise ValueError("a mask strategy selects no tokens")
-    out = torch.empty((len(spans), hidden.shape[1], hidden.shape[2]), dtype=torch.float32, device=hidden.device)
-    for first in range(0, hidden.shape[1], LAYER_CHUNK):
-        chunk = hidden[:, first : first + LAYER_CHUNK].to(torch.float32)
-        out[:, first : first + LAYER_CHUNK] = torch.einsum("st,tlh->slh", weights, chunk)
-    return out / counts[:, None, None]
 
 
 def _write_atomic(path: str, write: Any) -> None:
@@ -127,13 +110,8 @@ class PvrsHiddenStatesConnector(KVConnectorBase_V1, SupportsHMA):
 
     def _reduce(self, job: Reduction) -> None:
         assert self._kv_cache is not None
-        size = self._block_size
-        blocks = torch.as_tensor(job.block_ids, dtype=torch.long)
-        slots = (blocks[:, None] * size + torch.arange(size)[None, :]).flatten()[: job.num_tokens]
-        slots = slots.to(self._kv_cache.device)
-        hidden = self._kv_cache[slots // size, :, slots % size]  # (T, L, H)
         try:
-            means = masked_means(hidden, job.spans).cpu().numpy()
+            means = masked_means(self._kv_cache, job.block_ids, job.num_tokens, job.spans).cpu().numpy()
         except (ValueError, RuntimeError) as exc:
             reason = str(exc).encode()
             _write_atomic(job.out + ".err", lambda f: f.write(reason))

@@ -135,6 +135,7 @@ class VllmEngine:
         self._capturing = False
         self._scratch: Path | None = None
         self._requests = 0
+        self._max_len: int | None = None  # the started engine's context length
 
     # ---- the LLM ----
     def _start(self, capture: bool) -> Any:
@@ -154,8 +155,9 @@ class VllmEngine:
         }
         if self.config.enforce_eager:
             kwargs.update(enforce_eager=True, compilation_config={"mode": 0})
-        if self.config.max_model_len is not None:
-            kwargs["max_model_len"] = self.config.max_model_len
+        # Unset: the model's context, or the longest that fits in vLLM's share of GPU memory
+        # (-1), which holds the capture cache of every captured layer too; `_check_fits` names it.
+        kwargs["max_model_len"] = -1 if self.config.max_model_len is None else self.config.max_model_len
         if capture:
             kwargs["speculative_config"] = {
                 "method": "extract_hidden_states",
@@ -174,13 +176,27 @@ class VllmEngine:
                 f"vLLM {self.version} could not start model {spec.model!r}: {start_failure(exc)}"
             ) from exc
         self._capturing = capture
+        with contextlib.suppress(AttributeError, TypeError, ValueError):
+            self._max_len = int(self._llm.llm_engine.vllm_config.model_config.max_model_len)
         return self._llm
+
+    def _check_fits(self, what: str, length: int) -> None:
+        """A prompt (and the one token vLLM then adds) longer than the started engine's context
+        is one line naming the length vLLM allows, not vLLM's own error."""
+        if self._max_len is not None and length >= self._max_len:
+            raise ModelError(
+                f"{what} has {length:,} tokens, but vLLM takes at most {self._max_len - 1:,} here (its "
+                f"context: the model's, --max-model-len, or what --gpu-memory-utilization "
+                f"{self.config.gpu_memory_utilization} of the GPU holds with the capture cache); raise "
+                "--gpu-memory-utilization, use a GPU with more memory, or shorten it"
+            )
 
     def close(self) -> None:
         if self._llm is not None:
             with contextlib.suppress(Exception):
                 self._llm.llm_engine.engine_core.shutdown()
             self._llm = None
+            self._max_len = None
             import gc
 
             gc.collect()
@@ -230,6 +246,7 @@ class VllmEngine:
             system = ask.persona.system_prompt(ask.variant)
             for j, q in enumerate(ask.questions):
                 prompts.append(prompt_ids(self.tokenizer, system, q.question))
+                self._check_fits(f"the prompt of {ask.persona.id} [{ask.variant}] question {q.qid!r}", len(prompts[-1]))
                 params.append(SamplingParams(
                     max_tokens=sampling.max_new_tokens,
                     temperature=0.0 if sampling.greedy else sampling.temperature,
@@ -274,6 +291,8 @@ class VllmEngine:
         self._start(capture=True)
         if self._scratch is None:
             self._scratch = Path(tempfile.mkdtemp(prefix="pvrs-vllm-"))
+        for seq, sample_id in zip(seqs, ids, strict=True):
+            self._check_fits(f"sample {sample_id!r}", len(seq))
         n = len(seqs)
         counts = np.stack([m.sum(axis=1) for m in mask_arrays]).astype(np.int64)
         run = f"{os.getpid()}-{self._requests}"
