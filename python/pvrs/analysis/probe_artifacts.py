@@ -17,6 +17,7 @@ from typing import Any, Literal
 import numpy as np
 
 from pvrs.errors import ArtifactError
+from pvrs.jsonio import read_json
 
 SCHEMA_VERSION = 1
 FORMAT = "pvrs.probe"  # probe.json's `format`: tells pvrs's schema from the reference's
@@ -121,7 +122,7 @@ def load_probe_artifact(directory: str | Path) -> ProbeArtifact:
         if not p.is_file():
             raise ArtifactError(f"probe artifact {str(directory)!r}: {p.name} is missing")
     try:
-        doc = json.loads(meta_path.read_text(encoding="utf-8"))
+        doc = read_json(meta_path)
         tensors = load_file(str(weights_path))
     # ValueError: not UTF-8 JSON; TypeError: a dtype numpy lacks (bfloat16)
     except (ValueError, TypeError, SafetensorError, OSError) as exc:

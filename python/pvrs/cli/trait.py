@@ -29,6 +29,7 @@ from pvrs.cli.judge import (
     write_scores,
 )
 from pvrs.errors import InputError
+from pvrs.jsonio import read_json
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -64,8 +65,8 @@ def _eval_questions(args: argparse.Namespace, trait: TraitFile) -> list[str]:
     path = Path(args.eval_questions)
     if path.suffix.lower() == ".json":
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError, UnicodeDecodeError):
+            data = read_json(path)
+        except InputError:
             data = None  # read_prompts names the problem
         if isinstance(data, dict) and "questions" in data:
             return questions_of(data, f"--eval-questions {path}")

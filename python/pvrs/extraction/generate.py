@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from pvrs.errors import InputError
 from pvrs.extraction.inputs import Persona, QAPair, qa_from_rows, read_rows
 from pvrs.extraction.template import MERGE_SEPARATOR, analyze_template, require_chat_template
+from pvrs.jsonio import read_json
 
 if TYPE_CHECKING:
     from torch import nn
@@ -175,7 +176,7 @@ def saved_generations(path: Path, questions: Sequence[QAPair], key: Mapping[str,
     otherwise None (generate again)."""
     try:
         data = path.read_bytes()
-        sidecar = json.loads(_settings_path(path).read_text(encoding="utf-8"))
+        sidecar = read_json(_settings_path(path))
         if sidecar.get("sha256") != hashlib.sha256(data).hexdigest() or sidecar.get("key") != json.loads(json.dumps(dict(key))):
             return None
         saved = qa_from_rows(read_rows(path), str(path))

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from pvrs.errors import InputError
+from pvrs.jsonio import decode_lines, read_json, read_jsonl
 from pvrs.store import validate_persona_id
 
 BASELINE_ID = "baseline_assistant"
@@ -72,16 +73,9 @@ def read_rows(path: Path, *, objects: bool = True) -> list[Any]:
     suffix = path.suffix.lower()
     try:
         if suffix == ".jsonl":
-            rows = []
-            for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-                if line.strip():
-                    try:
-                        rows.append(json.loads(line))
-                    except json.JSONDecodeError as exc:
-                        raise InputError(f"{path}:{lineno}: invalid JSON ({exc.msg}); fix that line") from None
-            return _checked_rows(path, rows, objects)
+            return _checked_rows(path, read_jsonl(path), objects)
         if suffix == ".json":
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = read_json(path)
             if isinstance(data, dict) and ("rows" in data or "data" in data):
                 data = data.get("rows", data.get("data"))
             if not isinstance(data, list):
@@ -95,7 +89,7 @@ def read_rows(path: Path, *, objects: bool = True) -> list[Any]:
                 return pq.read_table(path).to_pylist()
             except pa.ArrowException as exc:  # a truncated or foreign file: ArrowInvalid
                 raise InputError(f"{path}: not a readable parquet file ({exc})") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except OSError as exc:
         raise InputError(f"{path}: cannot read ({exc})") from None
     raise InputError(f"{path}: unsupported file type {suffix!r}; use .jsonl, .json or .parquet")
 
@@ -208,7 +202,7 @@ def load_dataset_dir(path: str | Path) -> tuple[list[Persona], list[QAPair]]:
 
 def _read_builtin(name: str) -> list[dict[str, Any]]:
     text = resources.files("pvrs.data").joinpath(name).read_text(encoding="utf-8")
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
+    return decode_lines(text, name)
 
 
 def select_personas(

@@ -221,10 +221,10 @@ def _check_persona_id(pid: object, seen: dict[str, tuple[int, int, int]], path: 
 
 def _declared_shape(metadata: dict[bytes, bytes] | None) -> tuple[int, int] | None:
     """The `vector` Array2D shape from `datasets`' schema metadata, when present."""
-    import json
+    from pvrs.jsonio import decode
 
     try:
-        info = json.loads((metadata or {}).get(b"huggingface", b"{}"))
+        info = decode((metadata or {}).get(b"huggingface", b"{}"), "schema metadata")
         shape = info["info"]["features"]["vector"]["shape"]
         return int(shape[0]), int(shape[1])
     except (KeyError, TypeError, ValueError, IndexError):

@@ -14,6 +14,7 @@ import threading
 from pathlib import Path
 
 from pvrs.errors import InputError
+from pvrs.jsonio import decode
 from pvrs.paths import CACHE_ENV
 
 CACHE_NAME = "judge-scores.jsonl"
@@ -40,7 +41,7 @@ class ScoreCache:
         self._torn = bool(text) and not text.endswith("\n")  # end the torn line before appending
         for n, line in enumerate(text.splitlines()):
             try:
-                row = json.loads(line)
+                row = decode(line, f"{path}:{n + 1}")
                 self._scores[str(row["key"])] = None if row["score"] is None else float(row["score"])
             except (ValueError, KeyError, TypeError):
                 # A line torn by an interrupted run is skipped; a first line that is no cache

@@ -7,7 +7,6 @@ every failure is one `JudgeError` naming the endpoint. A reply that holds no sco
 from __future__ import annotations
 
 import email.utils
-import json
 import math
 import os
 import queue
@@ -20,6 +19,7 @@ from typing import Any
 import httpx2 as httpx
 
 from pvrs.errors import InputError, JudgeError
+from pvrs.jsonio import decode
 from pvrs.judge.numbers import stated_score, weighted_score
 
 URL_ENV, MODEL_ENV, KEY_ENV = "PVRS_JUDGE_URL", "PVRS_JUDGE_MODEL", "OPENAI_API_KEY"
@@ -166,7 +166,7 @@ class EndpointJudge:
         else the number the reply states; None (no score) for a `REFUSAL`, words, or too
         little mass on the number tokens. A reply that is no chat completion is an error."""
         try:
-            choice = json.loads(content)["choices"][0]
+            choice = decode(content, f"judge endpoint {self.endpoint}")["choices"][0]
             text = choice["message"]["content"]
             if text is not None and not isinstance(text, str):
                 raise TypeError(text)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from pvrs.jsonio import read_json
 from pvrs.judge import Answer, Judge, ScoreCache, judge_answers
 from pvrs.judge.rubrics import Rubric
 
@@ -162,7 +163,7 @@ def run_eval(
 
 def _saved(path: Path, key: str, cell: Cell) -> CellResult | None:
     try:
-        record = json.loads(path.read_text(encoding="utf-8"))
+        record = read_json(path)
         if record["key"] != key or Cell(**record["cell"]) != cell:
             return None
         return CellResult(cell, record["answers"], record["trait_scores"], record["coherence_scores"])

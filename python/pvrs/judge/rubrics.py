@@ -5,12 +5,12 @@ judge prompts), and user rubrics from a YAML, JSON or text file with `{question}
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from pvrs.errors import InputError
+from pvrs.jsonio import decode
 
 PLACEHOLDERS = ("question", "answer", "trait")
 
@@ -103,11 +103,15 @@ def _rubric_text(path: Path, raw: str, flag: str) -> str:
         return raw
     import yaml
 
-    try:
-        data = json.loads(raw) if suffix == ".json" else yaml.safe_load(raw)
-    except (ValueError, yaml.YAMLError) as exc:
-        # A YAML error spans several lines (context, caret); the error is one line.
-        raise InputError(f"{flag} {path}: cannot parse ({' '.join(str(exc).split())})") from None
+    if suffix == ".json":
+        data = decode(raw, f"{flag} {path}")
+    else:
+        try:
+            data = yaml.safe_load(raw)
+        except (ValueError, yaml.YAMLError, RecursionError) as exc:
+            # A YAML error spans several lines (context, caret); the error is one line.
+            why = "nested too deeply" if isinstance(exc, RecursionError) else " ".join(str(exc).split())
+            raise InputError(f"{flag} {path}: cannot parse ({why})") from None
     if isinstance(data, dict):
         data = data.get("prompt", data.get("eval_prompt"))
     if not isinstance(data, str) or not data.strip():

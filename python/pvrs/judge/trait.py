@@ -10,7 +10,6 @@ the rubric with `{question}` and `{answer}` placeholders."""
 from __future__ import annotations
 
 import csv
-import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ import numpy as np
 
 from pvrs.errors import InputError, NonFiniteError
 from pvrs.extraction.inputs import Persona, QAPair
+from pvrs.jsonio import read_json
 from pvrs.judge.rubrics import Rubric
 
 if TYPE_CHECKING:
@@ -68,12 +68,7 @@ def load_trait_file(path: str | Path, name: str | None = None) -> TraitFile:
     """A persona_vectors trait file; `name` (default: the file's stem) is the trait's name in
     the positive system prompts."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise InputError(f"trait file {path}: cannot read ({exc.strerror or exc})") from None
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InputError(f"trait file {path}: not JSON ({exc})") from None
+    data = read_json(path, f"trait file {path}")
     fix = "expected the persona_vectors format {instruction: [{pos, neg}], questions: [...], eval_prompt}"
     if not isinstance(data, dict):
         raise InputError(f"trait file {path}: {fix}")

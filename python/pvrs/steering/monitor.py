@@ -9,7 +9,6 @@ so they are offset from these by `role_mean . v_hat` at each layer.)"""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ import torch
 from torch import nn
 
 from pvrs.errors import InputError, ModelError, SpanError, TemplateError
+from pvrs.jsonio import decode, decode_lines
 from pvrs.steering.residuals import VectorLike, capture, layer_vectors, resolve_layers, unit
 
 if TYPE_CHECKING:
@@ -48,13 +48,13 @@ def load_conversation(path: str | Path) -> list[dict[str, str]]:
     except OSError as exc:
         raise InputError(f"cannot read conversation {path}: {exc.strerror}") from None
     try:
-        data = json.loads(text)
-    except json.JSONDecodeError:
+        data = decode(text, str(path))
+    except InputError:
         try:
-            data = [json.loads(line) for line in text.splitlines() if line.strip()]
-        except json.JSONDecodeError as exc:
+            data = decode_lines(text, str(path))
+        except InputError as exc:
             raise InputError(
-                f"{path}: neither JSON nor JSONL ({exc}); give a list of "
+                f"neither JSON nor JSONL ({exc}); give a list of "
                 '{"role": ..., "content": ...} messages'
             ) from None
     if isinstance(data, Mapping):

@@ -17,7 +17,6 @@ the raw vector (`h + alpha * v`), as `pvrs steer`'s does."""
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from pvrs.errors import ArtifactError, InputError, NonFiniteError, PvrsError
+from pvrs.jsonio import read_json
 
 STEERING_VECTOR_FILE = "steering_vector.safetensors"
 METADATA_FILE = "metadata.json"
@@ -144,10 +144,7 @@ def read_metadata(folder: Path) -> dict[str, Any]:
     meta_path = folder / METADATA_FILE
     if not meta_path.is_file():
         return {}
-    try:
-        doc = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ArtifactError(f"{meta_path}: not readable JSON ({exc})") from None
+    doc = read_json(meta_path, error=ArtifactError)
     if not isinstance(doc, dict):
         raise ArtifactError(f"{meta_path}: expected a JSON object")
     return doc

@@ -4,7 +4,6 @@ Rust core (parallel reads, GIL released) or, for per-sample files, the safetenso
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import stat
 import tempfile
@@ -14,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from pvrs.errors import ArtifactError, InvalidArgumentError, NonFiniteError
+from pvrs.errors import ArtifactError, InputError, InvalidArgumentError, NonFiniteError
+from pvrs.jsonio import decode
 from pvrs.store.layout import TENSOR_KEY
 
 # What the Rust readers decode (upcast exactly to float32); pvrs itself writes F32.
@@ -121,8 +121,8 @@ def safetensors_bytes(array: np.ndarray, metadata: dict[str, str] | None = None)
 def metadata_sample_ids(metadata: Mapping[str, str]) -> list[str] | None:
     """The sample ids `save_samples` writes into a file's metadata (None: absent or bad)."""
     try:
-        ids = json.loads(metadata.get("sample_ids", "null"))
-    except json.JSONDecodeError:
+        ids = decode(metadata.get("sample_ids", "null"), "sample_ids metadata")
+    except InputError:
         return None
     return [str(s) for s in ids] if isinstance(ids, list) else None
 
