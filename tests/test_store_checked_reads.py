@@ -176,14 +176,33 @@ def test_has_refuses_a_nan_file_whose_sha256_was_updated(store: PersonaVectorSto
 def test_a_save_cleans_temp_files_of_a_killed_run(store: PersonaVectorStore) -> None:
     folder = store.variant_dir("templated")
     stale = [folder / ".a.safetensors.x1y2.tmp", folder / ".manifest.json.abc.tmp"]
+    # Per-sample writes take the folder's lock too, so their temp files are a killed run's.
+    stale.append(folder / "samples" / ".a.safetensors.q.tmp")
+    stale[-1].parent.mkdir()
     for path in stale:
         path.write_bytes(b"partial")
-    keep = folder / "samples" / ".a.safetensors.q.tmp"  # per-sample writes take no lock
-    keep.parent.mkdir()
-    keep.write_bytes(b"in flight")
+    assert {p.kind for p in validate(folder).problems} == {"stale_temp_file"}
     store.save("c", "templated", vec(2), name="C", sample_ids=["q"])
-    assert not any(p.exists() for p in stale) and keep.exists()
-    assert "stale_temp_file" not in {p.kind for p in validate(folder).problems if p.path != str(keep)}
+    assert not any(p.exists() for p in stale)
+    assert validate(folder).problems == []
+
+
+def test_a_samples_save_cleans_temp_files_and_validate_finds_them_anywhere(
+    store: PersonaVectorStore,
+) -> None:
+    folder = store.variant_dir("templated")
+    stale = folder / "samples" / ".a.safetensors.x1.tmp"
+    stale.parent.mkdir()
+    stale.write_bytes(b"partial")
+    store.save_samples("a", "templated", vec(3, (2, L, H)), ["q1", "q2"])
+    assert not stale.exists()
+    # A run killed in its first save leaves a folder holding temp files only.
+    first = store.variant_dir("biography")
+    first.mkdir()
+    (first / ".p.safetensors.x2.tmp").write_bytes(b"partial")
+    assert [(Path(p.path).name, p.kind) for p in validate(store.root_dir).problems] == [
+        (".p.safetensors.x2.tmp", "stale_temp_file")
+    ]
 
 
 def test_packaging_for_push_refuses_hidden_tensors_and_folders_leaving_the_store(
@@ -211,3 +230,21 @@ def test_half_precision_is_a_shallow_validate_warning(store: PersonaVectorStore)
     assert report.ok and [p.kind for p in report.warnings] == ["half_precision"]
     assert "F16" in report.warnings[0].message
     np.testing.assert_array_equal(store.load("a", "templated"), vec(0).astype(np.float16).astype(np.float32))
+
+
+def test_a_write_outside_the_store_removes_temp_files_of_dead_writers(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from pvrs.store import atomic_write_bytes
+
+    dead = subprocess.Popen([sys.executable, "-c", ""])
+    dead.wait()
+    stale = tmp_path / f".answers.jsonl.{dead.pid}.k1ll.tmp"
+    live = tmp_path / f".answers.jsonl.{os.getpid()}.w1p.tmp"  # a write in flight
+    other = tmp_path / f".other.jsonl.{dead.pid}.x.tmp"  # another file's: its own next write
+    for path in (stale, live, other):
+        path.write_bytes(b"partial")
+    atomic_write_bytes(tmp_path / "answers.jsonl", b"x")
+    assert not stale.exists() and live.exists() and other.exists()
+    assert (tmp_path / "answers.jsonl").read_bytes() == b"x"

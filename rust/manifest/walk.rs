@@ -32,6 +32,7 @@ pub(super) fn walk(
     };
     let mut is_variant = false;
     let mut subdirs = Vec::new();
+    let mut temps = Vec::new();
     for entry in entries.flatten() {
         let path = entry.path();
         let Ok(kind) = entry.file_type() else {
@@ -48,11 +49,17 @@ pub(super) fn walk(
         } else if name == MANIFEST_FILENAME || name.ends_with(TENSOR_SUFFIX) {
             // Symlinked tensor files count too: the variant check reports them.
             is_variant = true;
+        } else if is_temp_file(&name) {
+            temps.push(path);
         }
     }
     if is_variant {
         out.push(dir.to_path_buf());
         return;
+    }
+    // A run killed during its first save leaves temp files in a folder with nothing else.
+    for path in temps {
+        problems.push(stale_temp(&path));
     }
     if depth >= MAX_DEPTH {
         return;
@@ -61,6 +68,19 @@ pub(super) fn walk(
     for sub in subdirs {
         walk(&sub, root, depth + 1, out, problems);
     }
+}
+
+/// A temporary file of pvrs's atomic writes (`.<name>.<random>.tmp`).
+fn is_temp_file(name: &str) -> bool {
+    name.starts_with('.') && name.ends_with(".tmp")
+}
+
+fn stale_temp(path: &Path) -> Problem {
+    warning(
+        path,
+        "stale_temp_file",
+        "temporary file left by an interrupted write; safe to delete (the next save there removes it)",
+    )
 }
 
 /// Report a symlink that leaves the tree (the walk never follows symlinked folders).
@@ -132,12 +152,8 @@ pub(super) fn check_variant_dir(
                 on_disk.insert(id.to_string(), kind);
             } else if is_dir && name == SAMPLES_DIRNAME {
                 sample_tasks(&path, shape, &recorded, tasks, problems);
-            } else if name.starts_with('.') && name.ends_with(".tmp") {
-                problems.push(warning(
-                    &path,
-                    "stale_temp_file",
-                    "temporary file left by an interrupted write; safe to delete",
-                ));
+            } else if is_temp_file(&name) {
+                problems.push(stale_temp(&path));
             } else if !is_dir {
                 problems.push(warning(
                     &path,
@@ -222,11 +238,7 @@ fn sample_tasks(
                     kind: entry.file_type().ok(),
                 });
             }
-            None if name.starts_with('.') && name.ends_with(".tmp") => problems.push(warning(
-                &path,
-                "stale_temp_file",
-                "temporary file left by an interrupted write; safe to delete",
-            )),
+            None if is_temp_file(&name) => problems.push(stale_temp(&path)),
             None => problems.push(warning(
                 &path,
                 "unexpected_file",
@@ -257,5 +269,19 @@ mod tests {
         let report = validate(tmp.path(), false).unwrap();
         assert_eq!(report.variant_dirs, 2);
         assert!(kinds(&report).contains(&"symlink_outside_tree"));
+    }
+
+    #[test]
+    fn temp_files_are_reported_in_folders_without_a_manifest() {
+        let (tmp, _dir) = tree();
+        let first = tmp
+            .path()
+            .join("org__m")
+            .join("answer_mean")
+            .join("biography");
+        fs::create_dir_all(&first).unwrap();
+        fs::write(first.join(".a.safetensors.x1.tmp"), b"partial").unwrap();
+        let report = validate(tmp.path(), false).unwrap();
+        assert_eq!(kinds(&report), vec!["stale_temp_file"]);
     }
 }

@@ -15,7 +15,7 @@ import numpy as np
 
 from pvrs.errors import ArtifactError, InputError, InvalidArgumentError, NonFiniteError
 from pvrs.jsonio import decode
-from pvrs.store.layout import TENSOR_KEY
+from pvrs.store.layout import LOCK_FILENAME, TENSOR_KEY
 
 # What the Rust readers decode (upcast exactly to float32); pvrs itself writes F32.
 READABLE_DTYPES = frozenset({"F32", "BF16", "F16"})
@@ -73,12 +73,45 @@ def file_mode() -> int:
     return 0o666 & ~mask
 
 
+def _writer_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # alive, another user's
+        return True
+    return True
+
+
+def _remove_dead_writers_temps(path: Path) -> None:
+    """Remove temp files of `path` whose writer (the pid in their name) is dead: a kill
+    mid-write left them. A store folder (it has the store lock) is cleaned under that lock
+    instead, where listing it once per batch, not per file, matters."""
+    folder = path.parent
+    if (folder / LOCK_FILENAME).exists():
+        return
+    prefix = f".{path.name}."
+    with contextlib.suppress(OSError), os.scandir(folder) as items:
+        for item in items:
+            pid = item.name.removeprefix(prefix).split(".", 1)[0]
+            if (
+                item.name.startswith(prefix)
+                and item.name.endswith(".tmp")
+                and pid.isdigit()
+                and not _writer_alive(int(pid))
+            ):
+                with contextlib.suppress(OSError):
+                    os.unlink(item.path)
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
-    """A temporary path in `path`'s folder (`.<name>.<random>.tmp`) to write, then fsynced,
-    given the umask's mode and renamed onto `path` (dir fsynced): readers see the old file or
-    the new one, never a mix. On an error the temporary file is removed."""
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    """A temporary path in `path`'s folder (`.<name>.<pid>.<random>.tmp`) to write, then
+    fsynced, given the umask's mode and renamed onto `path` (dir fsynced): readers see the
+    old file or the new one, never a mix. On an error the temporary file is removed; one a
+    killed writer left is removed by the next write of `path`."""
+    _remove_dead_writers_temps(path)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(name)
     try:

@@ -15,10 +15,11 @@ Reading and aggregating go through the Rust core (parallel reads, GIL released).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
@@ -184,8 +185,6 @@ class PersonaVectorStore(PersonaQueries):
 
         Every record is checked (id, shape, finiteness) before anything is written, so a bad
         record leaves the tree untouched."""
-        from filelock import FileLock
-
         records = list(records)
         if not records:
             return []
@@ -214,10 +213,7 @@ class PersonaVectorStore(PersonaQueries):
         paths: list[Path] = []
         # The lock covers tensor writes too: a save that fails its manifest checks must not
         # have replaced a vector that is already recorded.
-        with FileLock(str(directory / LOCK_FILENAME), timeout=LOCK_TIMEOUT_S):
-            # Every write here happens under this lock, so temp files are a killed run's.
-            for stale in _temp_files(directory):
-                stale.unlink(missing_ok=True)
+        with _write_lock(directory):
             manifest, rows = self._manifest_to_edit(variant, manifest_path)
             merge_header(manifest, manifest_path, shape, header)
             entries = {record.persona_id: entry_of(record) for record, _ in prepared}
@@ -283,9 +279,12 @@ class PersonaVectorStore(PersonaQueries):
                 f"{len(sample_ids)} sample ids"
             )
         path = self.samples_path(persona_id, variant)
+        directory = self._checked_dir(variant)
         path.parent.mkdir(parents=True, exist_ok=True)
         metadata = {"sample_ids": json.dumps(sample_ids, ensure_ascii=False), "format": FORMAT}
-        atomic_write_bytes(path, safetensors_bytes(array, metadata))
+        data = safetensors_bytes(array, metadata)
+        with _write_lock(directory):
+            atomic_write_bytes(path, data)
         return path
 
     def drop_samples(self, persona_id: str, variant: str) -> None:
@@ -457,10 +456,26 @@ class PersonaVectorStore(PersonaQueries):
 ActivationStore = PersonaVectorStore
 
 
+@contextlib.contextmanager
+def _write_lock(directory: Path) -> Iterator[None]:
+    """The variant folder's store lock, which every write into the folder and its samples
+    folder holds: temp files found once it is taken are a killed run's, never a live
+    writer's, so they are removed here (the next save after a kill cleans up)."""
+    from filelock import FileLock
+
+    with FileLock(str(directory / LOCK_FILENAME), timeout=LOCK_TIMEOUT_S):
+        for stale in _temp_files(directory) + _temp_files(directory / SAMPLES_DIRNAME):
+            stale.unlink(missing_ok=True)
+        yield
+
+
 def _temp_files(directory: Path) -> list[Path]:
-    """Temp files of tensor and manifest writes in `directory`. Names are matched only
-    when hidden: a `glob` matched every persona's file in Python, per batch saved."""
+    """Temp files of tensor and manifest writes in `directory` (none when it is missing).
+    Names are matched only when hidden: a `glob` matched every persona's file in Python,
+    per batch saved."""
     patterns = (f".*{TENSOR_SUFFIX}.*.tmp", f".{MANIFEST_FILENAME}.*.tmp")
+    if not directory.is_dir():
+        return []
     with os.scandir(directory) as items:
         return [
             Path(item.path)
