@@ -18,6 +18,7 @@ from pvrs.cli import (
     judge,
     probe,
     screen,
+    shift,
     steering,
     store,
     trait,
@@ -35,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"pvrs {doctor.pvrs_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for group in (doctor, extract, store, analyze, probe, steering, judge, evaluate, trait, screen):
+    for group in (doctor, extract, store, analyze, probe, steering, judge, evaluate, trait, screen, shift):
         group.register(sub)
     return parser
 

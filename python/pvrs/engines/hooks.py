@@ -36,6 +36,8 @@ def _get_path(obj: Any, path: str) -> Any:
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
     """The ordered decoder blocks of `model`; row `i` of a persona vector is block `i`'s output."""
+    if callable(getattr(model, "get_base_model", None)):  # a peft wrapper: the blocks are its base's
+        model = model.get_base_model()
     for path in _LAYER_PATHS:
         layers = _get_path(model, path)
         if isinstance(layers, nn.ModuleList) and len(layers) > 0:
