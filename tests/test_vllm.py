@@ -96,6 +96,12 @@ def test_tiny_qwen2_vectors_match_every_strategy(tmp_path: Path, prefix_caching:
     assert vl.count("written") == hf.count("written") == 4
     for key, expected in hf.vectors.items():
         assert _relative_error(vl.vectors[key], expected) < TOLERANCE, key
+    # A persona's prompt is computed once: by its first sample, found in the cache by the rest
+    # (in whole blocks; seen: 0.572 on vLLM's CPU build, 0.574 on transformers).
+    if prefix_caching:
+        assert vl.computed_share < 1.0 and abs(vl.computed_share - hf.computed_share) < 0.1
+    else:
+        assert vl.computed_share == 1.0
     for key, expected in hf.sample_vectors.items():
         assert _relative_error(vl.sample_vectors[key], expected) < TOLERANCE, key
 

@@ -42,6 +42,7 @@ INSTALL_HINT = "pip install 'pvrs[vllm]' (on a machine without a GPU: vLLM's CPU
 CONNECTOR = "PvrsHiddenStatesConnector"
 CONNECTOR_MODULE = "pvrs.engines.vllm_connector"
 RESULT_TIMEOUT = 600.0  # seconds to wait for a finished request's reduction to be written
+CPU_BLOCK_SIZE = 32  # tokens per KV-cache block on vLLM's CPU build with prefix caching
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,16 @@ def check_capture_support(architectures: Sequence[str]) -> None:
             f"vLLM {version()} cannot capture the hidden states of {', '.join(architectures)} (no "
             "auxiliary hidden-state outputs for that architecture); use --engine hf for it"
         )
+
+
+def _on_cpu() -> bool:
+    """Whether vLLM runs on its CPU build (unknown to this vLLM: no)."""
+    try:
+        from vllm.platforms import current_platform
+
+        return bool(current_platform.is_cpu())
+    except (ImportError, AttributeError):
+        return False
 
 
 def start_failure(exc: Exception) -> str:
@@ -155,6 +166,10 @@ class VllmEngine:
         }
         if self.config.enforce_eager:
             kwargs.update(enforce_eager=True, compilation_config={"mode": 0})
+        if self.config.prefix_caching and _on_cpu():
+            # The cache reuses whole blocks; the CPU build's are 128 tokens, longer than most
+            # persona prompts, so nothing would be reused. 32 is the least it runs at full speed.
+            kwargs["block_size"] = CPU_BLOCK_SIZE
         # Unset: the model's context, or the longest that fits in vLLM's share of GPU memory
         # (-1), which holds the capture cache of every captured layer too; `_check_fits` names it.
         kwargs["max_model_len"] = -1 if self.config.max_model_len is None else self.config.max_model_len
@@ -204,18 +219,35 @@ class VllmEngine:
             shutil.rmtree(self._scratch, ignore_errors=True)
             self._scratch = None
 
-    def _outputs(self, prompts: Sequence[Sequence[int]], params: Sequence[Any]) -> Iterator[tuple[int, Any]]:
-        """Every prompt through the engine at once (continuous batching); `(i, output)` as each
-        finishes. Left early, the rest is dropped with the engine (`close`)."""
+    def _outputs(
+        self, prompts: Sequence[Sequence[int]], params: Sequence[Any], first: Sequence[int] = ()
+    ) -> Iterator[tuple[int, Any]]:
+        """Every prompt through the engine (continuous batching); `(i, output)` as each
+        finishes. The prompts in `first` go in alone and the rest once those are computed:
+        requests scheduled in one step all compute their prompts (vLLM caches a block once it
+        is computed), so a shared prefix (a persona's prompt) is computed by one request and
+        found in the cache by the rest. Left early, the rest is dropped with the engine (`close`)."""
         engine = self._llm.llm_engine
         index: dict[str, int] = {}
-        for i, (ids, p) in enumerate(zip(prompts, params, strict=True)):
+
+        def add(i: int) -> None:
             self._requests += 1
             name = f"pvrs-{self._requests}"
+            ids = {"prompt_token_ids": list(map(int, prompts[i]))}
             # Outputs carry the id given here; some vLLM versions return an internal one.
-            index[name] = index[engine.add_request(name, {"prompt_token_ids": list(map(int, ids))}, p)] = i
-        while engine.has_unfinished_requests():
+            index[name] = index[engine.add_request(name, ids, params[i])] = i
+
+        waiting = set(first)
+        rest = [i for i in range(len(prompts)) if i not in waiting]
+        for i in first:
+            add(i)
+        while rest or engine.has_unfinished_requests():
+            if rest and (not waiting or not engine.has_unfinished_requests()):
+                for i in rest:
+                    add(i)
+                rest = []
             for out in engine.step():
+                waiting.discard(index[out.request_id])  # an output: its prompt is computed
                 if out.finished:
                     yield index[out.request_id], out
 
@@ -241,9 +273,12 @@ class VllmEngine:
         prompts: list[list[int]] = []
         params: list[Any] = []
         owner: list[tuple[int, int]] = []
+        firsts: list[int] = []  # each persona's first question: it warms the prefix cache
         stop = self._stop_ids()
         for a, ask in enumerate(asks):
             system = ask.persona.system_prompt(ask.variant)
+            if ask.questions:
+                firsts.append(len(prompts))
             for j, q in enumerate(ask.questions):
                 prompts.append(prompt_ids(self.tokenizer, system, q.question))
                 self._check_fits(f"the prompt of {ask.persona.id} [{ask.variant}] question {q.qid!r}", len(prompts[-1]))
@@ -261,7 +296,7 @@ class VllmEngine:
         for a, ask in enumerate(asks):
             if not ask.questions:
                 yield a, []
-        for i, out in self._outputs(prompts, params):
+        for i, out in self._outputs(prompts, params, firsts if self.config.prefix_caching else ()):
             a, j = owner[i]
             answers[a][j] = self.tokenizer.decode(out.outputs[0].token_ids, skip_special_tokens=True).strip() or "…"
             left[a] -= 1
@@ -306,7 +341,7 @@ class VllmEngine:
         ]
         lengths = [len(s) for s in seqs]
         cached = [0] * n
-        for k, out in self._outputs(seqs, params):
+        for k, out in self._outputs(seqs, params, [0] if self.config.prefix_caching else ()):
             cached[k] = int(getattr(out, "num_cached_tokens", 0) or 0)
             if on_batch is not None:
                 on_batch(1, lengths[k])
