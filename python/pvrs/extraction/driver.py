@@ -65,26 +65,39 @@ class Job:
         return [np.stack([p.token_masks[s] for s in self.strategies]) for p in self.prepared]
 
 
-def _prepare_jobs(
+@dataclass
+class _Planned:
+    """A persona x variant to compute, or skipped as already saved from the same samples."""
+
+    persona: Persona
+    variant: str
+    strategies: list[MaskStrategy]
+    digest: str
+    note: str = ""
+
+
+# What resume decides for (persona, variant, strategies, sample ids, digest): "todo", "saved",
+# or "other" (saved from other samples), with a note saying why.
+Resume = Callable[[Persona, str, list[MaskStrategy], list[str], str], tuple[str, str]]
+
+
+def _plan(
     model: nn.Module,
     tokenizer: PreTrainedTokenizerBase,
     personas: Sequence[Persona],
     source: SampleSource,
     variants: Sequence[str],
     strategies: list[MaskStrategy],
-    already_saved: Callable[[Persona, str, list[MaskStrategy], list[str], str], tuple[bool, str]],
+    resume: Resume,
     *,
     force: bool,
     split_special_tokens: bool,
-    console: Console,
-    progress: bool,
-    answerer: Answerer | None = None,
-) -> tuple[list[Job], list[PersonaOutcome]]:
-    """Decide what each (persona, variant) needs, then generate answers (with a progress bar;
-    here, or by `answerer`: Ray replicas) and render and tokenise everything before the first forward pass, so template and data
-    errors stop the run before anything is written. Personas already saved are skipped before
-    any answer is generated for them."""
-    from pvrs.extraction.chat import prepare_inputs
+) -> tuple[list[_Planned], list[_Planned], list[PersonaOutcome]]:
+    """What each (persona, variant) needs, decided before any answer is generated or weight
+    loaded (`model` may be a weightless skeleton): the ones to compute, the ones skipped as
+    saved from the same samples, and the outcomes of the skipped and failed ones. A persona
+    saved from other samples (other ids, answers, persona prompt or settings) stops the run
+    unless `force`: a rerun with other settings never replaces what is saved."""
     from pvrs.extraction.template import analyze_template
 
     persona_strategies = {MaskStrategy.PERSONA_MEAN, MaskStrategy.PERSONA_LAST}
@@ -98,7 +111,9 @@ def _prepare_jobs(
         baseline_strategies = [s for s in strategies if s not in persona_strategies]
         baseline_note = "no persona_* vectors: no system prompt"
     outcomes: list[PersonaOutcome] = []
-    pending: list[tuple[Persona, str, list[MaskStrategy], str, str]] = []
+    todo: list[_Planned] = []
+    skipped: list[_Planned] = []
+    others: list[str] = []
     for persona in personas:
         job_strategies = baseline_strategies if persona.is_baseline else strategies
         if not job_strategies:
@@ -112,18 +127,47 @@ def _prepare_jobs(
                 why = "no QA rows left after the score filter" if source.scores is not None else "no QA rows (train split, --qa-type)"
                 outcomes.append(PersonaOutcome(persona.id, variant, "failed", why))
                 continue
-            saved, resume_note = (False, "") if force else already_saved(persona, variant, job_strategies, ids, digest)
-            if saved:
+            state, note = ("todo", "") if force else resume(persona, variant, job_strategies, ids, digest)
+            if state == "other":
+                others.append(f"{persona.id} [{variant}] is {note}")
+            elif state == "saved":
+                skipped.append(_Planned(persona, variant, job_strategies, digest))
                 outcomes.append(PersonaOutcome(persona.id, variant, "skipped", "already saved with the same samples (use --force)"))
             else:
-                pending.append((persona, variant, job_strategies, digest, resume_note))
+                resume_note = "; ".join(n for n in (baseline_note if persona.is_baseline else "", note) if n)
+                todo.append(_Planned(persona, variant, job_strategies, digest, resume_note))
+    if others:
+        more = f" (and {len(others) - 1} more)" if len(others) > 1 else ""
+        raise InputError(
+            f"{others[0]}{more}; pass --force (force=True) to replace them, or another --output-dir "
+            "(save_to=) to keep both"
+        )
+    return todo, skipped, outcomes
 
+
+def _prepare_jobs(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    todo: Sequence[_Planned],
+    source: SampleSource,
+    *,
+    split_special_tokens: bool,
+    console: Console,
+    progress: bool,
+    answerer: Answerer | None = None,
+) -> tuple[list[Job], list[PersonaOutcome]]:
+    """Generate answers for the planned personas (with a progress bar; here, or by
+    `answerer`: Ray replicas, vLLM) and render and tokenise everything before the first forward
+    pass, so template and data errors stop the run before anything is written."""
+    from pvrs.extraction.chat import prepare_inputs
+
+    outcomes: list[PersonaOutcome] = []
     jobs: list[Job] = []
     # Generating answers takes a while: a bar with answers/s. Rendering alone: a status line.
-    bar = progress_bar(console, enabled=progress) if source.generate is not None and pending else None
+    bar = progress_bar(console, enabled=progress) if source.generate is not None and todo else None
     status = console.status("preparing conversations") if bar is None and progress else None
     with bar or status or nullcontext():
-        task = bar.add_task("answers", total=sum(len(source.questions(p)) for p, *_ in pending), rate="") if bar else None
+        task = bar.add_task("answers", total=sum(len(source.questions(p.persona)) for p in todo), rate="") if bar else None
         start, generated = time.perf_counter(), 0
 
         def on_answers(n: int, reused: bool) -> None:
@@ -139,11 +183,12 @@ def _prepare_jobs(
                 yield i, generate_answers(model, tokenizer, ask.persona, ask.variant, ask.questions, sampling, on_batch=on_batch)
 
         answered = (
-            source.answers(model, tokenizer, [(p, v) for p, v, *_ in pending], answerer or answer_here, on_answers)
+            source.answers(model, tokenizer, [(p.persona, p.variant) for p in todo], answerer or answer_here, on_answers)
             if source.generate is not None
-            else [source.questions(p) for p, *_ in pending]
+            else [source.questions(p.persona) for p in todo]
         )
-        for (persona, variant, job_strategies, digest, resume_note), rows in zip(pending, answered, strict=True):
+        for planned, rows in zip(todo, answered, strict=True):
+            persona, variant = planned.persona, planned.variant
             if isinstance(rows, str):
                 outcomes.append(PersonaOutcome(persona.id, variant, "failed", rows))
                 continue
@@ -154,11 +199,10 @@ def _prepare_jobs(
                 tokenizer,
                 [(s.sample_id, s.question, s.answer) for s in samples],
                 system_prompt=persona.system_prompt(variant),
-                strategies=job_strategies,
+                strategies=planned.strategies,
                 split_special_tokens=split_special_tokens,
             )
-            note = "; ".join(n for n in (baseline_note if persona.is_baseline else "", resume_note) if n)
-            jobs.append(Job(persona, variant, samples, prepared, job_strategies, digest, note))
+            jobs.append(Job(persona, variant, samples, prepared, planned.strategies, planned.digest, planned.note))
     return jobs, outcomes
 
 
@@ -187,21 +231,24 @@ def extract(
     console: Console | None = None,
     ray: RayConfig | None = None,
     vllm: VllmConfig | None = None,
+    load: Callable[[], nn.Module] | None = None,
 ) -> ExtractionResult:
     """Extract persona vectors (DESIGN.md pooling and layer convention).
 
     With `save=True` (or `save_to=ROOT`) each persona's vectors are written to the store as soon
-    as they are computed; personas already saved with the same sample ids are skipped unless
-    `force`; a save that fails with an OS error (disk full) stops the run, saying why in
-    `result.stopped`. `qa_pairs` is a list of QA rows or a `SampleSource` (train split / type selection,
+    as they are computed; personas already saved from the same samples are skipped unless
+    `force`, and personas saved from other samples (other ids, answers, persona prompt or
+    settings) are an `InputError` unless `force`, before any work; a save that fails with an
+    OS error (disk full) stops the run, saying why in `result.stopped`. `qa_pairs` is a list of QA rows or a `SampleSource` (train split / type selection,
     answer generation, judge-score filtering). A conversation longer than the model's positions
     is refused before any forward pass unless `allow_long_samples` (then a warning).
     `split_special_tokens` tokenizes control-token strings inside contents as text (see
     `prepare_inputs`). With `ray` the jobs (and answer generation) run on Ray replicas
     (`pvrs.engines.ray_engine`: `model` may be its weightless `skeleton`) and come back here to
     be saved. With `vllm` answers are generated and vectors computed by vLLM
-    (`pvrs.engines.vllm_engine`; `model` may be a weightless `skeleton`). Returns every
-    vector computed in this call."""
+    (`pvrs.engines.vllm_engine`; `model` may be a weightless `skeleton`). With `load`, `model`
+    is the weightless `skeleton` that plans the run, and `load()` returns the weights only if
+    some persona needs computing. Returns every vector computed in this call."""
     from rich.console import Console
 
     from pvrs.store import PersonaVectorStore
@@ -245,45 +292,61 @@ def extract(
             for variant in variants:
                 store.check_compatible(variant, shape, provenance)
 
-    def already_saved(
+    def resume(
         persona: Persona, variant: str, job_strategies: list[MaskStrategy], ids: list[str], digest: str
-    ) -> tuple[bool, str]:
-        """Whether every strategy's vector is saved from these samples (`has` checks the file,
-        sha256 and a NaN/Inf scan included), and why any recorded one failing them is redone."""
+    ) -> tuple[str, str]:
+        """"saved" when every strategy's vector is saved from these samples (`has` checks the
+        file, sha256 and a NaN/Inf scan included); "other" when a usable one was saved from
+        other samples; else "todo", saying why any recorded one that fails the checks is redone."""
         if not saving:
-            return False, ""
+            return "todo", ""
         missing = [
             s for s in job_strategies
             if not stores[s].has(persona.id, variant, ids, samples_sha256=digest, with_samples=save_samples)
         ]
+        if not missing:
+            return "saved", ""
         problems = [(s, stores[s].tensor_problem(persona.id, variant)) for s in missing]
-        return not missing, "; ".join(f"recomputed: {p} ({s.value})" for s, p in problems if p)
+        for s, problem in problems:
+            other = None if problem else _other_samples(stores[s], persona.id, variant, ids, digest)
+            if other:
+                return "other", other
+        return "todo", "; ".join(f"recomputed: {p} ({s.value})" for s, p in problems if p)
 
+    todo, _, outcomes = _plan(
+        model, tokenizer, personas, source, variants, strategies, resume,
+        force=force, split_special_tokens=split_special_tokens,
+    )
+    result = ExtractionResult(layers=resolved_layers, outcomes=outcomes)
+    if not todo:
+        return result
+    if load is not None:
+        model = load()
     # On Ray the replicas answer (`--generate`) and compute, on vLLM its engine does; the driver
     # saves. They end with the run.
     with _cluster(ray, config, provenance["dtype"]) as cluster, _vllm_engine(vllm, model, tokenizer, resolved_layers) as engine:
-        todo, outcomes = _prepare_jobs(
-            model, tokenizer, personas, source, variants, strategies, already_saved,
-            force=force, split_special_tokens=split_special_tokens, console=console, progress=progress,
+        jobs, failed = _prepare_jobs(
+            model, tokenizer, todo, source,
+            split_special_tokens=split_special_tokens, console=console, progress=progress,
             answerer=cluster.answer if cluster is not None else engine.answer if engine is not None else None,
         )
-        _check_lengths(model, todo, allow_long_samples, console)
-        result = ExtractionResult(layers=resolved_layers, outcomes=outcomes)
+        result.outcomes.extend(failed)
+        _check_lengths(model, jobs, allow_long_samples, console)
 
         start = time.perf_counter()
         saver = Saver(stores if saving else None, provenance, result, save_to)
         if cluster is not None:
             from pvrs.engines.ray_engine import run_on_ray
 
-            for job in todo if verbose else ():  # jobs run out of order there: previews first
+            for job in jobs if verbose else ():  # jobs run out of order there: previews first
                 _preview(console, tokenizer, job)
-            run_on_ray(cluster, todo, save_samples, saver, console, progress=progress)
+            run_on_ray(cluster, jobs, save_samples, saver, console, progress=progress)
             result.seconds = time.perf_counter() - start
             return result
         with progress_bar(console, enabled=progress) as bar:
-            task_personas = bar.add_task("personas", total=len(todo), rate="")
-            task_samples = bar.add_task("samples", total=sum(len(j.prepared) for j in todo), rate="")
-            for job in todo:
+            task_personas = bar.add_task("personas", total=len(jobs), rate="")
+            task_samples = bar.add_task("samples", total=sum(len(j.prepared) for j in jobs), rate="")
+            for job in jobs:
                 bar.update(task_personas, description=f"{job.persona.id} [{job.variant}]")
                 if verbose:
                     _preview(console, tokenizer, job)
@@ -351,6 +414,22 @@ def _preview(console: Console, tokenizer: PreTrainedTokenizerBase, job: Job) -> 
     from pvrs.extraction.chat import print_preview
 
     print_preview(console, tokenizer, job.prepared[0], job.strategies)
+
+
+def _other_samples(store: PersonaVectorStore, persona_id: str, variant: str, ids: list[str], digest: str) -> str | None:
+    """Where and how the persona's vector recorded in `store` was computed from other samples
+    than `ids` / `digest`; None when none is recorded or it was computed from these."""
+    manifest = store.read_manifest(variant)
+    entry = None if manifest is None else manifest["personas"].get(persona_id)
+    if not isinstance(entry, dict) or store.has(persona_id, variant, ids, samples_sha256=digest):
+        return None
+    saved = [str(s) for s in entry.get("sample_ids") or []]
+    where = f"saved in {store.variant_dir(variant)}"
+    if len(saved) != len(ids):
+        return f"{where} from {len(saved)} samples, this run has {len(ids)}"
+    if saved != ids:
+        return f"{where} from other sample ids"
+    return f"{where} from other answers, persona prompt or settings under the same sample ids"
 
 
 def _check_lengths(model: nn.Module, jobs: Sequence[Job], allow: bool, console: Console) -> None:
