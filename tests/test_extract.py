@@ -332,7 +332,7 @@ def test_cli_extract_then_bad_inputs_leave_artifacts_untouched(tiny_model_dir: P
         assert _snapshot(out) == before, argv
 
 
-def test_cli_rerun_with_other_samples_is_refused_before_the_weights_load(
+def test_cli_rerun_loads_no_weights_when_all_is_saved_and_refuses_other_samples(
     tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "store"
@@ -346,6 +346,13 @@ def test_cli_rerun_with_other_samples_is_refused_before_the_weights_load(
 
     monkeypatch.setattr(pvrs.engines.models, "load", no_load)
     capsys.readouterr()
+    # All saved: --verbose still previews what each persona's vectors averaged (tokenizer only).
+    assert main([*base, "--verbose"]) == 0
+    printed = capsys.readouterr()
+    assert "0 written, 2 skipped" in printed.out
+    for persona in ("pirate_captain", "baseline_assistant"):
+        assert f"{persona} [templated]: skipped, already saved; its vectors averaged:" in printed.err
+    assert "answer_mean" in printed.err
     # The main job's folder, another run's samples: one line, exit 2, nothing replaced.
     assert main([*base, "--generate", "--n-train", "3"]) == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]  # after the run's header line

@@ -346,7 +346,7 @@ def _add_extract(sub: argparse._SubParsersAction) -> None:
         "--enforce-eager", action="store_true",
         help="vLLM: no torch.compile or CUDA graphs: starts in seconds, runs slower (default off)",
     )
-    run.add_argument("--verbose", action="store_true", help="preview each persona's masked tokens")
+    run.add_argument("--verbose", action="store_true", help="preview each persona's masked tokens (skipped ones too)")
     p.set_defaults(handler=_cmd_extract)
 
 

@@ -248,7 +248,8 @@ def extract(
     be saved. With `vllm` answers are generated and vectors computed by vLLM
     (`pvrs.engines.vllm_engine`; `model` may be a weightless `skeleton`). With `load`, `model`
     is the weightless `skeleton` that plans the run, and `load()` returns the weights only if
-    some persona needs computing. Returns every vector computed in this call."""
+    some persona needs computing. `verbose` previews the tokens each persona's vectors average,
+    skipped personas included. Returns every vector computed in this call."""
     from rich.console import Console
 
     from pvrs.store import PersonaVectorStore
@@ -313,10 +314,12 @@ def extract(
                 return "other", other
         return "todo", "; ".join(f"recomputed: {p} ({s.value})" for s, p in problems if p)
 
-    todo, _, outcomes = _plan(
+    todo, skipped, outcomes = _plan(
         model, tokenizer, personas, source, variants, strategies, resume,
         force=force, split_special_tokens=split_special_tokens,
     )
+    for planned in skipped if verbose else ():
+        _preview_saved(console, tokenizer, source, planned, split_special_tokens)
     result = ExtractionResult(layers=resolved_layers, outcomes=outcomes)
     if not todo:
         return result
@@ -414,6 +417,28 @@ def _preview(console: Console, tokenizer: PreTrainedTokenizerBase, job: Job) -> 
     from pvrs.extraction.chat import print_preview
 
     print_preview(console, tokenizer, job.prepared[0], job.strategies)
+
+
+def _preview_saved(
+    console: Console, tokenizer: PreTrainedTokenizerBase, source: SampleSource, planned: _Planned, split_special_tokens: bool
+) -> None:
+    """--verbose on a skipped persona: what its saved vectors averaged, rendered with the
+    tokenizer alone. Generated answers are not read back for it (nor generated)."""
+    from rich.markup import escape
+
+    from pvrs.extraction.chat import prepare_inputs, print_preview
+
+    what = f"{escape(planned.persona.id)} \\[{planned.variant}]: skipped, already saved"
+    if source.generate is not None:
+        console.print(f"[dim]{what} from generated answers: no preview (`pvrs preview` shows the masks)[/]")
+        return
+    first = source.selected(planned.persona)[0]
+    [prepared] = prepare_inputs(
+        tokenizer, [(first.sample_id, first.question, first.answer)], system_prompt=planned.persona.system_prompt(planned.variant),
+        strategies=planned.strategies, split_special_tokens=split_special_tokens,
+    )
+    console.print(f"{what}; its vectors averaged:")
+    print_preview(console, tokenizer, prepared, planned.strategies)
 
 
 def _other_samples(store: PersonaVectorStore, persona_id: str, variant: str, ids: list[str], digest: str) -> str | None:
