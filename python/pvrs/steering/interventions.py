@@ -148,9 +148,15 @@ class _PositionTracker:
 
 @contextmanager
 def _intervene(
-    model: nn.Module, layers: Sequence[int], transform: Transform, positions: str
+    model: nn.Module,
+    layers: Sequence[int],
+    transform: Transform,
+    positions: str,
+    training_only: bool = False,
 ) -> Iterator[None]:
-    """Replace block `i`'s output `h` by `transform(h, i)` at the chosen positions."""
+    """Replace block `i`'s output `h` by `transform(h, i)` at the chosen positions; with
+    `training_only`, only in forwards that train (the block in train mode and autograd on), so
+    evaluation and `generate` (which runs without gradients) see the plain model."""
     if positions not in POSITIONS:
         raise InvalidArgumentError(
             f"positions={positions!r} is not one of {', '.join(map(repr, POSITIONS))}"
@@ -159,7 +165,9 @@ def _intervene(
     tracker = _PositionTracker(positions) if positions != "all" else None
 
     def make_hook(layer: int) -> Any:
-        def hook(_module: nn.Module, _args: tuple[Any, ...], output: Any) -> Any:
+        def hook(module: nn.Module, _args: tuple[Any, ...], output: Any) -> Any:
+            if training_only and not (module.training and torch.is_grad_enabled()):
+                return None
             hidden = hidden_of(output)
             edited = transform(hidden, layer)
             if tracker is not None:
@@ -220,8 +228,11 @@ def steer(
     layers: int | Sequence[int],
     alpha: float | Mapping[int, float] = 1.0,
     positions: Positions = "all",
+    *,
+    training_only: bool = False,
 ) -> Iterator[None]:
-    """Add `alpha * v` to the output of each block in `layers` while the block is active.
+    """Add `alpha * v` to the output of each block in `layers` while the block is active
+    (with `training_only`, on training forwards only: preventative steering).
 
     `vector` is `(hidden_size,)` or `(num_layers, hidden_size)` (row `i` at block `i`);
     `alpha` is one number or a `{layer: alpha}` mapping (as `suggested_alphas` returns).
@@ -234,7 +245,7 @@ def steer(
     def add(hidden: torch.Tensor, layer: int) -> torch.Tensor:
         return hidden + vectors.get(layer, hidden)
 
-    with _intervene(model, chosen, add, positions):
+    with _intervene(model, chosen, add, positions, training_only):
         yield
 
 
@@ -249,9 +260,11 @@ def ablate(
     direction: VectorLike,
     layers: int | Sequence[int],
     positions: Positions = "all",
+    *,
+    training_only: bool = False,
 ) -> Iterator[None]:
     """Remove the component along `direction` from each chosen block's output:
-    `h <- h - (h . v_hat) v_hat` (directional ablation)."""
+    `h <- h - (h . v_hat) v_hat` (directional ablation; `training_only` as in `steer`)."""
     chosen = resolve_layers(model, layers)
     units = _OnDevice(
         {i: unit(v) for i, v in layer_vectors(model, direction, chosen, "direction").items()}
@@ -262,7 +275,7 @@ def ablate(
         proj = _projection(hidden, v_hat)
         return (hidden.float() - proj.unsqueeze(-1) * v_hat).to(hidden.dtype)
 
-    with _intervene(model, chosen, remove, positions):
+    with _intervene(model, chosen, remove, positions, training_only):
         yield
 
 

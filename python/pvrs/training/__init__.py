@@ -10,6 +10,9 @@ from pvrs._lazy import lazy_getattr
 _EXPORTS = {
     "activation_shift": "pvrs.training.shift",
     "load_tuned": "pvrs.training.models",
+    "preventative": "pvrs.training.prevent",
+    "PreventativeSteering": "pvrs.training.prevent",
+    "PreventativeSteeringCallback": "pvrs.training.prevent",
 }
 __getattr__ = lazy_getattr(__name__, _EXPORTS)
 __all__ = list(_EXPORTS)
