@@ -141,8 +141,8 @@ def is_trait_manifest(raw: bytes) -> bool:
     """Whether `raw` is the manifest of persona-vectors' trait vector store (`trait_vectors/`,
     one mean swap delta per attribute), keyed `attributes` instead of `personas`."""
     try:
-        doc = json.loads(raw)
-    except ValueError:
+        doc = decode(raw, "manifest", ManifestError)
+    except ManifestError:  # not JSON (nested 100,000 deep, say): not a trait store's either
         return False
     return isinstance(doc, dict) and "personas" not in doc and isinstance(doc.get("attributes"), dict)
 
