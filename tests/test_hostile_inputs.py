@@ -164,6 +164,12 @@ def _rubric(path: Path) -> object:
     return _rubric_text(path, path.read_text(), "--rubric")
 
 
+def _adapter_config(path: Path) -> object:
+    from pvrs.training.models import _recorded_base
+
+    return _recorded_base(path.parent)
+
+
 # extract --personas/--qa, judge answers, screen --data, contrast and steer --prompts read
 # through `read_rows`; monitor, trait and --rubric have their own formats.
 @pytest.mark.parametrize(
@@ -175,6 +181,7 @@ def _rubric(path: Path) -> object:
         (_trait, "trait.json"),
         (_rubric, "rubric.json"),
         (_rubric, "rubric.yaml"),
+        (_adapter_config, "adapter_config.json"),  # pvrs shift --tuned
     ],
 )
 def test_deeply_nested_json_is_one_input_error(

@@ -4,11 +4,11 @@ adapter folder over the base."""
 from __future__ import annotations
 
 import importlib.util
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pvrs.errors import InputError, ModelError
+from pvrs.jsonio import read_json
 
 if TYPE_CHECKING:
     from torch import nn
@@ -56,9 +56,6 @@ def load_tuned(tuned: str, base: nn.Module, *, dtype: str = "auto", device: str 
 
 
 def _recorded_base(folder: Path) -> str | None:
-    try:
-        config: Any = json.loads((folder / ADAPTER_CONFIG).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{folder / ADAPTER_CONFIG}: not a readable adapter config ({exc})") from None
+    config: Any = read_json(folder / ADAPTER_CONFIG, f"adapter config {folder / ADAPTER_CONFIG}")
     name = config.get("base_model_name_or_path") if isinstance(config, dict) else None
     return str(name) if name else None
