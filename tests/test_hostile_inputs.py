@@ -200,3 +200,11 @@ def test_extract_with_a_nested_personas_file_is_one_line(
     assert main(["extract", "--personas", str(path), "--output-dir", str(tmp_path / "s")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and str(path) in err[0] and "nested too deeply" in err[0], err
+
+
+def test_a_dataset_card_nested_too_deeply_is_one_packaging_error() -> None:
+    from pvrs.errors import PackagingError
+    from pvrs.hub.cards import split_card
+
+    with pytest.raises(PackagingError, match=r"not valid YAML \(nested too deeply\)"):
+        split_card(f"---\n{NESTED}\n---\nbody")

@@ -25,9 +25,9 @@ def split_card(text: str) -> tuple[dict[str, Any], str]:
         if sep:
             try:
                 meta = yaml.safe_load(head) or {}
-            except yaml.YAMLError as exc:
+            except (yaml.YAMLError, RecursionError) as exc:  # the composer recurses per level
                 where = getattr(exc, "problem_mark", None)
-                line = f" (line {where.line + 2})" if where else ""
+                line = f" (line {where.line + 2})" if where else " (nested too deeply)"
                 raise PackagingError(f"the dataset card's YAML header is not valid YAML{line}") from None
             if not isinstance(meta, dict):
                 raise PackagingError("the dataset card's YAML header is not a mapping")
