@@ -15,6 +15,7 @@ from pvrs.cli import (
     doctor,
     evaluate,
     extract,
+    finetune,
     judge,
     probe,
     screen,
@@ -36,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"pvrs {doctor.pvrs_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for group in (doctor, extract, store, analyze, probe, steering, judge, evaluate, trait, screen, shift):
+    for group in (doctor, extract, store, analyze, probe, steering, judge, evaluate, trait, screen, shift, finetune):
         group.register(sub)
     return parser
 

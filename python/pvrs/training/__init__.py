@@ -1,6 +1,6 @@
 """Fine-tuning with persona vectors: the activation shift a fine-tune causes along each vector
 (`shift`), preventative steering and ablation on training forwards only (`prevent`), and LoRA
-SFT of chat rows with trl (`finetune`). peft and trl are the optional extra `pvrs[train]`;
+SFT of chat rows with trl (`sft`). peft and trl are the optional extra `pvrs[train]`;
 `prevent` needs only transformers."""
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ _EXPORTS = {
     "preventative": "pvrs.training.prevent",
     "PreventativeSteering": "pvrs.training.prevent",
     "PreventativeSteeringCallback": "pvrs.training.prevent",
+    "finetune": "pvrs.training.sft",
+    "TrainConfig": "pvrs.training.sft",
 }
 __getattr__ = lazy_getattr(__name__, _EXPORTS)
 __all__ = list(_EXPORTS)
