@@ -270,6 +270,9 @@ def from_spec(
             if num_layers is not None:
                 array, _ = as_block_rows(array, num_layers, path)
         return array
+    if path.is_symlink():  # its target is missing (or a loop): not a persona id either
+        raise InputError(f"{spec!r} is a symbolic link to {str(path.readlink())!r}, which is no file; refused: "
+                         "pass the vector file itself")
     if store is None:
         raise InputError(f"{spec!r} is not a file, and no store was given to look it up in")
     if spec in ASSISTANT_AXIS_SPECS:

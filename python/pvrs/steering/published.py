@@ -33,7 +33,9 @@ METADATA_FILE = "metadata.json"
 PT_KEYS = ("axis", "vector", "direction", "steering_vector")
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 # torch's markers of a pickle weights_only refused (the first line differs across versions).
-_UNSAFE_PICKLE = ("weights_only", "Weights only load failed", "Unsupported global")
+# What torch says when weights_only refuses a pickled object (new and older torch), as opposed
+# to bytes that are no torch file at all (which it wraps in the same weights_only advice).
+_UNSAFE_PICKLE = ("Unsupported global", "unsupported GLOBAL", "Unsupported class", "add_safe_globals")
 
 
 @dataclass(frozen=True)
@@ -85,7 +87,9 @@ def _torch_reason(exc: Exception) -> str:
         found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
         held = f" ({found.group(1)})" if found else ""
         return f"it holds Python objects{held} besides tensors, which could run code"
-    return text.splitlines()[0] if text else type(exc).__name__
+    found = re.search(r"WeightsUnpickler error:\s*(.+)", text)
+    detail = found.group(1) if found else f"{type(exc).__name__}: {(text.splitlines() or [''])[0]}"
+    return f"it is not a readable torch file: {detail}"
 
 
 def real_floats(array: np.ndarray, path: Path) -> np.ndarray:
