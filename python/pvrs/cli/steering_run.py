@@ -106,6 +106,7 @@ def run_steer(args: argparse.Namespace) -> int:
 
     from pvrs.extraction.generate import generate, prompt_messages
     from pvrs.steering.interventions import steer, suggested_alphas
+    from pvrs.steering.residuals import warn_overpowering
 
     if (args.persona_id is None) == (args.vector is None):
         raise InputError("give exactly one of --persona-id ID or --vector FILE")
@@ -124,6 +125,7 @@ def run_steer(args: argparse.Namespace) -> int:
             scaled = {i: a * u for i, u in unit_alphas.items()}
             shown = ", ".join(f"{v:.3g}" for v in scaled.values())
             columns.append((f"{a:g} x norm (alpha {shown})", scaled))
+    warn_overpowering(model, tokenizer, vector, [alpha for _, alpha in columns if alpha is not None])
     rows: list[dict[str, Any]] = []
     with Progress(console=Console(stderr=True), transient=True) as progress:
         task = progress.add_task("generating", total=len(prompts) * len(columns))

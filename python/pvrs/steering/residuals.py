@@ -207,3 +207,43 @@ def residual_norms(
         rows = [a[layer][1:] if a[layer].shape[0] > 1 else a[layer] for a in acts]
         norms[layer] = float(torch.linalg.vector_norm(torch.cat(rows), dim=-1).median())
     return norms
+
+
+OVERPOWERING = 100.0  # `alpha * v` this many times the typical residual norm leaves nothing of the model's own state
+
+
+def warn_overpowering(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase | None,
+    vector: VectorLike,
+    alphas: Sequence[Mapping[int, float]],
+    inputs: Sequence[TextLike] | None = None,
+) -> float:
+    """Warn once when some `alpha * v` (`alphas`: `{layer: alpha}` mappings, as `steer`
+    takes) is over `OVERPOWERING` times the median residual norm at its layer
+    (`residual_norms` over `inputs`, default a few neutral chat prompts): the steered state
+    is then the vector alone, and replies come out empty or as noise. Returns the largest ratio."""
+    import warnings
+
+    from pvrs.extraction.generate import DEFAULT_PROMPTS, as_chat
+
+    chosen = sorted({i for alpha in alphas for i in alpha})
+    if not chosen:
+        return 0.0
+    sizes = {i: float(torch.linalg.vector_norm(v)) for i, v in layer_vectors(model, vector, chosen).items()}
+    texts = list(inputs) if inputs is not None else [as_chat(p) for p in DEFAULT_PROMPTS]
+    norms = residual_norms(model, tokenizer, texts, chosen)
+    worst, where = 0.0, ""
+    for alpha in alphas:
+        for i, a in alpha.items():
+            ratio = abs(a) * sizes[i] / max(norms[i], torch.finfo(torch.float32).tiny)
+            if ratio > worst:
+                worst, where = ratio, f"alpha {a:g} at layer {i}"
+    if worst > OVERPOWERING:
+        warnings.warn(
+            f"{where} adds {worst:.3g} times the typical residual norm there (over {OVERPOWERING:g}x): the "
+            "model's own state is swamped, so replies come out empty or as noise; lower the alpha, or read it as "
+            "a fraction of that norm (pvrs steer --relative, or suggested_alphas; 0.4 is a good start)",
+            stacklevel=2,
+        )
+    return worst
