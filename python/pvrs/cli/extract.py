@@ -341,7 +341,7 @@ def _add_extract(sub: argparse._SubParsersAction) -> None:
         "--gpu-memory-utilization", type=probability, metavar="F",
         help="vLLM: share of each GPU's memory it may take, 0-1 (default 0.9)",
     )
-    eng.add_argument("--max-model-len", type=positive_int, metavar="N", help="vLLM: context length (default: the model's)")
+    eng.add_argument("--max-model-len", type=positive_int, metavar="N", help="vLLM: context length (default: the model's, or the longest that fits in GPU memory)")
     eng.add_argument(
         "--enforce-eager", action="store_true",
         help="vLLM: no torch.compile or CUDA graphs: starts in seconds, runs slower (default off)",

@@ -49,7 +49,8 @@ CPU_BLOCK_SIZE = 32  # tokens per KV-cache block on vLLM's CPU build with prefix
 class VllmConfig:
     """How `vllm.LLM` is started: the model (as the transformers engine would load it), tensor
     parallelism, the share of GPU memory it may take, prefix caching (on: a persona's prompt is
-    computed once across its questions), the context length (default: the model's) and
+    computed once across its questions), the context length (default: the model's, or the longest
+that fits in vLLM's memory beside the capture cache) and
     `enforce_eager` (no torch.compile or CUDA graphs: starts in seconds, runs slower)."""
 
     model: ModelSpec
