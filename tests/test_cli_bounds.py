@@ -10,10 +10,12 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from pvrs.cli import main
 
 from tests.judge_server import Server, server_fixture  # noqa: F401 (the `server` fixture)
@@ -174,3 +176,84 @@ def test_import_on_a_full_disk_names_the_folder_written(
     assert main(argv) == 1
     folder = PersonaVectorStore("org/m", root_dir=root).variant_dir("templated")
     assert capsys.readouterr().err.splitlines() == [f"pvrs import: error: cannot write {folder}: No space left on device"]
+
+
+def _extract_with(personas: list[dict[str, object]], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> str:
+    """`pvrs extract --personas FILE` on a model that does not exist: a persona file it
+    refuses fails before any model is looked up."""
+    path = tmp_path / "personas.jsonl"
+    path.write_text("".join(json.dumps(p) + "\n" for p in personas))
+    assert main(["extract", "--personas", str(path), "--model", str(tmp_path / "no-model"), "--output-dir", str(tmp_path / "o")]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1
+    return lines[0]
+
+
+def test_an_empty_personas_file_is_refused_before_the_model_loads(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert _extract_with([], tmp_path, capsys) == f"pvrs extract: error: {tmp_path / 'personas.jsonl'} holds no personas; give rows of id, name, templated, biography"
+
+
+@pytest.mark.parametrize("value", [["x"], {"text": "x"}, 7])
+def test_a_prompt_field_that_is_not_text_is_refused(value: object, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    line = _extract_with([{"id": "pirate", "templated": value}], tmp_path, capsys)
+    assert f"persona 'pirate' field 'templated' is a {type(value).__name__}, not text" in line
+
+
+@pytest.mark.parametrize("persona_id", [".", " ", " pirate", "pirate ", "a\u202eb", "\u200bpirate", "pirate\ufeff"])
+def test_persona_ids_that_are_no_safe_file_names_are_refused(persona_id: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert f"persona id {persona_id!r}" in _extract_with([{"id": persona_id, "templated": "x"}], tmp_path, capsys)
+
+
+def test_a_garbage_pt_is_not_called_a_pickle_that_could_run_code(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "garbage.pt").write_bytes(b"\x80\x02\xe1" + bytes(range(256)))  # a pickle header, then noise
+    (tmp_path / "text.pt").write_bytes(b"hello, not a torch file")
+    for name in ("garbage.pt", "text.pt"):
+        argv = ["import", str(tmp_path / name), "--model", "org/m", "--num-layers", "2", "--output-dir", str(tmp_path / "o")]
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "it is not a readable torch file" in err and "run code" not in err and "weights_only` set to `False" not in err
+
+
+def test_export_of_a_dangling_symlink_says_it_is_a_symlink(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    link = tmp_path / "v.safetensors"
+    link.symlink_to(tmp_path / "gone.safetensors")
+    (tmp_path / "store").mkdir()
+    argv = ["export", "--vector", str(link), "--layer", "1", "--model", "org/m", "--model-hint", "llama",
+            "--source", str(tmp_path / "store"), "--out", str(tmp_path / "cv.gguf")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"{str(link)!r} is a symbolic link to {str(tmp_path / 'gone.safetensors')!r}, which is no file; refused" in err
+    assert "neither a vector file" not in err
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from tests.tiny import make_tokenizer
+
+    tokenizer = make_tokenizer("chatml")
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                         num_attention_heads=4, num_key_value_heads=2, eos_token_id=tokenizer.eos_token_id)
+    folder = tmp_path_factory.mktemp("tiny-model")
+    LlamaForCausalLM(config).eval().save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("alpha,warned", [("1e5", True), ("0.01", False)])
+def test_steer_warns_when_alpha_swamps_the_residual_stream(
+    alpha: str, warned: bool, tiny_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    vector = tmp_path / "v.npy"
+    np.save(vector, np.ones((3, 32), np.float32))
+    argv = ["steer", "--model", str(tiny_dir), "--device", "cpu", "--vector", str(vector), "--layer", "1",
+            "--alpha", "1", alpha, "--prompt", "hi", "--max-new-tokens", "2", "--json"]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(argv) == 0
+    swamped = [str(w.message) for w in caught if "typical residual norm" in str(w.message)]
+    assert len(swamped) == int(warned)
+    if warned:
+        assert swamped[0].startswith("alpha 100000 at layer 1 adds ") and "over 100x" in swamped[0]

@@ -293,7 +293,11 @@ def test_aggregation_is_exact_in_float64_where_float32_drifts(tmp_path: Path) ->
 
 
 @settings(max_examples=400, deadline=None)
-@given(TEXT | st.text(alphabet=st.characters(exclude_categories=("Cs",)), max_size=210))
+@given(
+    TEXT
+    | st.text(alphabet=st.characters(exclude_categories=("Cs",)), max_size=210)
+    | st.text(alphabet=st.characters(categories=("Zs", "Zl", "Zp", "Cf", "Cc", "Ll")) | st.sampled_from(".\u200d"), max_size=6)
+)
 def test_persona_id_rules_agree(persona_id: str) -> None:
     try:
         validate_persona_id(persona_id)
@@ -303,7 +307,9 @@ def test_persona_id_rules_agree(persona_id: str) -> None:
     assert python_ok == (_core.persona_id_problem(persona_id) is None)
 
 
-@pytest.mark.parametrize("bad", ["..", "a/b", "\x00", "x" * 201, "", "\u0085"])
+@pytest.mark.parametrize(
+    "bad", ["..", "a/b", "\x00", "x" * 201, "", "\u0085", ".", " ", " pirate", "pirate\u3000", "a\u202eb", "\u200b", "\ufeffa"]
+)
 def test_persona_id_edge_cases_agree(bad: str) -> None:
     assert _core.persona_id_problem(bad) is not None
     with pytest.raises(PersonaIdError):

@@ -12,6 +12,22 @@ use super::MAX_PERSONA_ID_BYTES;
 
 const MAX_MANIFEST_BYTES: u64 = 1 << 30;
 
+/// Invisible characters that reorder or hide text (bidi controls such as U+202E, zero-width
+/// spaces, the BOM): a file name holding one can show as another persona's. ZWJ and ZWNJ
+/// stay allowed (emoji sequences, several scripts). The same list as
+/// `pvrs.store.layout.INVISIBLE`.
+const INVISIBLE: [(char, char); 9] = [
+    ('\u{00AD}', '\u{00AD}'),
+    ('\u{061C}', '\u{061C}'),
+    ('\u{180E}', '\u{180E}'),
+    ('\u{200B}', '\u{200B}'),
+    ('\u{200E}', '\u{200F}'),
+    ('\u{202A}', '\u{202E}'),
+    ('\u{2060}', '\u{206F}'),
+    ('\u{FEFF}', '\u{FEFF}'),
+    ('\u{FFF9}', '\u{FFFB}'),
+];
+
 /// Why a persona id is not a safe file name (None when it is). Mirrors
 /// `pvrs.store.validate_persona_id`.
 pub fn persona_id_problem(id: &str) -> Option<String> {
@@ -21,11 +37,23 @@ pub fn persona_id_problem(id: &str) -> Option<String> {
     if id.contains('/') || id.contains('\\') {
         return Some("contains a path separator".into());
     }
-    if id.contains("..") {
-        return Some("contains '..'".into());
+    if id == "." || id.contains("..") {
+        return Some("is '.' or contains '..'".into());
     }
     if id.chars().any(char::is_control) {
         return Some("contains a control character".into());
+    }
+    if let Some(c) = id
+        .chars()
+        .find(|c| INVISIBLE.iter().any(|(lo, hi)| (lo..=hi).contains(&c)))
+    {
+        return Some(format!(
+            "contains the invisible character U+{:04X}",
+            u32::from(c)
+        ));
+    }
+    if id.trim() != id {
+        return Some("starts or ends with whitespace".into());
     }
     if id.len() > MAX_PERSONA_ID_BYTES {
         return Some(format!(
@@ -322,7 +350,22 @@ mod tests {
         for good in ["a", "日本語", "🏴‍☠️ x", "a.b"] {
             assert_eq!(persona_id_problem(good), None);
         }
-        for bad in ["", "a/b", "a\\b", "..", "x..y", "a\u{7}", "a\u{85}"] {
+        for bad in [
+            "",
+            "a/b",
+            "a\\b",
+            "..",
+            "x..y",
+            "a\u{7}",
+            "a\u{85}",
+            ".",
+            " ",
+            " a",
+            "a\u{3000}",
+            "a\u{202E}b",
+            "\u{200B}",
+            "\u{FEFF}a",
+        ] {
             assert!(persona_id_problem(bad).is_some(), "{bad:?}");
         }
         assert!(persona_id_problem(&"x".repeat(201)).is_some());

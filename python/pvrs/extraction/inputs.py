@@ -110,9 +110,12 @@ def _require(row: dict[str, Any], key: str, where: str) -> Any:
     return value
 
 
-def _optional_text(row: dict[str, Any], key: str) -> str | None:
+def _optional_text(row: dict[str, Any], key: str, where: str) -> str | None:
     value = row.get(key)
-    return None if value is None else str(value)
+    if value is not None and not isinstance(value, str):  # str() would make ['x'] the prompt
+        raise InputError(f"{where}: persona {row.get('id')!r} field {key!r} is a {type(value).__name__}, not text; "
+                         "give the system prompt as a string")
+    return value
 
 
 def personas_from_rows(rows: Iterable[dict[str, Any]], source: str) -> list[Persona]:
@@ -129,11 +132,13 @@ def personas_from_rows(rows: Iterable[dict[str, Any]], source: str) -> list[Pers
             Persona(
                 id=pid,
                 name=str(row.get("name") or pid),
-                templated=_optional_text(row, "templated"),
-                biography=_optional_text(row, "biography"),
+                templated=_optional_text(row, "templated", where),
+                biography=_optional_text(row, "biography", where),
                 attributes=attrs,
             )
         )
+    if not out:  # refused before any model loads: the run would do nothing and exit 0
+        raise InputError(f"{source} holds no personas; give rows of id, name, templated, biography")
     return out
 
 

@@ -51,11 +51,21 @@ class VectorNotFoundError(ArtifactError, FileNotFoundError):
     """No vector is saved for the requested persona/variant (a `FileNotFoundError`, as in 0.6.x)."""
 
 
+# Invisible characters that reorder or hide text (bidi controls such as U+202E, zero-width
+# spaces, the BOM): a file name holding one can show as another persona's. ZWJ and ZWNJ stay
+# allowed (emoji sequences, several scripts). The same list as `INVISIBLE` in rust/manifest/model.rs.
+INVISIBLE = (
+    ("\u00ad", "\u00ad"), ("\u061c", "\u061c"), ("\u180e", "\u180e"), ("\u200b", "\u200b"), ("\u200e", "\u200f"),
+    ("\u202a", "\u202e"), ("\u2060", "\u206f"), ("\ufeff", "\ufeff"), ("\ufff9", "\ufffb"),
+)
+
+
 def validate_persona_id(persona_id: object) -> str:
     """Return `persona_id` if it is a safe file name, else raise `PersonaIdError`.
 
-    Safe: a non-empty string, no path separators, no `..`, no control characters,
-    at most 200 bytes of UTF-8. `rust/manifest/model.rs` applies the same rules."""
+    Safe: a non-empty string, not `.`, no path separators, no `..`, no control or
+    invisible (`INVISIBLE`) characters, no leading or trailing whitespace, at most 200
+    bytes of UTF-8. `rust/manifest/model.rs` applies the same rules."""
     if not isinstance(persona_id, str):
         raise PersonaIdError(
             f"persona id {persona_id!r} must be a string, not {type(persona_id).__name__}"
@@ -65,10 +75,14 @@ def validate_persona_id(persona_id: object) -> str:
     problem = None
     if "/" in persona_id or "\\" in persona_id:
         problem = "contains a path separator"
-    elif ".." in persona_id:
-        problem = "contains '..'"
+    elif persona_id == "." or ".." in persona_id:
+        problem = "is '.' or contains '..'"
     elif any(unicodedata.category(ch) == "Cc" for ch in persona_id):
         problem = "contains a control character"
+    elif hidden := [ch for ch in persona_id if any(lo <= ch <= hi for lo, hi in INVISIBLE)]:
+        problem = f"contains the invisible character U+{ord(hidden[0]):04X}"
+    elif persona_id != persona_id.strip():
+        problem = "starts or ends with whitespace"
     else:
         try:
             size = len(persona_id.encode("utf-8"))
