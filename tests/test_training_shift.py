@@ -168,3 +168,17 @@ def test_adapter_without_peft_names_the_extra(folders, tmp_path, capsys, monkeyp
                  "--output-dir", str(tmp_path / "out")])
     assert code == 2
     assert capsys.readouterr().err.splitlines()[-1].endswith("needs peft: pip install 'pvrs[train]'")
+
+
+def test_without_answers_each_model_answers_greedily(base, tokenizer):
+    from pvrs.training.shift import mean_activations
+
+    question = "What is the sea?"
+    text = tokenizer.apply_chat_template([{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True)
+    ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    out = base.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=6, do_sample=False,
+                        pad_token_id=tokenizer.eos_token_id)
+    greedy = tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
+    generated = mean_activations(base, tokenizer, [Question(question)], [0, 2], max_new_tokens=6)
+    given = mean_activations(base, tokenizer, [Question(question, greedy)], [0, 2])
+    np.testing.assert_allclose(generated.answer_mean, given.answer_mean, atol=1e-6)

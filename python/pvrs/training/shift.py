@@ -91,7 +91,7 @@ def _sequence(
     prompt = tokenizer(render(tokenizer, as_chat(q.question)), add_special_tokens=False)["input_ids"]
     answer = q.answer
     if answer is None:
-        answer = generate(model, tokenizer, as_chat(q.question), SamplingConfig(max_new_tokens=max_new_tokens))
+        answer = generate(model, tokenizer, as_chat(q.question), SamplingConfig(max_new_tokens=max_new_tokens, temperature=0.0))
     tokens = tokenizer(answer, add_special_tokens=False)["input_ids"] if answer else []
     if not tokens:
         raise InputError(f"question {index}: the model's answer is empty; give answers in --questions")
