@@ -66,12 +66,22 @@ def _cmd_screen(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from pvrs.cli.steering_run import load_model, resolve_vector, vector_layers
-    from pvrs.steering.screen import histogram, read_conversations, screen, write_tables
+    from pvrs.steering.screen import (
+        histogram,
+        projection_difference,
+        prompt_of,
+        read_conversations,
+        screen,
+        write_tables,
+    )
 
     # Everything a user can get wrong is checked before the model loads.
     out = _output_dir(args)
     check_writable("--output-dir", out, is_dir=True)
     conversations = read_conversations(args.data, args.split)
+    if args.projection_difference:
+        for c in conversations:
+            prompt_of(c)
     vector = resolve_vector(args.vector, args)
     layers = vector_layers(args.layer, vector)
     if vector.ndim == 1:  # one direction for every layer: the model's config bounds them
@@ -91,29 +101,45 @@ def _cmd_screen(args: argparse.Namespace) -> int:
         result = screen(model, tokenizer, conversations, vector, layers, tokens=args.tokens,
                         batch_tokens=args.batch_tokens, on_batch=lambda n, _tokens: progress.advance(task, n))
         seconds = time.perf_counter() - started
+    difference = None
+    if args.projection_difference:
+        with console.status("the model's own answers to the same prompts"):
+            difference = projection_difference(model, tokenizer, result, vector, tokens=args.tokens,
+                                               max_new_tokens=args.max_new_tokens, batch_tokens=args.batch_tokens)
     title = f"projection of {Path(args.data).name} on {args.vector} ({args.tokens} tokens)"
     with writing(out):
-        written = write_tables(result, out)
+        written = write_tables(result, out, difference)
         if plots:
             from pvrs.analysis.export import Section, write_html, write_pngs
 
-            section = Section("histogram", title, "Each conversation's mean projection on the unit direction, per layer; "
-                              "the far right tail moves a model most toward the direction.", histogram(result, title))
+            sections = [Section("histogram", title, "Each conversation's mean projection on the unit direction, per layer; "
+                                "the far right tail moves a model most toward the direction.", histogram(result, title))]
+            if difference is not None:
+                sections.append(Section("difference", "projection difference", "Each conversation's projection minus "
+                                        "that of the model's own answer to the same prompt, per layer.",
+                                        histogram(result, "projection difference", difference.difference,
+                                                  "data minus own answer, projection on the unit direction")))
             facts = [("data", str(args.data)), ("vector", args.vector), ("model", args.model), ("tokens", args.tokens),
                      ("conversations", str(len(conversations))), ("layers", ", ".join(map(str, result.layers)))]
             links = [("projections.csv", "projections.csv")]
-            written.append(write_html([section], out / "histogram.html", title, facts, links))
+            written.append(write_html(sections, out / "histogram.html", title, facts, links))
             if args.png:
-                written += write_pngs([section], out)
+                written += write_pngs(sections, out)
     last = result.layers[-1]
-    top = result.projections[:, -1].argsort()[::-1][: args.top]
-    shown = Table(title=f"highest projections at layer {last}")
-    for name in ("row", "id", "tokens", "projection"):
+    ranked = result.projections if difference is None else difference.difference
+    top = ranked[:, -1].argsort()[::-1][: args.top]
+    shown = Table(title=f"highest {'projections' if difference is None else 'projection differences'} at layer {last}")
+    extra = () if difference is None else ("own answer", "difference")
+    for name in ("row", "id", "tokens", "projection", *extra):
         shown.add_column(name, justify="left" if name == "id" else "right")
     for n in top:
         c = result.conversations[n]
-        shown.add_row(str(c.index), c.id, str(result.n_tokens[n]), f"{result.projections[n, -1]:+.4f}")
+        cells = [] if difference is None else [f"{difference.own[n, -1]:+.4f}", f"{difference.difference[n, -1]:+.4f}"]
+        shown.add_row(str(c.index), c.id, str(result.n_tokens[n]), f"{result.projections[n, -1]:+.4f}", *cells)
     console.print(shown)
+    if difference is not None:
+        per_layer = ", ".join(f"layer {layer} {d:+.4f}" for layer, d in zip(result.layers, difference.dataset(), strict=True))
+        console.print(f"dataset projection difference (mean over conversations): {per_layer}", soft_wrap=True)
     speed = f"{len(conversations) / seconds:.1f} conversations/s"
     console.print(f"screened {len(conversations)} conversations in {seconds:.1f}s ({speed}); wrote " + ", ".join(str(p) for p in written))
     return 0
@@ -153,5 +179,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output-dir", metavar="DIR",
                    help="where the tables and histogram go (default $ARTIFACTS_DIR/screen/<model>/<vector>/<data>)")
     p.add_argument("--png", action="store_true", help="also write histogram.png (needs Chrome/Chromium for kaleido)")
+    p.add_argument("--projection-difference", action="store_true",
+                   help="also generate the model's own greedy answer to each prompt (the turns before the last "
+                   "answer) and write each row's projection minus that answer's (own_<i>, difference_<i>), the "
+                   "last prompt token's projection and cosine (prompt_last_<i>, prompt_last_cos_<i>), and the "
+                   "dataset's mean difference; ranks by the difference")
+    p.add_argument("--max-new-tokens", type=positive_int, default=64,
+                   help="length of the model's own answers with --projection-difference (default %(default)s)")
     p.add_argument("--top", type=positive_int, default=10, help="conversations listed with the highest projection (default %(default)s)")
     p.set_defaults(handler=_cmd_screen)

@@ -11,7 +11,13 @@ projection exactly.
 
 Tokens averaged (`tokens=`): `assistant` (default) every content token of every assistant
 turn, what fine-tuning on the conversation trains on; `all` every token of the rendered
-conversation, template included; `last` the last content token of the last assistant turn."""
+conversation, template included; `last` the last content token of the last assistant turn.
+
+Projection difference (Chen et al. 2025, section 6): each conversation's projection minus the
+projection of the same conversation with its last answer replaced by the model's own greedy
+answer to that prompt: how much further along the direction the data pushes than what the model
+says anyway. With it come the paper's per-row `prompt_last` columns: the projection and cosine
+of the last prompt token (the assistant turn opened) with the direction."""
 
 from __future__ import annotations
 
@@ -54,6 +60,23 @@ class Screened:
     layers: list[int]
     projections: np.ndarray  # (N, L') float64
     n_tokens: np.ndarray  # (N,) int64
+
+
+@dataclass(frozen=True)
+class Difference:
+    """Per conversation and layer: `own` the projection with the model's own last answer,
+    `difference` the data's projection minus it, `prompt_last` and `prompt_last_cosine` the
+    last prompt token's projection on the unit direction and cosine with it."""
+
+    own_answers: list[str]
+    own: np.ndarray  # (N, L') float64
+    difference: np.ndarray
+    prompt_last: np.ndarray
+    prompt_last_cosine: np.ndarray
+
+    def dataset(self) -> np.ndarray:
+        """The dataset's projection difference per layer: the mean over conversations."""
+        return self.difference.mean(axis=0)
 
 
 def read_conversations(path: str | Path, split: str | None = None) -> list[Conversation]:
@@ -173,8 +196,62 @@ def screen(
     return Screened(list(conversations), chosen, projections, n_tokens)
 
 
-def table(result: Screened) -> Any:
-    """The per-sample table (pyarrow): `index`, `id`, `n_tokens`, then `layer_<i>` per layer."""
+def prompt_of(conversation: Conversation) -> list[dict[str, str]]:
+    """The turns before the last answer; the last message must be that answer."""
+    messages = conversation.messages
+    if len(messages) < 2 or messages[-1]["role"] != "assistant":
+        raise InputError(
+            f"conversation {conversation.id!r} (row {conversation.index}): the projection difference needs the last "
+            "message to be the assistant's answer, after the prompt's turns"
+        )
+    return messages[:-1]
+
+
+def projection_difference(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    data: Screened,
+    direction: VectorLike,
+    *,
+    tokens: str = DEFAULT_TOKENS,
+    max_new_tokens: int = 64,
+    batch_tokens: int = DEFAULT_BATCH_TOKENS,
+    on_answer: Callable[[int], None] | None = None,
+) -> Difference:
+    """`data` (a `screen` result) against the model's own greedy answers to the same prompts,
+    and the prompt-last columns. `on_answer(n)` follows the generation (progress bars)."""
+    import torch
+
+    from pvrs.extraction.generate import SamplingConfig, generate, render
+    from pvrs.steering.residuals import activations, layer_vectors, unit
+
+    prompts = [prompt_of(c) for c in data.conversations]
+    sampling = SamplingConfig(max_new_tokens=max_new_tokens, temperature=0.0)  # greedy
+    answers = []
+    for prompt in prompts:
+        answers.append(generate(model, tokenizer, prompt, sampling) or "…")  # an empty answer has no tokens
+        if on_answer is not None:
+            on_answer(1)
+    own_conversations = [
+        Conversation(c.index, c.id, [*prompt, {"role": "assistant", "content": answer}])
+        for c, prompt, answer in zip(data.conversations, prompts, answers, strict=True)
+    ]
+    own = screen(model, tokenizer, own_conversations, direction, data.layers, tokens=tokens, batch_tokens=batch_tokens)
+    units = torch.stack([unit(v) for v in layer_vectors(model, direction, data.layers, "direction").values()]).double()
+    texts = [tokenizer(render(tokenizer, p), add_special_tokens=False, return_tensors="pt")["input_ids"][0] for p in prompts]
+    last = np.zeros_like(data.projections)
+    cosine = np.zeros_like(data.projections)
+    for n, acts in enumerate(activations(model, None, texts, data.layers)):
+        hidden = torch.stack([acts[layer][-1] for layer in data.layers]).double()
+        last[n] = (hidden * units).sum(-1).numpy()
+        cosine[n] = last[n] / torch.linalg.vector_norm(hidden, dim=-1).clamp_min(1e-30).numpy()
+    return Difference(answers, own.projections, data.projections - own.projections, last, cosine)
+
+
+def table(result: Screened, difference: Difference | None = None) -> Any:
+    """The per-sample table (pyarrow): `index`, `id`, `n_tokens`, then `layer_<i>` per layer;
+    with a `difference`, per layer `own_<i>`, `difference_<i>`, `prompt_last_<i>`,
+    `prompt_last_cos_<i>` and the `own_answer` text."""
     import pyarrow as pa
 
     columns: dict[str, Any] = {
@@ -184,10 +261,16 @@ def table(result: Screened) -> Any:
     }
     for j, layer in enumerate(result.layers):
         columns[f"layer_{layer}"] = pa.array(result.projections[:, j], pa.float64())
+    if difference is not None:
+        for name, values in (("own", difference.own), ("difference", difference.difference),
+                             ("prompt_last", difference.prompt_last), ("prompt_last_cos", difference.prompt_last_cosine)):
+            for j, layer in enumerate(result.layers):
+                columns[f"{name}_{layer}"] = pa.array(values[:, j], pa.float64())
+        columns["own_answer"] = pa.array(difference.own_answers, pa.string())
     return pa.table(columns)
 
 
-def write_tables(result: Screened, directory: Path) -> list[Path]:
+def write_tables(result: Screened, directory: Path, difference: Difference | None = None) -> list[Path]:
     """`projections.parquet` and `projections.csv` in `directory`, each written atomically."""
     import io
 
@@ -196,7 +279,7 @@ def write_tables(result: Screened, directory: Path) -> list[Path]:
 
     from pvrs.store import atomic_write_bytes
 
-    data = table(result)
+    data = table(result, difference)
     directory.mkdir(parents=True, exist_ok=True)
     parquet, csv = io.BytesIO(), io.BytesIO()
     pq.write_table(data, parquet)
@@ -207,13 +290,15 @@ def write_tables(result: Screened, directory: Path) -> list[Path]:
     return paths
 
 
-def histogram(result: Screened, title: str) -> go.Figure:
-    """One overlaid histogram of the per-sample projections per layer."""
+def histogram(result: Screened, title: str, values: np.ndarray | None = None,
+              xaxis_title: str = "mean projection on the unit direction") -> go.Figure:
+    """One overlaid histogram of the per-sample projections (or `values`, `(N, L')`) per layer."""
     import plotly.graph_objects as go
 
+    shown = result.projections if values is None else values
     figure = go.Figure()
     for j, layer in enumerate(result.layers):
-        figure.add_trace(go.Histogram(x=result.projections[:, j], name=f"layer {layer}", opacity=0.6))
-    figure.update_layout(title=title, barmode="overlay", xaxis_title="mean projection on the unit direction",
+        figure.add_trace(go.Histogram(x=shown[:, j], name=f"layer {layer}", opacity=0.6))
+    figure.update_layout(title=title, barmode="overlay", xaxis_title=xaxis_title,
                          yaxis_title="conversations", width=900, height=500)
     return figure
