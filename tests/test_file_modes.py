@@ -13,8 +13,8 @@ import pytest
 from pvrs.analysis import assistant_axis
 from pvrs.analysis.probes import ProbeArtifact, save_probe_artifact
 from pvrs.analysis.tables import axis_tables
-from pvrs.steering.controlvector import write_control_vector
 from pvrs.store import PersonaVectorStore, atomic_write_bytes
+from pvrs.store.controlvector import write_control_vector
 
 
 def _store_vector(tmp: Path) -> Path:

@@ -14,7 +14,6 @@ import torch
 from pvrs.cli import main
 from pvrs.errors import ArtifactError, InputError, InvalidArgumentError
 from pvrs.extraction.generate import SamplingConfig, as_chat, generate
-from pvrs.steering.controlvector import read_control_vector, write_control_vector
 from pvrs.steering.directions import (
     assistant_axis_direction,
     direction,
@@ -25,6 +24,7 @@ from pvrs.steering.directions import (
 from pvrs.steering.monitor import load_conversation, turn_projections
 from pvrs.steering.residuals import capture
 from pvrs.store import PersonaVectorStore
+from pvrs.store.controlvector import read_control_vector, write_control_vector
 from safetensors.numpy import save_file
 from tiny import make_tokenizer
 from transformers import LlamaConfig, LlamaForCausalLM
@@ -688,7 +688,8 @@ def test_biography_minus_templated_is_a_direction_kind(store, vectors):
 
 
 def test_reference_vector_folders_pt_files_and_probe_weights(tmp_path):
-    from pvrs.steering.published import read_pt, read_steering_vector
+    from pvrs.steering.published import read_steering_vector
+    from pvrs.store.vectorfiles import read_pt
 
     rng = np.random.default_rng(3)
     v = rng.standard_normal(HIDDEN).astype(np.float32)

@@ -165,7 +165,7 @@ def test_bad_inputs_name_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 def test_control_vectors_import_row_for_row(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from pvrs.steering.controlvector import write_control_vector
+    from pvrs.store.controlvector import write_control_vector
 
     rng = np.random.default_rng(0)
     vector = rng.standard_normal((L, H)).astype(np.float32)

@@ -174,21 +174,24 @@ class InterventionSpec:
 def parse_intervention(text: str, flag: str, value_required: bool) -> InterventionSpec:
     """`VECTOR:LAYER:VALUE` (VALUE optional for --cap). VECTOR may itself contain colons."""
     parts = text.rsplit(":", 2)
+    form = "VECTOR:LAYER:ALPHA" if value_required else "VECTOR:LAYER[:TAU]"
     try:
         if len(parts) == 3:
-            return InterventionSpec(parts[0], int(parts[1]), finite_float(parts[2]))
+            return InterventionSpec(parts[0], int(parts[1]), magnitude(parts[2]))
         if len(parts) == 2 and not value_required:
             return InterventionSpec(parts[0], int(parts[1]), None)
-    except (ValueError, argparse.ArgumentTypeError):
+    except argparse.ArgumentTypeError as exc:  # bounded as the --alpha and --tau flags are
+        raise InputError(f"{flag} {text!r}: {exc}; give {form}") from None
+    except ValueError:
         pass
-    form = "VECTOR:LAYER:ALPHA" if value_required else "VECTOR:LAYER[:TAU]"
     raise InputError(f"{flag} {text!r} is not {form} (e.g. pirate_captain:12:4)")
 
 
 def parse_steer(text: str) -> InterventionSpec:
     """`VECTOR:LAYER:ALPHA`, or a reference vector folder (or its steering_vector.safetensors)
     alone or with `:LAYER[:ALPHA]`, the rest taken from its metadata.json."""
-    from pvrs.steering.published import STEERING_VECTOR_FILE, is_vector_folder, read_steering_vector
+    from pvrs.steering.published import read_steering_vector
+    from pvrs.store.vectorfiles import STEERING_VECTOR_FILE, is_vector_folder
 
     candidates: list[tuple[str, list[str]]] = [(text, [])]
     if ":" in text:
@@ -416,7 +419,7 @@ def _model_hint(model: str) -> str:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from pvrs.steering.controlvector import write_control_vector
+    from pvrs.store.controlvector import write_control_vector
 
     if args.format != "gguf":
         raise InvalidArgumentError(f"--format {args.format!r} is not supported; use gguf")

@@ -1,8 +1,8 @@
 """Steering: directions to steer with (`directions`), interventions on the residual stream
 (`interventions`: steer, ablate, mean_ablate, cap), other tools' published vectors
-(`published`), residual reads and calibration (`residuals`), drift
-monitoring (`monitor`), contrastive vectors (`contrast`) and llama.cpp control vectors
-(`controlvector`)."""
+and capping configs (`published`; their files are read by `pvrs.store.vectorfiles`), residual
+reads and calibration (`residuals`), drift monitoring (`monitor`) and contrastive vectors
+(`contrast`)."""
 
 from __future__ import annotations
 

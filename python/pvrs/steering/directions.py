@@ -22,8 +22,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pvrs.errors import ArtifactError, InputError, InvalidArgumentError, NonFiniteError
+from pvrs.errors import InputError, InvalidArgumentError
 from pvrs.store import BASELINE_PERSONA_ID
+from pvrs.store.vectorfiles import finite, read_vector_file, single_probe_row
 
 if TYPE_CHECKING:
     from pvrs.hub.reading import HFPersonaVectorStore
@@ -37,16 +38,8 @@ ASSISTANT_AXIS_SPECS = ("assistant-axis", "assistant_axis", "assistant")
 # `direction(kind=...)`: persona minus `against`, or biography minus templated.
 DIRECTION_KINDS = ("baseline", "biography")
 BIOGRAPHY_SPEC_PREFIX = "biography:"
-# Tensor names tried, in order, in a multi-tensor safetensors file.
 PROBE_WEIGHTS_FILE = "weights.safetensors"  # inside a saved probe artifact folder
 PROBE_JSON = "probe.json"
-_TENSOR_NAMES = ("activations", "direction", "vector", "weight", "weights", "coef", "coef_")
-
-
-def _finite(array: np.ndarray, what: str) -> np.ndarray:
-    if not np.isfinite(array).all():
-        raise NonFiniteError(f"{what} holds NaN or Inf values; recompute or clean it")
-    return array
 
 
 def _select_layer(array: np.ndarray, layer: int | None, what: str) -> np.ndarray:
@@ -87,7 +80,7 @@ def direction(
         raise InvalidArgumentError(
             f"kind={kind!r} is not one of {', '.join(map(repr, DIRECTION_KINDS))}"
         )
-    return _select_layer(_finite(diff.astype(np.float32), what), layer, what)
+    return _select_layer(finite(diff.astype(np.float32), what), layer, what)
 
 
 def assistant_axis_direction(
@@ -114,41 +107,7 @@ def assistant_axis_direction(
     result = axis_of(vectors, ids, list(range(vectors.shape[1])), default_ids=(baseline,))
     # `pvrs.analysis.compute` gives unit rows and their lengths; steering wants the raw difference.
     axis = (result.axis * result.norm[:, None]).astype(np.float32)
-    return _select_layer(_finite(axis, "the assistant axis"), layer, "the axis")
-
-
-def _read_safetensors(path: Path) -> np.ndarray:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file  # torch, not numpy: bfloat16 has no numpy dtype
-
-    from pvrs.steering.published import as_array
-
-    try:
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise ArtifactError(f"{path}: not a readable safetensors file ({exc})") from None
-    if len(tensors) == 1:
-        return as_array(next(iter(tensors.values())), path)
-    if "weight" in tensors and "bias" in tensors:  # a probe's linear map: rows are classes
-        return _single_probe_row(as_array(tensors["weight"], path), f"the probe weights in {path}")
-    for name in _TENSOR_NAMES:
-        if name in tensors:
-            return as_array(tensors[name], path)
-    raise ArtifactError(
-        f"{path}: holds tensors {sorted(tensors)}; pvrs reads a single tensor or one named "
-        f"{', '.join(_TENSOR_NAMES)}"
-    )
-
-
-def _single_probe_row(weights: Any, what: str) -> np.ndarray:
-    """The one row of a probe's `(C, H)` weights; several rows are classes, never layers."""
-    rows = np.atleast_2d(np.asarray(weights, dtype=np.float32))
-    if rows.shape[0] != 1:
-        raise InvalidArgumentError(
-            f"{what} have {rows.shape[0]} weight rows (one per class, not layers); pass the row you "
-            "want, e.g. probe_direction(probe.weight[k]) (pvrs.load_probe_artifact) or probe.coef_[k] (scikit-learn)"
-        )
-    return _finite(rows[0], what)
+    return _select_layer(finite(axis, "the assistant axis"), layer, "the axis")
 
 
 def load_vector(
@@ -164,41 +123,10 @@ def load_vector(
     With the model's `num_layers`, a file of `num_layers + 1` rows (Anthropic's
     persona_vectors: `output_hidden_states`, embeddings first and the final norm's output
     last) is read as block rows (`as_block_rows`), with a warning naming the rows used."""
-    from pvrs.steering import published
-
-    path = Path(path)
-    if path.is_dir():
-        if not published.is_vector_folder(path):
-            raise InputError(
-                f"{path} is a folder without {published.STEERING_VECTOR_FILE}; pass a vector file"
-            )
-        path = path / published.STEERING_VECTOR_FILE
-    if not path.is_file():
-        raise InputError(f"vector file {path} does not exist")
-    suffix = path.suffix.lower()
-    if suffix == ".safetensors":
-        array = _read_safetensors(path)
-    elif suffix == ".npy":
-        try:  # mapped, not read: a header claiming a huge shape fails here, allocating nothing
-            array = np.load(path, mmap_mode="r", allow_pickle=False)
-        except (OSError, ValueError, EOFError) as exc:
-            raise ArtifactError(f"{path}: not a readable .npy array ({exc})") from None
-    elif suffix == ".pt":
-        array = published.read_pt(path)
-    elif suffix == ".gguf":
-        from pvrs.steering.controlvector import read_control_vector
-
-        array = read_control_vector(path)
-    else:
-        raise InputError(f"{path}: unknown vector format; use .safetensors, .npy, .pt or .gguf")
-    array = published.real_floats(np.asarray(array), path)
-    while array.ndim > 1 and array.shape[0] == 1:
-        array = array[0]
-    if array.ndim not in (1, 2) or array.size == 0:
-        raise ArtifactError(f"{path}: a vector is (H,) or (L, H), this file holds {array.shape}")
+    array = read_vector_file(path)
     if num_layers is not None:
         array, layer = as_block_rows(array, num_layers, path, layer)
-    return _select_layer(_finite(array, str(path)), layer, str(path))
+    return _select_layer(finite(array, str(path)), layer, str(path))
 
 
 def as_block_rows(
@@ -244,11 +172,11 @@ def probe_direction(weights: Any, layer: int | None = None) -> np.ndarray:
     if fitted is None:
         fitted = getattr(weights, "weight", None)
     if fitted is not None:  # a fitted probe: one row per class, one row for two classes
-        return _single_probe_row(fitted, "the probe weights")
+        return single_probe_row(fitted, "the probe weights")
     array = np.asarray(weights, dtype=np.float32)
     if array.ndim == 2 and array.shape[0] == 1:
         array = array[0]
-    return _select_layer(_finite(array, "the probe weights"), layer, "the probe weights")
+    return _select_layer(finite(array, "the probe weights"), layer, "the probe weights")
 
 
 def from_spec(

@@ -4,7 +4,7 @@
   one `(1, 1, H)` tensor, beside a `metadata.json` naming the layer it was taken at and the
   strength it suggests (`read_steering_vector`);
 - PyTorch `.pt` files holding one tensor, or a dict with one (assistant-axis's `axis.pt`,
-  `(L, H)`, row `i` the output of block `i` like pvrs's rows): `read_pt`, loaded with
+  `(L, H)`, row `i` the output of block `i` like pvrs's rows): `pvrs.store.vectorfiles.read_pt`, loaded with
   `torch.load(weights_only=True)` so no pickled code runs;
 - assistant-axis capping configs (`capping_config.pt`): named `{layer, vector}` entries and
   experiments such as `layers_46:54-p0.25`, each a list of `{vector, cap}` upper caps
@@ -17,25 +17,17 @@ the raw vector (`h + alpha * v`), as `pvrs steer`'s does."""
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from pvrs.errors import ArtifactError, InputError, NonFiniteError, PvrsError
+from pvrs.errors import ArtifactError, InputError, NonFiniteError
 from pvrs.jsonio import read_json
+from pvrs.store.vectorfiles import STEERING_VECTOR_FILE, as_array, torch_load
 
-STEERING_VECTOR_FILE = "steering_vector.safetensors"
 METADATA_FILE = "metadata.json"
-# Keys tried, in order, in a `.pt` dict holding more than one tensor.
-PT_KEYS = ("axis", "vector", "direction", "steering_vector")
-_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-# torch's markers of a pickle weights_only refused (the first line differs across versions).
-# What torch says when weights_only refuses a pickled object (new and older torch), as opposed
-# to bytes that are no torch file at all (which it wraps in the same weights_only advice).
-_UNSAFE_PICKLE = ("Unsupported global", "unsupported GLOBAL", "Unsupported class", "add_safe_globals")
 
 
 @dataclass(frozen=True)
@@ -58,89 +50,6 @@ class PublishedCap:
     layer: int
     vector: np.ndarray
     tau: float
-
-
-def torch_load(path: Path, error: type[PvrsError] = ArtifactError) -> Any:
-    """`torch.load(weights_only=True)`: no pickled code runs; an unreadable or unsafe file
-    raises `error` naming it."""
-    import warnings
-
-    import torch
-
-    try:
-        with warnings.catch_warnings():  # a refused pickle's protocol warning is no second line
-            warnings.simplefilter("ignore")
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for bad or unsafe pickles
-        raise error(
-            f"{path}: cannot load with torch.load(weights_only=True) ({_torch_reason(exc)}); pvrs "
-            "reads .pt files of plain tensors only"
-        ) from None
-
-
-def _torch_reason(exc: Exception) -> str:
-    """torch's reason in one plain line. Its unsafe-pickle message is many lines with ANSI
-    bold and advice (weights_only=False) that is unsafe for a download: reworded, naming the
-    object it refused (e.g. a numpy array in the metadata)."""
-    text = _ANSI.sub("", str(exc)).strip()
-    if any(marker in text for marker in _UNSAFE_PICKLE):
-        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
-        held = f" ({found.group(1)})" if found else ""
-        return f"it holds Python objects{held} besides tensors, which could run code"
-    found = re.search(r"WeightsUnpickler error:\s*(.+)", text)
-    detail = found.group(1) if found else f"{type(exc).__name__}: {(text.splitlines() or [''])[0]}"
-    return f"it is not a readable torch file: {detail}"
-
-
-def real_floats(array: np.ndarray, path: Path) -> np.ndarray:
-    """`array` as float32, refused unless it holds real floats: ints may be quantized
-    weights and complex values would lose their imaginary part."""
-    if array.dtype.kind != "f":
-        what = "not real floats" if array.dtype.kind in "biuc" else "not numbers"
-        raise ArtifactError(f"{path}: holds {array.dtype} values, {what}; pass a vector of floats")
-    return array.astype(np.float32)
-
-
-def as_array(value: Any, path: Path) -> np.ndarray:
-    import torch
-
-    if isinstance(value, torch.Tensor):
-        if value.is_floating_point():  # bfloat16 has no numpy dtype
-            return value.detach().to(torch.float32).numpy()
-        return real_floats(value.detach().numpy(), path)
-    if isinstance(value, np.ndarray):
-        return real_floats(value, path)
-    raise ArtifactError(f"{path}: holds a {type(value).__name__}, not a tensor")
-
-
-def read_pt(path: str | Path) -> np.ndarray:
-    """The tensor of a `.pt` file: the file's tensor, a dict's only tensor, or its tensor
-    under one of `PT_KEYS`."""
-    import torch
-
-    path = Path(path)
-    obj = torch_load(path)
-    if isinstance(obj, dict):
-        tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
-        if "experiments" in obj:
-            raise InputError(
-                f"{path} is a capping config, not a vector; use it as --cap {path}:EXPERIMENT"
-            )
-        if len(tensors) == 1:
-            obj = next(iter(tensors.values()))
-        else:
-            key = next((k for k in PT_KEYS if k in tensors), None)
-            if key is None:
-                raise ArtifactError(
-                    f"{path}: holds {sorted(map(str, obj))}; pvrs reads one tensor or one named "
-                    f"{', '.join(PT_KEYS)}"
-                )
-            obj = tensors[key]
-    return as_array(obj, path)
-
-
-def is_vector_folder(path: Path) -> bool:
-    return path.is_dir() and (path / STEERING_VECTOR_FILE).is_file()
 
 
 def read_metadata(folder: Path) -> dict[str, Any]:

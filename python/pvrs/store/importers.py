@@ -61,7 +61,7 @@ def load_pt_vector(path: Path) -> Any:
     `activations`/`vector` entry)."""
     import torch
 
-    from pvrs.steering.published import torch_load
+    from pvrs.store.vectorfiles import torch_load
 
     obj = torch_load(path, InputError)
     if isinstance(obj, dict):
@@ -146,7 +146,7 @@ def _load(path: Path, layout: str, num_layers: int | None) -> tuple[Any, str, st
     import torch
 
     if path.suffix == ".gguf":
-        from pvrs.steering.controlvector import read_control_vector
+        from pvrs.store.controlvector import read_control_vector
 
         if num_layers is None:
             raise InputError(
