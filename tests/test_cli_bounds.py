@@ -257,3 +257,11 @@ def test_steer_warns_when_alpha_swamps_the_residual_stream(
     assert len(swamped) == int(warned)
     if warned:
         assert swamped[0].startswith("alpha 100000 at layer 1 adds ") and "over 100x" in swamped[0]
+
+
+@pytest.mark.parametrize("flag,value", [("--steer", "pirate:1:1e38"), ("--cap", "assistant-axis:1:-1e30")])
+def test_chat_intervention_values_are_bounded_as_the_flags_are(flag: str, value: str, tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["chat", flag, value, "--model", str(tmp_path / "no-model")]) == 2
+    number = value.rsplit(":", 1)[1]
+    assert f"error: {flag} {value!r}: {number!r} is not in [-1e+06, 1e+06]; give VECTOR:LAYER" in capsys.readouterr().err

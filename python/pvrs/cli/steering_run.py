@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from pvrs.cli.common import check_writable, finite_float, writing
+from pvrs.cli.common import check_writable, magnitude, writing
 from pvrs.errors import InputError, InvalidArgumentError
 from pvrs.extraction.inputs import read_rows
 from pvrs.store.layerspec import parse_layers
@@ -207,7 +207,7 @@ def parse_steer(text: str) -> InterventionSpec:
         published = read_steering_vector(path)
         try:
             layer = int(fields[0]) if fields else published.layer
-            alpha = finite_float(fields[1]) if len(fields) > 1 else published.alpha
+            alpha = magnitude(fields[1]) if len(fields) > 1 else published.alpha
         except (ValueError, argparse.ArgumentTypeError):
             break
         if layer is None or alpha is None:
