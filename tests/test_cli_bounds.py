@@ -58,6 +58,7 @@ def refusal(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
         (["analyze", "--folds", "1"], "argument --folds: '1' must be at least 2"),
         (["analyze", "--neighbours", "0"], "argument --neighbours: '0' must be at least 1"),
         (["analyze", "--focus-layer", "-2"], "argument --focus-layer: '-2' must be at least 0"),
+        (["shift", "--scores", "1", "1e300"], "argument --scores: '1e300' is not in [-1e+06, 1e+06]"),
     ],
 )
 def test_numeric_flags_are_bounded(argv: list[str], expected: str, capsys: pytest.CaptureFixture[str]) -> None:

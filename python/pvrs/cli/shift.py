@@ -9,7 +9,7 @@ from typing import Any
 from pvrs.cli.common import (
     add_model_and_store_args,
     check_writable,
-    finite_float,
+    magnitude,
     positive_int,
     writing,
 )
@@ -143,7 +143,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--questions", metavar="FILE",
                    help="JSON/JSONL/parquet rows with 'question' and optional 'answer' (default: pvrs's neutral prompts)")
     p.add_argument("--layers", nargs="+", help="block indices or ranges (default: every block)")
-    p.add_argument("--scores", nargs="+", type=finite_float, metavar="SCORE",
+    p.add_argument("--scores", nargs="+", type=magnitude, metavar="SCORE",
                    help="the trait score of each --tuned model (e.g. from pvrs trait): adds correlation.csv, "
                    "Pearson's r of projection and score across models")
     p.add_argument("--max-new-tokens", type=positive_int, default=DEFAULT_MAX_NEW_TOKENS,
