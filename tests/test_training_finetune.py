@@ -121,3 +121,18 @@ def test_without_trl_names_the_extra(files, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "trl" else real(name, *a))
     assert main(_args(files, tmp_path / "run")) == 2
     assert capsys.readouterr().err.strip() == "pvrs finetune: error: pvrs finetune needs trl: pip install 'pvrs[train]'"
+
+
+def test_resume_with_damaged_settings_is_one_line(tmp_path):
+    """A settings.json nested 100,000 deep (or not JSON) is one input error naming it, not a
+    RecursionError traceback."""
+    pytest.importorskip("trl")
+    from pvrs.errors import InputError
+    from pvrs.training import sft
+
+    (tmp_path / "checkpoints" / "checkpoint-1").mkdir(parents=True)
+    (tmp_path / "checkpoints" / "checkpoint-1" / "trainer_state.json").write_text("{}")
+    for text in ("[" * 100_000, "not json"):
+        (tmp_path / sft.SETTINGS).write_text(text)
+        with pytest.raises(InputError, match=r"settings\.json"):
+            sft._check_settings(tmp_path, {"lr": 1.0}, resume=True)

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from transformers import TrainerCallback
 
 from pvrs.errors import InputError
+from pvrs.jsonio import read_json
 from pvrs.training.models import require
 from pvrs.training.prevent import PreventativeSteering, PreventativeSteeringCallback
 
@@ -127,10 +128,7 @@ def check_out(out: Path, resume: bool) -> None:
 def _check_settings(out: Path, settings: dict[str, Any], resume: bool) -> None:
     check_out(out, resume)
     if resume:
-        try:
-            saved = json.loads((out / SETTINGS).read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise InputError(f"--resume: cannot read {out / SETTINGS} ({exc}); it records the run's settings") from None
+        saved = read_json(out / SETTINGS, f"--resume: {out / SETTINGS} (the run's settings)")
         before = saved.get("config", {}) if isinstance(saved, dict) else {}
         changed = sorted(k for k in settings if before.get(k) != settings[k])
         if changed:
