@@ -327,12 +327,31 @@ fn build_token_masks<'py>(
         .map_err(err)?;
     let sample_ids = sample_ids.unwrap_or_default();
     let template = template.to_string();
-    let result = run_detached(py, || {
-        if width != 2 {
-            return Err(Error::InvalidArgument(format!(
-                "offsets must have 2 columns (start, end), got {width}"
-            )));
-        }
+    if width != 2 {
+        return Err(err(Error::InvalidArgument(format!(
+            "offsets must have 2 columns (start, end), got {width}"
+        ))));
+    }
+    let strategies = strategies
+        .iter()
+        .map(|name| spans::Strategy::parse(name))
+        .collect::<crate::Result<Vec<_>>>()
+        .map_err(err)?;
+    let n_total = match offsets {
+        OffsetSlice::U32(o) => o.len() / 2,
+        OffsetSlice::I64(o) => o.len() / 2,
+    };
+    // The masks are written straight into a fresh numpy buffer (every element, on success).
+    // SAFETY: the array is uninitialised until build_masks_into returns Ok; it reaches Python
+    // only then, and on an error it is dropped unread.
+    let masks = unsafe { PyArray2::<bool>::new(py, [strategies.len(), n_total], false) };
+    let out = unsafe {
+        std::slice::from_raw_parts_mut(
+            masks.data().cast::<std::mem::MaybeUninit<bool>>(),
+            strategies.len() * n_total,
+        )
+    };
+    let tokens = run_detached(py, || {
         let lengths: Vec<usize> = lengths
             .iter()
             .map(|&n| {
@@ -341,14 +360,10 @@ fn build_token_masks<'py>(
             })
             .collect::<crate::Result<_>>()?;
         let spans = sample_spans(spans, text_lens)?;
-        let strategies = strategies
-            .iter()
-            .map(|name| spans::Strategy::parse(name))
-            .collect::<crate::Result<Vec<_>>>()?;
         // One struct literal for both offset dtypes (the batch is generic over them).
         macro_rules! build {
             ($offsets:expr) => {
-                spans::build_masks(
+                spans::build_masks_into(
                     &spans::Batch {
                         offsets: $offsets,
                         lengths: &lengths,
@@ -358,6 +373,7 @@ fn build_token_masks<'py>(
                         template: &template,
                     },
                     &strategies,
+                    out,
                 )
             };
         }
@@ -366,21 +382,19 @@ fn build_token_masks<'py>(
             OffsetSlice::I64(o) => build!(o),
         }
     })?;
-    let n_strategies = result.strategies.len();
-    let masks = PyArray1::from_vec(py, result.masks).reshape([n_strategies, result.n_total])?;
     let absent = |s: Option<spans::TokenSpan>| match s {
         Some(s) => [s.first as i64, s.end as i64],
         None => [-1, -1],
     };
-    let mut token_spans = Vec::with_capacity(result.tokens.len() * 6);
-    let mut special_index = Vec::with_capacity(result.tokens.len());
-    for t in &result.tokens {
+    let mut token_spans = Vec::with_capacity(tokens.len() * 6);
+    let mut special_index = Vec::with_capacity(tokens.len());
+    for t in &tokens {
         token_spans.extend(absent(t.system));
         token_spans.extend(absent(t.question));
         token_spans.extend(absent(Some(t.answer)));
         special_index.push(t.question_special.map_or(-1, |i| i as i64));
     }
-    let n_samples = result.tokens.len();
+    let n_samples = tokens.len();
     let token_spans = PyArray1::from_vec(py, token_spans).reshape([n_samples, 3, 2])?;
     Ok((masks, token_spans, PyArray1::from_vec(py, special_index)))
 }

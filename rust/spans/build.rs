@@ -1,12 +1,16 @@
 //! Checking a batch and building its token spans and masks (the rules in the module docs).
 
+use std::mem::MaybeUninit;
+use std::ops::Range;
+
 use rayon::prelude::*;
 
 use super::{Batch, BatchMasks, CharSpan, Offset, SampleTokens, Strategy, TokenSpan};
 use crate::error::{Error, Result};
 
-/// Samples below this count are processed on the calling thread (rayon overhead dominates).
-const PARALLEL_MIN_SAMPLES: usize = 64;
+/// Samples are handed to rayon in chunks of at least this many tokens: big enough that a
+/// task's overhead is noise, small enough (a few hundred KB of offsets) to balance two cores.
+pub(super) const CHUNK_TOKENS: usize = 1 << 15;
 
 impl<'a, T: Offset> Batch<'a, T> {
     fn sample_name(&self, i: usize) -> String {
@@ -59,12 +63,15 @@ impl<'a, T: Offset> Batch<'a, T> {
     }
 
     /// Token spans of sample `i` (whose tokens start at flat index `start`), after checking
-    /// its spans and offsets, and checking every requested strategy selects a token.
+    /// its spans and offsets, and checking every requested strategy selects a token. Its
+    /// zero-width tokens are left in `zero_width` (ascending), so the masks need no second
+    /// read of the offsets.
     fn sample_tokens(
         &self,
         i: usize,
         start: usize,
         strategies: &[Strategy],
+        zero_width: &mut Vec<usize>,
     ) -> Result<SampleTokens> {
         let name = || self.sample_name(i);
         let spans = &self.spans[i];
@@ -94,48 +101,8 @@ impl<'a, T: Offset> Batch<'a, T> {
         }
 
         let offsets = &self.offsets[2 * start..2 * (start + n)];
-        let mut bounds = [None::<(usize, usize)>; 3];
-        let targets = [spans.system, Some(spans.question), Some(spans.answer)];
-        let (mut prev_start, mut prev_end) = (0u64, 0u64);
-        for t in 0..n {
-            let (s, e) = match (offsets[2 * t].to_u64(), offsets[2 * t + 1].to_u64()) {
-                (Some(s), Some(e)) => (s, e),
-                _ => {
-                    return Err(Error::Span(format!(
-                        "{}: token {t} has a negative offset",
-                        name()
-                    )))
-                }
-            };
-            if s == e {
-                continue;
-            }
-            if s > e || e > spans.text_len {
-                return Err(Error::Span(format!(
-                    "{}: token {t} has offsets ({s}, {e}) outside the prompt of {} characters",
-                    name(),
-                    spans.text_len
-                )));
-            }
-            if s < prev_start || e < prev_end {
-                return Err(Error::Span(format!(
-                    "{}: offsets are not monotone at token {t}: ({s}, {e}) after \
-                     ({prev_start}, {prev_end}); tokenize the rendered prompt in one call",
-                    name()
-                )));
-            }
-            (prev_start, prev_end) = (s, e);
-            for (bound, target) in bounds.iter_mut().zip(targets) {
-                if let Some(span) = target {
-                    if s < span.end && e > span.start {
-                        *bound = Some(match *bound {
-                            None => (t, t),
-                            Some((first, _)) => (first, t),
-                        });
-                    }
-                }
-            }
-        }
+        let bounds = scan(offsets, spans, zero_width)
+            .map_err(|bad| Error::Span(format!("{}: {}", name(), bad.message(spans.text_len))))?;
         let to_span = |b: Option<(usize, usize)>| {
             b.map(|(first, last)| TokenSpan {
                 first,
@@ -204,49 +171,133 @@ impl<'a, T: Offset> Batch<'a, T> {
         )))
     }
 
-    fn zero_width(&self, flat: usize) -> bool {
-        self.offsets[2 * flat].to_u64() == self.offsets[2 * flat + 1].to_u64()
-    }
-
-    /// Set the tokens `strategy` selects in `row` (one sample's slice of a mask row).
-    fn fill(&self, strategy: Strategy, tokens: &SampleTokens, start: usize, row: &mut [bool]) {
-        let set_range = |span: TokenSpan, row: &mut [bool]| {
-            for (t, selected) in row.iter_mut().enumerate().take(span.end).skip(span.first) {
-                *selected = !self.zero_width(start + t);
+    /// Write one sample's segment (`local..` in `rows[k]`, for `strategies[k]`) of every mask
+    /// row: every element is written, so the rows may start uninitialised. `zero_width` are
+    /// the sample's zero-width tokens (ascending), skipped by the `*_mean` strategies.
+    fn fill_sample(
+        strategies: &[Strategy],
+        tokens: &SampleTokens,
+        n: usize,
+        zero_width: &[usize],
+        rows: &mut [&mut [MaybeUninit<bool>]],
+        local: usize,
+    ) {
+        const NO: MaybeUninit<bool> = MaybeUninit::new(false);
+        const YES: MaybeUninit<bool> = MaybeUninit::new(true);
+        let set_one = |row: &mut [MaybeUninit<bool>], t: Option<usize>| {
+            row.fill(NO);
+            if let Some(t) = t {
+                row[t] = YES;
             }
         };
-        // check_selects ran for every requested strategy, so each option below is Some.
-        match strategy {
-            Strategy::PersonaMean => {
-                if let Some(s) = tokens.system {
-                    set_range(s, row)
-                }
+        // The tokens of `span` that are not zero-width: memsets and a few stores.
+        let set_range = |row: &mut [MaybeUninit<bool>], span: Option<TokenSpan>| {
+            let Some(span) = span else {
+                row.fill(NO);
+                return;
+            };
+            row[..span.first].fill(NO);
+            row[span.first..span.end].fill(YES);
+            row[span.end..].fill(NO);
+            let lo = zero_width.partition_point(|&t| t < span.first);
+            for &t in zero_width[lo..].iter().take_while(|&&t| t < span.end) {
+                row[t] = NO;
             }
-            Strategy::PersonaLast => {
-                if let Some(s) = tokens.system {
-                    row[s.last()] = true
-                }
+        };
+        // sample_tokens checked every requested strategy selects a token, so each is Some.
+        for (row, &strategy) in rows.iter_mut().zip(strategies) {
+            let row = &mut row[local..local + n];
+            match strategy {
+                Strategy::PersonaMean => set_range(row, tokens.system),
+                Strategy::PersonaLast => set_one(row, tokens.system.map(TokenSpan::last)),
+                Strategy::QuestionLast => set_one(row, tokens.question.map(TokenSpan::last)),
+                Strategy::QuestionLastSpecial => set_one(row, tokens.question_special),
+                Strategy::AnswerPrevious => set_one(row, tokens.answer.first.checked_sub(1)),
+                Strategy::AnswerFirst => set_one(row, Some(tokens.answer.first)),
+                Strategy::AnswerLast => set_one(row, Some(tokens.answer.last())),
+                Strategy::AnswerMean => set_range(row, Some(tokens.answer)),
             }
-            Strategy::QuestionLast => {
-                if let Some(q) = tokens.question {
-                    row[q.last()] = true
-                }
-            }
-            Strategy::QuestionLastSpecial => {
-                if let Some(t) = tokens.question_special {
-                    row[t] = true
-                }
-            }
-            Strategy::AnswerPrevious => {
-                if let Some(t) = tokens.answer.first.checked_sub(1) {
-                    row[t] = true
-                }
-            }
-            Strategy::AnswerFirst => row[tokens.answer.first] = true,
-            Strategy::AnswerLast => row[tokens.answer.last()] = true,
-            Strategy::AnswerMean => set_range(tokens.answer, row),
         }
     }
+}
+
+/// Why a token's offsets are refused (`scan`); turned into the message only on an error.
+enum BadToken {
+    Negative(usize),
+    Outside(usize, u64, u64),
+    Backwards(usize, (u64, u64), (u64, u64)),
+}
+
+impl BadToken {
+    #[cold]
+    fn message(&self, text_len: u64) -> String {
+        match *self {
+            BadToken::Negative(t) => format!("token {t} has a negative offset"),
+            BadToken::Outside(t, s, e) => format!(
+                "token {t} has offsets ({s}, {e}) outside the prompt of {text_len} characters"
+            ),
+            BadToken::Backwards(t, (s, e), (ps, pe)) => format!(
+                "offsets are not monotone at token {t}: ({s}, {e}) after ({ps}, {pe}); \
+                 tokenize the rendered prompt in one call"
+            ),
+        }
+    }
+}
+
+/// One read of a sample's offsets (`2 x n`): checks every token (the rules in the module
+/// docs), collects the zero-width ones into `zero_width`, and returns, per content span
+/// (system, question, answer), the first and last token sharing a character with it.
+///
+/// The hot loop of the mask builder: per token a few compares and conditional moves, no
+/// branch but the (rare) zero-width and error ones.
+fn scan<T: Offset>(
+    offsets: &[T],
+    spans: &super::SampleSpans,
+    zero_width: &mut Vec<usize>,
+) -> std::result::Result<[Option<(usize, usize)>; 3], BadToken> {
+    // An absent system span is `0..0`, which no token (start < end) shares a character with.
+    let system = spans.system.unwrap_or(CharSpan::new(0, 0));
+    let targets = [system, spans.question, spans.answer];
+    let (mut first, mut last) = ([usize::MAX; 3], [0usize; 3]);
+    let (mut prev_start, mut prev_end) = (0u64, 0u64);
+    zero_width.clear();
+    for (t, pair) in offsets.chunks_exact(2).enumerate() {
+        let (Some(s), Some(e)) = (pair[0].to_u64(), pair[1].to_u64()) else {
+            return Err(BadToken::Negative(t));
+        };
+        if s == e {
+            zero_width.push(t);
+            continue;
+        }
+        if s > e || e > spans.text_len {
+            return Err(BadToken::Outside(t, s, e));
+        }
+        if s < prev_start || e < prev_end {
+            return Err(BadToken::Backwards(t, (s, e), (prev_start, prev_end)));
+        }
+        (prev_start, prev_end) = (s, e);
+        for k in 0..3 {
+            let hit = s < targets[k].end && e > targets[k].start;
+            first[k] = if hit && first[k] == usize::MAX {
+                t
+            } else {
+                first[k]
+            };
+            last[k] = if hit { t } else { last[k] };
+        }
+    }
+    Ok(std::array::from_fn(|k| {
+        (first[k] != usize::MAX).then_some((first[k], last[k]))
+    }))
+}
+
+/// Whole samples `samples` (tokens `token0..token0 + n_tokens`) and their segment of every
+/// mask row, one rayon task.
+struct Chunk<'a> {
+    samples: Range<usize>,
+    token0: usize,
+    n_tokens: usize,
+    rows: Vec<&'a mut [MaybeUninit<bool>]>,
 }
 
 /// Token spans and masks of every requested strategy for a whole batch.
@@ -254,41 +305,91 @@ impl<'a, T: Offset> Batch<'a, T> {
 /// Fails on the first (lowest-index) invalid sample, so the error does not depend on
 /// thread scheduling.
 pub fn build_masks<T: Offset>(batch: &Batch<'_, T>, strategies: &[Strategy]) -> Result<BatchMasks> {
-    let starts = batch.validate_shapes()?;
-    let n_samples = starts.len();
     let n_total = batch.offsets.len() / 2;
-    let per_sample = |i: usize| batch.sample_tokens(i, starts[i], strategies);
-    let results: Vec<Result<SampleTokens>> = if n_samples >= PARALLEL_MIN_SAMPLES {
-        (0..n_samples).into_par_iter().map(per_sample).collect()
-    } else {
-        (0..n_samples).map(per_sample).collect()
-    };
-    let tokens = results.into_iter().collect::<Result<Vec<_>>>()?;
-
-    let mut masks = vec![false; strategies.len() * n_total];
-    if n_total > 0 {
-        let fill_row = |(row, &strategy): (&mut [bool], &Strategy)| {
-            for (i, sample) in tokens.iter().enumerate() {
-                let (start, len) = (starts[i], batch.lengths[i]);
-                batch.fill(strategy, sample, start, &mut row[start..start + len]);
-            }
-        };
-        if n_samples >= PARALLEL_MIN_SAMPLES {
-            masks
-                .par_chunks_mut(n_total)
-                .zip(strategies.par_iter())
-                .for_each(fill_row);
-        } else {
-            masks
-                .chunks_mut(n_total)
-                .zip(strategies.iter())
-                .for_each(fill_row);
-        }
-    }
+    let len = strategies.len().checked_mul(n_total).ok_or_else(|| {
+        Error::InvalidArgument("the mask array overflows the address space".into())
+    })?;
+    let mut masks = Vec::with_capacity(len);
+    let tokens = build_masks_into(batch, strategies, &mut masks.spare_capacity_mut()[..len])?;
+    // SAFETY: build_masks_into returned Ok, so it wrote every one of the `len` elements.
+    unsafe { masks.set_len(len) };
     Ok(BatchMasks {
         strategies: strategies.to_vec(),
         n_total,
         masks,
         tokens,
     })
+}
+
+/// `build_masks` writing the masks into `out` (`strategies.len() x n_total`, row-major; it
+/// may be uninitialised, e.g. a fresh numpy buffer) and returning the token spans.
+///
+/// One pass per sample: its offsets are read once (checks, spans, zero-width tokens), then its
+/// segment of every row is written with memsets. Samples run on rayon in chunks of
+/// whole samples. On `Ok` every element of `out` is written; on `Err` its contents are
+/// unspecified.
+pub fn build_masks_into<T: Offset>(
+    batch: &Batch<'_, T>,
+    strategies: &[Strategy],
+    out: &mut [MaybeUninit<bool>],
+) -> Result<Vec<SampleTokens>> {
+    let starts = batch.validate_shapes()?;
+    let n_total = batch.offsets.len() / 2;
+    if out.len() != strategies.len() * n_total {
+        return Err(Error::InvalidArgument(format!(
+            "the mask buffer holds {} values for {} strategies x {n_total} tokens",
+            out.len(),
+            strategies.len()
+        )));
+    }
+    // Chunks of whole samples, each with its segment of every row (cut in token order).
+    let mut chunks: Vec<Chunk<'_>> = Vec::new();
+    let mut first = 0;
+    for i in 0..starts.len() {
+        let n_tokens = starts[i] + batch.lengths[i] - starts[first];
+        if n_tokens >= CHUNK_TOKENS || i + 1 == starts.len() {
+            chunks.push(Chunk {
+                samples: first..i + 1,
+                token0: starts[first],
+                n_tokens,
+                rows: Vec::with_capacity(strategies.len()),
+            });
+            first = i + 1;
+        }
+    }
+    if n_total > 0 {
+        for row in out.chunks_mut(n_total) {
+            let mut rest = row;
+            for chunk in &mut chunks {
+                let (segment, tail) = rest.split_at_mut(chunk.n_tokens);
+                chunk.rows.push(segment);
+                rest = tail;
+            }
+        }
+    }
+    let run_chunk = |mut chunk: Chunk<'_>| {
+        let mut tokens = Vec::with_capacity(chunk.samples.len());
+        let mut zero_width = Vec::new(); // scratch, reused by the chunk's samples
+        for i in chunk.samples.clone() {
+            let (start, n) = (starts[i], batch.lengths[i]);
+            let sample = batch.sample_tokens(i, start, strategies, &mut zero_width)?;
+            let local = start - chunk.token0;
+            Batch::<T>::fill_sample(strategies, &sample, n, &zero_width, &mut chunk.rows, local);
+            tokens.push(sample);
+        }
+        Ok(tokens)
+    };
+    // Every chunk's result, in order, so the first error is the lowest-index sample's. A
+    // one-thread pool runs them here: handing them to its worker only adds a wake-up.
+    let parallel = chunks.len() > 1 && rayon::current_num_threads() > 1;
+    let results: Vec<Result<Vec<SampleTokens>>> = if parallel {
+        chunks.into_par_iter().map(run_chunk).collect()
+    } else {
+        chunks.into_iter().map(run_chunk).collect()
+    };
+    let mut tokens = Vec::with_capacity(starts.len());
+    for chunk in results {
+        tokens.extend(chunk?);
+    }
+    Ok(tokens)
 }

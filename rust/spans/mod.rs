@@ -38,7 +38,7 @@ mod build;
 #[cfg(test)]
 mod tests;
 
-pub use build::build_masks;
+pub use build::{build_masks, build_masks_into};
 
 /// Which tokens of a conversation a persona vector averages (DESIGN.md).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

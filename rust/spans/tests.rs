@@ -96,7 +96,7 @@ fn all_strategies_on_one_sample() {
 #[test]
 fn batch_rows_are_per_sample_and_parallel_matches_serial() {
     let (offsets, spans, special) = sample();
-    let n = 200; // above PARALLEL_MIN_SAMPLES
+    let n = 200; // one rayon chunk; several: chunked_batch_matches_each_sample_alone
     let (flat, all, flags) = tiled(n);
     let m = run(&flat, &all, &vec![11; n], Some(&flags)).unwrap();
     let single = run(&offsets, &[spans], &[11], Some(&special)).unwrap();
@@ -244,4 +244,125 @@ fn parse_round_trips() {
         assert_eq!(Strategy::parse(s.name()).unwrap(), s);
     }
     assert!(Strategy::parse("answer").is_err());
+}
+
+/// `sample()` with a zero-width token inside the answer (12 tokens): `answer_mean` skips it.
+fn sample_with_gap() -> (Vec<u32>, Vec<bool>) {
+    let (mut offsets, _, mut special) = sample();
+    offsets.splice(18..18, [18, 18]);
+    special.insert(9, false);
+    (offsets, special)
+}
+
+/// `n` samples alternating `sample()` and `sample_with_gap()`: flat offsets, spans, flags,
+/// lengths.
+fn mixed(n: usize) -> (Vec<u32>, Vec<SampleSpans>, Vec<bool>, Vec<usize>) {
+    let (a, spans, a_flags) = sample();
+    let (b, b_flags) = sample_with_gap();
+    let (mut offsets, mut flags, mut lengths) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..n {
+        let (o, f) = if i % 2 == 0 {
+            (&a, &a_flags)
+        } else {
+            (&b, &b_flags)
+        };
+        offsets.extend_from_slice(o);
+        flags.extend_from_slice(f);
+        lengths.push(f.len());
+    }
+    (offsets, vec![spans; n], flags, lengths)
+}
+
+#[test]
+fn chunked_batch_matches_each_sample_alone() {
+    // Enough tokens for several rayon chunks; strategies out of order and repeated.
+    let n = 3 * build::CHUNK_TOKENS / 11 + 7;
+    let (offsets, spans, flags, lengths) = mixed(n);
+    let strategies = [
+        Strategy::AnswerMean,
+        Strategy::PersonaLast,
+        Strategy::QuestionLastSpecial,
+        Strategy::AnswerMean,
+        Strategy::PersonaMean,
+    ];
+    let batch = Batch {
+        offsets: &offsets,
+        lengths: &lengths,
+        spans: &spans,
+        special: Some(&flags),
+        sample_ids: &[],
+        template: "test-template",
+    };
+    let m = build_masks(&batch, &strategies).unwrap();
+    let (mut start, gap) = (0, sample_with_gap());
+    for (i, &len) in lengths.iter().enumerate() {
+        let (o, f) = if i % 2 == 0 {
+            let (o, _, f) = sample();
+            (o, f)
+        } else {
+            gap.clone()
+        };
+        let one = Batch {
+            offsets: &o,
+            lengths: &[len],
+            spans: &spans[..1],
+            special: Some(&f),
+            sample_ids: &[],
+            template: "test-template",
+        };
+        let alone = build_masks(&one, &strategies).unwrap();
+        for k in 0..strategies.len() {
+            assert_eq!(&m.row(k)[start..start + len], alone.row(k), "sample {i}");
+        }
+        assert_eq!(m.tokens[i], alone.tokens[0]);
+        start += len;
+    }
+    // The zero-width token inside the second sample's answer is skipped by answer_mean.
+    let second: Vec<usize> = (0..12).filter(|&t| m.row(0)[11 + t]).collect();
+    assert_eq!(second, [8, 10, 11]);
+}
+
+#[test]
+fn masks_into_writes_every_element_and_checks_the_buffer() {
+    let n = build::CHUNK_TOKENS / 11 + 3;
+    let (offsets, spans, flags, lengths) = mixed(n);
+    let batch = Batch {
+        offsets: &offsets,
+        lengths: &lengths,
+        spans: &spans,
+        special: Some(&flags),
+        sample_ids: &[],
+        template: "test-template",
+    };
+    let want = build_masks(&batch, &Strategy::ALL).unwrap();
+    // A buffer of stale `true`s: every element must be overwritten, false ones included.
+    let mut out = vec![std::mem::MaybeUninit::new(true); 8 * want.n_total];
+    let tokens = build_masks_into(&batch, &Strategy::ALL, &mut out).unwrap();
+    // SAFETY: every element was initialised (to `true`) before the call.
+    let got: Vec<bool> = out.iter().map(|b| unsafe { b.assume_init() }).collect();
+    assert_eq!(got, want.masks);
+    assert_eq!(tokens, want.tokens);
+    let e = build_masks_into(&batch, &Strategy::ALL, &mut out[1..]).unwrap_err();
+    assert!(matches!(e, Error::InvalidArgument(_)), "{e}");
+}
+
+#[test]
+fn first_failing_sample_is_reported_across_chunks() {
+    let n = 4 * build::CHUNK_TOKENS / 11;
+    let (offsets, mut spans, flags, lengths) = mixed(n);
+    // Failures in the last chunk and in a middle one: the lowest index is named, however
+    // the chunks were scheduled.
+    for bad in [n - 2, n / 2 + 1] {
+        spans[bad].answer = CharSpan::new(20, 20);
+    }
+    let batch = Batch {
+        offsets: &offsets,
+        lengths: &lengths,
+        spans: &spans,
+        special: Some(&flags),
+        sample_ids: &[],
+        template: "test-template",
+    };
+    let e = build_masks(&batch, &Strategy::ALL).unwrap_err();
+    assert!(e.to_string().contains(&format!("#{}", n / 2 + 1)), "{e}");
 }
