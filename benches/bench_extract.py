@@ -7,6 +7,7 @@ batch and, on CUDA, the share of CUDA time spent in device-to-host copies (torch
 
     python benches/bench_extract.py                                  # built-in SmolLM2-135M on CPU
     python benches/bench_extract.py --model qwen2.5-7b --device cuda # real-size config, random weights
+    benches/gpu_suite.sh                                             # every GPU figure, one results file
 
 Modes, all over the same samples (biography variant: long persona prompt, N questions):
   bare       forward of the whole model over pvrs's batches, no hooks (the ceiling)
@@ -38,28 +39,37 @@ CONFIGS = {
     "gemma-2-9b": dict(model_type="gemma2", vocab_size=256000, hidden_size=3584, intermediate_size=14336,
                        num_hidden_layers=42, num_attention_heads=16, num_key_value_heads=8, head_dim=256,
                        sliding_window=4096, query_pre_attn_scalar=256, max_position_embeddings=8192),
+    # CPU dry runs of the GPU suite (`benches/gpu_suite.sh --dry-run`): the same code in seconds.
+    "tiny": dict(model_type="llama", vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096),
     "llama-3.2-1b": dict(model_type="llama", vocab_size=128256, hidden_size=2048, intermediate_size=8192,
                          num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8,
                          max_position_embeddings=8192, tie_word_embeddings=True),
 }
 
 
-def load(args: argparse.Namespace):
+def load_model(name: str, device: str, dtype: str, tokenizer_dir: str | None = None):
+    """`(model, tokenizer, device)`: a real-size config with random weights (`CONFIGS`) or a
+    loadable model; the tokenizer (and chat template) is the built-in SmolLM2's, or the one
+    saved in `tokenizer_dir` (the GPU machine has the tokenizer files but not the GGUF)."""
     import torch
     from pvrs.engines import models
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    _, tokenizer = models.load("smollm2-135m", device="cpu")  # its tokenizer and chat template drive every model
-    device = models.resolve_device(args.device)
-    dtype = models.resolve_dtype(args.dtype, device)
-    if args.model in CONFIGS:
-        spec = dict(CONFIGS[args.model])
+    if tokenizer_dir:
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    else:
+        _, tokenizer = models.load("smollm2-135m", device="cpu")  # its tokenizer and chat template drive every model
+    device = models.resolve_device(device)
+    torch_dtype = models.resolve_dtype(dtype, device)
+    if name in CONFIGS:
+        spec = dict(CONFIGS[name])
         config = AutoConfig.for_model(spec.pop("model_type"), **spec)
         torch.manual_seed(0)
         with torch.device(device):
-            model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+            model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype)
     else:
-        model, _ = models.load(args.model, dtype=args.dtype, device=device)
+        model, _ = models.load(name, dtype=dtype, device=device)
     return model.eval(), tokenizer, device
 
 
@@ -81,7 +91,7 @@ def run_mode(args: argparse.Namespace) -> dict:
     from pvrs.engines.transformers import EngineConfig, plan_batches, sample_means
     from pvrs.extraction.masks import ALL_STRATEGIES, MaskStrategy
 
-    model, tokenizer, device = load(args)
+    model, tokenizer, device = load_model(args.model, args.device, args.dtype, args.tokenizer)
     prepared = samples(tokenizer, args.questions)
     ids = [p.input_ids for p in prepared]
     n_tokens = sum(len(i) for i in ids)
@@ -155,6 +165,7 @@ def main() -> None:
     ap.add_argument("--model", default="smollm2-135m", help=f"built-in/HF model or one of {', '.join(CONFIGS)}")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--dtype", default="auto")
+    ap.add_argument("--tokenizer", help="folder of saved tokenizer files (default: the built-in SmolLM2's)")
     ap.add_argument("--questions", type=int, default=50)
     ap.add_argument("--batch-tokens", type=int, default=8192)
     ap.add_argument("--repeat", type=int, default=1, help="timed passes per mode run (after one warm-up)")
@@ -170,6 +181,7 @@ def main() -> None:
         for mode in args.modes:
             cmd = [sys.executable, __file__, "--mode", mode, "--model", args.model, "--device", args.device, "--dtype", args.dtype,
                    "--questions", str(args.questions), "--batch-tokens", str(args.batch_tokens), "--repeat", str(args.repeat)]
+            cmd += ["--tokenizer", args.tokenizer] if args.tokenizer else []
             out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
             runs[mode].append(json.loads(out.strip().splitlines()[-1]))
     report(runs)

@@ -7,6 +7,7 @@ Run by hand, not by CI:
 
     python benches/bench_steering.py                      # built-in SmolLM2-135M on CPU
     python benches/bench_steering.py --device cuda --new-tokens 128
+    python benches/bench_steering.py --model qwen2.5-7b --device cuda --dtype bfloat16  # random weights
 """
 
 from __future__ import annotations
@@ -18,25 +19,25 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 
 import torch
+from bench_extract import CONFIGS, load_model
 from pvrs.engines.hooks import decoder_layers
-from pvrs.engines.models import load
 from pvrs.extraction.generate import DEFAULT_PROMPTS, as_chat, render
 from pvrs.steering.interventions import cap, steer
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--model", default="smollm2-135m", help=f"built-in/HF model or one of {', '.join(CONFIGS)}")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--tokenizer", help="folder of saved tokenizer files (default: the built-in SmolLM2's)")
     parser.add_argument("--new-tokens", type=int, default=48)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
 
-    model, tokenizer = load(args.model, device=args.device)
+    model, tokenizer, device = load_model(args.model, args.device, args.dtype, args.tokenizer)
     text = render(tokenizer, as_chat(DEFAULT_PROMPTS[0]))
-    ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"].to(
-        args.device
-    )
+    ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"].to(device)
     n_layers = len(decoder_layers(model))
     all_layers = list(range(n_layers))
     vector = torch.randn(n_layers, model.config.hidden_size) * 0.01
@@ -61,6 +62,10 @@ def main() -> None:
                 pad_token_id=tokenizer.eos_token_id,
             )
 
+    def sync() -> None:
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+
     run()  # warm-up
     times: dict[str, float] = {}
     for name, make in modes.items():
@@ -69,11 +74,12 @@ def main() -> None:
             with make():
                 start = time.perf_counter()
                 run()
+                sync()
                 samples.append(time.perf_counter() - start)
         times[name] = statistics.median(samples)
     base = times["baseline (no hooks)"]
     print(
-        f"{args.model} on {args.device}, prompt {ids.shape[1]} tokens, {args.new_tokens} new tokens, "
+        f"{args.model} ({model.dtype}) on {device}, prompt {ids.shape[1]} tokens, {args.new_tokens} new tokens, "
         f"median of {args.repeats}"
     )
     for name, seconds in times.items():
