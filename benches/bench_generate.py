@@ -37,19 +37,19 @@ def main() -> None:
 
     import torch
     from pvrs.engines import models
+    from pvrs.engines.generation import answer_job
     from pvrs.engines.vllm_engine import VllmConfig, VllmEngine
     from pvrs.extraction import inputs
-    from pvrs.extraction.generate import SamplingConfig, generate_answers
-    from pvrs.extraction.samples import AnswerJob
+    from pvrs.extraction.generate import SamplingConfig, answer_request
 
     personas = [p for p in inputs.load_personas(None) if not p.is_baseline][: args.personas]
     qa = inputs.load_qa(None)
-    asks = [AnswerJob(p, "templated", inputs.qa_for_persona(qa, p)[: args.questions], None, {}) for p in personas]
     sampling = SamplingConfig(args.max_new_tokens, args.temperature, seed=0, batch_size=args.batch_size)
 
     started = time.perf_counter()
     model, tokenizer = models.load(args.model, dtype=args.dtype, device="cpu")
     hf_start = time.perf_counter() - started
+    asks = [answer_request(tokenizer, p, "templated", inputs.qa_for_persona(qa, p)[: args.questions]) for p in personas]
     spec = models.ModelSpec(args.model, dtype=args.dtype)
     meta, _ = models.skeleton(spec, on_gpu=False)
     engine = VllmEngine(VllmConfig(spec, enforce_eager=args.enforce_eager), meta, tokenizer,
@@ -65,7 +65,7 @@ def main() -> None:
     generated: dict[str, list[int]] = {"hf": [], "vllm": []}
     for _ in range(args.rounds):
         t = time.perf_counter()
-        rows = [r for a in asks for r in generate_answers(model, tokenizer, a.persona, a.variant, a.questions, sampling)]
+        rows = [r for a in asks for r in answer_job(model, tokenizer, a, sampling)]
         times["hf"].append(time.perf_counter() - t)
         generated["hf"].append(tokens(rows))
         t = time.perf_counter()

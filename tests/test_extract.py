@@ -185,18 +185,19 @@ def test_only_persona_vectors_leave_the_device_unless_samples_are_kept() -> None
 
 
 def test_generate_answers_then_extract(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pvrs.engines.generation import answer_job
     from pvrs.extraction import driver as extract_module
-    from pvrs.extraction.generate import SamplingConfig, generate_answers
+    from pvrs.extraction.generate import SamplingConfig
 
     tokenizer = make_tokenizer("chatml")
     model = tiny_model("llama", vocab_size=len(tokenizer))
     calls: list[str] = []
 
     def counting(*args, **kwargs):
-        calls.append(args[2].id)
-        return generate_answers(*args, **kwargs)
+        calls.append(args[2].persona.id)
+        return answer_job(*args, **kwargs)
 
-    monkeypatch.setattr(extract_module, "generate_answers", counting)
+    monkeypatch.setattr(extract_module, "answer_job", counting)
     sampling = SamplingConfig(max_new_tokens=5, temperature=0.0)
     source = SampleSource(QA, generate=sampling, generations_dir=tmp_path / "gen")
     run = dict(variants=("templated",), progress=False)
@@ -253,7 +254,7 @@ def test_saved_personas_are_skipped_before_generating(tmp_path: Path, monkeypatc
     def fail(*args, **kwargs):
         raise AssertionError("a saved persona must not be answered again")
 
-    monkeypatch.setattr(extract_module, "generate_answers", fail)
+    monkeypatch.setattr(extract_module, "answer_job", fail)
     monkeypatch.setattr(samples_module, "saved_generations", fail)
     again = extract(model, tokenizer, PERSONAS[1:2], source, **run)
     assert [o.status for o in again.outcomes] == ["skipped"]

@@ -121,7 +121,7 @@ def test_ray_generate_saves_what_a_plain_generate_saves_and_reuses_it(
     capsys.readouterr()
     with pytest.MonkeyPatch.context() as mp:  # Ray reuses answers, then a plain run reuses Ray's
         mp.setattr(ray_engine.Cluster, "answer", no_answers)
-        mp.setattr(driver, "generate_answers", no_answers)
+        mp.setattr(driver, "answer_job", no_answers)
         assert main([*base, "--output-dir", str(tmp_path / "plain" / "vectors"), "--ray", "--force"]) == 0
         assert main([*base, "--output-dir", str(tmp_path / "ray" / "vectors"), "--force"]) == 0
     assert capsys.readouterr().out.count("3 written") == 2

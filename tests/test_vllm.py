@@ -133,12 +133,12 @@ def test_saved_vectors_record_the_engine_and_resume_refuses_to_mix(tmp_path: Pat
 @needs_vllm
 def test_generation_is_deterministic_by_seed_and_keyed_by_engine(tmp_path: Path) -> None:
     from pvrs.engines.vllm_engine import VllmConfig, VllmEngine
-    from pvrs.extraction.samples import AnswerJob
+    from pvrs.extraction.generate import answer_request
 
     folder = str(_save_tiny(tmp_path / "qwen2", "qwen2", "qwen2.5"))
     spec = ModelSpec(folder, dtype="float32")
     meta, tokenizer = skeleton(spec, on_gpu=False)
-    asks = [AnswerJob(p, "templated", QA, None, {}) for p in PERSONAS]
+    asks = [answer_request(tokenizer, p, "templated", QA) for p in PERSONAS]
     sampling = SamplingConfig(max_new_tokens=12, temperature=0.9, seed=3)
     engine = VllmEngine(VllmConfig(spec, enforce_eager=True), meta, tokenizer, list(range(4)))
     try:

@@ -30,10 +30,8 @@ from pvrs.engines.models import ModelSpec
 from pvrs.errors import InputError, InvalidArgumentError, ModelError, PvrsError
 
 if TYPE_CHECKING:
+    from pvrs.engines.jobs import AnswerJob, QAPair, SamplingConfig
     from pvrs.engines.transformers import EngineConfig, SampleMeans
-    from pvrs.extraction.generate import SamplingConfig
-    from pvrs.extraction.inputs import Persona, QAPair
-    from pvrs.extraction.samples import AnswerJob
 
 INSTALL_HINT = "pip install 'pvrs[ray]'"
 IN_FLIGHT = 2  # jobs queued per replica: one running, one ready when it ends
@@ -188,11 +186,11 @@ class _Replica:
         self.config = replace(self.config, batch_tokens=means.batch_tokens)
         return means
 
-    def answer(self, persona: Persona, variant: str, questions: list[QAPair], sampling: SamplingConfig) -> list[QAPair]:
+    def answer(self, job: AnswerJob, sampling: SamplingConfig) -> list[QAPair]:
         """The persona's answers, as a plain `--generate` run gives them (same seeds)."""
-        from pvrs.extraction.generate import generate_answers
+        from pvrs.engines.generation import answer_job
 
-        return generate_answers(self.model, self.tokenizer, persona, variant, questions, sampling)
+        return answer_job(self.model, self.tokenizer, job, sampling)
 
 
 @dataclass
@@ -273,7 +271,7 @@ class Cluster:
     ) -> Iterator[tuple[int, list[QAPair] | str]]:
         """`extraction.driver.Answerer` on the replicas: each persona's answers as they come
         back, or why none did; the driver saves them."""
-        jobs = [Job(i, "answer", (a.persona, a.variant, a.questions, sampling)) for i, a in enumerate(asks)]
+        jobs = [Job(i, "answer", (a, sampling)) for i, a in enumerate(asks)]
         with contextlib.closing(self.stream(jobs)) as results:
             for done in results:
                 if done.value is not None:
@@ -326,11 +324,12 @@ def run_on_ray(
     *,
     progress: bool,
 ) -> None:
-    """The driver's side of a Ray run: the planned jobs (`extraction.driver._Job`) go out,
+    """The driver's side of a Ray run: the planned jobs (`extraction.results.Job`) go out,
     results are saved by `saver` as they come back, one bar over personas with tokens/s."""
     import time
 
-    from pvrs.extraction.results import PersonaOutcome, progress_bar
+    from pvrs.engines.jobs import PersonaOutcome
+    from pvrs.progress import progress_bar
 
     result = saver.result
     jobs = [Job(i, "run", (job.input_ids, job.masks, job.sample_ids, per_sample)) for i, job in enumerate(todo)]

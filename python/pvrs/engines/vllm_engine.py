@@ -33,10 +33,8 @@ if TYPE_CHECKING:
     from torch import nn
     from transformers import PreTrainedTokenizerBase
 
+    from pvrs.engines.jobs import AnswerJob, QAPair, SamplingConfig
     from pvrs.engines.transformers import SampleMeans
-    from pvrs.extraction.generate import SamplingConfig
-    from pvrs.extraction.inputs import QAPair
-    from pvrs.extraction.samples import AnswerJob
 
 INSTALL_HINT = "pip install 'pvrs[vllm]' (on a machine without a GPU: vLLM's CPU build, see the README)"
 CONNECTOR = "PvrsHiddenStatesConnector"
@@ -268,8 +266,6 @@ class VllmEngine:
         soon as its last answer lands."""
         from vllm import SamplingParams
 
-        from pvrs.extraction.generate import prompt_ids
-
         self._start(capture=False)
         prompts: list[list[int]] = []
         params: list[Any] = []
@@ -277,11 +273,11 @@ class VllmEngine:
         firsts: list[int] = []  # each persona's first question: it warms the prefix cache
         stop = self._stop_ids()
         for a, ask in enumerate(asks):
-            system = ask.persona.system_prompt(ask.variant)
             if ask.questions:
                 firsts.append(len(prompts))
-            for j, q in enumerate(ask.questions):
-                prompts.append(prompt_ids(self.tokenizer, system, q.question))
+            for j, (q, text) in enumerate(zip(ask.questions, ask.prompts, strict=True)):
+                # tokenized as transformers' generation tokenizes it, so both continue the same ids
+                prompts.append(list(self.tokenizer(text, add_special_tokens=False)["input_ids"]))
                 self._check_fits(f"the prompt of {ask.persona.id} [{ask.variant}] question {q.qid!r}", len(prompts[-1]))
                 params.append(SamplingParams(
                     max_tokens=sampling.max_new_tokens,

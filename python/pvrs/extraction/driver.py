@@ -11,10 +11,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from pvrs.defaults import DEFAULT_BATCH_TOKENS
+from pvrs.engines.generation import answer_job
 from pvrs.engines.hooks import decoder_layers
+from pvrs.engines.jobs import VARIANTS, AnswerJob, Persona, PersonaOutcome, QAPair, SamplingConfig
 from pvrs.engines.models import builtin_source
 from pvrs.engines.transformers import (
     EngineConfig,
@@ -24,11 +24,10 @@ from pvrs.engines.transformers import (
     sample_means,
 )
 from pvrs.errors import EngineStartError, InputError, InvalidArgumentError, PvrsError
-from pvrs.extraction.generate import SamplingConfig, generate_answers
-from pvrs.extraction.inputs import VARIANTS, Persona, QAPair
 from pvrs.extraction.masks import DEFAULT_STRATEGY, MaskStrategy, parse_strategies
-from pvrs.extraction.results import ExtractionResult, PersonaOutcome, Saver, progress_bar
-from pvrs.extraction.samples import Answerer, AnswerJob, SampleSource, chat_template_sha256
+from pvrs.extraction.results import ExtractionResult, Job, Saver
+from pvrs.extraction.samples import Answerer, SampleSource, chat_template_sha256
+from pvrs.progress import progress_bar
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -37,32 +36,7 @@ if TYPE_CHECKING:
 
     from pvrs.engines.ray_engine import Cluster, RayConfig
     from pvrs.engines.vllm_engine import VllmConfig, VllmEngine
-    from pvrs.extraction.chat import PreparedInput
     from pvrs.store import PersonaVectorStore
-
-
-@dataclass
-class Job:
-    persona: Persona
-    variant: str
-    samples: list[QAPair]
-    prepared: list[PreparedInput]
-    strategies: list[MaskStrategy]
-    digest: str
-    note: str = ""
-
-    @property
-    def sample_ids(self) -> list[str]:
-        return [p.sample_id for p in self.prepared]
-
-    @property
-    def input_ids(self) -> list[np.ndarray]:
-        return [np.asarray(p.input_ids, dtype=np.int64) for p in self.prepared]
-
-    @property
-    def masks(self) -> list[np.ndarray]:
-        """Per sample, one mask row per strategy: what `sample_means` takes."""
-        return [np.stack([p.token_masks[s] for s in self.strategies]) for p in self.prepared]
 
 
 @dataclass
@@ -180,7 +154,7 @@ def _prepare_jobs(
             for i, ask in enumerate(asks):
                 if bar is not None and task is not None:
                     bar.update(task, description=f"answering {ask.persona.id} [{ask.variant}]")
-                yield i, generate_answers(model, tokenizer, ask.persona, ask.variant, ask.questions, sampling, on_batch=on_batch)
+                yield i, answer_job(model, tokenizer, ask, sampling, on_batch)
 
         answered = (
             source.answers(model, tokenizer, [(p.persona, p.variant) for p in todo], answerer or answer_here, on_answers)

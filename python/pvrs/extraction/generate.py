@@ -7,42 +7,21 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pvrs.engines.generation import answer_job, generate_kwargs
+from pvrs.engines.jobs import AnswerJob, Persona, QAPair
+from pvrs.engines.jobs import SamplingConfig as SamplingConfig
 from pvrs.errors import InputError
-from pvrs.extraction.inputs import Persona, QAPair, qa_from_rows, read_rows
+from pvrs.extraction.inputs import qa_from_rows, read_rows
 from pvrs.extraction.template import MERGE_SEPARATOR, analyze_template, require_chat_template
 from pvrs.jsonio import read_json
 
 if TYPE_CHECKING:
     from torch import nn
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
-
-
-@dataclass(frozen=True)
-class SamplingConfig:
-    """Decoding settings; `temperature <= 0` means greedy. Sampling is seeded per call."""
-
-    max_new_tokens: int = 128
-    temperature: float = 0.7
-    top_p: float = 0.9
-    seed: int = 0
-    batch_size: int = 8
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature <= 0
-
-
-def _generate_kwargs(tokenizer: PreTrainedTokenizerBase, config: SamplingConfig) -> dict[str, Any]:
-    """`model.generate` arguments for `config` (no pad-token warning on models without one)."""
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    kwargs: dict[str, Any] = {"max_new_tokens": config.max_new_tokens, "pad_token_id": pad, "do_sample": not config.greedy}
-    if not config.greedy:
-        kwargs.update(temperature=config.temperature, top_p=config.top_p)
-    return kwargs
 
 
 def prompt_messages(tokenizer: PreTrainedTokenizerBase, system: str | None, question: str) -> list[dict[str, str]]:
@@ -59,9 +38,21 @@ def prompt_text(tokenizer: PreTrainedTokenizerBase, system: str | None, question
     return tokenizer.apply_chat_template(prompt_messages(tokenizer, system, question), tokenize=False, add_generation_prompt=True)
 
 
-def prompt_ids(tokenizer: PreTrainedTokenizerBase, system: str | None, question: str) -> list[int]:
-    """`prompt_text` as token ids, as `generate_answers` tokenizes it (the vLLM engine's prompts)."""
-    return list(tokenizer(prompt_text(tokenizer, system, question), add_special_tokens=False)["input_ids"])
+DEFAULT_SAMPLING = SamplingConfig()
+
+
+def answer_request(
+    tokenizer: PreTrainedTokenizerBase,
+    persona: Persona,
+    variant: str,
+    questions: Sequence[QAPair],
+    path: Path | None = None,
+    key: dict[str, Any] | None = None,
+) -> AnswerJob:
+    """`questions` to answer in persona, each with its prompt rendered for any engine."""
+    system = persona.system_prompt(variant)
+    prompts = [prompt_text(tokenizer, system, q.question) for q in questions]
+    return AnswerJob(persona, variant, list(questions), prompts, path, key or {})
 
 
 def generate_answers(
@@ -70,36 +61,13 @@ def generate_answers(
     persona: Persona,
     variant: str,
     questions: Sequence[QAPair],
-    sampling: SamplingConfig = SamplingConfig(),
+    sampling: SamplingConfig = DEFAULT_SAMPLING,
     on_batch: Callable[[int], object] | None = None,
 ) -> list[QAPair]:
-    """`questions` answered by the model in persona; deterministic for a given seed.
-    `on_batch(n)` hears each batch of `n` answers as it is done."""
-    import torch
-
-    device = next(model.parameters()).device
-    system = persona.system_prompt(variant)
-    side, tokenizer.padding_side = tokenizer.padding_side, "left"  # generation continues at the right edge
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    out: list[QAPair] = []
-    try:
-        for start in range(0, len(questions), sampling.batch_size):
-            chunk = list(questions[start : start + sampling.batch_size])
-            texts = [prompt_text(tokenizer, system, q.question) for q in chunk]
-            batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-            torch.manual_seed(sampling.seed + start)
-            with torch.inference_mode():
-                generated = model.generate(**batch, **_generate_kwargs(tokenizer, sampling))
-            new_tokens = generated[:, batch["input_ids"].shape[1] :]
-            for q, tokens in zip(chunk, new_tokens, strict=True):
-                answer = tokenizer.decode(tokens, skip_special_tokens=True).strip()
-                out.append(replace(q, answer=answer or "…", persona_id=persona.id))
-            if on_batch is not None:
-                on_batch(len(chunk))
-    finally:
-        tokenizer.padding_side = side
-    return out
+    """`questions` answered by the model in persona with transformers; deterministic for a
+    given seed. `on_batch(n)` hears each batch of `n` answers as it is done."""
+    job = answer_request(tokenizer, persona, variant, questions)
+    return answer_job(model, tokenizer, job, sampling, on_batch)
 
 
 # Neutral everyday requests: the default texts for the typical residual norm
@@ -147,7 +115,7 @@ def generate(
     ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"].to(device)
     torch.manual_seed(config.seed)
     with torch.inference_mode():
-        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **_generate_kwargs(tokenizer, config))
+        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **generate_kwargs(tokenizer, config))
     return tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip()
 
 

@@ -6,63 +6,19 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from pvrs.engines.jobs import BASELINE_ID as BASELINE_ID
+from pvrs.engines.jobs import VARIANTS as VARIANTS
+from pvrs.engines.jobs import Persona as Persona
+from pvrs.engines.jobs import QAPair as QAPair
 from pvrs.errors import InputError
 from pvrs.jsonio import decode_lines, read_json, read_jsonl
 from pvrs.store import validate_persona_id
 
-BASELINE_ID = "baseline_assistant"
-VARIANTS = ("templated", "biography")
 QA_TYPES = ("explicit", "implicit", "all")
-
-
-@dataclass(frozen=True)
-class Persona:
-    """A persona: its system prompt in two lengths, plus free attributes (used by probes)."""
-
-    id: str
-    name: str
-    templated: str | None = None  # None: the field is missing from the persona file
-    biography: str | None = None
-    attributes: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def is_baseline(self) -> bool:
-        return self.id == BASELINE_ID
-
-    def system_prompt(self, variant: str) -> str | None:
-        """The system prompt for `variant`; None for the baseline (no system prompt at all)."""
-        if variant not in VARIANTS:
-            raise InputError(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
-        if self.is_baseline:
-            return None
-        text = self.templated if variant == "templated" else self.biography
-        if text is None or not text.strip():
-            state = "no" if text is None else "an empty"
-            raise InputError(
-                f"persona {self.id!r} has {state} {variant!r} field; fill it in or drop --variants {variant}"
-            )
-        return text
-
-
-@dataclass(frozen=True)
-class QAPair:
-    """One question/answer; `persona_id` None means it is shared by every persona."""
-
-    qid: str
-    question: str
-    answer: str
-    persona_id: str | None = None
-    type: str = "explicit"
-    split: str = "train"
-
-    @property
-    def sample_id(self) -> str:
-        return self.qid
 
 
 def read_rows(path: Path, *, objects: bool = True) -> list[Any]:

@@ -9,26 +9,42 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from pvrs.engines.jobs import Persona, QAPair
+from pvrs.engines.jobs import PersonaOutcome as PersonaOutcome
 from pvrs.errors import PvrsError
 from pvrs.extraction.masks import DEFAULT_STRATEGY, MaskStrategy
 from pvrs.store.layout import VectorNotFoundError
 
 if TYPE_CHECKING:
-    from rich.console import Console
-
     from pvrs.engines.transformers import SampleMeans
-    from pvrs.extraction.driver import Job
+    from pvrs.extraction.chat import PreparedInput
     from pvrs.store import PersonaVectorStore
 
 
 @dataclass
-class PersonaOutcome:
-    persona_id: str
+class Job:
+    """One persona x variant planned for extraction: its samples, rendered and masked."""
+
+    persona: Persona
     variant: str
-    status: str  # "written" | "skipped" | "failed"
-    reason: str = ""
-    n_samples: int = 0
-    n_tokens: int = 0
+    samples: list[QAPair]
+    prepared: list[PreparedInput]
+    strategies: list[MaskStrategy]
+    digest: str
+    note: str = ""
+
+    @property
+    def sample_ids(self) -> list[str]:
+        return [p.sample_id for p in self.prepared]
+
+    @property
+    def input_ids(self) -> list[np.ndarray]:
+        return [np.asarray(p.input_ids, dtype=np.int64) for p in self.prepared]
+
+    @property
+    def masks(self) -> list[np.ndarray]:
+        """Per sample, one mask row per strategy: what `sample_means` takes."""
+        return [np.stack([p.token_masks[s] for s in self.strategies]) for p in self.prepared]
 
 
 @dataclass
@@ -137,19 +153,4 @@ def _store_job(
             )
     return PersonaOutcome(
         job.persona.id, job.variant, "written", job.note, n_samples=len(job.prepared), n_tokens=means.conversation_tokens
-    )
-
-
-def progress_bar(console: Console, *, enabled: bool) -> Any:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    return Progress(
-        TextColumn("{task.description:<32}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]}"),
-        TimeElapsedColumn(),
-        console=console,
-        disable=not enabled,
-        transient=False,
     )

@@ -12,15 +12,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pvrs.defaults import DEFAULT_MIN_SCORE
+from pvrs.engines.jobs import AnswerJob as AnswerJob
+from pvrs.engines.jobs import Persona, QAPair, SamplingConfig
 from pvrs.engines.models import loaded_builtin
 from pvrs.errors import InputError
 from pvrs.extraction.generate import (
-    SamplingConfig,
+    answer_request,
     filter_by_score,
     save_generations,
     saved_generations,
 )
-from pvrs.extraction.inputs import Persona, QAPair, qa_for_persona
+from pvrs.extraction.inputs import qa_for_persona
 
 if TYPE_CHECKING:
     from torch import nn
@@ -32,17 +34,6 @@ def chat_template_sha256(tokenizer: PreTrainedTokenizerBase) -> str | None:
     if isinstance(template, dict):  # named templates: hash them all, in a stable order
         template = "\n".join(f"{k}\n{v}" for k, v in sorted(template.items()))
     return hashlib.sha256(template.encode()).hexdigest() if template else None
-
-
-@dataclass(frozen=True)
-class AnswerJob:
-    """One persona x variant whose questions the model must answer, and where the answers go."""
-
-    persona: Persona
-    variant: str
-    questions: list[QAPair]
-    path: Path | None
-    key: dict[str, Any]
 
 
 # Answers for the jobs given, yielded as (index, answered rows, or why none) as they are done;
@@ -101,8 +92,8 @@ class SampleSource:
         assert self.generate is not None
         sampling = self.generate
         asks = [
-            AnswerJob(persona, variant, self.questions(persona), self.answers_path(persona, variant),
-                      generation_key(model, tokenizer, persona.system_prompt(variant), sampling, self.answer_engine))
+            answer_request(tokenizer, persona, variant, self.questions(persona), self.answers_path(persona, variant),
+                           generation_key(model, tokenizer, persona.system_prompt(variant), sampling, self.answer_engine))
             for persona, variant in wanted
         ]
         out: list[list[QAPair] | str | None] = []
