@@ -222,7 +222,7 @@ impl<'a, T: Offset> Batch<'a, T> {
 }
 
 /// Why a token's offsets are refused (`scan`); turned into the message only on an error.
-enum BadToken {
+pub(super) enum BadToken {
     Negative(usize),
     Outside(usize, u64, u64),
     Backwards(usize, (u64, u64), (u64, u64)),
@@ -248,47 +248,135 @@ impl BadToken {
 /// docs), collects the zero-width ones into `zero_width`, and returns, per content span
 /// (system, question, answer), the first and last token sharing a character with it.
 ///
-/// The hot loop of the mask builder: per token a few compares and conditional moves, no
-/// branch but the (rare) zero-width and error ones.
+/// The read is `offsets_valid`, a loop whose only branch is the rare zero-width one; the
+/// spans then come from binary searches, which the checked order makes exact. Only a sample
+/// with a bad token takes `first_bad`, the plain token-by-token loop, to name the first one.
 fn scan<T: Offset>(
     offsets: &[T],
     spans: &super::SampleSpans,
     zero_width: &mut Vec<usize>,
 ) -> std::result::Result<[Option<(usize, usize)>; 3], BadToken> {
+    if !offsets_valid(offsets, spans.text_len, zero_width) {
+        return Err(first_bad(offsets, spans.text_len)
+            .expect("offsets_valid and first_bad apply the same rules"));
+    }
     // An absent system span is `0..0`, which no token (start < end) shares a character with.
     let system = spans.system.unwrap_or(CharSpan::new(0, 0));
-    let targets = [system, spans.question, spans.answer];
-    let (mut first, mut last) = ([usize::MAX; 3], [0usize; 3]);
-    let (mut prev_start, mut prev_end) = (0u64, 0u64);
+    Ok([system, spans.question, spans.answer].map(|span| token_range(offsets, span)))
+}
+
+fn start_end<T: Offset>(offsets: &[T], t: usize) -> (u64, u64) {
+    let value = |x: T| x.to_u64().unwrap_or(0); // only called on checked offsets
+    (value(offsets[2 * t]), value(offsets[2 * t + 1]))
+}
+
+/// Whether every token passes the checks; the zero-width tokens are left in `zero_width`.
+///
+/// Each content token's order is checked against the token before it when that one is a
+/// content token too (no loop-carried choice); after a run of zero-width tokens, the next
+/// content token is checked against the last one before the run, below.
+pub(super) fn offsets_valid<T: Offset>(
+    offsets: &[T],
+    text_len: u64,
+    zero_width: &mut Vec<usize>,
+) -> bool {
     zero_width.clear();
+    let text_len = i64::try_from(text_len).unwrap_or(i64::MAX);
+    let (mut prev_start, mut prev_end, mut prev_content) = (0i64, 0i64, false);
+    let mut bad = false;
     for (t, pair) in offsets.chunks_exact(2).enumerate() {
-        let (Some(s), Some(e)) = (pair[0].to_u64(), pair[1].to_u64()) else {
-            return Err(BadToken::Negative(t));
-        };
-        if s == e {
+        let (s, e) = (pair[0].to_i64(), pair[1].to_i64());
+        bad |= (s | e) < 0;
+        let content = s != e;
+        if !content {
             zero_width.push(t);
-            continue;
         }
-        if s > e || e > spans.text_len {
-            return Err(BadToken::Outside(t, s, e));
+        let backwards = prev_content & ((s < prev_start) | (e < prev_end));
+        bad |= content & ((s > e) | (e > text_len) | backwards);
+        (prev_start, prev_end, prev_content) = (s, e, content);
+    }
+    let n = offsets.len() / 2;
+    let mut run_start = 0;
+    for (k, &z) in zero_width.iter().enumerate() {
+        if k == 0 || zero_width[k - 1] + 1 != z {
+            run_start = z;
         }
-        if s < prev_start || e < prev_end {
-            return Err(BadToken::Backwards(t, (s, e), (prev_start, prev_end)));
-        }
-        (prev_start, prev_end) = (s, e);
-        for k in 0..3 {
-            let hit = s < targets[k].end && e > targets[k].start;
-            first[k] = if hit && first[k] == usize::MAX {
-                t
-            } else {
-                first[k]
-            };
-            last[k] = if hit { t } else { last[k] };
+        let run_ends = zero_width.get(k + 1) != Some(&(z + 1));
+        if run_ends && run_start > 0 && z + 1 < n {
+            let (before, after) = (start_end(offsets, run_start - 1), start_end(offsets, z + 1));
+            bad |= after.0 < before.0 || after.1 < before.1;
         }
     }
-    Ok(std::array::from_fn(|k| {
-        (first[k] != usize::MAX).then_some((first[k], last[k]))
-    }))
+    !bad
+}
+
+/// The first bad token, checking one token at a time (the error path of `scan`).
+#[cold]
+pub(super) fn first_bad<T: Offset>(offsets: &[T], text_len: u64) -> Option<BadToken> {
+    let (mut prev_start, mut prev_end) = (0u64, 0u64);
+    for (t, pair) in offsets.chunks_exact(2).enumerate() {
+        let (Some(s), Some(e)) = (pair[0].to_u64(), pair[1].to_u64()) else {
+            return Some(BadToken::Negative(t));
+        };
+        if s == e {
+            continue;
+        }
+        if s > e || e > text_len {
+            return Some(BadToken::Outside(t, s, e));
+        }
+        if s < prev_start || e < prev_end {
+            return Some(BadToken::Backwards(t, (s, e), (prev_start, prev_end)));
+        }
+        (prev_start, prev_end) = (s, e);
+    }
+    None
+}
+
+/// The first and last token sharing a character with `span` (`start < span.end && end >
+/// span.start`), on checked offsets: among the tokens that are not zero-width, starts and
+/// ends never decrease, so `end > span.start` holds on a suffix of them and `start <
+/// span.end` on a prefix, and the tokens in both are one run.
+pub(super) fn token_range<T: Offset>(offsets: &[T], span: CharSpan) -> Option<(usize, usize)> {
+    let first = partition(offsets, |_, e| e > span.start);
+    let mut end = partition(offsets, |s, _| s >= span.end);
+    while end > 0 && is_zero_width(offsets, end - 1) {
+        end -= 1;
+    }
+    (first < end).then(|| (first, end - 1))
+}
+
+fn is_zero_width<T: Offset>(offsets: &[T], t: usize) -> bool {
+    let (s, e) = start_end(offsets, t);
+    s == e
+}
+
+/// The first token that is not zero-width and for which `pred(start, end)` holds, where
+/// `pred` is false then true over those tokens; the token count when there is none.
+fn partition<T: Offset>(offsets: &[T], pred: impl Fn(u64, u64) -> bool) -> usize {
+    let n = offsets.len() / 2;
+    let (mut lo, mut hi) = (0, n);
+    // Invariant: pred is false on every content token before `lo`, true on every one from `hi`.
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        let mut m = mid; // the first content token in mid..hi
+        while m < hi && is_zero_width(offsets, m) {
+            m += 1;
+        }
+        if m == hi {
+            hi = mid;
+        } else {
+            let (s, e) = start_end(offsets, m);
+            if pred(s, e) {
+                hi = m;
+            } else {
+                lo = m + 1;
+            }
+        }
+    }
+    while lo < n && is_zero_width(offsets, lo) {
+        lo += 1;
+    }
+    lo
 }
 
 /// Whole samples `samples` (tokens `token0..token0 + n_tokens`) and their segment of every

@@ -145,11 +145,16 @@ pub struct SampleTokens {
 /// An offset value as stored in a numpy array (`u32` or `i64`); negative values are invalid.
 pub trait Offset: Copy + Send + Sync {
     fn to_u64(self) -> Option<u64>;
+    /// The value as `i64`, exact (both types fit): the hot loop tests signs, not options.
+    fn to_i64(self) -> i64;
 }
 
 impl Offset for u32 {
     fn to_u64(self) -> Option<u64> {
         Some(u64::from(self))
+    }
+    fn to_i64(self) -> i64 {
+        i64::from(self)
     }
 }
 
@@ -157,11 +162,8 @@ impl Offset for i64 {
     fn to_u64(self) -> Option<u64> {
         u64::try_from(self).ok()
     }
-}
-
-impl Offset for u64 {
-    fn to_u64(self) -> Option<u64> {
-        Some(self)
+    fn to_i64(self) -> i64 {
+        self
     }
 }
 

@@ -366,3 +366,93 @@ fn first_failing_sample_is_reported_across_chunks() {
     let e = build_masks(&batch, &Strategy::ALL).unwrap_err();
     assert!(e.to_string().contains(&format!("#{}", n / 2 + 1)), "{e}");
 }
+
+#[test]
+fn span_search_matches_checking_every_token() {
+    // Monotone content tokens with zero-width tokens of any value in between, and spans
+    // anywhere (empty, straddling, outside): the binary searches agree with the rule.
+    let mut x = 0x5eed_u64;
+    let mut below = |n: u64| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x % n
+    };
+    let mut zero_width = Vec::new();
+    for _ in 0..2_000 {
+        let (mut offsets, mut end) = (Vec::<i64>::new(), 0i64);
+        for _ in 0..below(40) {
+            if below(5) == 0 {
+                let at = below(end as u64 + 10) as i64;
+                offsets.extend([at, at]);
+            } else {
+                let start = end + below(2) as i64;
+                end = start + 1 + below(4) as i64;
+                offsets.extend([start, end]);
+            }
+        }
+        let text_len = end as u64 + 10;
+        assert!(build::offsets_valid(&offsets, text_len, &mut zero_width));
+        for _ in 0..10 {
+            let a = below(text_len);
+            let span = CharSpan::new(a, a + below(text_len - a + 1));
+            let hits: Vec<usize> = (0..offsets.len() / 2)
+                .filter(|&t| {
+                    let (s, e) = (offsets[2 * t] as u64, offsets[2 * t + 1] as u64);
+                    s != e && s < span.end && e > span.start
+                })
+                .collect();
+            let want = hits.first().map(|&f| (f, *hits.last().unwrap()));
+            assert_eq!(
+                build::token_range(&offsets, span),
+                want,
+                "{offsets:?} {span:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn fast_check_agrees_with_checking_one_token_at_a_time() {
+    // Tokens that go backwards right after zero-width runs, at the start, at the end, past
+    // the text, below zero: the branch-free check and the token-by-token one accept the same offsets.
+    let mut x = 0xfeed_u64;
+    let mut below = |n: u64| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x % n
+    };
+    let mut zero_width = Vec::new();
+    let (mut accepted, mut refused) = (0, 0);
+    for _ in 0..5_000 {
+        let mut offsets = Vec::<i64>::new();
+        for _ in 0..below(12) {
+            // Now and then a negative offset.
+            let at = below(13) as i64 - 1;
+            let width = if below(3) == 0 {
+                0
+            } else {
+                1 + below(3) as i64
+            };
+            offsets.extend([at, at + width]);
+        }
+        let text_len = 8 + below(8);
+        let ok = build::offsets_valid(&offsets, text_len, &mut zero_width);
+        assert_eq!(
+            ok,
+            build::first_bad(&offsets, text_len).is_none(),
+            "{offsets:?}"
+        );
+        let want: Vec<usize> = (0..offsets.len() / 2)
+            .filter(|&t| offsets[2 * t] == offsets[2 * t + 1])
+            .collect();
+        assert_eq!(zero_width, want);
+        if ok {
+            accepted += 1
+        } else {
+            refused += 1
+        }
+    }
+    assert!(accepted > 100 && refused > 100, "{accepted} / {refused}");
+}
