@@ -204,15 +204,16 @@ def test_architecture_without_hidden_state_capture_is_one_line(tmp_path: Path, c
 @needs_vllm
 @pytest.mark.slow
 def test_cli_extract_and_generate_on_the_builtin_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    out = tmp_path / "activations"
-    args = ["extract", "--engine", "vllm", "--enforce-eager", "--output-dir", str(out), "--persona-id", "pirate_captain",
+    args = ["extract", "--engine", "vllm", "--enforce-eager", "--persona-id", "pirate_captain",
             "--n-train", "2", "--variants", "templated"]
-    assert main([*args, "--generate", "--max-new-tokens", "16", "--seed", "1"]) == 0
-    assert main(args) == 0
+    generated, demo = tmp_path / "generated", tmp_path / "demo"  # vectors of other samples: other folders
+    assert main([*args, "--output-dir", str(generated), "--generate", "--max-new-tokens", "16", "--seed", "1"]) == 0
+    assert main([*args, "--output-dir", str(demo)]) == 0
     from pvrs.store import PersonaVectorStore
 
-    store = PersonaVectorStore("HuggingFaceTB/SmolLM2-135M-Instruct", root_dir=out)
-    assert store.load("pirate_captain", "templated").shape == (30, 576)
+    for out in (generated, demo):
+        store = PersonaVectorStore("HuggingFaceTB/SmolLM2-135M-Instruct", root_dir=out)
+        assert store.load("pirate_captain", "templated").shape == (30, 576)
 
 
 def _start_failure_is_one_line_once(folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], llm: object) -> None:
