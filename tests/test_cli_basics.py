@@ -59,3 +59,21 @@ def test_doctor_imports_torch_only_where_a_gpu_driver_is_visible() -> None:
     imported, cuda, version = json.loads(proc.stdout)
     assert not imported and cuda is False
     assert version == importlib.metadata.version("torch")
+
+
+def test_the_pvrs_command_prints_a_warning_as_one_line(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Not Python's `FILE:LINE: UserWarning: ...` plus the code line: one line, as errors are."""
+    import warnings
+
+    import pvrs.cli as cli
+
+    def warns() -> int:
+        warnings.warn("an odd input, read anyway", stacklevel=1)
+        return 0
+
+    monkeypatch.setattr(cli, "main", warns)
+    monkeypatch.setattr(warnings, "showwarning", warnings.showwarning)  # put back after the test
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        assert cli.entry() == 0
+    assert capsys.readouterr().err == "pvrs: warning: an odd input, read anyway\n"

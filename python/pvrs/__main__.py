@@ -1,5 +1,5 @@
 from __future__ import annotations
 
-from pvrs.cli import main
+from pvrs.cli import entry
 
-raise SystemExit(main())
+raise SystemExit(entry())

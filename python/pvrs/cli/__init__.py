@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from collections.abc import Callable, Sequence
+from typing import TextIO
 
 from pvrs.cli import (
     analyze,
@@ -63,3 +65,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"pvrs {args.command}: interrupted; artifacts saved so far are intact", file=sys.stderr)
         return 130
+
+
+def _one_line(
+    message: Warning | str, category: type[Warning], filename: str, lineno: int,
+    file: TextIO | None = None, line: str | None = None,
+) -> None:
+    """A warning as the `pvrs` command prints it: one line, like its errors, without Python's
+    source file, line number and code line."""
+    print(f"pvrs: warning: {message}", file=sys.stderr if file is None else file)
+
+
+def entry() -> int:
+    """The `pvrs` executable (and `python -m pvrs`): `main` with one-line warnings. Calling
+    `main` from Python leaves the caller's warning handling alone."""
+    warnings.showwarning = _one_line
+    return main()
+
