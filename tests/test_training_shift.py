@@ -128,6 +128,20 @@ def test_cli_adapter_table_csv_plot(folders, tmp_path, capsys, base, tokenizer):
     assert "shift along" in capsys.readouterr().out
 
 
+def test_adapters_of_two_runs_keep_their_own_names(folders, tmp_path, capsys):
+    import shutil
+
+    for run in ("plain", "prevented"):  # pvrs finetune's layout: RUN/adapter
+        shutil.copytree(folders / "adapter", tmp_path / run / "adapter")
+    out = tmp_path / "out"
+    code = main(["shift", "--base", str(folders / "base"), "--tuned", str(tmp_path / "plain" / "adapter"),
+                 str(tmp_path / "prevented" / "adapter"), "--vector", str(folders / "v.npy"), "--questions",
+                 str(folders / "questions.jsonl"), "--layers", "1", "--device", "cpu", "--output-dir", str(out)])
+    assert code == 0, capsys.readouterr().err
+    rows = list(csv.DictReader((out / "shift.csv").read_text().splitlines()))
+    assert [r["tuned"] for r in rows] == ["plain/adapter"] * 2 + ["prevented/adapter"] * 2
+
+
 def test_cli_generates_answers_and_correlates(folders, tmp_path, capsys):
     out = tmp_path / "out"
     code = main(["shift", "--base", str(folders / "base"), "--tuned", str(folders / "adapter"), str(folders / "tuned"),

@@ -19,6 +19,16 @@ def _name(tuned: str) -> str:
     return Path(tuned).name or tuned
 
 
+def _names(tuned: list[str]) -> list[str]:
+    """Each model's folder name, with as many parent folders as tell them apart (pvrs finetune
+    saves every run's adapter as RUN/adapter)."""
+    for depth in range(1, max(len(Path(t).parts) for t in tuned) + 1):
+        names = [Path(*Path(t).parts[-depth:]).as_posix() if Path(t).parts else t for t in tuned]
+        if len(set(names)) == len(names):
+            return names
+    return tuned
+
+
 def _output_dir(args: argparse.Namespace) -> Path:
     from pvrs.analysis.tables import slug
     from pvrs.engines.models import canonical_model_name, model_dir_name
@@ -68,7 +78,7 @@ def _cmd_shift(args: argparse.Namespace) -> int:
     with console.status("base model: mean activations"):
         base_means = sh.mean_activations(base, tokenizer, questions, layers, max_new_tokens=args.max_new_tokens)
     shifts: dict[str, sh.Shift] = {}
-    for tuned in args.tuned:
+    for tuned, name in zip(args.tuned, _names(args.tuned), strict=True):
         with console.status(f"loading {tuned}"):
             model = load_tuned(tuned, base, dtype=args.dtype, device=args.device)
         if len(decoder_layers(model)) != len(blocks):
@@ -78,7 +88,7 @@ def _cmd_shift(args: argparse.Namespace) -> int:
             )
         with console.status(f"{tuned}: mean activations"):
             means = sh.mean_activations(model, tokenizer, questions, layers, max_new_tokens=args.max_new_tokens)
-        shifts[_name(tuned)] = sh.project(base_means, means, units)
+        shifts[name] = sh.project(base_means, means, units)
         del model
     with writing(out):
         out.mkdir(parents=True, exist_ok=True)
