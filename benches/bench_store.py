@@ -7,11 +7,15 @@ Python read + `hashlib.sha256` loop over the same tree.
     maturin develop --release                        # builds and installs pvrs._core (release)
     python benches/bench_store.py                    # the issue's sizes
     python benches/bench_store.py --n 200            # smaller, quicker
+    python benches/bench_store.py --busy             # the same beside one busy loop per core
+    python benches/bench_store.py --torch            # also the torch loops (slow when loaded)
     python benches/bench_store.py --sections scaling # save_many in batches of 100, 1k / 10k
     python benches/bench_store.py --sections linear  # aggregation per file at 1k / 10k files
 
 Contenders run interleaved, `--repeat` rounds, page cache warm; every figure is min/median/max
-over the rounds and every ratio is per round (both sides measured back to back)."""
+over the rounds and every ratio is per round (both sides measured back to back). The default
+sections (aggregate, validate) take under 2 minutes on a 2-core box; each prints one summary
+line per target: the ratio, min/median/max, beside its limit (the raw read, the Python loop)."""
 
 from __future__ import annotations
 
@@ -20,9 +24,11 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +37,38 @@ from _timing import paired, ratios, spread
 from pvrs import _core
 from pvrs.store.validation import validate
 from safetensors.torch import load_file, save
+
+BUSY = False  # set by --busy: every timed section runs beside one busy loop per core
+
+
+@contextmanager
+def load() -> Iterator[None]:
+    """With --busy, one `while :; do :; done` shell per core for the timed section, stopped after."""
+    loops = (
+        [
+            subprocess.Popen(["sh", "-c", "while :; do :; done"])
+            for _ in range(os.cpu_count() or 1)
+        ]
+        if BUSY
+        else []
+    )
+    try:
+        yield
+    finally:
+        for p in loops:
+            p.kill()
+            p.wait()
+
+
+def target_line(label: str, ratio: dict[str, float], limit: str, target: float) -> None:
+    """One line: the ratio's min/median/max beside the limit it is measured against."""
+    median = ratio["median"]
+    verdict = "met" if median >= target else "NOT met"
+    print(
+        f"{label}: {ratio['min']:.2f} / {median:.2f} / {ratio['max']:.2f} x {limit} "
+        f"(target >= {target}, median {verdict}{', loaded' if BUSY else ''})",
+        flush=True,
+    )
 
 
 def write_files(folder: Path, n: int, layers: int, hidden: int, dtype: torch.dtype) -> list[Path]:
@@ -117,7 +155,9 @@ def storage_read_bytes() -> int:
     return -1
 
 
-def bench_aggregation(root: Path, n: int, layers: int, hidden: int, repeat: int) -> dict:
+def bench_aggregation(
+    root: Path, n: int, layers: int, hidden: int, repeat: int, with_torch: bool
+) -> dict:
     results: dict = {}
     layer = layers // 2
     default_threads = torch.get_num_threads()
@@ -127,24 +167,31 @@ def bench_aggregation(root: Path, n: int, layers: int, hidden: int, repeat: int)
         raw_read(paths)  # warm the page cache
         reference = numpy_loop_mean(paths)
         assert np.allclose(_core.aggregate_files(paths, "mean"), reference, rtol=1e-4, atol=1e-4)
-        times = paired(
-            {
-                "raw_np_fromfile": lambda paths=paths: raw_read(paths),
-                "numpy_loop_mean": lambda paths=paths: numpy_loop_mean(paths),
-                "torch_loop_mean_1_thread": torch_threads(
-                    1, lambda paths=paths: torch_loop_mean(paths)
-                ),
-                f"torch_loop_mean_{default_threads}_threads": torch_threads(
-                    default_threads, lambda paths=paths: torch_loop_mean(paths)
-                ),
-                "pvrs_mean": lambda paths=paths: _core.aggregate_files(paths, "mean"),
-                "pvrs_var": lambda paths=paths: _core.aggregate_files(paths, "var"),
-                "pvrs_stack_all": lambda paths=paths: _core.stack_files(paths),
-                "numpy_loop_one_layer": lambda paths=paths: python_loop_layer(paths, layer),
-                "pvrs_stack_one_layer": lambda paths=paths: _core.stack_files(paths, [layer]),
-            },
-            repeat,
-        )
+        with load():
+            times = paired(
+                {
+                    "raw_np_fromfile": lambda paths=paths: raw_read(paths),
+                    "numpy_loop_mean": lambda paths=paths: numpy_loop_mean(paths),
+                    **(
+                        {
+                            "torch_loop_mean_1_thread": torch_threads(
+                                1, lambda paths=paths: torch_loop_mean(paths)
+                            ),
+                            f"torch_loop_mean_{default_threads}_threads": torch_threads(
+                                default_threads, lambda paths=paths: torch_loop_mean(paths)
+                            ),
+                        }
+                        if with_torch
+                        else {}
+                    ),
+                    "pvrs_mean": lambda paths=paths: _core.aggregate_files(paths, "mean"),
+                    "pvrs_var": lambda paths=paths: _core.aggregate_files(paths, "var"),
+                    "pvrs_stack_all": lambda paths=paths: _core.stack_files(paths),
+                    "numpy_loop_one_layer": lambda paths=paths: python_loop_layer(paths, layer),
+                    "pvrs_stack_one_layer": lambda paths=paths: _core.stack_files(paths, [layer]),
+                },
+                repeat,
+            )
         # Cold single-layer read: bytes fetched from storage for one layer vs all layers.
         evict(paths)
         before = storage_read_bytes()
@@ -162,8 +209,14 @@ def bench_aggregation(root: Path, n: int, layers: int, hidden: int, repeat: int)
             "seconds": {key: spread(t) for key, t in times.items()},
             "pvrs_mean_gb_s": round(size / min(pvrs) / 1e9, 2),
             "pvrs_mean_speedup_vs_numpy_loop": ratios(times["numpy_loop_mean"], pvrs),
-            "pvrs_mean_speedup_vs_torch_loop_1_thread": ratios(
-                times["torch_loop_mean_1_thread"], pvrs
+            **(
+                {
+                    "pvrs_mean_speedup_vs_torch_loop_1_thread": ratios(
+                        times["torch_loop_mean_1_thread"], pvrs
+                    )
+                }
+                if with_torch
+                else {}
             ),
             "pvrs_mean_fraction_of_raw_read": ratios(times["raw_np_fromfile"], pvrs),
             "one_layer_speedup_vs_numpy_loop": ratios(
@@ -173,6 +226,18 @@ def bench_aggregation(root: Path, n: int, layers: int, hidden: int, repeat: int)
             "cold_storage_mb_all_layers": round(all_layers_bytes / 1e6, 1),
         }
         print(json.dumps({name: results[name]}, indent=2), flush=True)
+        target_line(
+            f"{name} pvrs mean vs the numpy loop",
+            results[name]["pvrs_mean_speedup_vs_numpy_loop"],
+            "the Python (numpy) loop",
+            1.5,
+        )
+        target_line(
+            f"{name} pvrs mean vs the raw read",
+            results[name]["pvrs_mean_fraction_of_raw_read"],
+            "the raw read (np.fromfile, nothing computed)",
+            0.9,
+        )
         shutil.rmtree(root / name)
     return results
 
@@ -239,16 +304,17 @@ def bench_validation(root: Path, n_files: int, layers: int, hidden: int, repeat:
         }
         (folder / "manifest.json").write_text(json.dumps(manifest))
     files = sorted(tree.rglob("*.safetensors"))
-    times = paired(
-        {
-            "headers": lambda: validate(tree),
-            "python_read_sha256_loop": lambda: [
-                hashlib.sha256(p.read_bytes()).hexdigest() for p in files
-            ],
-            "deep": lambda: validate(tree, deep=True),
-        },
-        repeat,
-    )
+    with load():
+        times = paired(
+            {
+                "headers": lambda: validate(tree),
+                "python_read_sha256_loop": lambda: [
+                    hashlib.sha256(p.read_bytes()).hexdigest() for p in files
+                ],
+                "deep": lambda: validate(tree, deep=True),
+            },
+            repeat,
+        )
     report = validate(tree, deep=True)
     assert report.ok and report.files_checked == n_files, report.summary()
     out = {
@@ -261,6 +327,12 @@ def bench_validation(root: Path, n_files: int, layers: int, hidden: int, repeat:
         ),
     }
     print(json.dumps({"validate": out}, indent=2), flush=True)
+    target_line(
+        "validate --deep vs the Python loop",
+        out["deep_speedup_vs_python_sha256_loop"],
+        "the one-thread Python read + sha256 loop",
+        1.8,
+    )
     return out
 
 
@@ -335,14 +407,24 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=42)
     parser.add_argument("--hidden", type=int, default=3584)
     parser.add_argument("--validate-files", type=int, default=10_000)
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument(
+        "--torch", action="store_true", help="also time the torch loops (at 1 and default threads)"
+    )
     parser.add_argument("--dir", default=None, help="scratch folder (default: a temporary one)")
     parser.add_argument(
         "--sections",
-        default="aggregate,linear,validate,save,scaling",
-        help="comma-separated subset to run",
+        default="aggregate,validate",
+        help="comma-separated subset of aggregate,linear,validate,save,scaling",
+    )
+    parser.add_argument(
+        "--busy",
+        action="store_true",
+        help="time beside one busy loop per core (started for each timed section, stopped after)",
     )
     args = parser.parse_args()
+    global BUSY
+    BUSY = args.busy
     info = _core.build_info()
     print(
         f"pvrs native build: {info['profile']}, rayon threads {info['rayon_threads']}, cpus {os.cpu_count()}"
@@ -350,7 +432,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         sections = set(args.sections.split(","))
         if "aggregate" in sections:
-            bench_aggregation(Path(tmp), args.n, args.layers, args.hidden, args.repeat)
+            bench_aggregation(
+                Path(tmp), args.n, args.layers, args.hidden, args.repeat, args.torch
+            )
         if "linear" in sections:
             bench_linear(Path(tmp), args.n, args.layers, args.hidden, args.repeat)
         if "validate" in sections:
