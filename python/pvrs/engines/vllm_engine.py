@@ -67,13 +67,13 @@ that fits in vLLM's memory beside the capture cache) and
             )
 
 
-def import_vllm() -> Any:
+def import_vllm(needs: str = "--engine vllm") -> Any:
     # vLLM logs every step of its start at INFO; pvrs has its own progress bars.
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
     try:
         import vllm
     except ImportError:
-        raise InputError(f"--engine vllm needs vLLM, which is not installed; {INSTALL_HINT}") from None
+        raise InputError(f"{needs} needs vLLM, which is not installed; {INSTALL_HINT}") from None
     return vllm
 
 
