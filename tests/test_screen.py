@@ -127,6 +127,11 @@ def test_cli_reads_jsonl_parquet_and_saved_datasets_alike(tiny, tiny_dir, direct
     expected = [_alone(model, tokenizer, m, direction, "assistant")[0] for m in CONVERSATIONS]
     got = np.stack([first.column(f"layer_{layer}").to_numpy() for layer in LAYERS], axis=1)
     np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
+    # The dataset's means beside the rows: one line per layer.
+    dataset = pacsv.read_csv(out / "dataset.csv")
+    assert dataset.column_names == ["vector", "layer", "conversations", "projection"]
+    assert dataset.column("layer").to_pylist() == LAYERS and set(dataset.column("conversations").to_pylist()) == {4}
+    np.testing.assert_allclose(dataset.column("projection").to_numpy(), got.mean(axis=0), atol=1e-12, rtol=0)
 
 
 def _one_line_error(argv: list[str], capsys) -> str:

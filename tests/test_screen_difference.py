@@ -99,6 +99,15 @@ def test_cli_writes_difference_columns(tiny, direction, files, tmp_path, capsys)
             assert float(row[f"difference_{layer}"]) == pytest.approx(expected.difference[n, j], abs=1e-5)
             assert float(row[f"prompt_last_cos_{layer}"]) == pytest.approx(expected.prompt_last_cosine[n, j], abs=1e-6)
         assert row["own_answer"] == expected.own_answers[n]
+    dataset = list(csv.DictReader((out / "dataset.csv").read_text().splitlines()))
+    assert list(dataset[0]) == ["vector", "layer", "conversations", "projection", "own", "difference", "prompt_last",
+                                "prompt_last_cos"]
+    for j, row in enumerate(dataset):
+        assert (row["vector"], int(row["layer"]), int(row["conversations"])) == (str(files / "v.npy"), LAYERS[j], 3)
+        for name, values in [("projection", data.projections), ("own", expected.own), ("difference", expected.difference),
+                             ("prompt_last", expected.prompt_last), ("prompt_last_cos", expected.prompt_last_cosine)]:
+            assert float(row[name]) == pytest.approx(values[:, j].mean(), abs=1e-5), name
+    assert float(dataset[-1]["difference"]) == pytest.approx(float(dataset[-1]["projection"]) - float(dataset[-1]["own"]))
     assert 'id="difference"' in (out / "histogram.html").read_text()
 
 

@@ -108,7 +108,7 @@ def _cmd_screen(args: argparse.Namespace) -> int:
                                                max_new_tokens=args.max_new_tokens, batch_tokens=args.batch_tokens)
     title = f"projection of {Path(args.data).name} on {args.vector} ({args.tokens} tokens)"
     with writing(out):
-        written = write_tables(result, out, difference)
+        written = write_tables(result, out, args.vector, difference)
         if plots:
             from pvrs.analysis.export import Section, write_html, write_pngs
 
@@ -121,7 +121,7 @@ def _cmd_screen(args: argparse.Namespace) -> int:
                                                   "data minus own answer, projection on the unit direction")))
             facts = [("data", str(args.data)), ("vector", args.vector), ("model", args.model), ("tokens", args.tokens),
                      ("conversations", str(len(conversations))), ("layers", ", ".join(map(str, result.layers)))]
-            links = [("projections.csv", "projections.csv")]
+            links = [("projections.csv", "projections.csv"), ("dataset.csv", "dataset.csv")]
             written.append(write_html(sections, out / "histogram.html", title, facts, links))
             if args.png:
                 written += write_pngs(sections, out)
@@ -154,7 +154,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Render each conversation of a dataset with the model's chat template, run them "
         "in token-budget batches (one forward per conversation, every chosen layer at once), and "
         "write each conversation's mean projection on the unit direction per layer "
-        "(projections.parquet, projections.csv) and a histogram (histogram.html). Tokens "
+        "(projections.parquet, projections.csv), the dataset's means per layer (dataset.csv) and a "
+        "histogram (histogram.html). Tokens "
         "averaged (--tokens): assistant = every assistant-turn content token, what fine-tuning "
         "trains on; all = every token of the rendered conversation; last = the last "
         "assistant content token.",
@@ -183,7 +184,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="also generate the model's own greedy answer to each prompt (the turns before the last "
                    "answer) and write each row's projection minus that answer's (own_<i>, difference_<i>), the "
                    "last prompt token's projection and cosine (prompt_last_<i>, prompt_last_cos_<i>), and the "
-                   "dataset's mean difference; ranks by the difference")
+                   "dataset's means of them (dataset.csv); ranks by the difference")
     p.add_argument("--max-new-tokens", type=positive_int, default=64,
                    help="length of the model's own answers with --projection-difference (default %(default)s)")
     p.add_argument("--top", type=positive_int, default=10, help="conversations listed with the highest projection (default %(default)s)")

@@ -270,8 +270,28 @@ def table(result: Screened, difference: Difference | None = None) -> Any:
     return pa.table(columns)
 
 
-def write_tables(result: Screened, directory: Path, difference: Difference | None = None) -> list[Path]:
-    """`projections.parquet` and `projections.csv` in `directory`, each written atomically."""
+def dataset_table(result: Screened, vector: str, difference: Difference | None = None) -> Any:
+    """The dataset's means (pyarrow), one row per layer: `vector`, `layer`, `conversations`,
+    `projection` (the mean over rows); with a `difference`, the means of `own`, `difference`
+    (the dataset's projection difference), `prompt_last` and `prompt_last_cos`."""
+    import pyarrow as pa
+
+    columns: dict[str, Any] = {
+        "vector": pa.array([vector] * len(result.layers), pa.string()),
+        "layer": pa.array(result.layers, pa.int64()),
+        "conversations": pa.array([len(result.conversations)] * len(result.layers), pa.int64()),
+        "projection": pa.array(result.projections.mean(axis=0), pa.float64()),
+    }
+    if difference is not None:
+        for name, values in (("own", difference.own), ("difference", difference.difference),
+                             ("prompt_last", difference.prompt_last), ("prompt_last_cos", difference.prompt_last_cosine)):
+            columns[name] = pa.array(values.mean(axis=0), pa.float64())
+    return pa.table(columns)
+
+
+def write_tables(result: Screened, directory: Path, vector: str, difference: Difference | None = None) -> list[Path]:
+    """`projections.parquet` and `projections.csv` (per row) and `dataset.csv` (the dataset's
+    means per layer) in `directory`, each written atomically."""
     import io
 
     import pyarrow.csv as pacsv
@@ -281,11 +301,12 @@ def write_tables(result: Screened, directory: Path, difference: Difference | Non
 
     data = table(result, difference)
     directory.mkdir(parents=True, exist_ok=True)
-    parquet, csv = io.BytesIO(), io.BytesIO()
+    parquet, csv, means = io.BytesIO(), io.BytesIO(), io.BytesIO()
     pq.write_table(data, parquet)
     pacsv.write_csv(data, csv)
-    paths = [directory / "projections.parquet", directory / "projections.csv"]
-    for path, buffer in zip(paths, (parquet, csv), strict=True):
+    pacsv.write_csv(dataset_table(result, vector, difference), means)
+    paths = [directory / "projections.parquet", directory / "projections.csv", directory / "dataset.csv"]
+    for path, buffer in zip(paths, (parquet, csv, means), strict=True):
         atomic_write_bytes(path, buffer.getvalue())
     return paths
 
