@@ -8,10 +8,13 @@ import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pvrs.errors import PvrsError, PvrsIOError
+from pvrs.errors import InputError, PvrsError, PvrsIOError
 from pvrs.hub.vector_sources import SOURCE_HELP
+
+if TYPE_CHECKING:
+    from pvrs.engines.vllm_engine import VllmConfig
 
 EXIT_USAGE = 2
 
@@ -163,6 +166,78 @@ class _ThreadsAction(argparse.Action):
 
         set_threads(values)
         setattr(namespace, self.dest, values)
+
+
+ENGINES = ("hf", "vllm")
+
+
+def add_engine_args(p: argparse.ArgumentParser, runs: str) -> None:
+    """`--engine` and vLLM's flags, one group; `runs` says what the engine runs in this command."""
+    eng = p.add_argument_group("engine")
+    eng.add_argument(
+        "--engine", choices=ENGINES, default="hf",
+        help=f"what runs the model, for {runs}: hf (transformers, with hooks) or vllm (pip install 'pvrs[vllm]': "
+        "continuous batching, prefix caching, tensor parallelism) (default %(default)s)",
+    )
+    add_vllm_args(eng)
+
+
+def add_vllm_args(group: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """How vLLM starts (read by `vllm_config`)."""
+    group.add_argument("--tensor-parallel-size", type=positive_int, metavar="N", help="vLLM: GPUs the model is split over (default 1)")
+    group.add_argument(
+        "--gpu-memory-utilization", type=probability, metavar="F",
+        help="vLLM: share of each GPU's memory it may take, 0-1 (default 0.9)",
+    )
+    group.add_argument("--max-model-len", type=positive_int, metavar="N", help="vLLM: context length (default: the model's, or the longest that fits in GPU memory)")
+    group.add_argument(
+        "--enforce-eager", action="store_true",
+        help="vLLM: no torch.compile or CUDA graphs: starts in seconds, runs slower (default off)",
+    )
+
+
+def refuse_without(mode: str, does: str, flags: dict[str, object]) -> None:
+    """One line for the first flag given that only means something with `mode`."""
+    for flag, value in flags.items():
+        if value is not None:
+            raise InputError(f"{flag} {does}; add {mode} (or drop {flag})")
+
+
+def refuse_clashes(mode: str, clashes: list[tuple[str, object, str]]) -> None:
+    """One line for the first flag set that `mode` cannot combine with, saying what to do."""
+    for flag, on, why in clashes:
+        if on:
+            raise InputError(f"{mode} with {flag}: {why}")
+
+
+def vllm_config(args: argparse.Namespace, clashes: list[tuple[str, object, str]] | None = None) -> VllmConfig | None:
+    """`--engine vllm` and its flags (`add_engine_args`), checked before any model loads (vLLM
+    itself included: missing, it is one line naming the install); None with `--engine hf`.
+    `clashes` are the command's own flags that vLLM cannot honour; `--no-prefix-reuse`, where a
+    command has it, turns prefix caching off."""
+    if args.engine != "vllm":
+        refuse_without("--engine vllm", "sets up vLLM", {
+            "--tensor-parallel-size": args.tensor_parallel_size, "--gpu-memory-utilization": args.gpu_memory_utilization,
+            "--max-model-len": args.max_model_len, "--enforce-eager": args.enforce_eager or None,
+        })
+        return None
+    refuse_clashes("--engine vllm", [
+        *(clashes or []),
+        ("--device", args.device != "auto", "vLLM uses the GPUs it sees (set CUDA_VISIBLE_DEVICES), or the CPU with its CPU build"),
+    ])
+    from pvrs.engines.models import ModelSpec
+    from pvrs.engines.vllm_engine import VllmConfig, import_vllm
+
+    import_vllm()
+    return VllmConfig(
+        ModelSpec(args.model, dtype=args.dtype, revision=getattr(args, "revision", None),
+                  trust_remote_code=getattr(args, "trust_remote_code", False)),
+        tensor_parallel_size=args.tensor_parallel_size or 1,
+        gpu_memory_utilization=0.9 if args.gpu_memory_utilization is None else args.gpu_memory_utilization,
+        prefix_caching=not getattr(args, "no_prefix_reuse", False),
+        max_model_len=args.max_model_len,
+        enforce_eager=args.enforce_eager,
+    )
 
 
 def add_model_and_store_args(p: argparse.ArgumentParser) -> None:

@@ -11,13 +11,16 @@ from typing import TYPE_CHECKING
 
 from pvrs.cli.common import (
     UniqueList,
+    add_engine_args,
     add_generation_args,
     add_model_args,
     check_writable,
     non_negative_int,
     positive_int,
-    probability,
+    refuse_clashes,
+    refuse_without,
     score_threshold,
+    vllm_config,
 )
 from pvrs.errors import InputError
 
@@ -186,27 +189,13 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     return 1 if result.count("failed") else 0
 
 
-def _refuse_without(mode: str, does: str, flags: dict[str, object]) -> None:
-    """One line for the first flag given that only means something with `mode`."""
-    for flag, value in flags.items():
-        if value is not None:
-            raise InputError(f"{flag} {does}; add {mode} (or drop {flag})")
-
-
-def _refuse_clashes(mode: str, clashes: list[tuple[str, object, str]]) -> None:
-    """One line for the first flag set that `mode` cannot combine with, saying what to do."""
-    for flag, on, why in clashes:
-        if on:
-            raise InputError(f"{mode} with {flag}: {why}")
-
-
 def _ray_config(args: argparse.Namespace) -> RayConfig | None:
     """`--ray` flags checked against each other and the cluster (joined here: an unreachable
     address is a user error before the model loads), with replicas and GPUs fitted to it."""
     if args.ray is None:
-        _refuse_without("--ray", "spreads work over Ray replicas", {"--replicas": args.replicas, "--gpus-per-replica": args.gpus_per_replica})
+        refuse_without("--ray", "spreads work over Ray replicas", {"--replicas": args.replicas, "--gpus-per-replica": args.gpus_per_replica})
         return None
-    _refuse_clashes("--ray", [
+    refuse_clashes("--ray", [
         ("--shard", args.shard, "Ray spreads the personas itself; drop --shard"),
         ("--device-map", args.device_map, "use --gpus-per-replica K (K > 1 spreads each replica over K GPUs)"),
         ("--device", args.device != "auto", "replicas use a GPU when --gpus-per-replica > 0, else the CPU"),
@@ -224,29 +213,10 @@ def _ray_config(args: argparse.Namespace) -> RayConfig | None:
 
 def _vllm_config(args: argparse.Namespace) -> VllmConfig | None:
     """`--engine vllm` and its flags, checked before the model loads (vLLM itself included)."""
-    if args.engine != "vllm":
-        _refuse_without("--engine vllm", "sets up vLLM", {
-            "--tensor-parallel-size": args.tensor_parallel_size, "--gpu-memory-utilization": args.gpu_memory_utilization,
-            "--max-model-len": args.max_model_len, "--enforce-eager": args.enforce_eager or None,
-        })
-        return None
-    _refuse_clashes("--engine vllm", [
+    return vllm_config(args, [
         ("--ray", args.ray is not None, "Ray replicas run the transformers engine; drop --ray (vLLM batches and shards itself)"),
         ("--device-map", args.device_map, "use --tensor-parallel-size N to spread the model over N GPUs"),
-        ("--device", args.device != "auto", "vLLM uses the GPUs it sees (set CUDA_VISIBLE_DEVICES), or the CPU with its CPU build"),
     ])
-    from pvrs.engines.models import ModelSpec
-    from pvrs.engines.vllm_engine import VllmConfig, import_vllm
-
-    import_vllm()
-    return VllmConfig(
-        ModelSpec(args.model, dtype=args.dtype, revision=args.revision, trust_remote_code=args.trust_remote_code),
-        tensor_parallel_size=args.tensor_parallel_size or 1,
-        gpu_memory_utilization=0.9 if args.gpu_memory_utilization is None else args.gpu_memory_utilization,
-        prefix_caching=not args.no_prefix_reuse,
-        max_model_len=args.max_model_len,
-        enforce_eager=args.enforce_eager,
-    )
 
 
 def _add_extract(sub: argparse._SubParsersAction) -> None:
@@ -330,22 +300,7 @@ def _add_extract(sub: argparse._SubParsersAction) -> None:
         "--gpus-per-replica", type=non_negative_int, metavar="K",
         help="GPUs per replica; K > 1 spreads the model over them (default: 1 if the cluster has GPUs, else 0)",
     )
-    eng = p.add_argument_group("engine")
-    eng.add_argument(
-        "--engine", choices=["hf", "vllm"], default="hf",
-        help="what runs the model, for --generate and extraction: hf (transformers, with hooks) or vllm "
-        "(pip install 'pvrs[vllm]': continuous batching, prefix caching, tensor parallelism) (default %(default)s)",
-    )
-    eng.add_argument("--tensor-parallel-size", type=positive_int, metavar="N", help="vLLM: GPUs the model is split over (default 1)")
-    eng.add_argument(
-        "--gpu-memory-utilization", type=probability, metavar="F",
-        help="vLLM: share of each GPU's memory it may take, 0-1 (default 0.9)",
-    )
-    eng.add_argument("--max-model-len", type=positive_int, metavar="N", help="vLLM: context length (default: the model's, or the longest that fits in GPU memory)")
-    eng.add_argument(
-        "--enforce-eager", action="store_true",
-        help="vLLM: no torch.compile or CUDA graphs: starts in seconds, runs slower (default off)",
-    )
+    add_engine_args(p, "--generate and extraction")
     run.add_argument("--verbose", action="store_true", help="preview each persona's masked tokens (skipped ones too)")
     p.set_defaults(handler=_cmd_extract)
 
