@@ -32,6 +32,8 @@ def files(tmp_path_factory):
     (root / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ROWS))
     bad = [*ROWS[:2], {"messages": [{"role": "user", "content": "hi"}]}]
     (root / "no-answer.jsonl").write_text("".join(json.dumps(r) + "\n" for r in bad))
+    unanswered = [ROWS[0], {"messages": [*ROWS[1]["messages"], {"role": "user", "content": "and 7?"}]}]
+    (root / "unanswered.jsonl").write_text("".join(json.dumps(r) + "\n" for r in unanswered))
     vector = np.random.default_rng(1).standard_normal((4, 64)).astype(np.float32)
     np.save(root / "v.npy", vector)
     np.save(root / "narrow.npy", vector[:, :32])
@@ -94,6 +96,7 @@ def test_ctrl_c_leaves_a_checkpoint_that_resume_continues(files, tmp_path, capsy
     ("extra", "message"),
     [
         (["--data-file", "no-answer.jsonl"], "row 2: no assistant turn"),
+        (["--data-file", "unanswered.jsonl"], "row 1: the last message must be the assistant's answer"),
         (["--prevent", "{f}/narrow.npy@1:2"], "this model needs (64,)"),
         (["--prevent", "{f}/v.npy@4:2"], "--prevent '4'"),
         (["--ablate", "{f}/v.npy@-9"], "--ablate"),
