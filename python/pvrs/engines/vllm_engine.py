@@ -129,6 +129,52 @@ def _spans(mask: np.ndarray) -> list[list[int]]:
     return [[int(a), int(b)] for a, b in zip(edges[::2], edges[1::2], strict=True)]
 
 
+def llm_kwargs(config: VllmConfig, dtype: str) -> dict[str, Any]:
+    """The `vllm.LLM` arguments `config` stands for, the weights in `dtype` (as pvrs names it)."""
+    spec = config.model
+    kwargs: dict[str, Any] = {
+        "model": resolve_model_path(spec.model, spec.revision),
+        "revision": spec.revision,
+        "trust_remote_code": spec.trust_remote_code,
+        "dtype": dtype,
+        "tensor_parallel_size": config.tensor_parallel_size,
+        "gpu_memory_utilization": config.gpu_memory_utilization,
+        "enable_prefix_caching": config.prefix_caching,
+    }
+    if config.enforce_eager:
+        kwargs.update(enforce_eager=True, compilation_config={"mode": 0})
+    if config.prefix_caching and _on_cpu():
+        # The cache reuses whole blocks; the CPU build's are 128 tokens, longer than most
+        # persona prompts, so nothing would be reused. 32 is the least it runs at full speed.
+        kwargs["block_size"] = CPU_BLOCK_SIZE
+    # Unset: the model's context, or the longest that fits in vLLM's share of GPU memory
+    # (-1), which holds the capture cache of every captured layer too; `_check_fits` names it.
+    kwargs["max_model_len"] = -1 if config.max_model_len is None else config.max_model_len
+    return kwargs
+
+
+def start_llm(config: VllmConfig, dtype: str, **extra: Any) -> Any:
+    """A started `vllm.LLM` for `config` (`extra`: more `LLM` arguments); vLLM's reason for not
+    starting is one `EngineStartError` line."""
+    vllm = import_vllm()
+    try:
+        return vllm.LLM(**llm_kwargs(config, dtype), **extra)
+    except Exception as exc:  # vLLM raises many kinds
+        raise EngineStartError(
+            f"vLLM {vllm.__version__} could not start model {config.model.model!r}: {start_failure(exc)}"
+        ) from exc
+
+
+def stop_llm(llm: Any) -> None:
+    """Shut `llm` down and free its memory (its worker processes too), so another can start."""
+    import gc
+
+    with contextlib.suppress(Exception):
+        llm.llm_engine.engine_core.shutdown()
+    del llm
+    gc.collect()
+
+
 class VllmEngine:
     """One `vllm.LLM` at a time: the generating one while answers are asked for, the capturing
     one from the first extraction on. `close` shuts down whichever is running. `model` is the
@@ -152,43 +198,19 @@ class VllmEngine:
         if self._llm is not None and self._capturing == capture:
             return self._llm
         self.close()
-        vllm = import_vllm()
-        spec = self.config.model
-        kwargs: dict[str, Any] = {
-            "model": resolve_model_path(spec.model, spec.revision),
-            "revision": spec.revision,
-            "trust_remote_code": spec.trust_remote_code,
-            "dtype": self.dtype,
-            "tensor_parallel_size": self.config.tensor_parallel_size,
-            "gpu_memory_utilization": self.config.gpu_memory_utilization,
-            "enable_prefix_caching": self.config.prefix_caching,
-        }
-        if self.config.enforce_eager:
-            kwargs.update(enforce_eager=True, compilation_config={"mode": 0})
-        if self.config.prefix_caching and _on_cpu():
-            # The cache reuses whole blocks; the CPU build's are 128 tokens, longer than most
-            # persona prompts, so nothing would be reused. 32 is the least it runs at full speed.
-            kwargs["block_size"] = CPU_BLOCK_SIZE
-        # Unset: the model's context, or the longest that fits in vLLM's share of GPU memory
-        # (-1), which holds the capture cache of every captured layer too; `_check_fits` names it.
-        kwargs["max_model_len"] = -1 if self.config.max_model_len is None else self.config.max_model_len
+        extra: dict[str, Any] = {}
         if capture:
-            kwargs["speculative_config"] = {
+            extra["speculative_config"] = {
                 "method": "extract_hidden_states",
                 "num_speculative_tokens": 1,
                 "draft_model_config": {"hf_config": {"eagle_aux_hidden_state_layer_ids": [i + 1 for i in self.layers]}},
             }
-            kwargs["kv_transfer_config"] = {
+            extra["kv_transfer_config"] = {
                 "kv_connector": CONNECTOR,
                 "kv_connector_module_path": CONNECTOR_MODULE,
                 "kv_role": "kv_producer",
             }
-        try:
-            self._llm = vllm.LLM(**kwargs)
-        except Exception as exc:  # vLLM raises many kinds
-            raise EngineStartError(
-                f"vLLM {self.version} could not start model {spec.model!r}: {start_failure(exc)}"
-            ) from exc
+        self._llm = start_llm(self.config, self.dtype, **extra)
         self._capturing = capture
         with contextlib.suppress(AttributeError, TypeError, ValueError):
             self._max_len = int(self._llm.llm_engine.vllm_config.model_config.max_model_len)
@@ -207,13 +229,9 @@ class VllmEngine:
 
     def close(self) -> None:
         if self._llm is not None:
-            with contextlib.suppress(Exception):
-                self._llm.llm_engine.engine_core.shutdown()
+            stop_llm(self._llm)
             self._llm = None
             self._max_len = None
-            import gc
-
-            gc.collect()
         if self._scratch is not None:
             shutil.rmtree(self._scratch, ignore_errors=True)
             self._scratch = None
