@@ -7,8 +7,8 @@ script written for it runs on a pvrs store by changing its import:
 pvrs's (`pvrs.hub.HFPersonaVectorStore`): bound to one mask strategy (another raises
 ValueError, as there), torch tensors, no warning about missing variants unless asked, and
 every split by default. `discover_activation_models` is pvrs's own (same signature).
-`TraitVectorStore` reads persona-vectors main's trait vector store (`trait_vectors/`, one mean
-swap delta per attribute, its manifest keyed `attributes`); saving into it is not offered.
+`TraitVectorStore` reads and writes persona-vectors main's trait vector store (`trait_vectors/`,
+one mean swap delta per attribute, its manifest keyed `attributes`), as `pvrs attribute` does.
 
 Same argument order and semantics as the reference: `load(prompt_variant, persona_id,
 mask_strategy=None)` returns a torch tensor and raises `FileNotFoundError` when nothing is
@@ -28,21 +28,17 @@ from pathlib import Path
 from typing import Any
 
 from pvrs.engines.models import model_dir_name
-from pvrs.errors import ArtifactError, InvalidArgumentError, ManifestError
-from pvrs.paths import artifacts_dir
+from pvrs.errors import InvalidArgumentError
 from pvrs.store import PersonaVectorStore as _PvrsStore
 from pvrs.store import discover_activation_models
 from pvrs.store.layout import (
     DEFAULT_MASK_STRATEGY,
-    MANIFEST_FILENAME,
     SUPPORTED_VARIANTS,
-    TENSOR_SUFFIX,
-    VectorNotFoundError,
-    folder_name,
     strategy_name,
-    validate_persona_id,
 )
 from pvrs.store.queries import PersonaQueries
+from pvrs.store.traits import TraitVectorStore as _TraitStore
+from pvrs.store.traits import trait_vectors_dir
 
 __all__ = [
     "DEFAULT_MASK_STRATEGY",
@@ -245,17 +241,13 @@ class HFPersonaVectorStore:
         return self.store.list_layers(variants, persona_ids)
 
 
-TRAIT_VECTORS_DIR = "trait_vectors"  # beside `activations/` under the artifacts folder
-
-
 class TraitVectorStore:
-    """`persona_vectors.artifacts.TraitVectorStore` (persona-vectors main) for reading: one
+    """`persona_vectors.artifacts.TraitVectorStore` (persona-vectors main): one
     `(num_layers, hidden_size)` mean swap delta per attribute in
-    `<root>/<model_dir>/<mask_strategy>/<variant>/<attribute>.safetensors` (tensor
-    `activations`, row i block i), and a manifest `{num_layers, hidden_size, attributes:
-    {attribute: contrast metadata}}`. Read with pvrs's checks: safe attribute ids, regular
-    files inside the root, tensors of the manifest's shape. Default root:
-    `$ARTIFACTS_DIR/trait_vectors`."""
+    `<root>/<model_dir>/<mask_strategy>/<variant>/<attribute>.safetensors`, and a manifest
+    `{num_layers, hidden_size, attributes: {attribute: contrast metadata}}`, with the
+    reference's methods and torch tensors over pvrs's `pvrs.store.traits.TraitVectorStore`
+    (its checks on reads, atomic writes). Default root: `$ARTIFACTS_DIR/trait_vectors`."""
 
     def __init__(
         self,
@@ -267,67 +259,41 @@ class TraitVectorStore:
         self.model_name = model_name
         self.mask_strategy = mask_strategy
         self.variants = tuple(variants)
-        self.root_dir = Path(root_dir).expanduser() if root_dir is not None else artifacts_dir() / TRAIT_VECTORS_DIR
+        self.root_dir = Path(root_dir).expanduser() if root_dir is not None else trait_vectors_dir()
+        self._stores: dict[str, _TraitStore] = {}
 
-    def _dir(self, variant: str, mask_strategy: object | None) -> Path:
-        strategy = normalize_mask_strategy(self.mask_strategy if mask_strategy is None else mask_strategy)
-        return self.root_dir / model_dir_name(self.model_name) / folder_name(strategy, "mask strategy") / folder_name(
-            variant, "variant"
-        )
+    def store(self, mask_strategy: object | None = None) -> _TraitStore:
+        """pvrs's trait store behind one mask strategy (default: this store's)."""
+        name = normalize_mask_strategy(self.mask_strategy if mask_strategy is None else mask_strategy)
+        if name not in self._stores:
+            self._stores[name] = _TraitStore(self.model_name, self.root_dir, name, self.variants)
+        return self._stores[name]
 
-    def _manifest(self, variant: str, mask_strategy: object | None) -> dict[str, Any] | None:
-        """The variant's manifest, its fields checked (None: no such folder)."""
-        from pvrs.jsonio import decode
-        from pvrs.store.manifest import read_manifest_bytes
-
-        path = self._dir(variant, mask_strategy) / MANIFEST_FILENAME
-        raw = read_manifest_bytes(path)
-        if raw is None:
-            return None
-        doc = decode(raw, str(path), ManifestError)
-        items = doc.get("attributes") if isinstance(doc, dict) else None
-        counts = [doc.get(k) if isinstance(doc, dict) else None for k in ("num_layers", "hidden_size")]
-        if not isinstance(items, dict) or not all(
-            isinstance(c, int) and not isinstance(c, bool) and c > 0 for c in counts
-        ):
-            raise ManifestError(
-                f"{path}: not a trait vector manifest {{num_layers, hidden_size, attributes: {{...}}}}"
-            )
-        for attribute, entry in items.items():
-            validate_persona_id(attribute)
-            if not isinstance(entry, dict):
-                raise ManifestError(f"{path}: attributes[{attribute!r}] must be an object")
-        return doc
-
-    def _entry(self, attribute: str, variant: str, mask_strategy: object | None) -> tuple[dict[str, Any], dict[str, Any]]:
-        manifest = self._manifest(variant, mask_strategy)
-        if manifest is None or attribute not in manifest["attributes"]:
-            raise VectorNotFoundError(
-                f"no trait vector for {self.model_name!r} / {variant!r} / {attribute!r} in "
-                f"{self._dir(variant, mask_strategy)}"
-            )
-        return manifest, manifest["attributes"][attribute]
+    def save(
+        self,
+        attribute: str,
+        mean_delta: Any,
+        *,
+        variant: str = "templated",
+        mask_strategy: object | None = None,
+        **entry: object,
+    ) -> Path:
+        """Save the per-layer mean delta for `attribute` plus its metadata `entry`; returns
+        the variant folder, as the reference does."""
+        return self.store(mask_strategy).save(attribute, mean_delta, entry, variant).parent
 
     def load(self, attribute: str, *, variant: str = "templated", mask_strategy: object | None = None) -> Any:
         """The attribute's `(num_layers, hidden_size)` mean delta as a float32 torch tensor."""
         import torch
 
-        from pvrs.store.files import stack_files, tensor_problem
-
-        manifest, _ = self._entry(attribute, variant, mask_strategy)
-        path = self._dir(variant, mask_strategy) / f"{validate_persona_id(attribute)}{TENSOR_SUFFIX}"
-        problem = tensor_problem(path, self.root_dir, (manifest["num_layers"], manifest["hidden_size"]))
-        if problem:
-            raise ArtifactError(f"{path}: {problem}")
-        return torch.from_numpy(stack_files([path], None)[0])
+        return torch.from_numpy(self.store(mask_strategy).load(attribute, variant))
 
     def metadata(self, attribute: str, *, variant: str = "templated", mask_strategy: object | None = None) -> dict[str, Any]:
-        """The attribute's contrast metadata (`positive`, `value_from`, `auc_by_layer`, ...)."""
-        return self._entry(attribute, variant, mask_strategy)[1]
+        """The attribute's contrast metadata (`value_from`, `value_to`, `auc_by_layer`, ...)."""
+        return self.store(mask_strategy).metadata(attribute, variant)
 
     def list_attributes(self, *, variant: str = "templated", mask_strategy: object | None = None) -> list[str]:
-        manifest = self._manifest(variant, mask_strategy)
-        return [] if manifest is None else sorted(manifest["attributes"])
+        return self.store(mask_strategy).list_attributes(variant)
 
     def list_layers(
         self,
@@ -336,7 +302,7 @@ class TraitVectorStore:
         mask_strategy: object | None = None,
     ) -> list[int]:
         """Layers shared by the variants ([] when one lacks a manifest or an item)."""
-        manifests = [self._manifest(v, mask_strategy) for v in variants]
+        manifests = [self.store(mask_strategy).read_manifest(v) for v in variants]
         if not manifests or any(m is None or not set(item_ids or ()) <= set(m["attributes"]) for m in manifests):
             return []
         return list(range(min(m["num_layers"] for m in manifests if m is not None)))
@@ -344,5 +310,4 @@ class TraitVectorStore:
     def available_variants(
         self, variants: Sequence[str] | None = None, mask_strategy: object | None = None
     ) -> list[str]:
-        candidates = self.variants if variants is None else variants
-        return [v for v in candidates if self.list_attributes(variant=v, mask_strategy=mask_strategy)]
+        return self.store(mask_strategy).available_variants(self.variants if variants is None else variants)
