@@ -36,7 +36,6 @@ for name, attrs in {
     sys.modules[name] = module
 
 from persona_vectors.artifacts import TraitVectorStore as ReferenceStore  # noqa: E402
-
 from pvrs.store.traits import TraitVectorStore as PvrsStore  # noqa: E402
 
 MODEL, STRATEGY, L, H = "tiny/model", "persona_mean", 3, 8
