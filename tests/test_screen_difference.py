@@ -118,3 +118,11 @@ def test_row_without_final_answer_is_one_line_before_loading(files, tmp_path, ca
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1, err
     assert "(row 1): the projection difference needs the last message to be the assistant's answer" in err
+
+
+def test_engine_vllm_without_projection_difference_is_one_line(files, tmp_path, capsys):
+    code = main(["screen", "--model", str(tmp_path / "no-model"), "--data", str(files / "data.jsonl"),
+                 "--vector", str(files / "v.npy"), "--layer", "0", "--engine", "vllm", "--output-dir", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert "--engine vllm generates the model's own answers for --projection-difference; add it" in err

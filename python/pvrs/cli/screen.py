@@ -8,8 +8,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pvrs.cli.common import add_model_and_store_args, check_writable, positive_int, writing
+from pvrs.cli.common import (
+    add_engine_args,
+    add_model_and_store_args,
+    check_writable,
+    positive_int,
+    vllm_config,
+    writing,
+)
 from pvrs.defaults import DEFAULT_BATCH_TOKENS
+from pvrs.errors import InputError
 
 
 def _output_dir(args: argparse.Namespace) -> Path:
@@ -72,10 +80,15 @@ def _cmd_screen(args: argparse.Namespace) -> int:
         prompt_of,
         read_conversations,
         screen,
+        vllm_answers,
         write_tables,
     )
 
     # Everything a user can get wrong is checked before the model loads.
+    if args.engine == "vllm" and not args.projection_difference:
+        raise InputError("--engine vllm generates the model's own answers for --projection-difference; add it, "
+                         "or drop --engine vllm")
+    vllm = vllm_config(args)
     out = _output_dir(args)
     check_writable("--output-dir", out, is_dir=True)
     conversations = read_conversations(args.data, args.split)
@@ -93,6 +106,15 @@ def _cmd_screen(args: argparse.Namespace) -> int:
             layers = parse_layers(args.layer, range(blocks), "--layer")
     console = Console(stderr=True)
     plots = _plots_available(args.png, console)
+    answers = None
+    if vllm is not None:  # before the model loads: vLLM takes most of a GPU's memory while it runs
+        import torch
+
+        from pvrs.engines.models import skeleton
+
+        meta, meta_tokenizer = skeleton(vllm.model, on_gpu=torch.cuda.is_available())
+        with console.status("the model's own answers to the same prompts, on vLLM"):
+            answers = vllm_answers(vllm, meta, meta_tokenizer, conversations, args.max_new_tokens)
     model, tokenizer = load_model(args)
     with Progress(TextColumn("screening"), BarColumn(), MofNCompleteColumn(), _rate_column(), TimeRemainingColumn(),
                   console=console, transient=True) as progress:
@@ -105,7 +127,8 @@ def _cmd_screen(args: argparse.Namespace) -> int:
     if args.projection_difference:
         with console.status("the model's own answers to the same prompts"):
             difference = projection_difference(model, tokenizer, result, vector, tokens=args.tokens,
-                                               max_new_tokens=args.max_new_tokens, batch_tokens=args.batch_tokens)
+                                               max_new_tokens=args.max_new_tokens, batch_tokens=args.batch_tokens,
+                                               answers=answers)
     title = f"projection of {Path(args.data).name} on {args.vector} ({args.tokens} tokens)"
     with writing(out):
         written = write_tables(result, out, args.vector, difference)
@@ -187,5 +210,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "dataset's means of them (dataset.csv); ranks by the difference")
     p.add_argument("--max-new-tokens", type=positive_int, default=64,
                    help="length of the model's own answers with --projection-difference (default %(default)s)")
+    add_engine_args(p, "the model's own answers of --projection-difference (the projections run on transformers)")
     p.add_argument("--top", type=positive_int, default=10, help="conversations listed with the highest projection (default %(default)s)")
     p.set_defaults(handler=_cmd_screen)
