@@ -14,6 +14,7 @@ from typing import TextIO
 
 from pvrs.cli import (
     analyze,
+    attribute,
     doctor,
     evaluate,
     extract,
@@ -39,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"pvrs {doctor.pvrs_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for group in (doctor, extract, store, analyze, probe, steering, judge, evaluate, trait, screen, shift, finetune):
+    for group in (doctor, extract, attribute, store, analyze, probe, steering, judge, evaluate, trait, screen, shift, finetune):
         group.register(sub)
     return parser
 

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from torch import nn
+    from transformers import PreTrainedTokenizerBase
 
     from pvrs.engines.ray_engine import RayConfig
     from pvrs.engines.vllm_engine import VllmConfig
@@ -156,25 +157,7 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     ray = _ray_config(args)
     engine = "" if vllm is None else " on vLLM"
     console.print(f"[bold]pvrs extract[/]: {len(personas)} personas x {len(args.variants)} variants, model {model_name}{engine}")
-    load: Callable[[], nn.Module] | None = None
-    if ray is not None:
-        model, tokenizer = models.skeleton(ray.model, on_gpu=bool(ray.gpus_per_replica))
-    elif vllm is not None:
-        import torch
-
-        model, tokenizer = models.skeleton(vllm.model, on_gpu=torch.cuda.is_available())
-    else:
-        # The weightless skeleton plans and resumes: a run whose personas are all saved, or that
-        # would replace vectors of other samples, never loads the weights.
-        spec = models.ModelSpec(args.model, dtype=args.dtype, revision=args.revision, trust_remote_code=args.trust_remote_code)
-        model, tokenizer = models.skeleton(spec, on_gpu=models.resolve_device(args.device).startswith("cuda"))
-
-        def load() -> nn.Module:
-            return models.load(
-                args.model, dtype=args.dtype, device=args.device, device_map=args.device_map,
-                revision=args.revision, trust_remote_code=args.trust_remote_code,
-            )[0]
-
+    model, tokenizer, load = open_model(args, ray, vllm)
     result = extract(
         model, tokenizer, personas, source,
         variants=args.variants, mask_strategies=args.mask_strategy, batch_tokens=args.batch_tokens,
@@ -187,6 +170,35 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     if result.stopped:
         print(f"pvrs extract: error: {result.stopped}", file=sys.stderr)
     return 1 if result.count("failed") else 0
+
+
+def open_model(
+    args: argparse.Namespace, ray: RayConfig | None, vllm: VllmConfig | None
+) -> tuple[nn.Module, PreTrainedTokenizerBase, Callable[[], nn.Module] | None]:
+    """The model a run plans with, and what loads its weights (None: the engine does): a
+    weightless skeleton on Ray and vLLM; with transformers the skeleton plans and resumes, so a
+    run whose personas are all saved, or that would replace vectors of other samples, never
+    loads the weights."""
+    from pvrs.engines import models
+
+    load: Callable[[], nn.Module] | None = None
+    if ray is not None:
+        model, tokenizer = models.skeleton(ray.model, on_gpu=bool(ray.gpus_per_replica))
+    elif vllm is not None:
+        import torch
+
+        model, tokenizer = models.skeleton(vllm.model, on_gpu=torch.cuda.is_available())
+    else:
+        spec = models.ModelSpec(args.model, dtype=args.dtype, revision=args.revision, trust_remote_code=args.trust_remote_code)
+        model, tokenizer = models.skeleton(spec, on_gpu=models.resolve_device(args.device).startswith("cuda"))
+
+        def load() -> nn.Module:
+            return models.load(
+                args.model, dtype=args.dtype, device=args.device, device_map=args.device_map,
+                revision=args.revision, trust_remote_code=args.trust_remote_code,
+            )[0]
+
+    return model, tokenizer, load
 
 
 def _ray_config(args: argparse.Namespace) -> RayConfig | None:
@@ -219,8 +231,49 @@ def _vllm_config(args: argparse.Namespace) -> VllmConfig | None:
     ])
 
 
+def add_model_group(p: argparse.ArgumentParser) -> None:
+    """The model a run loads, and how (`open_model` reads them)."""
+    mod = p.add_argument_group("model")
+    add_model_args(mod)
+    mod.add_argument("--revision", help="model revision on the Hub: branch, tag or commit (default: main)")
+    mod.add_argument("--device-map", help="e.g. 'auto' to spread a large model over several GPUs")
+    mod.add_argument("--trust-remote-code", action="store_true", help="run the model repo's own code (only for repos you trust)")
+
+
+def add_batching_args(run: argparse._ArgumentGroup) -> None:
+    from pvrs.defaults import DEFAULT_BATCH_TOKENS
+
+    run.add_argument(
+        "--batch-tokens", type=positive_int, default=DEFAULT_BATCH_TOKENS,
+        help="padded tokens per forward batch (default %(default)s; lowered on CUDA out-of-memory)",
+    )
+    run.add_argument(
+        "--padding-side", choices=["right", "left"], default="right", help="where batches are padded (default %(default)s)"
+    )
+    run.add_argument("--no-prefix-reuse", action="store_true", help="re-encode the persona prompt for every question (vLLM: prefix caching off)")
+
+
+def add_ray_args(p: argparse.ArgumentParser) -> None:
+    """Ray's flags (read by `_ray_config`; a command with them has no --shard)."""
+    ray = p.add_argument_group("Ray (pip install 'pvrs[ray]')")
+    ray.add_argument(
+        "--ray", nargs="?", const="", metavar="auto|ADDRESS",
+        help="run on Ray replicas (with --generate they answer too; this process saves): alone, a "
+        "local Ray on 127.0.0.1 (or RAY_ADDRESS); 'auto', the cluster of `ray start --head` on this machine; or "
+        "HOST:6379 / ray://HOST:10001 (default: no Ray)",
+    )
+    ray.add_argument(
+        "--replicas", type=positive_int, metavar="N",
+        help="model replicas (default: as many as the cluster's nodes hold, each on one node; 1 on CPU)",
+    )
+    ray.add_argument(
+        "--gpus-per-replica", type=non_negative_int, metavar="K",
+        help="GPUs per replica; K > 1 spreads the model over them (default: 1 if the cluster has GPUs, else 0)",
+    )
+
+
 def _add_extract(sub: argparse._SubParsersAction) -> None:
-    from pvrs.defaults import DEFAULT_BATCH_TOKENS, DEFAULT_MIN_SCORE
+    from pvrs.defaults import DEFAULT_MIN_SCORE
     from pvrs.extraction.inputs import QA_TYPES, VARIANTS
     from pvrs.extraction.masks import ALL_STRATEGIES
 
@@ -259,20 +312,9 @@ def _add_extract(sub: argparse._SubParsersAction) -> None:
     add_generation_args(
         gen, max_new_tokens=128, temperature=0.7, why="varied answers, as the reference tool", system=False
     )
-    mod = p.add_argument_group("model")
-    add_model_args(mod)
-    mod.add_argument("--revision", help="model revision on the Hub: branch, tag or commit (default: main)")
-    mod.add_argument("--device-map", help="e.g. 'auto' to spread a large model over several GPUs")
-    mod.add_argument("--trust-remote-code", action="store_true", help="run the model repo's own code (only for repos you trust)")
+    add_model_group(p)
     run = p.add_argument_group("run")
-    run.add_argument(
-        "--batch-tokens", type=positive_int, default=DEFAULT_BATCH_TOKENS,
-        help="padded tokens per forward batch (default %(default)s; lowered on CUDA out-of-memory)",
-    )
-    run.add_argument(
-        "--padding-side", choices=["right", "left"], default="right", help="where batches are padded (default %(default)s)"
-    )
-    run.add_argument("--no-prefix-reuse", action="store_true", help="re-encode the persona prompt for every question (vLLM: prefix caching off)")
+    add_batching_args(run)
     run.add_argument("--output-dir", metavar="DIR", help="store root (default $ARTIFACTS_DIR/activations)")
     run.add_argument(
         "--force", action="store_true",
@@ -285,21 +327,7 @@ def _add_extract(sub: argparse._SubParsersAction) -> None:
     )
     _add_split_special_tokens(run)
     run.add_argument("--shard", metavar="I/N", help="only personas whose index mod N is I (0-based)")
-    ray = p.add_argument_group("Ray (pip install 'pvrs[ray]')")
-    ray.add_argument(
-        "--ray", nargs="?", const="", metavar="auto|ADDRESS",
-        help="run on Ray replicas (with --generate they answer too; this process saves): alone, a "
-        "local Ray on 127.0.0.1 (or RAY_ADDRESS); 'auto', the cluster of `ray start --head` on this machine; or "
-        "HOST:6379 / ray://HOST:10001 (default: no Ray)",
-    )
-    ray.add_argument(
-        "--replicas", type=positive_int, metavar="N",
-        help="model replicas (default: as many as the cluster's nodes hold, each on one node; 1 on CPU)",
-    )
-    ray.add_argument(
-        "--gpus-per-replica", type=non_negative_int, metavar="K",
-        help="GPUs per replica; K > 1 spreads the model over them (default: 1 if the cluster has GPUs, else 0)",
-    )
+    add_ray_args(p)
     add_engine_args(p, "--generate and extraction")
     run.add_argument("--verbose", action="store_true", help="preview each persona's masked tokens (skipped ones too)")
     p.set_defaults(handler=_cmd_extract)
