@@ -54,6 +54,7 @@ _LAZY = {
     "cap": "pvrs.steering.interventions",
     "suggested_alpha": "pvrs.steering.interventions",
     "suggested_alphas": "pvrs.steering.interventions",
+    "band": "pvrs.steering.interventions",
     "calibrate_tau": "pvrs.steering.residuals",
 }
 

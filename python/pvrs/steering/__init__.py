@@ -15,6 +15,7 @@ _EXPORTS = {
     "cap": "pvrs.steering.interventions",
     "suggested_alpha": "pvrs.steering.interventions",
     "suggested_alphas": "pvrs.steering.interventions",
+    "band": "pvrs.steering.interventions",
     "direction": "pvrs.steering.directions",
     "assistant_axis_direction": "pvrs.steering.directions",
     "probe_direction": "pvrs.steering.directions",

@@ -18,6 +18,12 @@ new token once, without it every step re-runs the whole sequence and the same po
 are edited again. The prompt is the first forward on an empty cache, or, without a cache,
 the first forward whose tokens do not continue the previous prompt.
 
+Bands and schedules. `steer` over several layers with a `{layer: alpha}` mapping is a band;
+`band` gives the mapping (uniform, or in proportion to each layer's residual norm).
+`schedule="linear:N"` or `"first:N"` scales the add by generation step, with the steps of
+`pvrs.engines.schedule` (the vLLM worker uses the same), read by the same position logic, so
+it too gives the same tokens with and without the KV cache.
+
 Strength. `steer` adds `alpha * v` with `v` as given (a raw persona-minus-baseline
 difference, like the reference tool's coefficient). `suggested_alphas` turns a relative
 strength into an alpha per layer: `alpha = fraction * median_norm(layer) / ||v_layer||`,
@@ -37,6 +43,7 @@ import torch
 from torch import nn
 
 from pvrs.engines.hooks import decoder_layers, forward_hooks, hidden_of, replace_hidden
+from pvrs.engines.schedule import Schedule, generation_steps
 from pvrs.errors import InvalidArgumentError
 from pvrs.steering.directions import (
     assistant_axis_direction,
@@ -63,6 +70,7 @@ __all__ = [
     "Positions",
     "ablate",
     "assistant_axis_direction",
+    "band",
     "calibrate_tau",
     "cap",
     "direction",
@@ -100,15 +108,18 @@ class _PositionTracker:
     offset: int = 0
     armed: bool = False
     _prompt: torch.Tensor | None = field(default=None, repr=False)
+    what: str = ""  # the setting that needs positions, in errors (default: `positions=...`)
+
+    @property
+    def _needs(self) -> str:
+        return self.what or f"positions={self.positions!r}"
 
     def pre_hook(self, _module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         tokens = kwargs.get("input_ids")
         if tokens is None:
             tokens = args[0] if args else kwargs.get("inputs_embeds")
         if tokens is None:
-            raise InvalidArgumentError(
-                f"positions={self.positions!r} needs input_ids or inputs_embeds in the call"
-            )
+            raise InvalidArgumentError(f"{self._needs} needs input_ids or inputs_embeds in the call")
         cache = kwargs.get("cache", kwargs.get("past_key_values"))
         self.offset = _cache_length(cache)
         length = tokens.shape[1]
@@ -133,14 +144,22 @@ class _PositionTracker:
     def post_hook(self, _module: nn.Module, _args: tuple[Any, ...], _output: Any) -> None:
         self.armed = False
 
-    def mask(self, hidden: torch.Tensor) -> torch.Tensor:
-        """`(1, T, 1)` booleans: which of this forward's positions to edit."""
+    def absolute(self, hidden: torch.Tensor) -> torch.Tensor:
+        """`(T,)` absolute positions of this forward's tokens."""
         if not self.armed:
             raise InvalidArgumentError(
-                f"positions={self.positions!r} needs the forward to go through the model "
+                f"{self._needs} needs the forward to go through the model "
                 "given to the intervention (not one of its sub-modules)"
             )
-        absolute = self.offset + torch.arange(hidden.shape[1], device=hidden.device)
+        return self.offset + torch.arange(hidden.shape[1], device=hidden.device)
+
+    def steps(self, hidden: torch.Tensor) -> torch.Tensor:
+        """`(T,)` generation steps of this forward's tokens (`pvrs.engines.schedule`)."""
+        return generation_steps(self.absolute(hidden), self.prompt_len)
+
+    def mask(self, hidden: torch.Tensor) -> torch.Tensor:
+        """`(1, T, 1)` booleans: which of this forward's positions to edit."""
+        absolute = self.absolute(hidden)
         in_prompt = absolute < self.prompt_len
         chosen = in_prompt if self.positions == "prompt" else ~in_prompt
         return chosen.view(1, -1, 1)
@@ -153,16 +172,20 @@ def _intervene(
     transform: Transform,
     positions: str,
     training_only: bool = False,
+    tracker: _PositionTracker | None = None,
 ) -> Iterator[None]:
     """Replace block `i`'s output `h` by `transform(h, i)` at the chosen positions; with
     `training_only`, only in forwards that train (the block in train mode and autograd on), so
-    evaluation and `generate` (which runs without gradients) see the plain model."""
+    evaluation and `generate` (which runs without gradients) see the plain model. A `tracker`
+    given by a transform that reads positions itself (a schedule) is armed here."""
     if positions not in POSITIONS:
         raise InvalidArgumentError(
             f"positions={positions!r} is not one of {', '.join(map(repr, POSITIONS))}"
         )
     blocks = decoder_layers(model)
-    tracker = _PositionTracker(positions) if positions != "all" else None
+    masked = positions != "all"
+    if tracker is None and masked:
+        tracker = _PositionTracker(positions)
 
     def make_hook(layer: int) -> Any:
         def hook(module: nn.Module, _args: tuple[Any, ...], output: Any) -> Any:
@@ -170,7 +193,7 @@ def _intervene(
                 return None
             hidden = hidden_of(output)
             edited = transform(hidden, layer)
-            if tracker is not None:
+            if tracker is not None and masked:
                 edited = torch.where(tracker.mask(hidden), edited, hidden)
             return replace_hidden(output, edited)
 
@@ -229,23 +252,32 @@ def steer(
     alpha: float | Mapping[int, float] = 1.0,
     positions: Positions = "all",
     *,
+    schedule: str | Schedule | None = None,
     training_only: bool = False,
 ) -> Iterator[None]:
     """Add `alpha * v` to the output of each block in `layers` while the block is active
     (with `training_only`, on training forwards only: preventative steering).
 
     `vector` is `(hidden_size,)` or `(num_layers, hidden_size)` (row `i` at block `i`);
-    `alpha` is one number or a `{layer: alpha}` mapping (as `suggested_alphas` returns).
-    See the module docstring for `positions` and for choosing `alpha`."""
+    `alpha` is one number or a `{layer: alpha}` mapping (as `suggested_alphas` and `band`
+    return). `schedule` (`constant`, `linear:N`, `first:N`) scales the add by generation step,
+    `alpha * factor(g) * v` (`pvrs.engines.schedule`). See the module docstring for
+    `positions` and for choosing `alpha`."""
+    plan = Schedule.parse(schedule)
     chosen = resolve_layers(model, layers)
     alphas = _per_layer(alpha, chosen, "alpha")
     scaled = {i: alphas[i] * v for i, v in layer_vectors(model, vector, chosen).items()}
     vectors = _OnDevice(scaled)
+    # A schedule reads each token's step from the same tracker as `positions`.
+    tracker = None if plan.constant else _PositionTracker(positions, what=f"schedule={str(plan)!r}")
 
     def add(hidden: torch.Tensor, layer: int) -> torch.Tensor:
-        return hidden + vectors.get(layer, hidden)
+        if tracker is None:
+            return hidden + vectors.get(layer, hidden)
+        factor = plan.factors(tracker.steps(hidden)).to(hidden.dtype).view(1, -1, 1)
+        return hidden + factor * vectors.get(layer, hidden)
 
-    with _intervene(model, chosen, add, positions, training_only):
+    with _intervene(model, chosen, add, positions, training_only, tracker):
         yield
 
 
@@ -389,16 +421,53 @@ def suggested_alphas(
     `inputs` are the texts the median is taken over (default: a few neutral chat prompts,
     `pvrs.extraction.generate.DEFAULT_PROMPTS`, rendered with the model's chat template). Pass the
     result as `steer(..., alpha=alphas)`."""
-    from pvrs.extraction.generate import DEFAULT_PROMPTS, as_chat
-
     chosen = resolve_layers(model, layers)
     vectors = layer_vectors(model, vector, chosen)
     zero = [i for i in chosen if float(torch.linalg.vector_norm(vectors[i])) == 0.0]
     if zero:
         raise InvalidArgumentError(f"the vector is zero at layer(s) {zero}; no strength steers")
-    texts = list(inputs) if inputs is not None else [as_chat(p) for p in DEFAULT_PROMPTS]
-    norms = residual_norms(model, tokenizer, texts, chosen)
+    norms = _median_norms(model, tokenizer, chosen, inputs)
     return {i: fraction * norms[i] / float(torch.linalg.vector_norm(vectors[i])) for i in chosen}
+
+
+def _median_norms(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase | None,
+    layers: list[int],
+    inputs: Sequence[TextLike] | None,
+) -> dict[int, float]:
+    """Median residual norm per layer over `inputs` (default: the built-in neutral prompts)."""
+    from pvrs.extraction.generate import DEFAULT_PROMPTS, as_chat
+
+    texts = list(inputs) if inputs is not None else [as_chat(p) for p in DEFAULT_PROMPTS]
+    return residual_norms(model, tokenizer, texts, layers)
+
+
+BandScale = Literal["uniform", "norm"]
+BAND_SCALES: tuple[str, ...] = ("uniform", "norm")
+
+
+def band(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase | None,
+    layers: int | Sequence[int],
+    alpha: float,
+    scale: BandScale = "uniform",
+    inputs: Sequence[TextLike] | None = None,
+) -> dict[int, float]:
+    """Per-layer alphas of a band of layers steered together, for `steer(..., alpha=...)`:
+    `alpha` at every layer (`uniform`), or `alpha * n_i / mean(n)` with `n_i` the median residual
+    norm at layer `i` over `inputs` (`norm`; default inputs as in `suggested_alphas`), so the band's
+    mean alpha is still `alpha` and a layer with a larger residual stream gets a larger share. A
+    band of one layer is plain steering at `alpha` with either scale."""
+    if scale not in BAND_SCALES:
+        raise InvalidArgumentError(f"band scale {scale!r} is not one of {', '.join(BAND_SCALES)}")
+    chosen = resolve_layers(model, layers)
+    if scale == "uniform":
+        return dict.fromkeys(chosen, float(alpha))
+    norms = _median_norms(model, tokenizer, chosen, inputs)
+    mean = sum(norms[i] for i in chosen) / len(chosen)
+    return {i: float(alpha) * (norms[i] / mean) for i in chosen}
 
 
 def suggested_alpha(
