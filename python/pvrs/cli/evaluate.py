@@ -53,7 +53,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     check_grid_args(args)
     setup = EvalSetup(
         questions=read_prompts(args), trait=args.trait,
-        trait_rubric=load_rubric(args.trait_rubric, "--trait-rubric"),
+        trait_rubric=load_rubric(args.trait_rubric, "--trait-rubric", args.judge_mode),
         coherence_rubric=load_rubric(args.coherence_rubric, "--coherence-rubric"),
         sampling=SamplingConfig(args.max_new_tokens, args.temperature, args.top_p, args.seed),
         system_prompt=args.prompted, positions=args.positions,

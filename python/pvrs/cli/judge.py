@@ -81,6 +81,7 @@ def add_judge_args(p: argparse.ArgumentParser) -> None:
     from pvrs.engines.models import DEFAULT_MODEL
     from pvrs.judge.cache import CACHE_ENV, CACHE_NAME
     from pvrs.judge.endpoint import KEY_ENV, MODEL_ENV, URL_ENV
+    from pvrs.judge.numbers import MODES
 
     api = p.add_argument_group("judge (an OpenAI-compatible chat-completions endpoint, or --local)")
     api.add_argument("--judge-url", help=f"API base, e.g. http://localhost:8000/v1 (default ${URL_ENV})")
@@ -112,6 +113,12 @@ def add_judge_args(p: argparse.ArgumentParser) -> None:
         "4 tokens, no seed) and, in `pvrs trait`, sample as it does (top-p 1, 1000 new tokens) (default %(default)s)",
     )
     api.add_argument("--no-cache", action="store_true", help="neither read nor write the score cache")
+    api.add_argument(
+        "--judge-mode", choices=MODES,
+        help="how the rubric (in eval and trait: the trait rubric) is scored, as persona_vectors' judge: 0-100, 0-10 (the "
+        "digits' weighted mean, x10) or yes/no (100 x the probability of YES); default: what the rubric file says "
+        "(judge_mode or eval_type), else 0-100",
+    )
 
 
 def cache_path(args: argparse.Namespace, beside: Path) -> Path | None:
@@ -185,12 +192,13 @@ def _cmd_judge(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
     from pvrs.judge import judge_answers, load_rubric, read_answers
+    from pvrs.judge.numbers import ASKED
 
     output = Path(args.output)
     if output.suffix.lower() != ".jsonl":  # `pvrs extract --scores` reads a file by its suffix
         raise InputError(f"--output {output}: the scores file is JSON lines; name it .jsonl, e.g. {output.with_suffix('.jsonl')}")
     check_writable("--output", output)
-    rubric = load_rubric(args.rubric)
+    rubric = load_rubric(args.rubric, mode=args.judge_mode)
     answers = read_answers(args.answers)
     if rubric.needs_trait:
         traits = _traits(args, [a.persona_id for a in answers])
@@ -217,7 +225,7 @@ def _cmd_judge(args: argparse.Namespace) -> int:
                                 rubric.name, judge.id)
     scored = [s for s in scores if s is not None]
     mean = f"mean {rubric.name} score {sum(scored) / len(scored):.1f}" if scored else f"no {rubric.name} score"
-    hint = "; none could: check that the rubric asks for a number 0-100 only" if scores and not scored else ""
+    hint = f"; none could: check that the rubric asks for {ASKED[rubric.scoring]} only" if scores and not scored else ""
     console.print(
         f"pvrs judge: {len(scores)} answers ({cached} from the cache), {mean}{unscored_note(unscored)}{hint}; "
         f"wrote {output} (pass it to `pvrs extract --scores`)"

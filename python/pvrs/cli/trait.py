@@ -153,7 +153,8 @@ def _cmd_trait(args: argparse.Namespace) -> int:
     if not args.no_eval:
         check_grid_args(args)
     eval_questions = None if args.no_eval else _eval_questions(args, trait)
-    rubrics = {"trait": trait.rubric, "coherence": load_rubric(args.coherence_rubric, "--coherence-rubric")}
+    rubrics = {"trait": trait.rubric.with_mode(args.judge_mode),
+               "coherence": load_rubric(args.coherence_rubric, "--coherence-rubric")}
     judge = make_judge(args)
     model, tokenizer = load_model(args)
     if not args.no_eval:  # a bad --layer / --cap fails now, not after generating and judging
@@ -194,7 +195,7 @@ def _cmd_trait(args: argparse.Namespace) -> int:
     console.print(f"pvrs trait {trait.name}: kept {len(chosen)} of {len(rows)} pairs{unscored_note(unscored)}{dropped}; "
                   f"wrote {out / 'vectors'}")
     if eval_questions is not None:
-        setup = EvalSetup(eval_questions, trait.name, trait.rubric, rubrics["coherence"], sampling,
+        setup = EvalSetup(eval_questions, trait.name, rubrics["trait"], rubrics["coherence"], sampling,
                           system_prompt=trait.system_prompt("pos", 0), positions=args.positions)
         record["eval"] = {}
         for kind in args.eval_vectors:

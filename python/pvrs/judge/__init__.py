@@ -1,4 +1,5 @@
-"""Judging answers 0-100 with a rubric prompt: an OpenAI-compatible endpoint
+"""Judging answers with a rubric prompt, 0-100 (or 0-10, yes/no: `pvrs.judge.numbers`, reported
+on 0-100): an OpenAI-compatible endpoint
 (`EndpointJudge`) or a local model (`LocalJudge`), with an on-disk score cache
 (`ScoreCache`) so no answer is judged twice. `judge_answers` ties them together; `pvrs judge`
 is its command line and writes the `--scores` file `pvrs extract` reads."""
@@ -12,19 +13,21 @@ from typing import Protocol
 
 from pvrs.errors import InputError
 from pvrs.judge.cache import ScoreCache, cache_key
+from pvrs.judge.numbers import DEFAULT_MODE, MODES
 from pvrs.judge.rubrics import BUILTIN, Rubric, load_rubric
 
 
 class Judge(Protocol):
-    """Anything that scores prompts 0-100, in order, telling `on_score(i, score)` as each
-    is done; None is "no score" (a `REFUSAL`, or no number). `id` names what decides the
-    scores (it keys the cache)."""
+    """Anything that scores prompts 0-100 in a judge mode (`pvrs.judge.numbers.MODES`), in
+    order, telling `on_score(i, score)` as each is done; None is "no score" (a `REFUSAL`, or
+    no answer in the mode). `id` names what decides the scores (it keys the cache)."""
 
     @property
     def id(self) -> str: ...
 
     def score(
-        self, prompts: Sequence[str], on_score: Callable[[int, float | None], object] | None = None
+        self, prompts: Sequence[str], on_score: Callable[[int, float | None], object] | None = None,
+        mode: str = DEFAULT_MODE,
     ) -> list[float | None]: ...
 
 
@@ -49,8 +52,10 @@ def judge_answers(
     """Scores of `answers`, in order (None: the judge gave no score). Cached scores, None
     included, are reused; new ones are cached as they arrive, so an interrupted run loses
     none. `on_score(i, score, cached)` hears each."""
-    # A rubric without {trait} scores the same whatever the trait: key it without one.
-    keys = [cache_key(judge.id, rubric.text, (rubric.needs_trait and a.trait) or "", a.question, a.answer) for a in answers]
+    # A rubric without {trait} scores the same whatever the trait: key it without one. Other
+    # modes are other scores; 0-100 keeps the keys it had before there were modes.
+    judge_id = judge.id if rubric.scoring == DEFAULT_MODE else f"{judge.id}#mode={rubric.scoring}"
+    keys = [cache_key(judge_id, rubric.text, (rubric.needs_trait and a.trait) or "", a.question, a.answer) for a in answers]
     scores: list[float | None] = [None if cache is None else cache.get(k) for k in keys]
     # Render before any request: a missing {trait} fails before the judge is asked anything.
     todo = [i for i, k in enumerate(keys) if cache is None or k not in cache]
@@ -69,7 +74,10 @@ def judge_answers(
         if on_score is not None:
             on_score(i, score, False)
 
-    judge.score(prompts, scored)
+    if rubric.scoring == DEFAULT_MODE:  # a judge written before modes takes no `mode`
+        judge.score(prompts, scored)
+    else:
+        judge.score(prompts, scored, mode=rubric.scoring)
     return scores
 
 
@@ -104,4 +112,4 @@ def read_answers(paths: Sequence[str | Path]) -> list[Answer]:
     return out
 
 
-__all__ = ["BUILTIN", "Answer", "Judge", "Rubric", "ScoreCache", "judge_answers", "load_rubric", "read_answers"]
+__all__ = ["BUILTIN", "MODES", "Answer", "Judge", "Rubric", "ScoreCache", "judge_answers", "load_rubric", "read_answers"]

@@ -20,7 +20,7 @@ import httpx2 as httpx
 
 from pvrs.errors import InputError, JudgeError
 from pvrs.jsonio import decode
-from pvrs.judge.numbers import stated_score, weighted_score
+from pvrs.judge.numbers import DEFAULT_MODE, stated_score, weighted_score
 
 URL_ENV, MODEL_ENV, KEY_ENV = "PVRS_JUDGE_URL", "PVRS_JUDGE_MODEL", "OPENAI_API_KEY"
 TOP_LOGPROBS = 20  # the most OpenAI's API returns; enough to cover the plausible numbers
@@ -78,9 +78,10 @@ class EndpointJudge:
         return base if base.endswith("/chat/completions") else base + "/chat/completions"
 
     def score(
-        self, prompts: Sequence[str], on_score: Callable[[int, float | None], object] | None = None
+        self, prompts: Sequence[str], on_score: Callable[[int, float | None], object] | None = None,
+        mode: str = DEFAULT_MODE,
     ) -> list[float | None]:
-        """Scores of `prompts`, in order (None: no score); `on_score(i, score)` hears each as it
+        """`mode` scores of `prompts`, in order (None: no score); `on_score(i, score)` hears each as it
         arrives (on the calling thread). The first failure, or Ctrl-C, returns at once: the
         requests not yet sent are dropped and those in flight abandoned on daemon threads (a
         thread pool's are joined at exit, which kept Ctrl-C waiting up to `timeout`)."""
@@ -100,7 +101,7 @@ class EndpointJudge:
                 except queue.Empty:
                     return
                 try:
-                    done.put((i, self._score_one(client, prompts[i], stop), None))
+                    done.put((i, self._score_one(client, prompts[i], stop, mode), None))
                 except BaseException as exc:  # handed to the calling thread, which raises it
                     done.put((i, None, exc))
                     return
@@ -124,7 +125,7 @@ class EndpointJudge:
         _close_after(workers, client)
         return scores
 
-    def _score_one(self, client: httpx.Client, prompt: str, stop: threading.Event) -> float | None:
+    def _score_one(self, client: httpx.Client, prompt: str, stop: threading.Event, mode: str) -> float | None:
         body: dict[str, Any] = {
             "model": self.model,
             "messages": [{"role": "user", "content": prompt}],
@@ -135,7 +136,7 @@ class EndpointJudge:
             body["seed"] = self.seed
         if self.logprobs:
             body.update(logprobs=True, top_logprobs=TOP_LOGPROBS)
-        return self._read_score(self._post(client, body, stop))
+        return self._read_score(self._post(client, body, stop), mode)
 
     def _post(self, client: httpx.Client, body: dict[str, Any], stop: threading.Event) -> bytes:
         why = ""
@@ -161,10 +162,10 @@ class EndpointJudge:
             "check the server, or raise --timeout / --retries"
         )
 
-    def _read_score(self, content: bytes) -> float | None:
-        """The weighted mean over the first token's top logprobs when the server sends them,
-        else the number the reply states; None (no score) for a `REFUSAL`, words, or too
-        little mass on the number tokens. A reply that is no chat completion is an error."""
+    def _read_score(self, content: bytes, mode: str) -> float | None:
+        """The `mode` score of the first token's top logprobs when the server sends them,
+        else of the answer the reply states; None (no score) for a `REFUSAL`, words, or too
+        little mass on the counted tokens. A reply that is no chat completion is an error."""
         try:
             choice = decode(content, f"judge endpoint {self.endpoint}")["choices"][0]
             text = choice["message"]["content"]
@@ -177,8 +178,8 @@ class EndpointJudge:
                 f"judge endpoint {self.endpoint}: malformed reply, not an OpenAI chat completion: {_snippet(content)}"
             ) from None
         if top is not None:  # as persona_vectors: the logprobs decide, whatever token was sampled
-            return weighted_score(top)
-        return None if text is None else stated_score(text)
+            return weighted_score(top, mode)
+        return None if text is None else stated_score(text, mode)
 
 
 def _check_url(url: str, where: str) -> None:

@@ -1,8 +1,8 @@
 """A judge that is a local transformers model: one forward pass per prompt, and the score is
-the probability-weighted mean over the tokens that spell 0..100 in the next-token
-distribution (Anthropic's persona_vectors judge, computed from logits instead of an API's
-top logprobs, with its minimum mass on the numbers: below it, no score). No sampling, so a
-score is deterministic for given weights."""
+read from the next-token distribution over the tokens its mode counts (0..100, the digits, or
+YES/NO: see `pvrs.judge.numbers`), as Anthropic's persona_vectors judge reads an API's top
+logprobs, with its minimum mass: below it, no score. No sampling, so a score is
+deterministic for given weights."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from pvrs.errors import JudgeError
 from pvrs.extraction.generate import as_chat, render
-from pvrs.judge.numbers import mass_score, number_value
+from pvrs.judge.numbers import DEFAULT_MODE, REFUSAL, counts, weighted_score
 
 if TYPE_CHECKING:
     import torch
@@ -23,32 +23,39 @@ class LocalJudge:
 
     def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, name: str, batch_size: int = 8) -> None:
         self.model, self.tokenizer, self.name, self.batch_size = model, tokenizer, name, batch_size
-        self._ids, self._values = self._number_tokens()
+        self._tokens: dict[str, tuple[torch.Tensor, list[str]]] = {}
+        self._counted(DEFAULT_MODE)  # a vocabulary with no number tokens fails here
 
     @property
     def id(self) -> str:
         return f"local:{self.name}"
 
-    def _number_tokens(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def _counted(self, mode: str) -> tuple[torch.Tensor, list[str]]:
+        """The ids and texts of the tokens a `mode` score reads (found once per mode)."""
         import torch
 
-        vocab = min(len(self.tokenizer), self.model.get_output_embeddings().weight.shape[0])
-        found = [(i, number_value(str(self.tokenizer.decode([i])))) for i in range(vocab)]
-        pairs = [(i, v) for i, v in found if v is not None]
-        if not pairs:
-            raise JudgeError(f"local judge {self.name}: its vocabulary has no tokens for the numbers 0-100; use another model")
-        device = next(self.model.parameters()).device
-        ids, values = zip(*pairs, strict=True)
-        return torch.tensor(ids, device=device), torch.tensor(values, dtype=torch.float32, device=device)
+        if mode not in self._tokens:
+            vocab = min(len(self.tokenizer), self.model.get_output_embeddings().weight.shape[0])
+            texts = [str(self.tokenizer.decode([i])) for i in range(vocab)]
+            ids = [i for i, text in enumerate(texts) if counts(text, mode)]
+            found = {texts[i] for i in ids} - {REFUSAL}
+            if not found or (mode == "yes/no" and len(found) < 2):
+                what = "both YES and NO" if mode == "yes/no" else "the numbers " + ("0-9" if mode == "0-10" else "0-100")
+                raise JudgeError(f"local judge {self.name}: its vocabulary has no tokens for {what}; use another model")
+            device = next(self.model.parameters()).device
+            self._tokens[mode] = torch.tensor(ids, device=device), [texts[i] for i in ids]
+        return self._tokens[mode]
 
     def score(
-        self, prompts: Sequence[str], on_score: Callable[[int, float | None], object] | None = None
+        self, prompts: Sequence[str], on_score: Callable[[int, float | None], object] | None = None,
+        mode: str = DEFAULT_MODE,
     ) -> list[float | None]:
         import torch
 
         tok = self.tokenizer
         pad = next((t for t in (tok.pad_token_id, tok.eos_token_id) if t is not None), 0)  # masked out anyway
-        device = self._ids.device
+        ids_of, texts_of = self._counted(mode)
+        device = ids_of.device
         scores: list[float | None] = []
         for start in range(0, len(prompts), self.batch_size):
             texts = [render(tok, as_chat(p)) for p in prompts[start : start + self.batch_size]]
@@ -61,9 +68,8 @@ class LocalJudge:
             positions = (mask.cumsum(-1) - 1).clamp(min=0)
             with torch.inference_mode():
                 logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions).logits[:, -1]
-            probs = logits.float().softmax(-1)[:, self._ids]
-            for mass, weighted in zip(probs.sum(-1).tolist(), (probs @ self._values).tolist(), strict=True):
-                value = mass_score(mass, weighted)
+            for row in logits.float().softmax(-1)[:, ids_of].tolist():
+                value = weighted_score(zip(texts_of, row, strict=True), mode)
                 if on_score is not None:
                     on_score(len(scores), value)
                 scores.append(value)

@@ -1,7 +1,8 @@
-"""Rubric prompts: the text a judge reads to score one answer 0-100. Built-in rubrics for
-trait expression, coherence and role adherence (worded after Anthropic's persona_vectors
+"""Rubric prompts: the text a judge reads to score one answer. Built-in rubrics for trait
+expression, coherence and role adherence (0-100, worded after Anthropic's persona_vectors
 judge prompts), and user rubrics from a YAML, JSON or text file with `{question}`,
-`{answer}` and optionally `{trait}` placeholders."""
+`{answer}` and optionally `{trait}` placeholders, scored in a judge mode (0-100, 0-10,
+yes/no) the file or `--judge-mode` names."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 
 from pvrs.errors import InputError
 from pvrs.jsonio import decode
+from pvrs.judge.numbers import DEFAULT_MODE, check_mode
 
 PLACEHOLDERS = ("question", "answer", "trait")
 
@@ -58,11 +60,27 @@ BUILTIN: dict[str, str] = {
 
 @dataclass(frozen=True)
 class Rubric:
-    """A named prompt template; `text` is part of every cache key, so editing a rubric
-    re-scores rather than reusing old scores."""
+    """A named prompt template; `text` and the mode are part of every cache key, so editing
+    a rubric re-scores rather than reusing old scores. `mode` is the judge mode the rubric
+    asks for (None: it does not say, and is scored 0-100)."""
 
     name: str
     text: str
+    mode: str | None = None
+
+    @property
+    def scoring(self) -> str:
+        return self.mode or DEFAULT_MODE
+
+    def with_mode(self, mode: str | None, flag: str = "--judge-mode") -> Rubric:
+        """This rubric scored in `mode` (a `--judge-mode` value; None keeps its own), refused
+        when the rubric asks for another one."""
+        if mode is None or mode == self.mode:
+            return self
+        if self.mode is not None:
+            raise InputError(f"rubric {self.name!r} asks for {self.mode} scores; drop {flag} {mode} "
+                             f"or pass a rubric that asks for {mode}")
+        return Rubric(self.name, self.text, mode)
 
     @property
     def needs_trait(self) -> bool:
@@ -77,12 +95,14 @@ class Rubric:
         return re.sub(r"\{(question|answer|trait)\}", lambda m: values[m[1]], self.text)
 
 
-def load_rubric(spec: str, flag: str = "--rubric") -> Rubric:
-    """A built-in rubric by name (`trait`, `coherence`, `role`) or a rubric file: `.yaml`/`.yml`
-    or `.json` holding a string or a mapping with `prompt` (or the persona_vectors trait
-    file key `eval_prompt`), else plain text. `flag` names the option in errors."""
+def load_rubric(spec: str, flag: str = "--rubric", mode: str | None = None) -> Rubric:
+    """A built-in rubric by name (`trait`, `coherence`, `role`; 0-100) or a rubric file:
+    `.yaml`/`.yml` or `.json` holding a string or a mapping with `prompt` (or the
+    persona_vectors trait file key `eval_prompt`) and optionally `judge_mode` (or
+    persona_vectors' `eval_type`), else plain text. `mode` is `--judge-mode`, refused when it
+    contradicts the rubric's own. `flag` names the option in errors."""
     if spec in BUILTIN:
-        return Rubric(spec, BUILTIN[spec])
+        return Rubric(spec, BUILTIN[spec], DEFAULT_MODE).with_mode(mode)
     path = Path(spec)
     if not path.is_file():
         raise InputError(f"{flag} {spec!r}: not a built-in rubric ({', '.join(BUILTIN)}) and no such file")
@@ -90,17 +110,26 @@ def load_rubric(spec: str, flag: str = "--rubric") -> Rubric:
         raw = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"{flag} {spec}: cannot read ({exc})") from None
-    text = _rubric_text(path, raw, flag)
+    text, stated = _rubric_text(path, raw, flag)
     for name in ("question", "answer"):
         if "{" + name + "}" not in text:
             raise InputError(f"{flag} {spec}: the prompt has no {{{name}}} placeholder; add one where the {name} goes")
-    return Rubric(path.stem, text)
+    return Rubric(path.stem, text, stated).with_mode(mode)
 
 
-def _rubric_text(path: Path, raw: str, flag: str) -> str:
+def stated_mode(data: dict[str, object], where: str) -> str | None:
+    """The judge mode a rubric or trait file names (`judge_mode`, or persona_vectors'
+    `eval_type`), checked; None when it names none."""
+    for key in ("judge_mode", "eval_type"):
+        if data.get(key) is not None:
+            return check_mode(data[key], f"{where} {key}")
+    return None
+
+
+def _rubric_text(path: Path, raw: str, flag: str) -> tuple[str, str | None]:
     suffix = path.suffix.lower()
     if suffix not in (".yaml", ".yml", ".json"):
-        return raw
+        return raw, None
     import yaml
 
     if suffix == ".json":
@@ -112,8 +141,10 @@ def _rubric_text(path: Path, raw: str, flag: str) -> str:
             # A YAML error spans several lines (context, caret); the error is one line.
             why = "nested too deeply" if isinstance(exc, RecursionError) else " ".join(str(exc).split())
             raise InputError(f"{flag} {path}: cannot parse ({why})") from None
+    mode = None
     if isinstance(data, dict):
+        mode = stated_mode(data, f"{flag} {path}")
         data = data.get("prompt", data.get("eval_prompt"))
     if not isinstance(data, str) or not data.strip():
         raise InputError(f"{flag} {path}: expected a prompt string, or a mapping with a 'prompt' string")
-    return data
+    return data, mode

@@ -5,7 +5,9 @@ past the thresholds, and take the difference of their mean activations three way
 
 A trait file is the persona_vectors format (`data_generation/trait_data_extract/<trait>.json`):
 `{"instruction": [{"pos": ..., "neg": ...}, ...], "questions": [...], "eval_prompt": ...}`,
-the rubric with `{question}` and `{answer}` placeholders."""
+the rubric with `{question}` and `{answer}` placeholders. pvrs reads three optional keys
+beside them: `judge_mode` (or `eval_type`: how the rubric is scored), `eval_questions`
+(held-out questions, e.g. those `pvrs trait --describe` writes) and `name`."""
 
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ import numpy as np
 from pvrs.errors import InputError, NonFiniteError
 from pvrs.extraction.inputs import Persona, QAPair
 from pvrs.jsonio import read_json
-from pvrs.judge.rubrics import Rubric
+from pvrs.judge.rubrics import Rubric, stated_mode
 
 if TYPE_CHECKING:
     from torch import nn
@@ -43,10 +45,12 @@ class TraitFile:
     instructions: list[tuple[str, str]]  # (positive, negative) system-prompt instructions
     questions: list[str]
     eval_prompt: str
+    mode: str | None = None  # the rubric's judge mode; None: 0-100
+    eval_questions: list[str] | None = None  # held out from `questions`
 
     @property
     def rubric(self) -> Rubric:
-        return Rubric(self.name, self.eval_prompt)
+        return Rubric(self.name, self.eval_prompt, self.mode)
 
     def system_prompt(self, side: str, k: int) -> str:
         """persona_vectors' system prompt: "You are a/an <name> assistant. <instruction>"."""
@@ -65,8 +69,8 @@ class TraitFile:
 
 
 def load_trait_file(path: str | Path, name: str | None = None) -> TraitFile:
-    """A persona_vectors trait file; `name` (default: the file's stem) is the trait's name in
-    the positive system prompts."""
+    """A persona_vectors trait file; `name` (default: the file's `name`, else its stem) is the
+    trait's name in the positive system prompts."""
     path = Path(path)
     data = read_json(path, f"trait file {path}")
     fix = "expected the persona_vectors format {instruction: [{pos, neg}], questions: [...], eval_prompt}"
@@ -84,14 +88,19 @@ def load_trait_file(path: str | Path, name: str | None = None) -> TraitFile:
     for field in ("question", "answer"):
         if "{" + field + "}" not in prompt:
             raise InputError(f"trait file {path}: 'eval_prompt' has no {{{field}}} placeholder; add one where the {field} goes")
-    return TraitFile(name or path.stem, [(p["pos"], p["neg"]) for p in pairs], questions, prompt)
+    held_out = questions_of(data, f"trait file {path}", key="eval_questions") if "eval_questions" in data else None
+    stated = data.get("name")
+    if stated is not None and not (isinstance(stated, str) and stated.strip()):
+        raise InputError(f"trait file {path}: 'name' must be the trait's name, a non-empty string; fix it or drop it")
+    return TraitFile(name or stated or path.stem, [(p["pos"], p["neg"]) for p in pairs], questions, prompt,
+                     stated_mode(data, f"trait file {path}"), held_out)
 
 
-def questions_of(data: Mapping[str, object], what: str, fix: str = "") -> list[str]:
-    """The `questions` of a trait file (or of a `{"questions": [...]}` file), checked."""
-    questions = data.get("questions")
+def questions_of(data: Mapping[str, object], what: str, fix: str = "", key: str = "questions") -> list[str]:
+    """The `questions` (or another `key`) of a trait file or a `{"questions": [...]}` file, checked."""
+    questions = data.get(key)
     if not isinstance(questions, list) or not questions or not all(isinstance(q, str) and q.strip() for q in questions):
-        raise InputError(f"{what}: 'questions' must be a non-empty list of strings{fix}")
+        raise InputError(f"{what}: '{key}' must be a non-empty list of strings{fix}")
     return list(questions)
 
 
