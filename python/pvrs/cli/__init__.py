@@ -22,6 +22,7 @@ from pvrs.cli import (
     judge,
     probe,
     screen,
+    serve,
     shift,
     steering,
     store,
@@ -40,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"pvrs {doctor.pvrs_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for group in (doctor, extract, attribute, store, analyze, probe, steering, judge, evaluate, trait, screen, shift, finetune):
+    for group in (doctor, extract, attribute, store, analyze, probe, steering, judge, evaluate, trait, screen, shift, finetune, serve):
         group.register(sub)
     return parser
 
