@@ -181,7 +181,7 @@ def _greedy(model, prompt, use_cache, **steer_kwargs):
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("positions", ["all", "prompt", "generated"])
+@pytest.mark.parametrize("positions", ["all", "prompt", "generated", "response"])
 def test_greedy_generation_same_with_and_without_kv_cache(model, positions):
     prompt = torch.randint(0, VOCAB, (1, 6), generator=torch.Generator().manual_seed(3))
     v = torch.randn(HIDDEN, generator=torch.Generator().manual_seed(4)) * 4
@@ -200,7 +200,8 @@ def test_positions_prompt_and_generated_edit_disjoint_tokens(model):
     seq = model.generate(prompt, max_new_tokens=4, do_sample=False, pad_token_id=0)
     with capture(model, [1]) as plain:
         model(seq)
-    for positions, edited in (("prompt", slice(0, 5)), ("generated", slice(5, None))):
+    # response: the last position of every cached forward, so the last prompt token too
+    for positions, edited in (("prompt", slice(0, 5)), ("generated", slice(5, None)), ("response", slice(4, None))):
         with steer(model, v, layers=[1], positions=positions), capture(model, [1]) as got:
             model(seq[:, :5])  # the prompt: first forward
             model(seq)  # a no-cache step: continues the prompt

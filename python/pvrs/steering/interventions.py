@@ -16,7 +16,12 @@ and `"generated"` only the tokens produced by `generate`; both give the same tok
 and without the KV cache: with the cache the prompt is seen once (the prefill) and each
 new token once, without it every step re-runs the whole sequence and the same positions
 are edited again. The prompt is the first forward on an empty cache, or, without a cache,
-the first forward whose tokens do not continue the previous prompt.
+the first forward whose tokens do not continue the previous prompt. `"response"` edits the
+last position of every forward of a cached `generate` (the last prompt token and every
+generated one, so the first answer token is steered too; persona_vectors'
+`positions="response"`): positions from the prompt's last on, also without a cache.
+The vLLM worker (`pvrs.engines.vllm_worker`) edits the same positions with the same math
+(`pvrs.engines.edits`).
 
 Bands and schedules. `steer` over several layers with a `{layer: alpha}` mapping is a band;
 `band` gives the mapping (uniform, or in proportion to each layer's residual norm).
@@ -42,6 +47,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 from torch import nn
 
+from pvrs.engines import edits
 from pvrs.engines.hooks import decoder_layers, forward_hooks, hidden_of, replace_hidden
 from pvrs.engines.schedule import Schedule, generation_steps
 from pvrs.errors import InvalidArgumentError
@@ -82,8 +88,8 @@ __all__ = [
     "suggested_alphas",
 ]
 
-Positions = Literal["all", "prompt", "generated"]
-POSITIONS: tuple[str, ...] = ("all", "prompt", "generated")
+Positions = Literal["all", "prompt", "generated", "response"]
+POSITIONS: tuple[str, ...] = ("all", "prompt", "generated", "response")
 Transform = Callable[[torch.Tensor, int], torch.Tensor]
 
 
@@ -160,6 +166,8 @@ class _PositionTracker:
     def mask(self, hidden: torch.Tensor) -> torch.Tensor:
         """`(1, T, 1)` booleans: which of this forward's positions to edit."""
         absolute = self.absolute(hidden)
+        if self.positions == "response":
+            return (absolute >= self.prompt_len - 1).view(1, -1, 1)
         in_prompt = absolute < self.prompt_len
         chosen = in_prompt if self.positions == "prompt" else ~in_prompt
         return chosen.view(1, -1, 1)
@@ -273,17 +281,12 @@ def steer(
 
     def add(hidden: torch.Tensor, layer: int) -> torch.Tensor:
         if tracker is None:
-            return hidden + vectors.get(layer, hidden)
+            return edits.add(hidden, vectors.get(layer, hidden))
         factor = plan.factors(tracker.steps(hidden)).to(hidden.dtype).view(1, -1, 1)
-        return hidden + factor * vectors.get(layer, hidden)
+        return edits.add(hidden, vectors.get(layer, hidden), factor)
 
     with _intervene(model, chosen, add, positions, training_only, tracker):
         yield
-
-
-def _projection(hidden: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
-    # fp32 arithmetic so that a bf16 model still gets an exact-enough projection.
-    return hidden.float() @ direction
 
 
 @contextmanager
@@ -303,9 +306,7 @@ def ablate(
     )
 
     def remove(hidden: torch.Tensor, layer: int) -> torch.Tensor:
-        v_hat = units.get(layer, hidden, torch.float32)
-        proj = _projection(hidden, v_hat)
-        return (hidden.float() - proj.unsqueeze(-1) * v_hat).to(hidden.dtype)
+        return edits.along(hidden, units.get(layer, hidden, torch.float32), "ablate")
 
     with _intervene(model, chosen, remove, positions, training_only):
         yield
@@ -343,9 +344,7 @@ def mean_ablate(
     )
 
     def replace(hidden: torch.Tensor, layer: int) -> torch.Tensor:
-        v_hat = units.get(layer, hidden, torch.float32)
-        shift = means[layer] - _projection(hidden, v_hat)
-        return (hidden.float() + shift.unsqueeze(-1) * v_hat).to(hidden.dtype)
+        return edits.along(hidden, units.get(layer, hidden, torch.float32), "mean_ablate", means[layer])
 
     with _intervene(model, chosen, replace, positions):
         yield means
@@ -396,12 +395,10 @@ def cap(
     units = _OnDevice(
         {i: unit(v, "axis") for i, v in layer_vectors(model, axis, chosen, "axis").items()}
     )
-    sign = 1.0 if side == "upper" else -1.0
+    kind = "cap" if side == "upper" else "floor"
 
     def clip(hidden: torch.Tensor, layer: int) -> torch.Tensor:
-        v_hat = units.get(layer, hidden, torch.float32)
-        excess = (sign * (_projection(hidden, v_hat) - thresholds[layer])).clamp(min=0.0)
-        return (hidden.float() - sign * excess.unsqueeze(-1) * v_hat).to(hidden.dtype)
+        return edits.along(hidden, units.get(layer, hidden, torch.float32), kind, thresholds[layer])
 
     with _intervene(model, chosen, clip, positions):
         yield thresholds

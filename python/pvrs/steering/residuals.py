@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from pvrs.engines.edits import unit
 from pvrs.engines.hooks import decoder_layers, forward_hooks, hidden_of
 from pvrs.engines.transformers import resolve_layers as engine_resolve_layers
 from pvrs.errors import InvalidArgumentError, NonFiniteError
@@ -73,14 +74,6 @@ def layer_vectors(
         f"the {what} has shape {tuple(tensor.shape)}; this model needs ({size},) for one "
         f"layer or ({num_layers}, {size}) with one row per decoder block"
     )
-
-
-def unit(vector: torch.Tensor, what: str = "direction") -> torch.Tensor:
-    """`vector / ||vector||`; a zero vector has no direction and is an error."""
-    norm = torch.linalg.vector_norm(vector.float())
-    if not norm > 0:
-        raise InvalidArgumentError(f"the {what} is the zero vector; it defines no direction")
-    return vector.float() / norm
 
 
 def encode(tokenizer: PreTrainedTokenizerBase | None, item: TextLike) -> torch.Tensor:
