@@ -12,6 +12,31 @@ from pvrs.cli.common import (
     float_in,
     magnitude,
 )
+from pvrs.errors import InvalidArgumentError
+
+
+def schedule_arg(text: str) -> str:
+    """A `--schedule` value (`constant`, `linear:N`, `first:N`), checked as the flag is read."""
+    from pvrs.engines.schedule import Schedule
+
+    try:
+        return str(Schedule.parse(text))
+    except InvalidArgumentError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_band_schedule_args(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """`--band-scale` and `--schedule`, shared by `steer`, `chat`, `eval` and `trait`."""
+    p.add_argument(
+        "--band-scale", choices=("uniform", "norm"), default="uniform",
+        help="alphas over a band of several layers steered together: the same at each (uniform), or "
+        "in proportion to each layer's median residual norm, averaging the given alpha (default %(default)s)",
+    )
+    p.add_argument(
+        "--schedule", type=schedule_arg, default="constant", metavar="constant|linear:N|first:N",
+        help="steering strength by generation step: constant, fading linearly to zero over N "
+        "generated tokens, or the first N generated tokens only (default %(default)s)",
+    )
 
 
 def _cmd_steer(args: argparse.Namespace) -> int:
@@ -35,7 +60,8 @@ def _add_steer(sub: argparse._SubParsersAction) -> None:
         "'assistant-axis' or 'biography:ID' (biography minus templated)",
     )
     p.add_argument(
-        "--layer", nargs="+", required=True, help="block indices or ranges (12 or 10-14)"
+        "--layer", nargs="+", required=True,
+        help="block indices or ranges (12 or 10-14), steered together (a band: see --band-scale)",
     )
     p.add_argument(
         "--alpha", nargs="+", type=magnitude, required=True, help="one or more strengths to sweep"
@@ -51,6 +77,7 @@ def _add_steer(sub: argparse._SubParsersAction) -> None:
         default="all",
         help="tokens steered: all, the prompt's or the generated ones (default %(default)s)",
     )
+    add_band_schedule_args(p)
     group = p.add_mutually_exclusive_group()
     group.add_argument("--prompt", action="append", help="a user prompt (repeatable)")
     group.add_argument(
@@ -80,7 +107,8 @@ def _add_chat(sub: argparse._SubParsersAction) -> None:
         "--steer",
         action="append",
         metavar="VECTOR:LAYER:ALPHA",
-        help="add ALPHA x VECTOR (persona id, biography:ID, vector file, assistant-axis) at LAYER; "
+        help="add ALPHA x VECTOR (persona id, biography:ID, vector file, assistant-axis) at LAYER, or "
+        "over a band of layers (VECTOR:10-14:ALPHA, also written VECTOR@10-14:ALPHA); "
         "a reference vector folder may omit LAYER and ALPHA (default: its metadata.json's); repeatable",
     )
     p.add_argument(
@@ -104,6 +132,7 @@ def _add_chat(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="quantile for a calibrated tau (default 0.99 upper, 0.01 lower)",
     )
+    add_band_schedule_args(p)
     add_generation_args(p)
     p.set_defaults(handler=_cmd_chat)
 

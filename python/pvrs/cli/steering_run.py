@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager, nullcontext
@@ -166,32 +167,44 @@ def run_steer(args: argparse.Namespace) -> int:
 @dataclass(frozen=True)
 class InterventionSpec:
     vector: str
-    layer: int
+    layers: str  # a layer or a band, as typed: 12, -1, 10-14
     value: float | None  # alpha for --steer, tau for --cap (None: calibrate)
     side: str | None = None  # a cap's side when fixed by its source (None: --cap-side)
 
 
+# The LAYER of a spec: one block (12, -1) or an inclusive range (10-14); checked by parse_layers.
+_LAYERS = re.compile(r"-?\d+(?:--?\d+)?")
+
+
 def parse_intervention(text: str, flag: str, value_required: bool) -> InterventionSpec:
-    """`VECTOR:LAYER:VALUE` (VALUE optional for --cap). VECTOR may itself contain colons."""
+    """`VECTOR:LAYER:VALUE` (VALUE optional for --cap); LAYER may be a range (`10-14`).
+    VECTOR may itself contain colons."""
     parts = text.rsplit(":", 2)
     form = "VECTOR:LAYER:ALPHA" if value_required else "VECTOR:LAYER[:TAU]"
     try:
-        if len(parts) == 3:
-            return InterventionSpec(parts[0], int(parts[1]), magnitude(parts[2]))
-        if len(parts) == 2 and not value_required:
-            return InterventionSpec(parts[0], int(parts[1]), None)
+        if len(parts) == 3 and _LAYERS.fullmatch(parts[1]):
+            return InterventionSpec(parts[0], parts[1], magnitude(parts[2]))
+        if len(parts) == 2 and not value_required and _LAYERS.fullmatch(parts[1]):
+            return InterventionSpec(parts[0], parts[1], None)
     except argparse.ArgumentTypeError as exc:  # bounded as the --alpha and --tau flags are
         raise InputError(f"{flag} {text!r}: {exc}; give {form}") from None
-    except ValueError:
-        pass
-    raise InputError(f"{flag} {text!r} is not {form} (e.g. pirate_captain:12:4)")
+    raise InputError(f"{flag} {text!r} is not {form} (e.g. pirate_captain:12:4 or pirate_captain:10-14:4)")
 
 
 def parse_steer(text: str) -> InterventionSpec:
-    """`VECTOR:LAYER:ALPHA`, or a reference vector folder (or its steering_vector.safetensors)
-    alone or with `:LAYER[:ALPHA]`, the rest taken from its metadata.json."""
+    """`VECTOR:LAYER:ALPHA` or `VECTOR@LAYER:ALPHA` (the vLLM spec's shorthand; LAYER may be a
+    band, `10-14`), or a reference vector folder (or its steering_vector.safetensors) alone or
+    with `:LAYER[:ALPHA]`, the rest taken from its metadata.json."""
     from pvrs.steering.published import read_steering_vector
     from pvrs.store.vectorfiles import STEERING_VECTOR_FILE, is_vector_folder
+
+    vector, at, rest = text.rpartition("@")
+    layers, colon, alpha = rest.partition(":")
+    if at and vector and colon and _LAYERS.fullmatch(layers):
+        try:
+            return InterventionSpec(vector, layers, magnitude(alpha))
+        except argparse.ArgumentTypeError as exc:
+            raise InputError(f"--steer {text!r}: {exc}; give VECTOR@LAYER:ALPHA") from None
 
     candidates: list[tuple[str, list[str]]] = [(text, [])]
     if ":" in text:
@@ -205,17 +218,19 @@ def parse_steer(text: str) -> InterventionSpec:
         if not (is_vector_folder(path) or (path.is_file() and path.name == STEERING_VECTOR_FILE)):
             continue
         published = read_steering_vector(path)
+        if fields and not _LAYERS.fullmatch(fields[0]):
+            break
+        layer = fields[0] if fields else published.layer
         try:
-            layer = int(fields[0]) if fields else published.layer
             alpha = magnitude(fields[1]) if len(fields) > 1 else published.alpha
-        except (ValueError, argparse.ArgumentTypeError):
+        except argparse.ArgumentTypeError:
             break
         if layer is None or alpha is None:
             raise InputError(
                 f"--steer {text!r}: {path}'s metadata.json names no "
                 f"{'layer' if layer is None else 'alpha'}; give {vector}:LAYER:ALPHA"
             )
-        return InterventionSpec(vector, layer, alpha)
+        return InterventionSpec(vector, str(layer), alpha)
     return parse_intervention(text, "--steer", value_required=True)
 
 
@@ -237,7 +252,7 @@ def resolve_caps(text: str, args: argparse.Namespace) -> list[ResolvedInterventi
         return [ResolvedIntervention(spec, resolve_vector(spec.vector, args))]
     path, experiment = config
     return [
-        ResolvedIntervention(InterventionSpec(f"{text}/{c.name}", c.layer, c.tau, "upper"), c.vector)
+        ResolvedIntervention(InterventionSpec(f"{text}/{c.name}", str(c.layer), c.tau, "upper"), c.vector)
         for c in capping_experiment(path, experiment)
     ]
 
@@ -245,12 +260,33 @@ def resolve_caps(text: str, args: argparse.Namespace) -> list[ResolvedInterventi
 def resolve_interventions(
     args: argparse.Namespace,
 ) -> tuple[list[ResolvedIntervention], list[ResolvedIntervention]]:
-    """Parse and load every `--steer` and `--cap` before the model loads, so a typo fails fast."""
+    """Parse and load every `--steer` and `--cap` before the model loads, so a typo fails fast
+    (also a layer a `(L, H)` vector does not have)."""
     steers = [parse_steer(t) for t in args.steer or []]
-    return (
+    resolved = (
         [ResolvedIntervention(s, resolve_vector(s.vector, args)) for s in steers],
         [item for text in args.cap or [] for item in resolve_caps(text, args)],
     )
+    for flag, items in zip(("--steer", "--cap"), resolved, strict=True):
+        for item in items:
+            if item.vector.ndim == 2:
+                vector_layers([item.spec.layers], item.vector, flag)
+    return resolved
+
+
+def _where(layers: Sequence[int]) -> str:
+    """`layer 3`, `layers 10-14`, or `layers [1, 3]`."""
+    if len(layers) == 1:
+        return f"layer {layers[0]}"
+    if list(layers) == list(range(layers[0], layers[-1] + 1)):
+        return f"layers {layers[0]}-{layers[-1]}"
+    return f"layers {list(layers)}"
+
+
+def _values(values: dict[int, float], form: str) -> str:
+    """One number when every layer has the same, else one per layer."""
+    distinct = set(values.values())
+    return format(distinct.pop(), form) if len(distinct) == 1 else ", ".join(format(v, form) for v in values.values())
 
 
 @contextmanager
@@ -261,36 +297,42 @@ def interventions(
     steers: Sequence[ResolvedIntervention],
     caps: Sequence[ResolvedIntervention],
 ) -> Iterator[list[str]]:
-    """Enter every steer and cap; yields one description per intervention. A cap without
-    TAU is calibrated on the built-in neutral prompts at `--cap-quantile`, before any
-    intervention is active: a floor set inside the steered distribution would hold nothing."""
+    """Enter every steer and cap; yields one description per intervention. A steer over a
+    band of layers gets its per-layer alphas from `--band-scale`, and `--schedule` over
+    generation steps. A cap without TAU is calibrated on the built-in neutral prompts at
+    `--cap-quantile`, before any intervention is active: a floor set inside the steered
+    distribution would hold nothing."""
+    from pvrs.engines.hooks import decoder_layers
     from pvrs.extraction.generate import DEFAULT_PROMPTS, as_chat
-    from pvrs.steering.interventions import cap, default_cap_quantile, steer
-    from pvrs.steering.residuals import calibrate_tau, resolve_layers
+    from pvrs.steering.interventions import band, cap, default_cap_quantile, steer
+    from pvrs.steering.residuals import calibrate_tau
 
     quantile = args.cap_quantile if args.cap_quantile is not None else default_cap_quantile(args.cap_side)
+    blocks = range(len(decoder_layers(model)))
 
-    def layer_of(item: ResolvedIntervention) -> int:
-        return resolve_layers(model, [item.spec.layer])[0]  # `-1` is the last block
+    def layers_of(item: ResolvedIntervention, flag: str) -> list[int]:
+        return parse_layers([item.spec.layers], blocks, flag)  # `-1` is the last block
 
-    cap_layers = [layer_of(item) for item in caps]
+    cap_layers = [layers_of(item, "--cap") for item in caps]
     prompts = [as_chat(p) for p in DEFAULT_PROMPTS]
     taus = [
-        item.spec.value
+        dict.fromkeys(layers, item.spec.value)
         if item.spec.value is not None
-        else calibrate_tau(model, tokenizer, item.vector, [layer], prompts, quantile)[layer]
-        for item, layer in zip(caps, cap_layers, strict=True)
+        else calibrate_tau(model, tokenizer, item.vector, layers, prompts, quantile)
+        for item, layers in zip(caps, cap_layers, strict=True)
     ]
+    scheduled = "" if args.schedule == "constant" else f", schedule {args.schedule}"
     described = []
     with ExitStack() as stack:
         for item in steers:
-            spec, layer = item.spec, layer_of(item)
-            stack.enter_context(steer(model, item.vector, [layer], alpha=float(spec.value or 0.0)))
-            described.append(f"steer {spec.vector} at layer {layer}, alpha {spec.value:g}")
-        for item, layer, tau in zip(caps, cap_layers, taus, strict=True):
+            spec, layers = item.spec, layers_of(item, "--steer")
+            alphas = band(model, tokenizer, layers, float(spec.value or 0.0), args.band_scale)
+            stack.enter_context(steer(model, item.vector, layers, alpha=alphas, schedule=args.schedule))
+            described.append(f"steer {spec.vector} at {_where(layers)}, alpha {_values(alphas, 'g')}{scheduled}")
+        for item, layers, tau in zip(caps, cap_layers, taus, strict=True):
             side = item.spec.side or args.cap_side
-            stack.enter_context(cap(model, item.vector, [layer], tau, side=side))
-            described.append(f"cap ({side}) {item.spec.vector} at layer {layer}, tau {tau:.3f}")
+            stack.enter_context(cap(model, item.vector, layers, tau, side=side))
+            described.append(f"cap ({side}) {item.spec.vector} at {_where(layers)}, tau {_values(tau, '.3f')}")
         yield described
 
 

@@ -14,11 +14,12 @@ generated token is step 1. The add at that token is `coef * factor(g) * v`, with
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
-
-import torch
+from typing import TYPE_CHECKING, Literal
 
 from pvrs.errors import InvalidArgumentError
+
+if TYPE_CHECKING:  # torch loads on first use: the CLI parses --schedule without it
+    import torch
 
 ScheduleKind = Literal["constant", "linear", "first"]
 SCHEDULE_FORMS = "constant, linear:N or first:N (N a whole number of generation steps, >= 1)"
@@ -54,6 +55,8 @@ class Schedule:
 
     def factors(self, steps: torch.Tensor) -> torch.Tensor:
         """float32 factors of integer steps `g` (any shape, any device)."""
+        import torch
+
         g = steps.to(torch.float32)
         if self.kind == "linear":
             return (1.0 - g / self.steps).clamp(min=0.0)

@@ -1,0 +1,86 @@
+"""Bands and schedules from the command line (`pvrs chat --steer V:10-14:A`, `pvrs steer`,
+`pvrs eval --band`, `--band-scale`, `--schedule`) on a tiny random Llama saved to a folder:
+the replies are the API's, and bad specs are one line and exit 2."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pvrs.cli import main
+from pvrs.extraction.generate import SamplingConfig, generate, prompt_messages
+from pvrs.steering.interventions import band, steer
+
+from tests.tiny import make_tokenizer
+from tests.tiny_models import tiny_model
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Llama (4 blocks, hidden 64) with a chat tokenizer, and a (4, 64) vector.npy."""
+    root = tmp_path_factory.mktemp("band")
+    tokenizer = make_tokenizer("chatml")
+    tiny_model("llama", vocab_size=len(tokenizer)).save_pretrained(root / "model")
+    tokenizer.save_pretrained(root / "model")
+    vector = np.random.default_rng(0).standard_normal((4, 64)).astype(np.float32) * 4
+    np.save(root / "vector.npy", vector)
+    return root
+
+
+@pytest.fixture(scope="module")
+def loaded(folder: Path):
+    from pvrs.engines.models import load
+
+    return load(str(folder / "model"), device="cpu")
+
+
+def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _chat(folder: Path, *extra: str) -> list[str]:
+    return ["chat", "--model", str(folder / "model"), "--device", "cpu", "--max-new-tokens", "6", *extra]
+
+
+def test_chat_steers_a_band_with_a_schedule_as_the_api_does(folder, loaded, capsys, monkeypatch):
+    model, tokenizer = loaded
+    vector = np.load(folder / "vector.npy")
+    alphas = band(model, tokenizer, [1, 2, 3], 3.0, "norm")
+    with steer(model, vector, [1, 2, 3], alpha=alphas, schedule="linear:3"):
+        expected = generate(model, tokenizer, prompt_messages(tokenizer, None, "hello there"),
+                            SamplingConfig(max_new_tokens=6, temperature=0.0))
+    replies = []
+    for spec in (f"{folder / 'vector.npy'}:1-3:3", f"{folder / 'vector.npy'}@1--1:3"):
+        monkeypatch.setattr("sys.stdin", io.StringIO("hello there\n"))
+        code, out, err = _run(_chat(folder, "--steer", spec, "--band-scale", "norm", "--schedule", "linear:3"), capsys)
+        assert code == 0, err
+        shown = ", ".join(f"{a:g}" for a in alphas.values())
+        assert f"at layers 1-3, alpha {shown}, schedule linear:3" in " ".join(err.split())  # rich wraps
+        replies.append(out)
+    assert replies[0] == replies[1] == f"assistant> {expected}\n"
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--steer", "{v}:3-1:2"], "--steer '3-1': the range goes backwards; write it low-high"),
+        (["--steer", "{v}@2-7:2"], "--steer '2-7': layer 4 does not exist (0..3); the vector has shape (4, 64)"),
+        (["--steer", "{v}@1-2:nan"], "--steer '{v}@1-2:nan': "),
+        (["--steer", "{v}:1:2", "--schedule", "linear:0"], "argument --schedule: schedule 'linear:0' is not constant, "),
+        (["--steer", "{v}:1:2", "--band-scale", "log"], "argument --band-scale: invalid choice: 'log'"),
+    ],
+)
+def test_bad_chat_band_and_schedule_specs_are_one_line(folder, capsys, extra, message):
+    v = str(folder / "vector.npy")
+    argv = _chat(folder, *(e.format(v=v) for e in extra))
+    try:
+        code, _, err = _run(argv, capsys)
+    except SystemExit as exc:  # argparse's own errors
+        code, err = exc.code, capsys.readouterr().err.splitlines()[-1]
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1 and message.format(v=v) in err, err
