@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pvrs.engines.edits import add, along
+from pvrs.engines.edits import add, along, unit
 from pvrs.engines.hooks import decoder_layers
 from pvrs.engines.vllm_steering import Edit, SteeringSpec, VectorCatalog, parse_spec
 
@@ -78,8 +78,11 @@ class _Steering:
         self.index = {name: i for i, name in enumerate(names)}
         self.catalog = catalog
         self.vectors = stacked  # (n, L, H) fp32
-        norms = torch.linalg.vector_norm(stacked, dim=-1, keepdim=True)
-        self.units = torch.where(norms > 0, stacked / norms, torch.zeros_like(stacked))
+        # row by row as the transformers hooks compute them (same bits); zero rows stay zero
+        # (a spec projecting on one is refused by the catalog)
+        self.units = torch.zeros_like(stacked)
+        for n, layer in zip(*torch.nonzero(torch.linalg.vector_norm(stacked, dim=-1) > 0).T.tolist(), strict=True):
+            self.units[n, layer] = unit(stacked[n, layer])
         self.scaled: dict[tuple[int, int, float, torch.dtype], torch.Tensor] = {}
         self.specs: dict[str, tuple[Any, SteeringSpec | None]] = {}
         self.plan: dict[int, list[_Op]] = {}
@@ -160,6 +163,18 @@ class _Steering:
         return self.scaled[key]
 
 
+def check_eager(config: Any) -> None:
+    """Refuse an engine whose forward is compiled (torch.compile, CUDA graphs): it never calls
+    the hooks, so steered requests would silently come out unsteered."""
+    compilation = config.compilation_config
+    mode = getattr(compilation, "mode", getattr(compilation, "level", 0))
+    if not config.model_config.enforce_eager or int(mode or 0) != 0:
+        raise RuntimeError(
+            "pvrs steering needs vLLM started with enforce_eager=True (--enforce-eager) and no "
+            "compilation: a compiled forward never runs pvrs's layer hooks, so it would not steer"
+        )
+
+
 class PvrsSteeringWorker:
     """Mixed into vLLM's worker by `worker_extension_cls`; its methods run by `collective_rpc`."""
 
@@ -173,13 +188,7 @@ class PvrsSteeringWorker:
         model's device and install the hooks (once); returns the registered names."""
         from safetensors.torch import load_file
 
-        config = self.vllm_config  # type: ignore[attr-defined]
-        mode = getattr(config.compilation_config, "mode", getattr(config.compilation_config, "level", 0))
-        if not config.model_config.enforce_eager or int(mode or 0) != 0:
-            raise RuntimeError(
-                "pvrs steering needs vLLM started with enforce_eager=True (--enforce-eager) and no "
-                "compilation: a compiled forward never runs pvrs's layer hooks, so it would not steer"
-            )
+        check_eager(self.vllm_config)  # type: ignore[attr-defined]
         if getattr(self, "_pvrs", None) is not None:
             raise RuntimeError("pvrs vectors are already registered in this engine; start a new one")
         model = self.model_runner.get_model()  # type: ignore[attr-defined]
