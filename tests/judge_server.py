@@ -36,6 +36,7 @@ class Server:
     delay: float = 0.0
     scorer: Callable[[str], float | None] = field(default=lambda prompt: expected_score(prompt))
     top: list[tuple[str, float]] = field(default_factory=lambda: [("80", 0.75), ("40", 0.25), ("Sure", 1e-3)])
+    writer: Callable[[list[dict]], str | None] | None = None  # a reply text for the messages, else None: scored
     requests: list[dict] = field(default_factory=list)
     times: list[float] = field(default_factory=list)
     in_flight: int = 0
@@ -86,9 +87,10 @@ def serve() -> Iterator[Server]:
                     return self._send(200, b"<html>proxy error</html>")
                 if state.mode == "no_choices":
                     return self._send(200, b'{"id": "x", "object": "chat.completion"}')
-                score = state.scorer(body["messages"][0]["content"]) if state.mode == "number" else 0
-                content = {"number": "REFUSAL" if score is None else str(int(score)),
-                           "words": "I would say it is fine"}.get(state.mode, "0")
+                written = None if state.writer is None else state.writer(body["messages"])
+                score = state.scorer(body["messages"][0]["content"]) if state.mode == "number" and written is None else 0
+                content = written if written is not None else {"number": "REFUSAL" if score is None else str(int(score)),
+                                                               "words": "I would say it is fine"}.get(state.mode, "0")
                 choice: dict = {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}
                 if state.mode == "logprobs" and body.get("logprobs"):
                     token, p = max(state.top, key=lambda tp: tp[1])

@@ -69,6 +69,11 @@ class JudgeError(PvrsError):
     or a local judge model has no number tokens. The message names the endpoint or model."""
 
 
+class GenerationError(PvrsError):
+    """A generator model's replies never made a valid file (`pvrs trait --describe`): the
+    operation failed, not the user's input. The message says what the last reply lacked."""
+
+
 class InternalError(PvrsError):
     """A bug in pvrs (for example a contained panic in the Rust core). Please report it."""
 
@@ -76,6 +81,7 @@ class InternalError(PvrsError):
 __all__ = [
     "ArtifactError",
     "EngineStartError",
+    "GenerationError",
     "InputError",
     "InternalError",
     "InvalidArgumentError",

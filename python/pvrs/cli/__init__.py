@@ -29,7 +29,7 @@ from pvrs.cli import (
     trait,
 )
 from pvrs.cli.common import EXIT_USAGE
-from pvrs.errors import PvrsError
+from pvrs.errors import GenerationError, PvrsError
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -55,6 +55,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         return handler(args)
+    except GenerationError as exc:  # a generator model failed at its task: no user mistake
+        print(f"pvrs {args.command}: error: {exc}", file=sys.stderr)
+        return 1
     except PvrsError as exc:
         print(f"pvrs {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -1,12 +1,13 @@
-"""`pvrs trait`: a trait vector end to end from a persona_vectors trait file: answers under
-the positive and negative system prompts, judged; the pairs past the thresholds; the
-difference vectors; and `pvrs eval` on them. Every step is saved under one folder and reused
-by a rerun."""
+"""`pvrs trait`: a trait vector end to end from a persona_vectors trait file (or one a
+generator model writes from a description, `--describe`): answers under the positive and
+negative system prompts, judged; the pairs past the thresholds; the difference vectors; and
+`pvrs eval` on them. Every step is saved under one folder and reused by a rerun."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -14,6 +15,7 @@ from pvrs.cli.common import (
     DEFAULT_TOP_P,
     add_generation_args,
     add_model_args,
+    bounded_int,
     check_writable,
     positive_int,
     score_threshold,
@@ -37,31 +39,34 @@ if TYPE_CHECKING:
     from pvrs.extraction.generate import SamplingConfig
     from pvrs.extraction.inputs import QAPair
     from pvrs.judge import Judge, Rubric, ScoreCache
+    from pvrs.judge.describe import Generator
     from pvrs.judge.trait import TraitFile
 
 # pvrs's sampling of trait answers (persona_vectors: temperature 1 too, top_p 1, 1000 tokens).
 MAX_NEW_TOKENS, TEMPERATURE = 256, 1.0
+GENERATE_TIMEOUT = 600.0  # seconds a generator may take to write a whole trait file
+MAX_ATTEMPTS, MAX_COUNT = 20, 1000
 
 
-def _output_dir(args: argparse.Namespace, trait: TraitFile) -> Path:
+def _output_dir(args: argparse.Namespace, name: str) -> Path:
     from pvrs.analysis.tables import slug
     from pvrs.engines.models import canonical_model_name, model_dir_name
     from pvrs.paths import artifacts_dir
 
     if args.output_dir:
         return Path(args.output_dir)
-    return artifacts_dir() / "traits" / model_dir_name(canonical_model_name(args.model)) / slug(trait.name)
+    return artifacts_dir() / "traits" / model_dir_name(canonical_model_name(args.model)) / slug(name)
 
 
 def _eval_questions(args: argparse.Namespace, trait: TraitFile) -> list[str]:
     """--eval-questions: a JSON file with `questions` (a trait file: persona_vectors'
     trait_data_eval set, or the questions alone) or a questions file; default the trait file's
-    own questions."""
+    held-out `eval_questions`, else its own questions."""
     from pvrs.cli.steering_run import read_prompts
     from pvrs.judge.trait import questions_of
 
     if args.eval_questions is None:
-        return trait.questions
+        return trait.eval_questions or trait.questions
     path = Path(args.eval_questions)
     if path.suffix.lower() == ".json":
         try:
@@ -103,6 +108,63 @@ def _write_scores(out: Path, scores: dict[str, dict[tuple[str, str], float | Non
     return len({key for by_key in scores.values() for key, s in by_key.items() if s is None})
 
 
+def _generator(args: argparse.Namespace, judge: Judge) -> tuple[Generator, str]:
+    """The model that writes a --describe trait file, and its name for messages: --generator
+    (an endpoint URL, with --generator-model or the judge's model; else a local model),
+    by default the judge itself."""
+    from dataclasses import replace
+
+    from pvrs.judge.describe import endpoint_generator, local_generator
+    from pvrs.judge.endpoint import KEY_ENV, EndpointJudge, check_url
+    from pvrs.judge.local import LocalJudge
+
+    spec = args.generator
+    if spec is None:
+        if isinstance(judge, EndpointJudge):
+            return endpoint_generator(replace(judge, timeout=max(judge.timeout, GENERATE_TIMEOUT))), f"generator {judge.model}"
+        if isinstance(judge, LocalJudge):
+            return local_generator(judge.model, judge.tokenizer), f"generator {judge.name}"
+        raise InputError(f"judge {judge.id} cannot write a trait file; pass --generator URL or MODEL")
+    if "://" in spec:
+        check_url(spec, "--generator")
+        model = args.generator_model or (judge.model if isinstance(judge, EndpointJudge) else None)
+        if not model:
+            raise InputError(f"--generator {spec}: pass --generator-model NAME, the model the endpoint serves")
+        endpoint = EndpointJudge(spec, model, args.api_key or os.environ.get(KEY_ENV), timeout=max(args.timeout, GENERATE_TIMEOUT),
+                                 retries=args.retries)
+        return endpoint_generator(endpoint), f"generator {model} at {endpoint.endpoint}"
+    if args.generator_model:
+        raise InputError(f"--generator-model names a model an endpoint serves; --generator {spec} is a local model, not a URL")
+    from pvrs.engines import models
+
+    model, tokenizer = models.load(spec, dtype=args.dtype, device=args.device)
+    return local_generator(model, tokenizer), f"generator {models.canonical_model_name(spec)}"
+
+
+def _describe(args: argparse.Namespace, name: str, out: Path, judge: Judge, console: Console) -> Path:
+    """Have the generator write the trait file `<out>/<name>.json` (an existing one is kept
+    unless --force) and return its path."""
+    from pvrs.analysis.tables import slug
+    from pvrs.judge.describe import Counts, check_new, describe_trait, load_prompt, save_trait_file
+
+    path = out / f"{slug(name)}.json"
+    check_new(path, args.force)
+    counts = Counts(args.describe_pairs, args.describe_questions, args.describe_eval_questions)
+    prompt = load_prompt(args.describe_prompt)
+    generator, who = _generator(args, judge)
+
+    with console.status(f"{who} is writing the trait file for {name!r}") as status:
+        # A failed attempt shows on the transient status line: only the final failure is printed.
+        data = describe_trait(generator, args.describe, name, counts=counts, prompt=prompt, attempts=args.describe_attempts,
+                              generator_name=who, on_attempt=lambda n, problems: status.update(
+                                  f"{who}'s reply {n} was no valid trait file ({'; '.join(problems)[:80]}); asking again"))
+    with writing(out):
+        save_trait_file(data, path, force=args.force)
+    console.print(f"pvrs trait: wrote the trait file {path} ({counts.pairs} instruction pairs, {counts.questions} questions, "
+                  f"{counts.eval_questions} held out)")
+    return path
+
+
 def trait_sampling(args: argparse.Namespace) -> SamplingConfig:
     """The answers' sampling: the flags, or with `--preset persona_vectors` its pipeline's
     (eval_persona.py: top_p 1, 1000 new tokens, temperature 1, 0 for one answer per question).
@@ -130,6 +192,7 @@ def _cmd_trait(args: argparse.Namespace) -> int:
     from pvrs.engines.hooks import decoder_layers
     from pvrs.engines.models import canonical_model_name
     from pvrs.judge import load_rubric
+    from pvrs.judge.describe import check_description
     from pvrs.judge.evaluation import EvalSetup
     from pvrs.judge.trait import (
         SIDES,
@@ -145,17 +208,25 @@ def _cmd_trait(args: argparse.Namespace) -> int:
     from pvrs.store import atomic_write_bytes
     from pvrs.store.layerspec import parse_layers
 
-    trait = load_trait_file(args.trait_file, args.name)
+    if (args.trait_file is None) == (args.describe is None):
+        raise InputError("pass a TRAIT_FILE, or --describe TEXT to have a generator model write one (not both)")
+    if args.describe is not None:
+        check_description(args.describe)
+    trait = None if args.trait_file is None else load_trait_file(args.trait_file, args.name)
+    name = trait.name if trait is not None else args.name or " ".join(args.describe.split())
     sampling = trait_sampling(args)
-    out = _output_dir(args, trait)
+    out = _output_dir(args, name)
     check_writable("--output-dir", out, is_dir=True)
     cache = score_cache(args, out / "pairs.csv")  # a bad --cache fails now, not after generating
     if not args.no_eval:
         check_grid_args(args)
-    eval_questions = None if args.no_eval else _eval_questions(args, trait)
-    rubrics = {"trait": trait.rubric.with_mode(args.judge_mode),
-               "coherence": load_rubric(args.coherence_rubric, "--coherence-rubric")}
+    coherence = load_rubric(args.coherence_rubric, "--coherence-rubric")
     judge = make_judge(args)
+    console = Console(stderr=True)
+    if trait is None:
+        trait = load_trait_file(_describe(args, name, out, judge, console), args.name)
+    eval_questions = None if args.no_eval else _eval_questions(args, trait)
+    rubrics = {"trait": trait.rubric.with_mode(args.judge_mode), "coherence": coherence}
     model, tokenizer = load_model(args)
     if not args.no_eval:  # a bad --layer / --cap fails now, not after generating and judging
         blocks = range(len(decoder_layers(model)))
@@ -163,7 +234,6 @@ def _cmd_trait(args: argparse.Namespace) -> int:
             if spec:
                 parse_layers(spec, blocks, flag)
     model_name = canonical_model_name(args.model)
-    console = Console(stderr=True)
 
     with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=True) as progress:
@@ -207,11 +277,12 @@ def _cmd_trait(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from pvrs.judge.describe import DEFAULT_ATTEMPTS, Counts
     from pvrs.judge.trait import DEFAULT_THRESHOLD, VECTOR_KINDS
 
     p = sub.add_parser(
         "trait",
-        help="a trait vector end to end from a persona_vectors trait file: generate, judge, filter, extract, eval",
+        help="a trait vector end to end from a persona_vectors trait file (or a description): generate, judge, filter, extract, eval",
         description="From a trait file in Anthropic's persona_vectors format (JSON: 'instruction' "
         "[{pos, neg}] system-prompt pairs, 'questions', and 'eval_prompt', a rubric with {question} "
         "and {answer}): answer every question under each positive and negative system prompt "
@@ -220,10 +291,31 @@ def register(sub: argparse._SubParsersAction) -> None:
         "positive answer shows the trait, negative answer does not and both are coherent, save "
         "the positive-minus-negative vectors (response mean, prompt mean, prompt last), and run "
         "`pvrs eval` on them. Answers, scores, pairs, vectors and eval cells are all saved under "
-        "--output-dir; a rerun reuses them.",
+        "--output-dir; a rerun reuses them. With --describe TEXT instead of a file, a generator model "
+        "first writes the trait file (instruction pairs, questions, held-out questions, rubric), checked "
+        "and asked again when invalid.",
     )
-    p.add_argument("trait_file", metavar="TRAIT_FILE", help="a persona_vectors trait file (data_generation/trait_data_extract/<trait>.json)")
-    p.add_argument("--name", help="the trait's name in the positive system prompts and the report (default: the file's stem)")
+    p.add_argument("trait_file", metavar="TRAIT_FILE", nargs="?",
+                   help="a persona_vectors trait file (data_generation/trait_data_extract/<trait>.json); or --describe")
+    p.add_argument("--name", help="the trait's name in the positive system prompts and the report (default: the file's "
+                   "'name', else its stem; with --describe, the description)")
+    d = p.add_argument_group("a trait file from a description (instead of TRAIT_FILE)")
+    d.add_argument("--describe", metavar="TEXT", help="describe the trait (\"formal and professional\"): a generator model "
+                   "writes the trait file, <output-dir>/<name>.json, and the pipeline runs on it")
+    d.add_argument("--generator", metavar="URL|MODEL", help="who writes it: an OpenAI-compatible endpoint (API base URL) "
+                   "or a local model (HF id, folder or built-in) (default: the judge)")
+    d.add_argument("--generator-model", metavar="NAME", help="the model a --generator URL serves (default: --judge-model)")
+    d.add_argument("--describe-prompt", metavar="FILE", help="the generation prompt, with {description} (and optionally "
+                   "{name}, {pairs}, {questions}, {eval_questions}) (default: pvrs's, pvrs/data/describe_prompt.txt)")
+    d.add_argument("--describe-attempts", type=bounded_int(1, MAX_ATTEMPTS), default=DEFAULT_ATTEMPTS,
+                   help="replies asked for before giving up; each retry tells the model what was wrong (default %(default)s)")
+    d.add_argument("--describe-pairs", type=bounded_int(1, MAX_COUNT), default=Counts.pairs,
+                   help="instruction pairs to write (default %(default)s, as persona_vectors)")
+    d.add_argument("--describe-questions", type=bounded_int(1, MAX_COUNT), default=Counts.questions,
+                   help="extraction questions to write (default %(default)s)")
+    d.add_argument("--describe-eval-questions", type=bounded_int(1, MAX_COUNT), default=Counts.eval_questions,
+                   help="held-out evaluation questions to write, none among the extraction ones (default %(default)s)")
+    d.add_argument("--force", action="store_true", help="write the trait file over an existing one")
     add_model_args(p)
     p.add_argument("--output-dir", metavar="DIR", help="where every step goes (default $ARTIFACTS_DIR/traits/<model>/<trait>)")
     p.add_argument(

@@ -12,7 +12,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,7 +56,7 @@ class EndpointJudge:
         model = model or os.environ.get(MODEL_ENV)
         if not url:
             raise InputError(f"no judge endpoint: pass --judge-url URL (e.g. http://localhost:8000/v1) or set ${URL_ENV}")
-        _check_url(url, "--judge-url" if flag_url else f"${URL_ENV}")
+        check_url(url, "--judge-url" if flag_url else f"${URL_ENV}")
         if not model:
             raise InputError(f"no judge model for {url}: pass --judge-model NAME or set ${MODEL_ENV}")
         judge = cls(url, model, api_key or os.environ.get(KEY_ENV), **options)
@@ -91,8 +91,7 @@ class EndpointJudge:
         done: queue.SimpleQueue[tuple[int, float | None, BaseException | None]] = queue.SimpleQueue()
         for i in range(len(prompts)):
             todo.put(i)
-        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
-        client = httpx.Client(timeout=self.timeout, headers=headers, limits=httpx.Limits(max_connections=self.concurrency))
+        client = self._client()
 
         def work() -> None:
             while not stop.is_set():
@@ -124,6 +123,29 @@ class EndpointJudge:
             raise
         _close_after(workers, client)
         return scores
+
+    def complete(self, messages: Sequence[Mapping[str, str]], max_tokens: int) -> str:
+        """The reply text to a conversation, at temperature 0 (one request, retried as a
+        score's): a generator behind the judge's endpoint (`pvrs trait --describe`)."""
+        body: dict[str, Any] = {"model": self.model, "messages": [dict(m) for m in messages], "temperature": 0,
+                                "max_tokens": max_tokens}
+        if self.seed is not None:
+            body["seed"] = self.seed
+        with self._client() as client:
+            content = self._post(client, body, threading.Event())
+        try:
+            text = decode(content, f"endpoint {self.endpoint}")["choices"][0]["message"]["content"]
+            if not isinstance(text, str):
+                raise TypeError(text)
+        except (ValueError, KeyError, IndexError, TypeError):
+            raise JudgeError(
+                f"endpoint {self.endpoint}: malformed reply, not an OpenAI chat completion: {_snippet(content)}"
+            ) from None
+        return text
+
+    def _client(self) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        return httpx.Client(timeout=self.timeout, headers=headers, limits=httpx.Limits(max_connections=self.concurrency))
 
     def _score_one(self, client: httpx.Client, prompt: str, stop: threading.Event, mode: str) -> float | None:
         body: dict[str, Any] = {
@@ -182,7 +204,7 @@ class EndpointJudge:
         return None if text is None else stated_score(text, mode)
 
 
-def _check_url(url: str, where: str) -> None:
+def check_url(url: str, where: str) -> None:
     """An http(s) URL with a host, checked before any request (httpx would raise
     `InvalidURL` from a worker thread)."""
     example = "pass the API base, e.g. http://localhost:8000/v1"
