@@ -4,6 +4,7 @@ the replies are the API's, and bad specs are one line and exit 2."""
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 from pathlib import Path
@@ -14,6 +15,7 @@ from pvrs.cli import main
 from pvrs.extraction.generate import SamplingConfig, generate, prompt_messages
 from pvrs.steering.interventions import band, steer
 
+from tests.judge_server import Server, server_fixture  # noqa: F401 (the `server` fixture)
 from tests.tiny import make_tokenizer
 from tests.tiny_models import tiny_model
 
@@ -84,3 +86,75 @@ def test_bad_chat_band_and_schedule_specs_are_one_line(folder, capsys, extra, me
         code, err = exc.code, capsys.readouterr().err.splitlines()[-1]
     assert code == 2
     assert len(err.strip().splitlines()) == 1 and message.format(v=v) in err, err
+
+
+def _eval(server: Server, folder: Path, out: Path, *extra: str) -> list[str]:
+    return ["eval", "--model", str(folder / "model"), "--device", "cpu", "--vector", str(folder / "vector.npy"),
+            "--trait", "speaks like a pirate", "--prompt", "Who are you?", "--prompt", "Name a colour.",
+            "--max-new-tokens", "5", "--judge-url", server.url, "--judge-model", "m", "--no-report",
+            "--output-dir", str(out), *extra]
+
+
+def _cells(out: Path) -> dict[str, list[str]]:
+    return {p.stem: json.loads(p.read_text())["answers"] for p in (out / "cells").glob("*.json")}
+
+
+def _answers(loaded, vector: np.ndarray, layers: list[int], alphas: dict[int, float], schedule: str) -> list[str]:
+    model, tokenizer = loaded
+    config = SamplingConfig(max_new_tokens=5, temperature=0.0)
+    with steer(model, vector, layers, alpha=alphas, schedule=schedule):
+        return [generate(model, tokenizer, prompt_messages(tokenizer, None, q), config)
+                for q in ("Who are you?", "Name a colour.")]
+
+
+def test_eval_band_cells_sit_beside_layer_cells_with_their_own_keys(server, folder, loaded, tmp_path, capsys):
+    """`--band 2 1-2` adds a cell per band and alpha beside `--layer 2`'s: its own file, row and
+    key; a band of one layer answers as the layer does; a schedule or a band scale that changes a
+    band's alphas runs that cell again, and nothing else changes."""
+    out = tmp_path / "out"
+    vector = np.load(folder / "vector.npy")
+    grid = ["--layer", "2", "--band", "2", "1-2", "--alpha", "4"]
+    assert main(_eval(server, folder, out, *grid)) == 0
+    with (out / "results.csv").open() as f:
+        rows = [(r["kind"], r["layer"], r["band"], r["alpha"], r["band_strengths"]) for r in csv.DictReader(f)]
+    assert rows == [("unsteered", "", "", "", ""), ("steered", "2", "", "4", ""), ("steered", "", "2", "4", "4"),
+                    ("steered", "", "1+2", "4", "4 4")]
+    cells = _cells(out)
+    assert sorted(cells) == ["band1+2_alpha4", "band2_alpha4", "layer2_alpha4", "unsteered"]
+    assert cells["band2_alpha4"] == cells["layer2_alpha4"] != cells["unsteered"]
+    assert cells["band1+2_alpha4"] == _answers(loaded, vector, [1, 2], {1: 4.0, 2: 4.0}, "constant")
+    capsys.readouterr()
+
+    assert main(_eval(server, folder, out, *grid, "--band-scale", "norm")) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["cells_resumed"] == 3  # only band 1+2's alphas changed
+    model, tokenizer = loaded
+    alphas = band(model, tokenizer, [1, 2], 4.0, "norm")
+    assert _cells(out)["band1+2_alpha4"] == _answers(loaded, vector, [1, 2], alphas, "constant")
+
+    assert main(_eval(server, folder, out, *grid, "--schedule", "first:2")) == 0
+    assert json.loads((out / "summary.json").read_text())["cells_resumed"] == 0  # another setting: all again
+    cells = _cells(out)
+    assert cells["band1+2_alpha4"] == _answers(loaded, vector, [1, 2], {1: 4.0, 2: 4.0}, "first:2")
+    assert cells["band2_alpha4"] == cells["layer2_alpha4"] == _answers(loaded, vector, [2], {2: 4.0}, "first:2")
+
+
+@pytest.mark.parametrize(
+    ("grid", "message"),
+    [
+        (["--band", "3-1", "--alpha", "1"], "--band '3-1': the range goes backwards; write it low-high"),
+        (["--band", "2-9", "--alpha", "1"], "--band '2-9': layer 4 does not exist (0..3); the vector has shape (4, 64)"),
+        (["--band", "1-2"], "--band needs --alpha: the grid is every pair of them"),
+        (["--alpha", "1"], "--alpha needs --layer or --band: the grid is every pair of them"),
+        (["--band", "1-2", "--alpha", "1", "--relative", "--band-scale", "norm"], "--relative already scales"),
+        (["--layer", "1", "--alpha", "1", "--schedule", "first:0"], "argument --schedule: schedule 'first:0' is not "),
+    ],
+)
+def test_bad_eval_bands_are_one_line(folder, tmp_path, capsys, grid, message):
+    argv = ["eval", "--model", str(folder / "model"), "--vector", str(folder / "vector.npy"), "--trait", "x",
+            "--judge-url", "http://127.0.0.1:9/v1", "--judge-model", "m", "--output-dir", str(tmp_path / "out"), *grid]
+    try:
+        code, _, err = _run(argv, capsys)
+    except SystemExit as exc:  # argparse's own errors
+        code, err = exc.code, capsys.readouterr().err.splitlines()[-1]
+    assert code == 2 and len(err.strip().splitlines()) == 1 and message in err, err

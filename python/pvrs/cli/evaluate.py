@@ -18,6 +18,7 @@ from pvrs.cli.common import (
     writing,
 )
 from pvrs.cli.judge import add_judge_args, cache_path, make_judge, score_cache
+from pvrs.cli.steering import add_band_schedule_args
 from pvrs.errors import InputError
 
 if TYPE_CHECKING:
@@ -56,7 +57,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         trait_rubric=load_rubric(args.trait_rubric, "--trait-rubric", args.judge_mode),
         coherence_rubric=load_rubric(args.coherence_rubric, "--coherence-rubric"),
         sampling=SamplingConfig(args.max_new_tokens, args.temperature, args.top_p, args.seed),
-        system_prompt=args.prompted, positions=args.positions,
+        system_prompt=args.prompted, positions=args.positions, schedule=args.schedule,
     )
     vector = resolve_vector(args.vector, args)
     grid_layers(args, vector)  # a bad --layer or --cap fails before any model or judge loads
@@ -67,21 +68,33 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def check_grid_args(args: argparse.Namespace) -> None:
-    """A grid needs --layer with --alpha, --cap with --tau, or both pairs."""
-    for a, b in (("layer", "alpha"), ("cap", "tau")):
-        if bool(getattr(args, a)) != bool(getattr(args, b)):
-            given, missing = (a, b) if getattr(args, a) else (b, a)
-            raise InputError(f"--{given} needs --{missing}: the grid is every pair of them")
-    if not args.layer and not args.cap:
+    """A grid needs --layer (or --band) with --alpha, --cap with --tau, or both pairs."""
+    steering = args.layer or args.band
+    if steering and not args.alpha:
+        raise InputError(f"{'--layer' if args.layer else '--band'} needs --alpha: the grid is every pair of them")
+    if args.alpha and not steering:
+        raise InputError("--alpha needs --layer or --band: the grid is every pair of them")
+    if bool(args.cap) != bool(args.tau):
+        given, missing = ("--cap", "--tau") if args.cap else ("--tau", "--cap")
+        raise InputError(f"{given} needs {missing}: the grid is every pair of them")
+    if not steering and not args.cap:
         raise InputError("nothing to evaluate: pass --layer and --alpha (steering), --cap and --tau (capping), or both")
+    if args.relative and args.band_scale == "norm":
+        raise InputError("--relative already scales each layer by its residual norm; drop --band-scale norm")
 
 
-def grid_layers(args: argparse.Namespace, vector: np.ndarray) -> tuple[list[int], list[list[int]]]:
-    """The --layer blocks and each --cap's set of blocks, checked against `vector`."""
+def grid_layers(args: argparse.Namespace, vector: np.ndarray) -> tuple[list[int], list[list[int]], list[list[int]]]:
+    """The --layer blocks, each --cap's and each --band's set of blocks, checked against `vector`."""
     from pvrs.cli.steering_run import vector_layers
 
     layers = vector_layers(args.layer, vector) if args.layer else []
-    return layers, [vector_layers([spec], vector, "--cap") for spec in args.cap or []]
+    return (layers, [vector_layers([spec], vector, "--cap") for spec in args.cap or []],
+            [vector_layers([spec], vector, "--band") for spec in args.band or []])
+
+
+def needs_norms(args: argparse.Namespace) -> bool:
+    """Whether the grid's alphas depend on residual norms, which the transformers model measures."""
+    return bool(args.relative or (args.band and args.band_scale == "norm"))
 
 
 def evaluate(
@@ -102,13 +115,17 @@ def evaluate(
 
     from pvrs.judge.evalreport import write_report, write_table
     from pvrs.judge.evaluation import cap_grid, grid, recommend, recommend_cap, run_eval
-    from pvrs.steering.interventions import suggested_alphas
+    from pvrs.steering.interventions import band, suggested_alphas
     from pvrs.store import atomic_write_bytes
 
     model, tokenizer, model_name = loaded
-    layers, caps = grid_layers(args, vector)
-    strengths = suggested_alphas(model, tokenizer, vector, layers, 1.0) if args.relative and layers else None
-    cells = grid(layers, args.alpha or [], strengths, prompted=setup.system_prompt is not None)
+    layers, caps, bands = grid_layers(args, vector)
+    steered = sorted({*layers, *(i for b in bands for i in b)})
+    strengths = suggested_alphas(model, tokenizer, vector, steered, 1.0) if args.relative and steered else None
+    # A band cell adds alpha times its share at each layer (and times the layer's unit of --relative).
+    band_units = [{i: (1.0 if strengths is None else strengths[i]) * share
+                   for i, share in band(model, tokenizer, b, 1.0, args.band_scale).items()} for b in bands]
+    cells = grid(layers, args.alpha or [], strengths, prompted=setup.system_prompt is not None, bands=band_units)
     cells += cap_grid(caps, args.tau or [], args.cap_side)
     resumed = 0
     with Progress(TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -122,7 +139,7 @@ def evaluate(
 
         results = run_eval(model, tokenizer, vector, cells, setup, judge, out, model_name=model_name,
                            cache=score_cache(args, out / "cells"), on_cell=done)
-    best = recommend(results, args.min_coherence) if layers else None
+    best = recommend(results, args.min_coherence) if steered else None
     best_cap = recommend_cap(results, args.min_coherence) if caps else None
     table = Table(title=f"pvrs eval: {name} on {args.model} (trait: {setup.trait})")
     for column in ("cell", "layer", "alpha", "cap", "tau", "trait", "coherence"):
@@ -130,7 +147,8 @@ def evaluate(
     for r in results:
         mark = " *" if r is best or r is best_cap else ""
         c = r.cell
-        table.add_row(c.kind + mark, *("" if v is None else f"{v:g}" for v in (c.layer, c.alpha)), c.cap or "",
+        table.add_row(c.kind + mark, c.band or ("" if c.layer is None else str(c.layer)),
+                      "" if c.alpha is None else f"{c.alpha:g}", c.cap or "",
                       "" if c.tau is None else f"{c.tau:g}", f"{r.trait:.1f}", f"{r.coherence:.1f}")
     console.print(table)
     unscored = {"trait": sum(r.unscored[0] for r in results), "coherence": sum(r.unscored[1] for r in results)}
@@ -138,9 +156,9 @@ def evaluate(
         console.print(f"{unscored['trait']} trait and {unscored['coherence']} coherence scores missing (REFUSAL or no number): "
                       "cell means are over the scored answers (counts per cell in results.csv)")
     verdicts = []
-    if layers:
+    if steered:
         verdicts.append(
-            f"layer {best.cell.layer}, alpha {best.cell.alpha:g}: trait {best.trait:.1f} at coherence {best.coherence:.1f}"
+            f"{best.cell.where}, alpha {best.cell.alpha:g}: trait {best.trait:.1f} at coherence {best.coherence:.1f}"
             if best is not None
             else f"none: no steered cell keeps coherence >= {args.min_coherence:g}; try smaller alphas"
         )
@@ -181,7 +199,11 @@ def add_grid_args(p: argparse.ArgumentParser, min_coherence_help: str | None = N
     g = p.add_argument_group("grid (layers x alphas, caps x taus, or both)")
     # A repeated value would be a repeated cell and a repeated row of the table.
     g.add_argument("--layer", nargs="+", action=UniqueList, help="block indices or ranges to steer at, one at a time (12 or 10-14)")
-    g.add_argument("--alpha", nargs="+", type=magnitude, action=UniqueList, help="strengths to try at each --layer")
+    g.add_argument(
+        "--band", nargs="+", metavar="LAYERS", action=UniqueList,
+        help="also steer each item's blocks together, a cell per alpha beside the single layers (10-14; see --band-scale)",
+    )
+    g.add_argument("--alpha", nargs="+", type=magnitude, action=UniqueList, help="strengths to try at each --layer and --band")
     g.add_argument("--relative", action="store_true", help="read each alpha as a fraction of the layer's median residual norm")
     g.add_argument(
         "--cap", nargs="+", metavar="LAYERS", action=UniqueList,
@@ -196,6 +218,7 @@ def add_grid_args(p: argparse.ArgumentParser, min_coherence_help: str | None = N
         "--positions", choices=("all", "prompt", "generated"), default="all",
         help="tokens steered or capped: all, the prompt's or the generated ones (default %(default)s)",
     )
+    add_band_schedule_args(g)
     g.add_argument(
         "--min-coherence", type=score_threshold, default=DEFAULT_MIN_COHERENCE,
         help=min_coherence_help or "lowest mean coherence a recommended cell may have, 0-100 (default %(default)s)",

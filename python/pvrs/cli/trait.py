@@ -230,7 +230,7 @@ def _cmd_trait(args: argparse.Namespace) -> int:
     model, tokenizer = load_model(args)
     if not args.no_eval:  # a bad --layer / --cap fails now, not after generating and judging
         blocks = range(len(decoder_layers(model)))
-        for flag, spec in [("--layer", args.layer)] + [("--cap", [c]) for c in args.cap or []]:
+        for flag, spec in [("--layer", args.layer)] + [(f, [c]) for f in ("--cap", "--band") for c in getattr(args, f[2:]) or []]:
             if spec:
                 parse_layers(spec, blocks, flag)
     model_name = canonical_model_name(args.model)
@@ -266,7 +266,7 @@ def _cmd_trait(args: argparse.Namespace) -> int:
                   f"wrote {out / 'vectors'}")
     if eval_questions is not None:
         setup = EvalSetup(eval_questions, trait.name, rubrics["trait"], rubrics["coherence"], sampling,
-                          system_prompt=trait.system_prompt("pos", 0), positions=args.positions)
+                          system_prompt=trait.system_prompt("pos", 0), positions=args.positions, schedule=args.schedule)
         record["eval"] = {}
         for kind in args.eval_vectors:
             result = evaluate(args, kind, vectors[kind], setup, judge, (model, tokenizer, model_name), out / "eval" / kind, console)

@@ -16,8 +16,10 @@ if TYPE_CHECKING:
     import plotly.graph_objects as go
 
 # `n` answers per cell; `*_unscored` of them got no score (REFUSAL or no number) and are
-# left out of the `trait` / `coherence` means (blank when no answer was scored).
-COLUMNS = ("kind", "layer", "alpha", "strength", "trait", "coherence", "n", "cap", "tau", "trait_unscored", "coherence_unscored")
+# left out of the `trait` / `coherence` means (blank when no answer was scored). A band cell has
+# no `layer` but a `band` (`10+11+12`) and `band_strengths`, the alphas added there (space-separated).
+COLUMNS = ("kind", "layer", "alpha", "strength", "trait", "coherence", "n", "cap", "tau", "trait_unscored", "coherence_unscored",
+           "band", "band_strengths")
 
 
 def write_table(results: Sequence[CellResult], path: Path) -> Path:
@@ -29,7 +31,8 @@ def write_table(results: Sequence[CellResult], path: Path) -> Path:
         for r in results:
             c = r.cell
             writer.writerow([c.kind, _blank(c.layer), _blank(c.alpha), _blank(c.strength), _mean(r.trait),
-                             _mean(r.coherence), len(r.answers), c.cap or "", _blank(c.tau), *r.unscored])
+                             _mean(r.coherence), len(r.answers), c.cap or "", _blank(c.tau), *r.unscored,
+                             c.band or "", " ".join(f"{s:g}" for s in c.strengths or ())])
     return path
 
 
@@ -42,7 +45,7 @@ def _mean(value: float) -> str:
 
 
 def figure(results: Sequence[CellResult], min_coherence: float) -> go.Figure:
-    """Two panels: trait (left) and coherence (right), one line per layer against alpha; a
+    """Two panels: trait (left) and coherence (right), one line per layer or band against alpha; a
     second row, one line per cap against tau, when the grid has caps. The baselines are
     horizontal lines, the coherence threshold a dotted one."""
     from plotly.subplots import make_subplots
@@ -70,11 +73,11 @@ def figure(results: Sequence[CellResult], min_coherence: float) -> go.Figure:
 
 
 def _lines(go: Any, fig: go.Figure, cells: Sequence[CellResult], x: str, row: int) -> None:
-    """One line per layer (x = alpha) or per cap (x = tau), in both panels of `row`."""
+    """One line per layer or band (x = alpha) or per cap (x = tau), in both panels of `row`."""
     from pvrs.analysis.plots import trace_color
 
     def group(r: CellResult) -> str:
-        return f"layer {r.cell.layer}" if x == "alpha" else f"{r.cell.kind} {r.cell.cap}"
+        return r.cell.where if x == "alpha" else f"{r.cell.kind} {r.cell.cap}"
 
     names = list(dict.fromkeys(group(r) for r in cells))
     for i, name in enumerate(names):

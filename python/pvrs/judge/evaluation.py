@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -38,7 +38,9 @@ class Cell:
     """One setting: `kind` is `steered`, `unsteered`, `prompted`, or `capped` / `floored` (an
     upper / lower cap); `alpha` is the strength as given (a fraction of the residual norm with
     `relative`), `strength` the one added; `cap` names the layers capped together (`10+11`)
-    and `tau` the threshold on the projection onto the unit direction."""
+    and `tau` the threshold on the projection onto the unit direction. A steered cell is at one
+    `layer`, or over a `band` of layers steered together (`10+11+12`) with `strengths` the
+    alphas added there, one per layer."""
 
     kind: str
     layer: int | None = None
@@ -46,16 +48,44 @@ class Cell:
     strength: float | None = None
     cap: str | None = None
     tau: float | None = None
+    band: str | None = None
+    strengths: tuple[float, ...] | None = None
+
+    @classmethod
+    def from_record(cls, fields: dict[str, Any]) -> Cell:
+        """A cell read back from its JSON record (where `strengths` is a list)."""
+        strengths = fields.get("strengths")
+        return cls(**{**fields, "strengths": None if strengths is None else tuple(strengths)})
 
     @property
     def slug(self) -> str:
         if self.kind in CAP_KINDS:
             return f"{self.kind}{self.cap}_tau{self.tau:g}"
+        if self.kind == "steered" and self.band is not None:
+            return f"band{self.band}_alpha{self.alpha:g}"
         return self.kind if self.kind != "steered" else f"layer{self.layer}_alpha{self.alpha:g}"
 
     @property
+    def where(self) -> str:
+        """`layer 3` or `band 10+11+12` (a steered cell)."""
+        return f"layer {self.layer}" if self.band is None else f"band {self.band}"
+
+    @property
     def cap_layers(self) -> list[int]:
-        return [int(i) for i in (self.cap or "").split("+") if i]
+        return _layers(self.cap)
+
+    def steering(self) -> tuple[list[int], dict[int, float]]:
+        """A steered cell's layers and the alpha added at each."""
+        if self.band is not None:
+            assert self.strengths is not None
+            layers = _layers(self.band)
+            return layers, dict(zip(layers, self.strengths, strict=True))
+        assert self.layer is not None and self.strength is not None
+        return [self.layer], {self.layer: self.strength}
+
+
+def _layers(joined: str | None) -> list[int]:
+    return [int(i) for i in (joined or "").split("+") if i]
 
 
 @dataclass(frozen=True)
@@ -98,6 +128,7 @@ class EvalSetup:
     sampling: SamplingConfig
     system_prompt: str | None = None  # the prompted baseline; None: no such baseline
     positions: Positions = "all"
+    schedule: str = "constant"  # of steered cells (`pvrs.engines.schedule`)
 
     def fingerprint(self, model_name: str, vector: np.ndarray, judge_id: str) -> str:
         content = [
@@ -105,6 +136,8 @@ class EvalSetup:
             judge_id, list(self.questions), self.trait, self.trait_rubric.text, self.coherence_rubric.text,
             asdict(self.sampling), self.system_prompt, self.positions,
         ]
+        if self.schedule != "constant":  # constant keeps the cells saved before schedules
+            content.append(f"schedule {self.schedule}")
         # Modes other than 0-100 are other scores; 0-100 keeps the cells saved before modes.
         content += [f"{what} {r.scoring}" for what, r in (("trait", self.trait_rubric), ("coherence", self.coherence_rubric))
                     if r.scoring != DEFAULT_MODE]
@@ -112,14 +145,20 @@ class EvalSetup:
 
 
 def grid(
-    layers: Sequence[int], alphas: Sequence[float], strengths: dict[int, float] | None, prompted: bool
+    layers: Sequence[int], alphas: Sequence[float], strengths: dict[int, float] | None, prompted: bool,
+    bands: Sequence[Mapping[int, float]] = (),
 ) -> list[Cell]:
-    """The baselines, then every (layer, alpha); `strengths[layer]` scales a relative alpha."""
+    """The baselines, then every (layer, alpha), then every (band, alpha); `strengths[layer]`
+    scales a relative alpha, and each band maps its layers to the factor of alpha added there."""
     cells = [Cell("unsteered")] + ([Cell("prompted")] if prompted else [])
     for layer in layers:
         for alpha in alphas:
             unit = 1.0 if strengths is None else strengths[layer]
             cells.append(Cell("steered", layer, alpha, alpha * unit))
+    for units in bands:
+        for alpha in alphas:
+            cells.append(Cell("steered", alpha=alpha, band="+".join(map(str, units)),
+                              strengths=tuple(alpha * u for u in units.values())))
     return cells
 
 
@@ -168,7 +207,7 @@ def run_eval(
 def _saved(path: Path, key: str, cell: Cell) -> CellResult | None:
     try:
         record = read_json(path)
-        if record["key"] != key or Cell(**record["cell"]) != cell:
+        if record["key"] != key or Cell.from_record(record["cell"]) != cell:
             return None
         return CellResult(cell, record["answers"], record["trait_scores"], record["coherence_scores"])
     except (OSError, ValueError, KeyError, TypeError):
@@ -184,8 +223,8 @@ def _answers(
     system = setup.system_prompt if cell.kind == "prompted" else None
     context: AbstractContextManager[Any] = nullcontext()
     if cell.kind == "steered":
-        assert cell.layer is not None and cell.strength is not None
-        context = steer(model, vector, [cell.layer], alpha=cell.strength, positions=setup.positions)
+        layers, alphas = cell.steering()
+        context = steer(model, vector, layers, alpha=alphas, positions=setup.positions, schedule=setup.schedule)
     elif cell.kind in CAP_KINDS:
         assert cell.tau is not None
         context = cap(model, vector, cell.cap_layers, tau=cell.tau, side="upper" if cell.kind == "capped" else "lower",
