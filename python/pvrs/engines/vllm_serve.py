@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -32,6 +33,7 @@ from pvrs.errors import EngineStartError, InputError, InvalidArgumentError, Pvrs
 # The routes whose requests carry a prompt cache salt; a spec sent to any other is refused,
 # since its prompt's KV could be shared with unsteered requests there.
 STEERABLE_PATHS = ("/v1/completions", "/v1/chat/completions")
+_QUIET_TRACKER = "ignore::UserWarning:multiprocessing.resource_tracker"
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -160,6 +162,9 @@ def serve(
     import_vllm("pvrs serve")
     import uvloop
 
+    # vLLM leaves its shared-memory queues to multiprocessing's resource tracker, which unlinks
+    # them once this process has exited and warns about each: lines after "server stopped".
+    os.environ["PYTHONWARNINGS"] = ",".join(filter(None, (os.environ.get("PYTHONWARNINGS"), _QUIET_TRACKER)))
     args = _server_args(config, host, port)
     uvloop.run(_run(args, vectors, on_ready))
 
@@ -205,4 +210,5 @@ async def _started(args: Any, model: str) -> AsyncIterator[Any]:
     except Exception as exc:  # vLLM raises many kinds
         if started or isinstance(exc, PvrsError):
             raise
-        raise EngineStartError(f"vLLM could not start model {model!r}: {start_failure(exc)}") from exc
+        reason = " ".join(start_failure(exc).split())  # its pydantic reasons may span lines
+        raise EngineStartError(f"vLLM could not start model {model!r}: {reason}") from exc
