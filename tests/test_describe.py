@@ -14,14 +14,13 @@ from pathlib import Path
 import pytest
 from pvrs.cli import main
 from pvrs.errors import GenerationError, InputError
-from pvrs.judge.describe import (
+from pvrs.judge import (  # the public API
     Counts,
     check_trait_data,
     describe_trait,
     endpoint_generator,
-    load_prompt,
-    parse_reply,
 )
+from pvrs.judge.describe import load_prompt, parse_reply
 from pvrs.judge.endpoint import EndpointJudge
 from pvrs.judge.trait import load_trait_file
 

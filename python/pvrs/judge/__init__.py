@@ -1,8 +1,8 @@
 """Judging answers with a rubric prompt, 0-100 (or 0-10, yes/no: `pvrs.judge.numbers`, reported
-on 0-100): an OpenAI-compatible endpoint
-(`EndpointJudge`) or a local model (`LocalJudge`), with an on-disk score cache
-(`ScoreCache`) so no answer is judged twice. `judge_answers` ties them together; `pvrs judge`
-is its command line and writes the `--scores` file `pvrs extract` reads."""
+on 0-100): an OpenAI-compatible endpoint (`EndpointJudge`) or a local model (`LocalJudge`),
+with an on-disk score cache (`ScoreCache`) so no answer is judged twice. `judge_answers` ties them together; `pvrs judge`
+is its command line and writes the `--scores` file `pvrs extract` reads. `describe_trait` has
+a generator model write a trait file from a description (`pvrs trait --describe`)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,14 @@ from typing import Protocol
 
 from pvrs.errors import InputError
 from pvrs.judge.cache import ScoreCache, cache_key
+from pvrs.judge.describe import (
+    Counts,
+    check_trait_data,
+    describe_trait,
+    endpoint_generator,
+    local_generator,
+    save_trait_file,
+)
 from pvrs.judge.numbers import DEFAULT_MODE, MODES
 from pvrs.judge.rubrics import BUILTIN, Rubric, load_rubric
 
@@ -112,4 +120,7 @@ def read_answers(paths: Sequence[str | Path]) -> list[Answer]:
     return out
 
 
-__all__ = ["BUILTIN", "MODES", "Answer", "Judge", "Rubric", "ScoreCache", "judge_answers", "load_rubric", "read_answers"]
+__all__ = [
+    "BUILTIN", "MODES", "Answer", "Counts", "Judge", "Rubric", "ScoreCache", "check_trait_data", "describe_trait",
+    "endpoint_generator", "judge_answers", "load_rubric", "local_generator", "read_answers", "save_trait_file",
+]
