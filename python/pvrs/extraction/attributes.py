@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pvrs.engines.jobs import BASELINE_ID, Persona, PersonaOutcome, QAPair
-from pvrs.errors import InputError, InvalidArgumentError
+from pvrs.errors import InputError, PersonaIdError
 from pvrs.extraction.inputs import load_personas
 from pvrs.store.layout import validate_persona_id
 
@@ -151,7 +151,7 @@ def plan_directions(
         raise InputError(f"--all-binary: no attribute of template {template.source} has exactly two values")
     wanted = list(dict.fromkeys([*attributes, *(binary if all_binary else [])]))
     if not wanted:
-        raise InvalidArgumentError(f"name an attribute (--attribute, one of {', '.join(values)}) or pass --all-binary")
+        raise InputError(f"name an attribute (--attribute, one of {', '.join(values)}) or pass --all-binary")
     reference = dict(reference or {})
     for attribute in [*wanted, *reference]:
         if attribute not in values:
@@ -174,7 +174,7 @@ def plan_directions(
         for value in seen:  # each value names view files: `<persona>.<attribute>=<value>`
             try:
                 validate_persona_id(f"{attribute}={value}")
-            except InputError:
+            except PersonaIdError:
                 raise InputError(
                     f"attribute {attribute!r} value {value!r} cannot name a file; use values without '/', '\\' "
                     "or control characters"

@@ -10,6 +10,8 @@ arrays (or one `(hidden_size,)` row with `layer=`):
 - `load_vector(path)`: a vector file (store `.safetensors`, any single-tensor
   `.safetensors`, `.npy`, a PyTorch `.pt`, or a llama.cpp control-vector `.gguf`), or a
   reference vector folder (`pvrs.steering.published`);
+- `attribute_direction(store, key)`: a minimal-pair attribute vector of `pvrs attribute`
+  (`trait_vectors/` beside the store);
 - `from_spec(spec, store)`: the CLI's way to name any of these;
 - contrastive vectors from two prompt sets live in `pvrs.steering.contrast`."""
 
@@ -38,6 +40,7 @@ ASSISTANT_AXIS_SPECS = ("assistant-axis", "assistant_axis", "assistant")
 # `direction(kind=...)`: persona minus `against`, or biography minus templated.
 DIRECTION_KINDS = ("baseline", "biography")
 BIOGRAPHY_SPEC_PREFIX = "biography:"
+ATTRIBUTE_SPEC_PREFIX = "attribute:"
 PROBE_WEIGHTS_FILE = "weights.safetensors"  # inside a saved probe artifact folder
 PROBE_JSON = "probe.json"
 
@@ -108,6 +111,31 @@ def assistant_axis_direction(
     # `pvrs.analysis.compute` gives unit rows and their lengths; steering wants the raw difference.
     axis = (result.axis * result.norm[:, None]).astype(np.float32)
     return _select_layer(finite(axis, "the assistant axis"), layer, "the axis")
+
+
+def attribute_direction(store: VectorStore, key: str, variant: str = DEFAULT_VARIANT) -> np.ndarray:
+    """The attribute vector `key` (`sex`, `age_band=older`) of the store's model from the trait
+    vector store beside it (`<artifacts>/trait_vectors` for a local store under
+    `<artifacts>/activations`, else `$ARTIFACTS_DIR/trait_vectors`): the store's mask strategy,
+    or the one strategy folder holding `key` (attribute vectors pool the persona prompt)."""
+    from pvrs.store.traits import TRAIT_VECTORS_DIR, TraitVectorStore, trait_vectors_dir
+
+    local = getattr(store, "root_dir", None)
+    root = Path(local).parent / TRAIT_VECTORS_DIR if local is not None else trait_vectors_dir()
+    own = TraitVectorStore(store.model_name, root, getattr(store, "mask_strategy", None))
+    folders = [own] if key in own.list_attributes(variant) else []
+    model_dir = own.variant_dir(variant).parent.parent
+    if not folders and model_dir.is_dir():
+        folders = [
+            t for t in (TraitVectorStore(store.model_name, root, d.name) for d in sorted(model_dir.iterdir()) if d.is_dir())
+            if key in t.list_attributes(variant)
+        ]
+    if len(folders) != 1:
+        where = f"in {len(folders)} mask strategies ({', '.join(t.mask_strategy for t in folders)}): pass --mask-strategy" if folders else (
+            f"in {model_dir}: run `pvrs attribute --attribute {key.split('=')[0]}` for this model first"
+        )
+        raise InputError(f"{ATTRIBUTE_SPEC_PREFIX}{key}: no single attribute vector {key!r} {where}")
+    return finite(folders[0].load(key, variant), f"{ATTRIBUTE_SPEC_PREFIX}{key}")
 
 
 def load_vector(
@@ -185,7 +213,8 @@ def from_spec(
     """Resolve a CLI vector spec: an existing file or vector folder (`load_vector`; an
     `output_hidden_states` file of the store's model becomes block rows), a probe
     artifact folder (`probe_direction`), `assistant-axis`, `biography:ID` (the persona's
-    biography minus templated vector) or a persona id (persona minus baseline from `store`)."""
+    biography minus templated vector), `attribute:KEY` (`attribute_direction`) or a persona
+    id (persona minus baseline from `store`)."""
     path = Path(spec)
     if path.is_dir() and (path / PROBE_JSON).is_file():
         return probe_direction(path)
@@ -205,6 +234,8 @@ def from_spec(
         raise InputError(f"{spec!r} is not a file, and no store was given to look it up in")
     if spec in ASSISTANT_AXIS_SPECS:
         return assistant_axis_direction(store, variant=variant)
+    if spec.startswith(ATTRIBUTE_SPEC_PREFIX):
+        return attribute_direction(store, spec[len(ATTRIBUTE_SPEC_PREFIX) :], variant)
     if spec.startswith(BIOGRAPHY_SPEC_PREFIX):
         persona_id = spec[len(BIOGRAPHY_SPEC_PREFIX) :]
         missing = [v for v in ("biography", "templated") if not store.has(persona_id, v)]
@@ -221,6 +252,6 @@ def from_spec(
         raise InputError(
             f"{spec!r} is neither a vector file nor a persona saved in "
             f"{store.location(variant)}; run `pvrs extract` for it, pass a .safetensors/"
-            f".npy/.pt/.gguf file, or use 'assistant-axis' or 'biography:ID'"
+            f".npy/.pt/.gguf file, or use 'assistant-axis', 'biography:ID' or 'attribute:KEY'"
         )
     return direction(store, spec, variant=variant)
