@@ -56,6 +56,12 @@ _LAZY = {
     "suggested_alphas": "pvrs.steering.interventions",
     "band": "pvrs.steering.interventions",
     "calibrate_tau": "pvrs.steering.residuals",
+    # Minimal-pair attribute vectors (`pvrs attribute`) and persona-vectors' trait store.
+    "attribute_vectors": "pvrs.extraction.attributes",
+    "load_attribute_personas": "pvrs.extraction.attributes",
+    "load_template": "pvrs.extraction.attributes",
+    "TraitVectorStore": "pvrs.store.traits",
+    "write_attribute_report": "pvrs.analysis.attributes",
 }
 
 __getattr__ = lazy_getattr(__name__, _LAZY)
