@@ -158,3 +158,25 @@ def test_bad_eval_bands_are_one_line(folder, tmp_path, capsys, grid, message):
     except SystemExit as exc:  # argparse's own errors
         code, err = exc.code, capsys.readouterr().err.splitlines()[-1]
     assert code == 2 and len(err.strip().splitlines()) == 1 and message in err, err
+
+
+def test_steer_sweeps_a_band_by_norm_with_a_schedule_as_the_api_does(folder, loaded, capsys):
+    model, tokenizer = loaded
+    vector = np.load(folder / "vector.npy")
+    argv = ["steer", "--model", str(folder / "model"), "--device", "cpu", "--vector", str(folder / "vector.npy"),
+            "--layer", "1-3", "--alpha", "2", "--band-scale", "norm", "--schedule", "first:2",
+            "--prompt", "hello there", "--max-new-tokens", "6", "--json"]
+    code, out, err = _run(argv, capsys)
+    assert code == 0, err
+    result = json.loads(out)
+    alphas = band(model, tokenizer, [1, 2, 3], 2.0, "norm")
+    label = result["columns"][1]
+    assert label.startswith("alpha 2 (by norm: ") and result["schedule"] == "first:2"
+    assert result["alphas"][label] == {str(i): a for i, a in alphas.items()}
+    with steer(model, vector, [1, 2, 3], alpha=alphas, schedule="first:2"):
+        expected = generate(model, tokenizer, prompt_messages(tokenizer, None, "hello there"),
+                            SamplingConfig(max_new_tokens=6, temperature=0.0))
+    assert result["rows"][0]["outputs"][label] == expected != result["rows"][0]["outputs"]["unsteered"]
+    code, _, err = _run([*argv, "--relative"], capsys)
+    assert code == 2 and err.strip().splitlines() == [
+        "pvrs steer: error: --relative already scales each layer by its residual norm; drop --band-scale norm"]

@@ -106,11 +106,13 @@ def run_steer(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from pvrs.extraction.generate import generate, prompt_messages
-    from pvrs.steering.interventions import steer, suggested_alphas
+    from pvrs.steering.interventions import band, steer, suggested_alphas
     from pvrs.steering.residuals import warn_overpowering
 
     if (args.persona_id is None) == (args.vector is None):
         raise InputError("give exactly one of --persona-id ID or --vector FILE")
+    if args.relative and args.band_scale == "norm":
+        raise InputError("--relative already scales each layer by its residual norm; drop --band-scale norm")
     prompts = read_prompts(args)
     config = _generation_config(args)
     vector = resolve_vector(args.persona_id or args.vector, args)
@@ -118,10 +120,14 @@ def run_steer(args: argparse.Namespace) -> int:
     model, tokenizer = load_model(args)
     # With --relative each alpha is a fraction of the layer's typical residual norm.
     unit_alphas = suggested_alphas(model, tokenizer, vector, layers, 1.0) if args.relative else None
+    shares = band(model, tokenizer, layers, 1.0, args.band_scale)  # 1 at every layer unless norm
     columns: list[tuple[str, dict[int, float] | None]] = [("unsteered", None)]
     for a in args.alpha:
         if unit_alphas is None:
-            columns.append((f"alpha {a:g}", dict.fromkeys(layers, a)))
+            per_layer = {i: a * share for i, share in shares.items()}
+            shown = ", ".join(f"{v:.3g}" for v in per_layer.values())
+            by_norm = f" (by norm: {shown})" if len(set(per_layer.values())) > 1 else ""
+            columns.append((f"alpha {a:g}{by_norm}", per_layer))
         else:
             scaled = {i: a * u for i, u in unit_alphas.items()}
             shown = ", ".join(f"{v:.3g}" for v in scaled.values())
@@ -137,7 +143,7 @@ def run_steer(args: argparse.Namespace) -> int:
                 intervention = (
                     nullcontext()
                     if alpha is None
-                    else steer(model, vector, layers, alpha=alpha, positions=args.positions)
+                    else steer(model, vector, layers, alpha=alpha, positions=args.positions, schedule=args.schedule)
                 )
                 with intervention:
                     outputs[label] = generate(model, tokenizer, messages, config)
@@ -146,11 +152,14 @@ def run_steer(args: argparse.Namespace) -> int:
     if args.json:
         alphas = {c: {str(i): v for i, v in a.items()} if a else None for c, a in columns}
         _print_json(
-            {"layers": layers, "columns": [c for c, _ in columns], "alphas": alphas, "rows": rows}
+            {"layers": layers, "schedule": args.schedule, "columns": [c for c, _ in columns], "alphas": alphas,
+             "rows": rows}
         )
         return 0
     table = Table(
-        title=f"steering {args.persona_id or args.vector} at layers {layers}", show_lines=True
+        title=f"steering {args.persona_id or args.vector} at layers {layers}"
+        + ("" if args.schedule == "constant" else f", schedule {args.schedule}"),
+        show_lines=True,
     )
     table.add_column("prompt", style="bold", max_width=30)
     for label, _ in columns:
