@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from pvrs.cli import main
 from pvrs.store import PersonaVectorStore
 
 from tests.test_vllm import _save_tiny, needs_vllm
@@ -164,11 +165,12 @@ def test_ctrl_c_stops_the_server_and_its_processes(server: Server) -> None:
     assert not alive
 
 
-def test_startup_errors_are_one_line(tmp_path: Path) -> None:
-    missing = subprocess.run([sys.executable, "-m", "pvrs", "serve", "--model", str(tmp_path / "nothing")],
-                             capture_output=True, text=True, timeout=300)
-    assert missing.returncode == 2
-    assert missing.stderr.strip().splitlines()[-1].startswith(f"pvrs serve: error: model folder '{tmp_path / 'nothing'}' does not exist")
+def test_startup_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["serve", "--model", str(tmp_path / "nothing")]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"pvrs serve: error: model folder '{tmp_path / 'nothing'}' does not exist; pass a local folder with "
+        "config.json, a Hugging Face id (ORG/NAME) or the built-in 'smollm2-135m'"
+    )
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "config.json").write_text(json.dumps({"model_type": "no_such_architecture"}))
     broken = subprocess.run([sys.executable, "-m", "pvrs", "serve", "--model", str(tmp_path / "bad"), "--port", str(_free_port())],
