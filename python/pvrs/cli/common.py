@@ -210,11 +210,13 @@ def refuse_clashes(mode: str, clashes: list[tuple[str, object, str]]) -> None:
             raise InputError(f"{mode} with {flag}: {why}")
 
 
-def vllm_config(args: argparse.Namespace, clashes: list[tuple[str, object, str]] | None = None) -> VllmConfig | None:
+def vllm_config(
+    args: argparse.Namespace, clashes: list[tuple[str, object, str]] | None = None, model: str | None = None
+) -> VllmConfig | None:
     """`--engine vllm` and its flags (`add_engine_args`), checked before any model loads (vLLM
     itself included: missing, it is one line naming the install); None with `--engine hf`.
     `clashes` are the command's own flags that vLLM cannot honour; `--no-prefix-reuse`, where a
-    command has it, turns prefix caching off."""
+    command has it, turns prefix caching off. vLLM runs `model` (default `--model`)."""
     if args.engine != "vllm":
         refuse_without("--engine vllm", "sets up vLLM", {
             "--tensor-parallel-size": args.tensor_parallel_size, "--gpu-memory-utilization": args.gpu_memory_utilization,
@@ -230,7 +232,7 @@ def vllm_config(args: argparse.Namespace, clashes: list[tuple[str, object, str]]
 
     import_vllm()
     return VllmConfig(
-        ModelSpec(args.model, dtype=args.dtype, revision=getattr(args, "revision", None),
+        ModelSpec(model or args.model, dtype=args.dtype, revision=getattr(args, "revision", None),
                   trust_remote_code=getattr(args, "trust_remote_code", False)),
         tensor_parallel_size=args.tensor_parallel_size or 1,
         gpu_memory_utilization=0.9 if args.gpu_memory_utilization is None else args.gpu_memory_utilization,

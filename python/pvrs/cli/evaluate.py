@@ -5,19 +5,22 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pvrs.cli.common import (
     UniqueList,
+    add_engine_args,
     add_generation_args,
     add_model_and_store_args,
     check_writable,
     magnitude,
     score_threshold,
+    vllm_config,
     writing,
 )
-from pvrs.cli.judge import add_judge_args, cache_path, make_judge, score_cache
+from pvrs.cli.judge import add_judge_args, cache_path, make_judge, release, score_cache
 from pvrs.cli.steering import add_band_schedule_args
 from pvrs.errors import InputError
 
@@ -25,6 +28,7 @@ if TYPE_CHECKING:
     import numpy as np
     from rich.console import Console
 
+    from pvrs.engines.vllm_engine import VllmConfig
     from pvrs.judge import Judge
     from pvrs.judge.evaluation import EvalSetup
 
@@ -52,6 +56,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     check_writable("--output-dir", out, is_dir=True)
     cache_path(args, out / "cells")  # a bad --cache fails now, not after the model loads
     check_grid_args(args)
+    vllm = vllm_config(args)
     setup = EvalSetup(
         questions=read_prompts(args), trait=args.trait,
         trait_rubric=load_rubric(args.trait_rubric, "--trait-rubric", args.judge_mode),
@@ -62,8 +67,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     vector = resolve_vector(args.vector, args)
     grid_layers(args, vector)  # a bad --layer or --cap fails before any model or judge loads
     judge = make_judge(args)
-    model, tokenizer = load_model(args)
-    evaluate(args, args.vector, vector, setup, judge, (model, tokenizer, canonical_model_name(args.model)), out, Console(stderr=True))
+    # On vLLM, transformers only measures the residual norms of --relative or --band-scale norm (then is freed).
+    model, tokenizer = load_model(args, None if needs_norms(args) else vllm)
+    evaluate(args, args.vector, vector, setup, judge, (model, tokenizer, canonical_model_name(args.model)), out,
+             Console(stderr=True), vllm)
     return 0
 
 
@@ -106,10 +113,13 @@ def evaluate(
     loaded: tuple[Any, Any, str],
     out: Path,
     console: Console,
+    vllm: VllmConfig | None = None,
 ) -> dict[str, Any]:
     """Run the grid the flags describe for `vector` (called `name`) into `out`: cells,
     results.csv, summary.json and the report; prints the table and the recommendation and
-    returns the summary. `loaded` is (model, tokenizer, model name)."""
+    returns the summary. `loaded` is (model, tokenizer, model name). With `vllm` every unsaved
+    cell is answered in one vLLM batch (`model` then only measures --relative's norms, and may
+    be the weightless skeleton without it), and the cells record the engine."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
@@ -127,6 +137,14 @@ def evaluate(
                    for i, share in band(model, tokenizer, b, 1.0, args.band_scale).items()} for b in bands]
     cells = grid(layers, args.alpha or [], strengths, prompted=setup.system_prompt is not None, bands=band_units)
     cells += cap_grid(caps, args.tau or [], args.cap_side)
+    batch = None
+    if vllm is not None:
+        from pvrs.cli.steering_run import model_dtype, vllm_answerer
+        from pvrs.engines.vllm_engine import version
+        from pvrs.judge.evaluation import DIRECTION
+
+        setup = replace(setup, engine=f"vllm {version()}")
+        batch = vllm_answerer(vllm, {DIRECTION: vector}, tokenizer, setup.sampling, model_dtype(model))
     resumed = 0
     with Progress(TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=True) as progress:
@@ -138,7 +156,8 @@ def evaluate(
             progress.advance(task)
 
         results = run_eval(model, tokenizer, vector, cells, setup, judge, out, model_name=model_name,
-                           cache=score_cache(args, out / "cells"), on_cell=done)
+                           cache=score_cache(args, out / "cells"), on_cell=done, batch=batch)
+    release(judge)  # a judge on vLLM frees the device for the next engine
     best = recommend(results, args.min_coherence) if steered else None
     best_cap = recommend_cap(results, args.min_coherence) if caps else None
     table = Table(title=f"pvrs eval: {name} on {args.model} (trait: {setup.trait})")
@@ -171,7 +190,7 @@ def evaluate(
         )
     verdict = "; ".join(verdicts)
     summary: dict[str, Any] = {
-        "vector": name, "model": args.model, "trait": setup.trait, "judge": judge.id,
+        "vector": name, "model": args.model, "engine": setup.engine or "transformers", "trait": setup.trait, "judge": judge.id,
         "min_coherence": args.min_coherence, "cells_resumed": resumed,
         "unscored": unscored,
         "recommended": None if best is None else {**vars(best.cell), "trait": best.trait, "coherence": best.coherence},
@@ -182,7 +201,8 @@ def evaluate(
     with writing(out):
         write_table(results, out / "results.csv")
         atomic_write_bytes(out / "summary.json", json.dumps(summary, indent=1, ensure_ascii=False).encode())
-        facts = [("vector", name), ("model", args.model), ("trait", setup.trait), ("judge", judge.id),
+        facts = [("vector", name), ("model", args.model), ("engine", setup.engine or "transformers"),
+                 ("trait", setup.trait), ("judge", judge.id),
                  ("questions", str(len(setup.questions))), ("recommended", verdict)]
         if not args.no_report:
             write_report(results, out, facts, args.min_coherence, png=not args.no_png)
@@ -258,4 +278,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_grid_args(p)
     add_generation_args(p, system=False)
     add_judge_args(p)
+    add_engine_args(p, "the answers of every cell (vLLM: the whole grid in one batch, always eager) and a --local judge")
     p.set_defaults(handler=_cmd_eval)

@@ -12,7 +12,15 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pvrs.cli.common import bounded_int, check_writable, float_in, positive_int, writing
+from pvrs.cli.common import (
+    add_engine_args,
+    bounded_int,
+    check_writable,
+    float_in,
+    positive_int,
+    vllm_config,
+    writing,
+)
 from pvrs.errors import InputError
 
 if TYPE_CHECKING:
@@ -70,9 +78,22 @@ def make_judge(args: argparse.Namespace) -> Judge:
     from pvrs.judge.local import LocalJudge
 
     name = args.judge_model or os.environ.get(MODEL_ENV) or models.DEFAULT_MODEL
+    vllm = vllm_config(args, model=name)
+    if vllm is not None:
+        from pvrs.judge.vllm_judge import VllmJudge
+
+        return VllmJudge(vllm, models.canonical_model_name(name))
     with Console(stderr=True).status(f"loading judge {name}"):
         model, tokenizer = models.load(name, dtype=args.dtype, device=args.device)
     return LocalJudge(model, tokenizer, models.canonical_model_name(name), batch_size=args.judge_batch_size)
+
+
+def release(judge: Judge) -> None:
+    """Free the engine a judge holds (a judge on vLLM), so that another can start; it starts
+    again if asked more."""
+    close = getattr(judge, "close", None)
+    if close is not None:
+        close()
 
 
 def add_judge_args(p: argparse.ArgumentParser) -> None:
@@ -103,7 +124,8 @@ def add_judge_args(p: argparse.ArgumentParser) -> None:
     )
     api.add_argument(
         "--local", action="store_true",
-        help="run --judge-model here with transformers (score: probability-weighted mean over the number tokens)",
+        help="run --judge-model here, on transformers or with --engine vllm on vLLM (score: probability-weighted "
+        "mean over the number tokens of the first reply token)",
     )
     api.add_argument("--judge-batch-size", type=positive_int, default=8, help="prompts per forward pass of a --local judge (default %(default)s)")
     api.add_argument("--cache", metavar="FILE", help=f"score cache (default ${CACHE_ENV}/{CACHE_NAME}, else beside the output)")
@@ -198,6 +220,8 @@ def _cmd_judge(args: argparse.Namespace) -> int:
     if output.suffix.lower() != ".jsonl":  # `pvrs extract --scores` reads a file by its suffix
         raise InputError(f"--output {output}: the scores file is JSON lines; name it .jsonl, e.g. {output.with_suffix('.jsonl')}")
     check_writable("--output", output)
+    if args.engine != "hf" and not args.local:
+        raise InputError(f"--engine {args.engine} runs a --local judge; add --local (or drop --engine)")
     rubric = load_rubric(args.rubric, mode=args.judge_mode)
     answers = read_answers(args.answers)
     if rubric.needs_trait:
@@ -260,4 +284,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_judge_args(p)
     p.add_argument("--device", default="auto", help="device of a --local judge: cpu, cuda, cuda:1, ... (default auto)")
     p.add_argument("--dtype", default="auto", choices=DTYPES, help="dtype of a --local judge (default auto: bfloat16 on GPU, float32 on CPU)")
+    add_engine_args(p, "a --local judge (vLLM: one token per answer, its logprobs)")
     p.set_defaults(handler=_cmd_judge)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 
 from pvrs.cli.common import (
+    add_engine_args,
     add_generation_args,
     add_model_and_store_args,
     add_model_args,
@@ -85,6 +86,7 @@ def _add_steer(sub: argparse._SubParsersAction) -> None:
     )
     add_generation_args(p)
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    add_engine_args(p, "the replies (vLLM: every prompt and alpha in one batch, always eager)")
     p.set_defaults(handler=_cmd_steer)
 
 

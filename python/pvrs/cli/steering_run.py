@@ -12,14 +12,18 @@ from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pvrs.cli.common import check_writable, magnitude, writing
+from pvrs.cli.common import check_writable, magnitude, vllm_config, writing
 from pvrs.errors import InputError, InvalidArgumentError
 from pvrs.extraction.inputs import read_rows
 from pvrs.store.layerspec import parse_layers
+
+if TYPE_CHECKING:
+    from pvrs.engines.vllm_engine import VllmConfig
+    from pvrs.judge.evaluation import BatchAnswerer, Request
 
 
 def vector_layers(spec: Sequence[str], vector: np.ndarray, flag: str = "--layer") -> list[int]:
@@ -48,13 +52,44 @@ def resolve_vector(spec: str, args: argparse.Namespace) -> np.ndarray:
     return from_spec(spec, open_store(args), variant=args.variant)
 
 
-def load_model(args: argparse.Namespace) -> tuple[Any, Any]:
+def load_model(args: argparse.Namespace, vllm: VllmConfig | None = None) -> tuple[Any, Any]:
+    """The model and its tokenizer; with `vllm`, the weightless skeleton (vLLM holds the
+    weights; the skeleton renders and names the dtype vLLM loads)."""
     from rich.console import Console
 
-    from pvrs.engines.models import load
+    from pvrs.engines.models import load, skeleton
 
+    if vllm is not None:
+        import torch
+
+        return skeleton(vllm.model, on_gpu=torch.cuda.is_available())
     with Console(stderr=True).status(f"loading {args.model}"):
         return load(args.model, dtype=args.dtype, device=args.device)
+
+
+def model_dtype(model: Any) -> str:
+    """The dtype of `model`'s weights as pvrs names it (`float32`): the one vLLM loads."""
+    return str(next(model.parameters()).dtype).removeprefix("torch.")
+
+
+def vllm_answerer(
+    config: VllmConfig, vectors: dict[str, np.ndarray], tokenizer: Any, sampling: Any, dtype: str
+) -> BatchAnswerer:
+    """Answers every request in one batch on a steerable vLLM with `vectors` registered (its
+    specs name them), started for the batch and shut down after it."""
+
+    def answer(requests: Sequence[Request]) -> list[str]:
+        from rich.console import Console
+
+        from pvrs.engines.vllm_answers import steerable, steered_answers
+        from pvrs.extraction.generate import prompt_messages, render
+
+        prompts = [render(tokenizer, prompt_messages(tokenizer, system, prompt)) for system, prompt, _ in requests]
+        with Console(stderr=True).status(f"{len(prompts)} answers on vLLM, one batch"), \
+                steerable(config, vectors, dtype) as llm:
+            return steered_answers(llm, tokenizer, prompts, [spec for _, _, spec in requests], sampling)
+
+    return answer
 
 
 def read_prompts(args: argparse.Namespace, flag: str = "--prompts") -> list[str]:
@@ -115,10 +150,12 @@ def run_steer(args: argparse.Namespace) -> int:
         raise InputError("--relative already scales each layer by its residual norm; drop --band-scale norm")
     prompts = read_prompts(args)
     config = _generation_config(args)
+    vllm = vllm_config(args)
     vector = resolve_vector(args.persona_id or args.vector, args)
     layers = vector_layers(args.layer, vector)
-    model, tokenizer = load_model(args)
-    # With --relative each alpha is a fraction of the layer's typical residual norm.
+    # With --relative each alpha is a fraction of the layer's typical residual norm, which
+    # transformers measures (on vLLM too, before vLLM starts).
+    model, tokenizer = load_model(args, None if args.relative or args.band_scale == "norm" else vllm)
     unit_alphas = suggested_alphas(model, tokenizer, vector, layers, 1.0) if args.relative else None
     shares = band(model, tokenizer, layers, 1.0, args.band_scale)  # 1 at every layer unless norm
     columns: list[tuple[str, dict[int, float] | None]] = [("unsteered", None)]
@@ -132,23 +169,37 @@ def run_steer(args: argparse.Namespace) -> int:
             scaled = {i: a * u for i, u in unit_alphas.items()}
             shown = ", ".join(f"{v:.3g}" for v in scaled.values())
             columns.append((f"{a:g} x norm (alpha {shown})", scaled))
-    warn_overpowering(model, tokenizer, vector, [alpha for _, alpha in columns if alpha is not None])
+    if vllm is None or args.relative:  # it measures residual norms with transformers
+        warn_overpowering(model, tokenizer, vector, [alpha for _, alpha in columns if alpha is not None])
     rows: list[dict[str, Any]] = []
-    with Progress(console=Console(stderr=True), transient=True) as progress:
-        task = progress.add_task("generating", total=len(prompts) * len(columns))
-        for prompt in prompts:
-            messages = prompt_messages(tokenizer, args.system, prompt)
-            outputs = {}
-            for label, alpha in columns:
-                intervention = (
-                    nullcontext()
-                    if alpha is None
-                    else steer(model, vector, layers, alpha=alpha, positions=args.positions, schedule=args.schedule)
-                )
-                with intervention:
-                    outputs[label] = generate(model, tokenizer, messages, config)
-                progress.advance(task)
-            rows.append({"prompt": prompt, "outputs": outputs})
+    if vllm is not None:
+        # Every prompt x column in one batch, each request with its own spec; the transformers
+        # model of --relative is freed first (vLLM takes most of a GPU).
+        dtype, model = model_dtype(model), None
+        specs = [None if a is None else [{"kind": "add", "vector": "direction", "layers": layers,
+                                          "coef": [a[i] for i in layers], "positions": args.positions,
+                                          **({} if args.schedule == "constant" else {"schedule": args.schedule})}]
+                 for _, a in columns]
+        answers = vllm_answerer(vllm, {"direction": vector}, tokenizer, config, dtype)(
+            [(args.system, prompt, spec) for prompt in prompts for spec in specs])
+        rows = [{"prompt": prompt, "outputs": {label: answers[p * len(columns) + c] for c, (label, _) in enumerate(columns)}}
+                for p, prompt in enumerate(prompts)]
+    else:
+        with Progress(console=Console(stderr=True), transient=True) as progress:
+            task = progress.add_task("generating", total=len(prompts) * len(columns))
+            for prompt in prompts:
+                messages = prompt_messages(tokenizer, args.system, prompt)
+                outputs = {}
+                for label, alpha in columns:
+                    intervention = (
+                        nullcontext()
+                        if alpha is None
+                        else steer(model, vector, layers, alpha=alpha, positions=args.positions, schedule=args.schedule)
+                    )
+                    with intervention:
+                        outputs[label] = generate(model, tokenizer, messages, config)
+                    progress.advance(task)
+                rows.append({"prompt": prompt, "outputs": outputs})
     if args.json:
         alphas = {c: {str(i): v for i, v in a.items()} if a else None for c, a in columns}
         _print_json(
@@ -322,8 +373,14 @@ def interventions(
     def layers_of(item: ResolvedIntervention, flag: str) -> list[int]:
         return parse_layers([item.spec.layers], blocks, flag)  # `-1` is the last block
 
+    steer_layers = [layers_of(item, "--steer") for item in steers]
     cap_layers = [layers_of(item, "--cap") for item in caps]
     prompts = [as_chat(p) for p in DEFAULT_PROMPTS]
+    # Like a calibrated tau, a band's norms are measured before any intervention is active.
+    steer_alphas = [
+        band(model, tokenizer, layers, float(item.spec.value or 0.0), args.band_scale)
+        for item, layers in zip(steers, steer_layers, strict=True)
+    ]
     taus = [
         dict.fromkeys(layers, item.spec.value)
         if item.spec.value is not None
@@ -333,11 +390,9 @@ def interventions(
     scheduled = "" if args.schedule == "constant" else f", schedule {args.schedule}"
     described = []
     with ExitStack() as stack:
-        for item in steers:
-            spec, layers = item.spec, layers_of(item, "--steer")
-            alphas = band(model, tokenizer, layers, float(spec.value or 0.0), args.band_scale)
+        for item, layers, alphas in zip(steers, steer_layers, steer_alphas, strict=True):
             stack.enter_context(steer(model, item.vector, layers, alpha=alphas, schedule=args.schedule))
-            described.append(f"steer {spec.vector} at {_where(layers)}, alpha {_values(alphas, 'g')}{scheduled}")
+            described.append(f"steer {item.spec.vector} at {_where(layers)}, alpha {_values(alphas, 'g')}{scheduled}")
         for item, layers, tau in zip(caps, cap_layers, taus, strict=True):
             side = item.spec.side or args.cap_side
             stack.enter_context(cap(model, item.vector, layers, tau, side=side))

@@ -13,12 +13,14 @@ from typing import TYPE_CHECKING, Any
 
 from pvrs.cli.common import (
     DEFAULT_TOP_P,
+    add_engine_args,
     add_generation_args,
     add_model_args,
     bounded_int,
     check_writable,
     positive_int,
     score_threshold,
+    vllm_config,
     writing,
 )
 from pvrs.cli.evaluate import add_grid_args, check_grid_args, evaluate
@@ -26,6 +28,7 @@ from pvrs.cli.judge import (
     PERSONA_VECTORS,
     add_judge_args,
     make_judge,
+    release,
     score_cache,
     unscored_note,
     write_scores,
@@ -45,7 +48,7 @@ if TYPE_CHECKING:
 # pvrs's sampling of trait answers (persona_vectors: temperature 1 too, top_p 1, 1000 tokens).
 MAX_NEW_TOKENS, TEMPERATURE = 256, 1.0
 GENERATE_TIMEOUT = 600.0  # seconds a generator may take to write a whole trait file
-MAX_ATTEMPTS, MAX_COUNT = 20, 1000
+MAX_ATTEMPTS, MAX_COUNT, MAX_DESCRIBE_TOKENS = 20, 1000, 1 << 20
 
 
 def _output_dir(args: argparse.Namespace, name: str) -> Path:
@@ -121,9 +124,10 @@ def _generator(args: argparse.Namespace, judge: Judge) -> tuple[Generator, str]:
     spec = args.generator
     if spec is None:
         if isinstance(judge, EndpointJudge):
-            return endpoint_generator(replace(judge, timeout=max(judge.timeout, GENERATE_TIMEOUT))), f"generator {judge.model}"
+            return (endpoint_generator(replace(judge, timeout=max(judge.timeout, GENERATE_TIMEOUT)), args.describe_max_tokens),
+                    f"generator {judge.model}")
         if isinstance(judge, LocalJudge):
-            return local_generator(judge.model, judge.tokenizer), f"generator {judge.name}"
+            return local_generator(judge.model, judge.tokenizer, args.describe_max_tokens), f"generator {judge.name}"
         raise InputError(f"judge {judge.id} cannot write a trait file; pass --generator URL or MODEL")
     if "://" in spec:
         check_url(spec, "--generator")
@@ -132,13 +136,13 @@ def _generator(args: argparse.Namespace, judge: Judge) -> tuple[Generator, str]:
             raise InputError(f"--generator {spec}: pass --generator-model NAME, the model the endpoint serves")
         endpoint = EndpointJudge(spec, model, args.api_key or os.environ.get(KEY_ENV), timeout=max(args.timeout, GENERATE_TIMEOUT),
                                  retries=args.retries)
-        return endpoint_generator(endpoint), f"generator {model} at {endpoint.endpoint}"
+        return endpoint_generator(endpoint, args.describe_max_tokens), f"generator {model} at {endpoint.endpoint}"
     if args.generator_model:
         raise InputError(f"--generator-model names a model an endpoint serves; --generator {spec} is a local model, not a URL")
     from pvrs.engines import models
 
     model, tokenizer = models.load(spec, dtype=args.dtype, device=args.device)
-    return local_generator(model, tokenizer), f"generator {models.canonical_model_name(spec)}"
+    return local_generator(model, tokenizer, args.describe_max_tokens), f"generator {models.canonical_model_name(spec)}"
 
 
 def _describe(args: argparse.Namespace, name: str, out: Path, judge: Judge, console: Console) -> Path:
@@ -221,13 +225,14 @@ def _cmd_trait(args: argparse.Namespace) -> int:
     if not args.no_eval:
         check_grid_args(args)
     coherence = load_rubric(args.coherence_rubric, "--coherence-rubric")
+    vllm = vllm_config(args)
     judge = make_judge(args)
     console = Console(stderr=True)
     if trait is None:
         trait = load_trait_file(_describe(args, name, out, judge, console), args.name)
     eval_questions = None if args.no_eval else _eval_questions(args, trait)
     rubrics = {"trait": trait.rubric.with_mode(args.judge_mode), "coherence": coherence}
-    model, tokenizer = load_model(args)
+    model, tokenizer = load_model(args, vllm)  # on vLLM, the weightless skeleton until the vectors
     if not args.no_eval:  # a bad --layer / --cap fails now, not after generating and judging
         blocks = range(len(decoder_layers(model)))
         for flag, spec in [("--layer", args.layer)] + [(f, [c]) for f in ("--cap", "--band") for c in getattr(args, f[2:]) or []]:
@@ -239,8 +244,9 @@ def _cmd_trait(args: argparse.Namespace) -> int:
                   console=console, transient=True) as progress:
         task = progress.add_task("answering", total=2 * len(trait.instructions) * len(trait.questions) * args.samples)
         answers = generate_all(model, tokenizer, trait, args.samples, sampling, out / "answers", model_name,
-                               on_batch=lambda n: progress.advance(task, n))
+                               on_batch=lambda n: progress.advance(task, n), vllm=vllm)
     scores = _judge_all(judge, trait, answers, rubrics, cache, console)
+    release(judge)  # a judge on vLLM frees the device for the next engine
     rows = pairs(trait, answers, scores)
     reasons = [p.drop_reason(args.min_trait_pos, args.max_trait_neg, args.min_coherence) for p in rows]
     chosen = [p for p, why in zip(rows, reasons, strict=True) if not why]
@@ -252,6 +258,8 @@ def _cmd_trait(args: argparse.Namespace) -> int:
                                       ensure_ascii=False) + "\n" for r in responses(trait, chosen, side))
             (out / "kept").mkdir(parents=True, exist_ok=True)
             atomic_write_bytes(out / "kept" / f"{side}.jsonl", data.encode())
+    if vllm is not None:  # the activations are read with transformers
+        model, tokenizer = load_model(args)
     vectors = difference_vectors(model, tokenizer, trait, chosen)
     thresholds = {"min_trait_pos": args.min_trait_pos, "max_trait_neg": args.max_trait_neg,
                   "min_coherence": args.min_coherence}
@@ -259,7 +267,8 @@ def _cmd_trait(args: argparse.Namespace) -> int:
     with writing(out):
         paths = {kind: str(save_vector(out / "vectors" / f"{kind}.safetensors", v, {**meta, "kind": kind}))
                  for kind, v in vectors.items()}
-    record: dict[str, Any] = {**summary(trait, rows, reasons), "model": model_name, "judge": judge.id,
+    record: dict[str, Any] = {**summary(trait, rows, reasons), "model": model_name,
+                              "engine": "transformers" if vllm is None else "vllm", "judge": judge.id,
                               "thresholds": thresholds, "sampling": asdict(sampling), "vectors": paths}
     dropped = " (their pairs are dropped: see pairs.csv)" if unscored else ""
     console.print(f"pvrs trait {trait.name}: kept {len(chosen)} of {len(rows)} pairs{unscored_note(unscored)}{dropped}; "
@@ -269,7 +278,8 @@ def _cmd_trait(args: argparse.Namespace) -> int:
                           system_prompt=trait.system_prompt("pos", 0), positions=args.positions, schedule=args.schedule)
         record["eval"] = {}
         for kind in args.eval_vectors:
-            result = evaluate(args, kind, vectors[kind], setup, judge, (model, tokenizer, model_name), out / "eval" / kind, console)
+            result = evaluate(args, kind, vectors[kind], setup, judge, (model, tokenizer, model_name), out / "eval" / kind, console,
+                              vllm)
             record["eval"][kind] = {k: result.get(k) for k in ("recommended", "recommended_cap") if k in result}
     with writing(out):
         atomic_write_bytes(out / "summary.json", json.dumps(record, indent=1, ensure_ascii=False).encode())
@@ -277,7 +287,7 @@ def _cmd_trait(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from pvrs.judge.describe import DEFAULT_ATTEMPTS, Counts
+    from pvrs.judge.describe import DEFAULT_ATTEMPTS, MAX_TOKENS, Counts
     from pvrs.judge.trait import DEFAULT_THRESHOLD, VECTOR_KINDS
 
     p = sub.add_parser(
@@ -315,6 +325,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="extraction questions to write (default %(default)s)")
     d.add_argument("--describe-eval-questions", type=bounded_int(1, MAX_COUNT), default=Counts.eval_questions,
                    help="held-out evaluation questions to write, none among the extraction ones (default %(default)s)")
+    d.add_argument("--describe-max-tokens", type=bounded_int(1, MAX_DESCRIBE_TOKENS), default=MAX_TOKENS,
+                   help="the longest reply the generator may write (default %(default)s)")
     d.add_argument("--force", action="store_true", help="write the trait file over an existing one")
     add_model_args(p)
     p.add_argument("--output-dir", metavar="DIR", help="where every step goes (default $ARTIFACTS_DIR/traits/<model>/<trait>)")
@@ -345,5 +357,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_generation_args(p, max_new_tokens=MAX_NEW_TOKENS, temperature=TEMPERATURE, system=False,
                         why="persona_vectors samples its extraction answers at temperature 1, seeded here")
     add_judge_args(p)
+    add_engine_args(p, "the answers, the eval's steered answers (vLLM: each eval's grid in one batch) and a --local judge")
     p.set_defaults(handler=_cmd_trait)
 

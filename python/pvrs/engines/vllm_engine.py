@@ -165,6 +165,28 @@ def start_llm(config: VllmConfig, dtype: str, **extra: Any) -> Any:
         ) from exc
 
 
+def stop_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """The tokenizer's end of turn, as `model.generate` stops on it (vLLM adds the model's
+    generation config's own)."""
+    eos = tokenizer.eos_token_id
+    return [] if eos is None else [int(eos)]
+
+
+def sampling_params(sampling: SamplingConfig, seed: int, stop: list[int]) -> Any:
+    """vLLM's `SamplingParams` for pvrs's `sampling`, seeded with `seed`, stopping at `stop`
+    (`stop_ids`); pvrs decodes the token ids itself."""
+    from vllm import SamplingParams
+
+    return SamplingParams(
+        max_tokens=sampling.max_new_tokens,
+        temperature=0.0 if sampling.greedy else sampling.temperature,
+        top_p=1.0 if sampling.greedy else sampling.top_p,
+        seed=seed,
+        stop_token_ids=stop,
+        detokenize=False,
+    )
+
+
 def stop_llm(llm: Any) -> None:
     """Shut `llm` down and free its memory (its worker processes too), so another can start."""
     import gc
@@ -269,12 +291,6 @@ class VllmEngine:
                     yield index[out.request_id], out
 
     # ---- generation ----
-    def _stop_ids(self) -> list[int]:
-        """The tokenizer's end of turn, as `model.generate` stops on it (vLLM adds the model's
-        generation config's own)."""
-        eos = self.tokenizer.eos_token_id
-        return [] if eos is None else [int(eos)]
-
     def answer(
         self, asks: Sequence[AnswerJob], sampling: SamplingConfig, on_batch: Callable[[int], object]
     ) -> Iterator[tuple[int, list[QAPair] | str]]:
@@ -282,14 +298,12 @@ class VllmEngine:
         each request seeded by its question's place (`seed + j`, as transformers batches are),
         so a rerun gives the same answers; each persona is yielded (and saved by the driver) as
         soon as its last answer lands."""
-        from vllm import SamplingParams
-
         self._start(capture=False)
         prompts: list[list[int]] = []
         params: list[Any] = []
         owner: list[tuple[int, int]] = []
         firsts: list[int] = []  # each persona's first question: it warms the prefix cache
-        stop = self._stop_ids()
+        stop = stop_ids(self.tokenizer)
         for a, ask in enumerate(asks):
             if ask.questions:
                 firsts.append(len(prompts))
@@ -297,14 +311,7 @@ class VllmEngine:
                 # tokenized as transformers' generation tokenizes it, so both continue the same ids
                 prompts.append(list(self.tokenizer(text, add_special_tokens=False)["input_ids"]))
                 self._check_fits(f"the prompt of {ask.persona.id} [{ask.variant}] question {q.qid!r}", len(prompts[-1]))
-                params.append(SamplingParams(
-                    max_tokens=sampling.max_new_tokens,
-                    temperature=0.0 if sampling.greedy else sampling.temperature,
-                    top_p=1.0 if sampling.greedy else sampling.top_p,
-                    seed=sampling.seed + j,
-                    stop_token_ids=stop,
-                    detokenize=False,
-                ))
+                params.append(sampling_params(sampling, sampling.seed + j, stop))
                 owner.append((a, j))
         answers: list[list[str]] = [[""] * len(ask.questions) for ask in asks]
         left = [len(ask.questions) for ask in asks]

@@ -129,6 +129,7 @@ class EvalSetup:
     system_prompt: str | None = None  # the prompted baseline; None: no such baseline
     positions: Positions = "all"
     schedule: str = "constant"  # of steered cells (`pvrs.engines.schedule`)
+    engine: str | None = None  # what answers when not transformers ("vllm 0.32.0"): its answers differ
 
     def fingerprint(self, model_name: str, vector: np.ndarray, judge_id: str) -> str:
         content = [
@@ -141,7 +142,40 @@ class EvalSetup:
         # Modes other than 0-100 are other scores; 0-100 keeps the cells saved before modes.
         content += [f"{what} {r.scoring}" for what, r in (("trait", self.trait_rubric), ("coherence", self.coherence_rubric))
                     if r.scoring != DEFAULT_MODE]
+        if self.engine is not None:  # keys of transformers cells saved before engines existed stay valid
+            content.append(self.engine)
         return hashlib.sha256(json.dumps(content, ensure_ascii=False).encode()).hexdigest()
+
+    def system_of(self, cell: Cell) -> str | None:
+        """The system prompt a cell's answers are given under (only the prompted baseline has one)."""
+        return self.system_prompt if cell.kind == "prompted" else None
+
+
+# The name under which an eval's direction is registered in an engine that steers by spec.
+DIRECTION = "direction"
+
+
+def cell_spec(cell: Cell, positions: str, schedule: str = "constant") -> list[dict[str, Any]] | None:
+    """The steering spec (`pvrs.engines.vllm_steering`) of a cell's intervention on the
+    registered `DIRECTION`: what `_answers` does with transformers hooks; None: unsteered."""
+    if cell.kind == "steered":
+        layers, alphas = cell.steering()
+        scheduled = {} if schedule == "constant" else {"schedule": schedule}
+        return [{"kind": "add", "vector": DIRECTION, "layers": layers, "coef": [alphas[i] for i in layers],
+                 "positions": positions, **scheduled}]
+    if cell.kind in CAP_KINDS:
+        assert cell.tau is not None
+        layers = cell.cap_layers
+        return [{"kind": "cap" if cell.kind == "capped" else "floor", "vector": DIRECTION, "layers": layers,
+                 "coef": [cell.tau] * len(layers), "positions": positions}]
+    return None
+
+
+# One request to an engine that answers a batch: (system prompt, question, steering spec).
+Request = tuple[str | None, str, list[dict[str, Any]] | None]
+# Answers every request at once, in order: an engine that runs a whole grid as one batch
+# (vLLM). Without one, each cell runs on transformers hooks.
+BatchAnswerer = Callable[[Sequence[Request]], list[str]]
 
 
 def grid(
@@ -180,21 +214,32 @@ def run_eval(
     model_name: str,
     cache: ScoreCache | None = None,
     on_cell: Callable[[CellResult, bool], object] | None = None,
+    batch: BatchAnswerer | None = None,
 ) -> list[CellResult]:
     """Every cell's answers and scores; a cell saved under `out_dir/cells` for the same
-    fingerprint is read back instead of run. `on_cell(result, resumed)` hears each."""
+    fingerprint is read back instead of run. `on_cell(result, resumed)` hears each. With
+    `batch`, the unsaved cells are answered by it in one call (`model` is then unused)."""
     from pvrs.store import atomic_write_bytes
 
     key = setup.fingerprint(model_name, vector, judge.id)
+    paths = [out_dir / "cells" / f"{cell.slug}.json" for cell in cells]
+    saved = [_saved(path, key, cell) for path, cell in zip(paths, cells, strict=True)]
+    batched: dict[Cell, list[str]] = {}
+    if batch is not None:
+        # Every unsaved cell's answers in one batch, before any is judged (and before a local
+        # judge starts on the device the engine frees).
+        todo = [cell for cell, result in zip(cells, saved, strict=True) if result is None]
+        n = len(setup.questions)
+        answers = batch([(setup.system_of(c), q, cell_spec(c, setup.positions, setup.schedule)) for c in todo for q in setup.questions]) if todo else []
+        batched = {c: answers[i * n : (i + 1) * n] for i, c in enumerate(todo)}
     results = []
-    for cell in cells:
-        path = out_dir / "cells" / f"{cell.slug}.json"
-        result = _saved(path, key, cell)
+    for cell, path, result in zip(cells, paths, saved, strict=True):
         resumed = result is not None
         if result is None:
-            answers = _answers(model, tokenizer, vector, cell, setup)
+            answers = batched[cell] if batch is not None else _answers(model, tokenizer, vector, cell, setup)
             result = CellResult(cell, answers, *_scores(judge, setup, answers, cache))
-            record = {"key": key, "cell": asdict(cell), "questions": list(setup.questions), "answers": answers,
+            record = {"key": key, "cell": asdict(cell), "engine": setup.engine or "transformers",
+                      "questions": list(setup.questions), "answers": answers,
                       "trait_scores": result.trait_scores, "coherence_scores": result.coherence_scores}
             path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_bytes(path, json.dumps(record, indent=1, ensure_ascii=False).encode())
@@ -220,7 +265,7 @@ def _answers(
     from pvrs.extraction.generate import generate, prompt_messages
     from pvrs.steering.interventions import cap, steer
 
-    system = setup.system_prompt if cell.kind == "prompted" else None
+    system = setup.system_of(cell)
     context: AbstractContextManager[Any] = nullcontext()
     if cell.kind == "steered":
         layers, alphas = cell.steering()

@@ -15,7 +15,22 @@ from pvrs.judge.numbers import DEFAULT_MODE, REFUSAL, counts, weighted_score
 
 if TYPE_CHECKING:
     import torch
+    from torch import nn
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+
+def counted_tokens(model: nn.Module, tokenizer: PreTrainedTokenizerBase, mode: str, name: str) -> tuple[list[int], list[str]]:
+    """The ids and texts of the tokens of `model`'s vocabulary that a `mode` score reads (a
+    weightless skeleton will do: only its output embedding's shape is read); `name` is the
+    judge's in the error when there are none."""
+    vocab = min(len(tokenizer), model.get_output_embeddings().weight.shape[0])
+    texts = [str(tokenizer.decode([i])) for i in range(vocab)]
+    ids = [i for i, text in enumerate(texts) if counts(text, mode)]
+    found = {texts[i] for i in ids} - {REFUSAL}
+    if not found or (mode == "yes/no" and len(found) < 2):
+        what = "both YES and NO" if mode == "yes/no" else "the numbers " + ("0-9" if mode == "0-10" else "0-100")
+        raise JudgeError(f"local judge {name}: its vocabulary has no tokens for {what}; use another model")
+    return ids, [texts[i] for i in ids]
 
 
 class LocalJudge:
@@ -35,15 +50,8 @@ class LocalJudge:
         import torch
 
         if mode not in self._tokens:
-            vocab = min(len(self.tokenizer), self.model.get_output_embeddings().weight.shape[0])
-            texts = [str(self.tokenizer.decode([i])) for i in range(vocab)]
-            ids = [i for i, text in enumerate(texts) if counts(text, mode)]
-            found = {texts[i] for i in ids} - {REFUSAL}
-            if not found or (mode == "yes/no" and len(found) < 2):
-                what = "both YES and NO" if mode == "yes/no" else "the numbers " + ("0-9" if mode == "0-10" else "0-100")
-                raise JudgeError(f"local judge {self.name}: its vocabulary has no tokens for {what}; use another model")
-            device = next(self.model.parameters()).device
-            self._tokens[mode] = torch.tensor(ids, device=device), [texts[i] for i in ids]
+            ids, texts = counted_tokens(self.model, self.tokenizer, mode, self.name)
+            self._tokens[mode] = torch.tensor(ids, device=next(self.model.parameters()).device), texts
         return self._tokens[mode]
 
     def score(

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from torch import nn
     from transformers import PreTrainedTokenizerBase
 
+    from pvrs.engines.vllm_engine import VllmConfig
     from pvrs.extraction.generate import SamplingConfig
     from pvrs.steering.contrast import Response
 
@@ -113,24 +114,58 @@ def generate_all(
     out_dir: Path,
     model_name: str,
     on_batch: Callable[[int], object] | None = None,
+    vllm: VllmConfig | None = None,
 ) -> dict[str, list[QAPair]]:
     """Answers per persona (`pos_0`, ...), saved as `out_dir/<persona>.jsonl`; a file saved for
-    the same model, prompt and sampling is read back instead (`on_batch` hears those too)."""
-    from pvrs.extraction.generate import generate_answers, save_generations, saved_generations
+    the same model, prompt and sampling is read back instead (`on_batch` hears those too).
+    With `vllm` the missing personas' answers come from one vLLM run (`model` may be the
+    weightless skeleton), saved in `out_dir/vllm/` with the engine in their key, as `pvrs
+    extract --generate` keeps each engine's answers apart."""
+    from contextlib import closing
 
+    from pvrs.extraction.generate import (
+        answer_request,
+        generate_answers,
+        save_generations,
+        saved_generations,
+    )
+
+    engine = None
+    if vllm is not None:
+        from pvrs.engines.vllm_engine import version
+
+        engine, out_dir = f"vllm {version()}", out_dir / "vllm"
     questions = trait.samples(per_question)
     out: dict[str, list[QAPair]] = {}
+    missing = []
     for persona in trait.personas():
         path = out_dir / f"{persona.id}.jsonl"
         key = {"model": model_name, "system": persona.templated, "sampling": asdict(sampling)}
+        if engine is not None:
+            key["engine"] = engine
         rows = saved_generations(path, questions, key)
-        if rows is None:
+        if rows is not None:
+            if on_batch is not None:
+                on_batch(len(rows))
+        elif vllm is not None:  # answered below, with the other missing personas
+            missing.append(answer_request(tokenizer, persona, "templated", questions, path, key))
+            continue
+        else:
             rows = generate_answers(model, tokenizer, persona, "templated", questions, sampling, on_batch)
             save_generations(path, rows, key)
-        elif on_batch is not None:
-            on_batch(len(rows))
         out[persona.id] = rows
-    return out
+    if missing:
+        from pvrs.engines.vllm_engine import VllmEngine
+
+        assert vllm is not None
+        with closing(VllmEngine(vllm, model, tokenizer, [])) as answering:
+            for i, rows in answering.answer(missing, sampling, on_batch or (lambda n: None)):
+                assert not isinstance(rows, str)  # the vLLM engine yields rows, never a failure text
+                job = missing[i]
+                assert job.path is not None
+                save_generations(job.path, rows, job.key)
+                out[job.persona.id] = rows
+    return {persona.id: out[persona.id] for persona in trait.personas()}
 
 
 @dataclass(frozen=True)
