@@ -199,3 +199,14 @@ def test_cli_describe_mistakes_are_one_line(server: Server, tmp_path: Path, caps
     assert main(argv) == 2
     assert message in " ".join(capsys.readouterr().err.split())
     assert not server.requests
+
+
+def test_cli_describe_with_a_local_generator(server: Server, tiny_folder: Path, tmp_path: Path,  # noqa: F811
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """A local model writes through the transformers engine; the tiny random one writes no JSON
+    at all: one line, exit 1, and the endpoint (the judge) is asked nothing."""
+    argv = _argv(server, tmp_path, "--generator", str(tiny_folder), "--describe-attempts", "1", "--describe-max-tokens", "16")
+    assert main(argv) == 1
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("pvrs")]  # not transformers' loading bars
+    assert len(lines) == 1 and lines[0].startswith(f"pvrs trait: error: generator {tiny_folder} wrote no valid trait file in 1 attempt(s)")
+    assert not server.requests and not list((tmp_path / "out").glob("*.json"))

@@ -117,6 +117,8 @@ def _generator(args: argparse.Namespace, judge: Judge) -> tuple[Generator, str]:
     by default the judge itself."""
     from dataclasses import replace
 
+    from rich.console import Console
+
     from pvrs.judge.describe import endpoint_generator, local_generator
     from pvrs.judge.endpoint import KEY_ENV, EndpointJudge, check_url
     from pvrs.judge.local import LocalJudge
@@ -141,7 +143,8 @@ def _generator(args: argparse.Namespace, judge: Judge) -> tuple[Generator, str]:
         raise InputError(f"--generator-model names a model an endpoint serves; --generator {spec} is a local model, not a URL")
     from pvrs.engines import models
 
-    model, tokenizer = models.load(spec, dtype=args.dtype, device=args.device)
+    with Console(stderr=True).status(f"loading generator {spec}"):
+        model, tokenizer = models.load(spec, dtype=args.dtype, device=args.device)
     return local_generator(model, tokenizer, args.describe_max_tokens), f"generator {models.canonical_model_name(spec)}"
 
 
