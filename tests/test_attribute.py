@@ -4,6 +4,7 @@ its bad inputs, and the planted-confound proof on the built-in model."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import re
@@ -274,6 +275,26 @@ def test_minimal_pairs_remove_a_planted_confound_on_the_builtin_model(tmp_path: 
     assert cos(sex, occupation)[15] < 0.25
     assert (cos(population, occupation) - cos(sex, occupation) > 0.25).all()
     # The report shows it: sex and occupation co-occur fully (V 1) with a low trait cosine.
-    data = AttributeSet.read(TraitVectorStore(SMOLLM2.name, tmp_path / "trait_vectors", "persona_mean"))
+    data = AttributeSet.read(result.store)
     assert data.keys == ["occupation", "sex"]
     assert data.cooccurrence()[0, 1] == pytest.approx(1.0) and data.cosines(15)[0, 1] < 0.25
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vLLM is not installed (see .ci/vllm-lane)")
+def test_the_vllm_engine_builds_the_same_vectors(tmp_path: Path) -> None:
+    """`--engine vllm` runs the views through vLLM (the extract driver's engine): the same
+    vector as transformers, in fp32 (the engines differ by ~3e-6 per view, tests/test_vllm.py;
+    the delta of two close views magnifies that)."""
+    from pvrs.store.files import stack_files
+
+    from tests.test_vllm import _relative_error, _save_tiny
+
+    folder = _save_tiny(tmp_path / "qwen2", "qwen2", "qwen2.5")
+    base = ["attribute", "--model", str(folder), "--dtype", "float32", "--attribute", "sex", "--n-train", "1", "--no-report"]
+    assert main([*base, "--output-dir", str(tmp_path / "hf")]) == 0
+    assert main([*base, "--output-dir", str(tmp_path / "vllm"), "--engine", "vllm", "--enforce-eager"]) == 0
+    vectors = [
+        stack_files(list((tmp_path / engine / "trait_vectors").glob("*/persona_mean/templated/sex.safetensors")), None)[0]
+        for engine in ("hf", "vllm")
+    ]
+    assert _relative_error(vectors[1], vectors[0]) < 1e-3

@@ -77,7 +77,7 @@ def _cmd_attribute(args: argparse.Namespace) -> int:
             f"layer {mid}: AUC {entry['auc_by_layer'][mid]:.2f}, gap {entry['gap_norm_by_layer'][mid]:.3g}, "
             f"cos with the population difference {entry['population_cosine_by_layer'][mid]:.2f}"
         )
-    print(f"saved: {result.store_dir}")
+    print(f"saved: {store.variant_dir(attr.VARIANT)}")
     if not args.no_report:
         if args.layer is not None and args.layer >= len(next(iter(result.vectors.values()))):
             raise InputError(f"--layer {args.layer}: the model has {len(next(iter(result.vectors.values())))} layers")

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from torch import nn
     from transformers import PreTrainedTokenizerBase
 
+    from pvrs.store.traits import TraitVectorStore
 
 BUILTIN_PERSONAS = "attribute_personas.jsonl"
 BUILTIN_TEMPLATE = "attribute_template.txt"
@@ -50,13 +51,14 @@ class AttributeTemplate:
     @classmethod
     def parse(cls, text: str, source: str) -> AttributeTemplate:
         try:
-            names = [f for _, f, spec, conv in string.Formatter().parse(text) if f is not None and not (spec or conv)]
-            odd = [f for _, f, spec, conv in string.Formatter().parse(text) if f is not None and (spec or conv)]
+            fields = [(f, spec or conv) for _, f, spec, conv in string.Formatter().parse(text) if f is not None]
         except ValueError as exc:
             raise InputError(f"template {source}: {exc}; write fields as {{attribute}} and braces as {{{{ }}}}") from None
-        bad = [f for f in names + odd if not f.isidentifier()] + [f for f in odd if f.isidentifier()]
+        # `{a.b}`, `{0}`, `{a!r}` or `{a:>9}` would render something other than the value.
+        bad = [f for f, extra in fields if extra or not f.isidentifier()]
         if bad:
             raise InputError(f"template {source}: field {{{bad[0]}}} is not a plain attribute name; write {{attribute}}")
+        names = [f for f, _ in fields]
         if not names:
             raise InputError(f"template {source} has no {{attribute}} field; name the attributes it renders, e.g. {{sex}}")
         return cls(text, source, tuple(dict.fromkeys(names)))
@@ -225,14 +227,15 @@ class AttributeResult:
     """What `attribute_vectors` built: per direction key, the mean minimal-pair delta
     `(num_layers, hidden_size)`, its manifest entry, the population difference of means of
     the personas' own views (value_to personas minus value_from ones; what the minimal pairs
-    correct), and the extraction's outcomes."""
+    correct), and the extraction's outcomes (with a failed view nothing is averaged: the
+    dicts stay empty)."""
 
     directions: list[Direction]
     vectors: dict[str, np.ndarray] = field(default_factory=dict)
     entries: dict[str, dict[str, Any]] = field(default_factory=dict)
     population: dict[str, np.ndarray] = field(default_factory=dict)
     outcomes: list[PersonaOutcome] = field(default_factory=list)
-    store_dir: Path | None = None
+    store: TraitVectorStore | None = None  # where the vectors were saved
 
 
 def auc(negatives: np.ndarray, positives: np.ndarray) -> float:
@@ -305,14 +308,14 @@ def attribute_vectors(
         return result  # nothing is averaged over a missing view; the caller reports why
     views_store = PersonaVectorStore(name, root_dir=root / VIEWS_DIR, mask_strategy=mask_strategy)
     traits = TraitVectorStore(name, root_dir=root / TRAIT_VECTORS_DIR, mask_strategy=mask_strategy)
-    result.store_dir = traits.variant_dir(VARIANT)
+    result.store = traits
+    ids = [p.id for p in personas]
+    originals = views_store.stack(ids, VARIANT).astype(np.float64)
     for d in directions:
-        ids = [p.id for p in personas]
         acts_from = views_store.stack([view_id(p, d.attribute, d.value_from) for p in personas], VARIANT)
         acts_to = views_store.stack([view_id(p, d.attribute, d.value_to) for p in personas], VARIANT)
         own = {p.id: str(p.attributes[d.attribute]) for p in personas}
         mean = (acts_to.astype(np.float64) - acts_from).mean(0).astype(np.float32)
-        originals = views_store.stack(ids, VARIANT).astype(np.float64)
         at = np.array([own[i] for i in ids])
         population = (originals[at == d.value_to].mean(0) - originals[at == d.value_from].mean(0)).astype(np.float32)
         entry = {
