@@ -15,13 +15,14 @@ from pvrs.cli import main
 from pvrs.cli.serve import check_host, curl_example, load_vectors
 from pvrs.engines import vllm_serve
 from pvrs.engines.vllm_engine import INSTALL_HINT
-from pvrs.engines.vllm_serve import Served, SpecGuard, checked_body
+from pvrs.engines.vllm_serve import Served, SpecGuard, Steering, checked_body
 from pvrs.engines.vllm_steering import VectorCatalog, parse_spec
 from pvrs.errors import InputError, InvalidArgumentError
 from pvrs.store import PersonaVectorStore
 
 LAYERS, HIDDEN = 4, 8
 CATALOG = VectorCatalog.of({"pirate": torch.ones(LAYERS, HIDDEN)}, LAYERS, HIDDEN)
+STEERING = Steering(CATALOG, {"calm": [{"kind": "cap", "vector": "pirate", "layers": 2, "tau": 0.5}]})
 CHAT = "/v1/chat/completions"
 
 
@@ -67,7 +68,7 @@ def test_without_vllm_serve_says_how_to_install(monkeypatch: pytest.MonkeyPatch,
 
 
 def test_a_good_spec_travels_as_canonical_json_with_a_cache_salt() -> None:
-    body = json.loads(checked_body(CHAT, _body(vllm_xargs={"pvrs": "pirate@1-2:4", "other": 1}), CATALOG))
+    body = json.loads(checked_body(CHAT, _body(vllm_xargs={"pvrs": "pirate@1-2:4", "other": 1}), STEERING))
     spec = parse_spec("pirate@1-2:4", CATALOG)
     assert spec is not None
     assert body["vllm_xargs"] == {"pvrs": spec.dumps(), "other": 1}
@@ -75,20 +76,20 @@ def test_a_good_spec_travels_as_canonical_json_with_a_cache_salt() -> None:
     # The same steering written as JSON (a string, or an object vLLM alone would refuse) is the same request.
     edit = {"kind": "add", "vector": "pirate", "layers": [1, 2], "coef": 4.0}
     for raw in (json.dumps([edit]), [edit], edit):
-        assert json.loads(checked_body(CHAT, _body(vllm_xargs={"pvrs": raw}), CATALOG))["cache_salt"] == spec.cache_salt
+        assert json.loads(checked_body(CHAT, _body(vllm_xargs={"pvrs": raw}), STEERING))["cache_salt"] == spec.cache_salt
 
 
 def test_the_request_salt_is_kept_apart_from_other_steerings() -> None:
-    salted = json.loads(checked_body(CHAT, _body(cache_salt="user-1", vllm_xargs={"pvrs": "pirate@1:4"}), CATALOG))
-    plain = json.loads(checked_body(CHAT, _body(vllm_xargs={"pvrs": "pirate@1:4"}), CATALOG))
-    other = json.loads(checked_body(CHAT, _body(cache_salt="user-1", vllm_xargs={"pvrs": "pirate@1:5"}), CATALOG))
+    salted = json.loads(checked_body(CHAT, _body(cache_salt="user-1", vllm_xargs={"pvrs": "pirate@1:4"}), STEERING))
+    plain = json.loads(checked_body(CHAT, _body(vllm_xargs={"pvrs": "pirate@1:4"}), STEERING))
+    other = json.loads(checked_body(CHAT, _body(cache_salt="user-1", vllm_xargs={"pvrs": "pirate@1:5"}), STEERING))
     assert len({salted["cache_salt"], plain["cache_salt"], other["cache_salt"], "user-1"}) == 4
 
 
 def test_requests_without_a_spec_pass_unchanged() -> None:
     for body in (_body(), _body(vllm_xargs={"x": 1}), b"not json", b"[1, 2]", b""):
-        assert checked_body(CHAT, body, CATALOG) == body
-    assert json.loads(checked_body(CHAT, _body(vllm_xargs={"pvrs": ""}), CATALOG)) == json.loads(_body(vllm_xargs={}))
+        assert checked_body(CHAT, body, STEERING) == body
+    assert json.loads(checked_body(CHAT, _body(vllm_xargs={"pvrs": ""}), STEERING)) == json.loads(_body(vllm_xargs={}))
 
 
 @pytest.mark.parametrize(("spec", "says"), [
@@ -101,13 +102,13 @@ def test_requests_without_a_spec_pass_unchanged() -> None:
 ])
 def test_bad_specs_are_one_line(spec: Any, says: str) -> None:
     with pytest.raises(InvalidArgumentError, match="steering spec") as caught:
-        checked_body(CHAT, _body(vllm_xargs={"pvrs": spec}), CATALOG)
+        checked_body(CHAT, _body(vllm_xargs={"pvrs": spec}), STEERING)
     assert says in str(caught.value) and "\n" not in str(caught.value)
 
 
 def test_steering_is_refused_where_no_cache_salt_keeps_it_apart() -> None:
     with pytest.raises(InvalidArgumentError, match="steering works on /v1/completions and /v1/chat/completions"):
-        checked_body("/v1/responses", _body(vllm_xargs={"pvrs": "pirate@1:4"}), CATALOG)
+        checked_body("/v1/responses", _body(vllm_xargs={"pvrs": "pirate@1:4"}), STEERING)
 
 
 def _through_guard(body: bytes, split: bool = False) -> tuple[list[dict[str, Any]], list[bytes]]:
@@ -136,7 +137,7 @@ def _through_guard(body: bytes, split: bool = False) -> tuple[list[dict[str, Any
 
 
 def test_the_guard_answers_a_bad_spec_itself(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(vllm_serve, "_catalog", CATALOG)
+    monkeypatch.setattr(vllm_serve, "_steering", STEERING)
     sent, seen = _through_guard(_body(vllm_xargs={"pvrs": "nobody@1:4"}))
     assert not seen
     assert sent[0]["status"] == 400
@@ -145,11 +146,11 @@ def test_the_guard_answers_a_bad_spec_itself(monkeypatch: pytest.MonkeyPatch) ->
 
 
 def test_the_guard_hands_on_the_checked_body(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(vllm_serve, "_catalog", CATALOG)
+    monkeypatch.setattr(vllm_serve, "_steering", STEERING)
     body = _body(vllm_xargs={"pvrs": "pirate@1:4"})
     sent, seen = _through_guard(body, split=True)
     assert sent[0]["status"] == 200
-    assert seen == [checked_body(CHAT, body, CATALOG)]
+    assert seen == [checked_body(CHAT, body, STEERING)]
 
 
 @pytest.fixture
@@ -167,10 +168,12 @@ def _store(root: Path, model: str, personas: dict[str, np.ndarray]) -> Path:
     return root
 
 
-def _args(model: str, vectors: list[str] | None = None, vector: list[tuple[str, str]] | None = None) -> Any:
+def _args(model: str, vectors: list[str] | None = None, vector: list[tuple[str, str]] | None = None,
+          capping: list[str] | None = None) -> Any:
     from argparse import Namespace
 
-    return Namespace(model=model, vectors=vectors, vector=vector, variant="templated", mask_strategy="answer_mean")
+    return Namespace(model=model, vectors=vectors, vector=vector, capping=capping, variant="templated",
+                     mask_strategy="answer_mean")
 
 
 def test_a_store_registers_each_persona_direction_and_the_assistant_axis(model_dir: Path, tmp_path: Path) -> None:
@@ -179,7 +182,8 @@ def test_a_store_registers_each_persona_direction_and_the_assistant_axis(model_d
                 for p in ("baseline_assistant", "pirate", "poet")}
     root = _store(tmp_path / "store", str(model_dir), personas)
     np.save(tmp_path / "v.npy", personas["poet"])
-    vectors = load_vectors(_args(str(model_dir), [str(root)], [("mine", str(tmp_path / "v.npy"))]))
+    vectors, presets = load_vectors(_args(str(model_dir), [str(root)], [("mine", str(tmp_path / "v.npy"))]))
+    assert presets == {}
     assert sorted(vectors) == ["assistant-axis", "mine", "pirate", "poet"]
     np.testing.assert_allclose(vectors["pirate"].numpy(), personas["pirate"] - personas["baseline_assistant"], rtol=1e-6)
     np.testing.assert_array_equal(vectors["mine"].numpy(), personas["poet"])
@@ -191,7 +195,35 @@ def test_a_store_without_personas_is_refused_but_the_default_may_be_empty(model_
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="holds no personas of"):
         load_vectors(_args(str(model_dir), [str(tmp_path / "empty")]))
-    assert load_vectors(_args(str(model_dir))) == {}
+    assert load_vectors(_args(str(model_dir))) == ({}, {})
+
+
+def test_a_capping_config_registers_its_caps_and_a_preset_of_them(model_dir: Path, tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    axes = {f"axis_{i}": rng.standard_normal(HIDDEN).astype(np.float32) for i in (1, 2)}
+    torch.save({"vectors": {n: {"layer": int(n[-1]), "vector": torch.from_numpy(v)} for n, v in axes.items()},
+                "experiments": [{"id": "layers_1:2-p0.25", "interventions": [
+                    {"vector": "axis_1", "cap": 0.5}, {"vector": "axis_2", "cap": -0.25}, {"vector": "axis_2"}]},
+                    {"id": "only_2", "interventions": [{"vector": "axis_2", "cap": 1.0}]}]},
+               tmp_path / "capping.pt")  # fmt: skip
+    vectors, presets = load_vectors(_args(str(model_dir), capping=[f"{tmp_path / 'capping.pt'}:layers_1:2-p0.25",
+                                                                   f"{tmp_path / 'capping.pt'}:only_2"]))
+    assert sorted(vectors) == ["axis_1", "axis_2"]
+    np.testing.assert_array_equal(vectors["axis_1"][1].numpy(), axes["axis_1"])
+    assert not vectors["axis_1"][[0, 2, 3]].any()
+    assert presets == {
+        "layers_1:2-p0.25": [{"kind": "cap", "vector": "axis_1", "layers": 1, "tau": 0.5},
+                             {"kind": "cap", "vector": "axis_2", "layers": 2, "tau": -0.25}],
+        "only_2": [{"kind": "cap", "vector": "axis_2", "layers": 2, "tau": 1.0}],
+    }
+    with pytest.raises(InputError, match="is not an assistant-axis capping config"):
+        load_vectors(_args(str(model_dir), capping=[str(tmp_path / "v.pt")]))
+
+
+def test_a_preset_name_stands_for_its_spec() -> None:
+    body = json.loads(checked_body(CHAT, _body(vllm_xargs={"pvrs": "calm"}), STEERING))
+    spec = parse_spec(STEERING.presets["calm"], CATALOG)
+    assert spec is not None and body["vllm_xargs"]["pvrs"] == spec.dumps() and body["cache_salt"] == spec.cache_salt
 
 
 def test_the_curl_example_steers_a_chat_request() -> None:

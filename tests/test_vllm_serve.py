@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 from pvrs.cli import main
 from pvrs.store import PersonaVectorStore
 
@@ -85,8 +86,12 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         store.save(pid, "templated", rng.standard_normal((4, 128)).astype(np.float32), name=pid, sample_ids=["q1"])
     big = rng.standard_normal((4, 128)).astype(np.float32)
     np.save(tmp / "big.npy", 60 * big / np.linalg.norm(big, axis=-1, keepdims=True))  # the residual norm is ~10
+    axis = torch.from_numpy(rng.standard_normal(128).astype(np.float32))
+    torch.save({"vectors": {"axis_1": {"layer": 1, "vector": axis}},
+                "experiments": [{"id": "low", "interventions": [{"vector": "axis_1", "cap": -50.0}]}]}, tmp / "capping.pt")
     port = _free_port()
     args = ["--model", model, "--vectors", str(tmp / "store"), "--vector", f"big={tmp / 'big.npy'}",
+            "--capping", f"{tmp / 'capping.pt'}:low",
             "--port", str(port), "--dtype", "float32", "--max-model-len", "256"]
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
     with (tmp / "out").open("wb") as out, (tmp / "err").open("wb") as err:
@@ -125,6 +130,7 @@ def test_steered_and_unsteered_requests_side_by_side(server: Server) -> None:
     assert steered != plain
     assert as_json == steered
     assert both == again == plain
+    assert _text(_complete(url, model, "low")) != plain  # the capping experiment, by name
     # a chat request steers the same way, through the model's chat template
     chat = {"model": model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 8, "temperature": 0}
     status, plain_chat = _post(f"{url}/v1/chat/completions", chat)
@@ -134,7 +140,7 @@ def test_steered_and_unsteered_requests_side_by_side(server: Server) -> None:
 
 
 @pytest.mark.parametrize(("spec", "says"), [
-    ("nobody@1:4.0", "unknown vector 'nobody'; registered: assistant-axis, big, pirate"),
+    ("nobody@1:4.0", "unknown vector 'nobody'; registered: assistant-axis, axis_1, big, pirate"),
     ("big@7:4.0", "layer(s) [7] out of range; this model has layers 0-3"),
     ("big@1:nan", "coef is nan"),
     ('[{"kind": "add", "vector": ', "not valid JSON"),

@@ -8,12 +8,14 @@ import ipaddress
 import json
 import shlex
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pvrs.cli.common import add_vllm_args, bounded_int, vllm_config
 from pvrs.errors import InputError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     import torch
 
     from pvrs.engines.vllm_serve import Served
@@ -45,10 +47,13 @@ def parse_named_file(text: str) -> tuple[str, str]:
     return name, path
 
 
-def load_vectors(args: argparse.Namespace) -> dict[str, torch.Tensor]:
-    """The vectors a server registers, by name: per store (`--vectors`; default: the default
-    store, when it holds this model), every persona minus the baseline under its id and
-    `assistant-axis`; then each `--vector NAME=FILE`. A name given twice is refused."""
+def load_vectors(args: argparse.Namespace) -> tuple[dict[str, torch.Tensor], dict[str, list[dict[str, Any]]]]:
+    """The vectors a server registers, by name, and its named specs (presets): per store
+    (`--vectors`; default: the default store, when it holds this model), every persona minus
+    the baseline under its id and `assistant-axis`; each `--vector NAME=FILE`; and per
+    `--capping CONFIG.pt[:EXPERIMENT]`, its caps' directions under the config's names (each
+    zero but at its layer) and a preset named by the experiment (or the file) capping them as
+    published. A name given to two different vectors is refused."""
     import torch
 
     from pvrs.hub.vector_sources import open_store
@@ -60,11 +65,12 @@ def load_vectors(args: argparse.Namespace) -> dict[str, torch.Tensor]:
     where: dict[str, str] = {}
 
     def add(name: str, array: object, origin: str) -> None:
-        if name in vectors:
+        tensor = torch.as_tensor(array, dtype=torch.float32)
+        if name in vectors and not torch.equal(vectors[name], tensor):
             raise InputError(f"vector name {name!r} comes from both {where[name]} and {origin}; rename one (--vector NAME=FILE)")
-        vectors[name], where[name] = torch.as_tensor(array, dtype=torch.float32), origin
+        vectors[name], where[name] = tensor, where.get(name, origin)
 
-    for source in args.vectors or ([] if args.vector else [None]):
+    for source in args.vectors or ([] if args.vector or args.capping else [None]):
         store = open_store(args.model, source, args.mask_strategy)
         roles = [p for p in store.list_personas([args.variant]) if p != BASELINE_PERSONA_ID]
         if not roles:
@@ -78,7 +84,33 @@ def load_vectors(args: argparse.Namespace) -> dict[str, torch.Tensor]:
         add("assistant-axis", assistant_axis_direction(store, variant=args.variant), origin)
     for name, path in args.vector or []:
         add(name, load_vector(path, num_layers=model_num_layers(args.model)), f"--vector {name}={path}")
-    return vectors
+    presets: dict[str, list[dict[str, Any]]] = {}
+    for text in args.capping or []:
+        presets.update(_capping(text, model_num_layers(args.model), add))
+    return vectors, presets
+
+
+def _capping(text: str, num_layers: int | None, add: Callable[[str, object, str], None]) -> dict[str, list[dict[str, Any]]]:
+    """One `--capping`: its caps registered through `add`, and its preset."""
+    import numpy as np
+
+    from pvrs.steering.published import capping_experiment, split_capping_spec
+
+    config = split_capping_spec(text)
+    if config is None:
+        raise InputError(f"--capping {text!r} is not an assistant-axis capping config CONFIG.pt[:EXPERIMENT]")
+    if num_layers is None:
+        raise InputError(f"--capping {text!r}: cannot read the layer count of --model to place its caps; pass a model folder with config.json")
+    path, experiment = config
+    edits = []
+    for cap in capping_experiment(path, experiment):
+        if not 0 <= cap.layer < num_layers:
+            raise InputError(f"--capping {text!r}: cap {cap.name!r} is at layer {cap.layer}, but the model has layers 0-{num_layers - 1}")
+        rows = np.zeros((num_layers, cap.vector.size), np.float32)
+        rows[cap.layer] = cap.vector
+        add(cap.name, rows, f"--capping {text}")
+        edits.append({"kind": "cap", "vector": cap.name, "layers": cap.layer, "tau": cap.tau})
+    return {experiment or path.stem: edits}
 
 
 def curl_example(served: Served) -> str:
@@ -98,16 +130,18 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     import_vllm("pvrs serve")
     config = vllm_config(args)
-    vectors = load_vectors(args)
+    vectors, presets = load_vectors(args)
 
     def ready(served: Served) -> None:
         names = ", ".join(served.names) or "none (add --vectors or --vector)"
         print(f"pvrs serve: {served.model} at {served.url}/v1 (OpenAI API); vectors: {names}", flush=True)
+        if served.presets:
+            print(f"  presets (\"pvrs\": NAME): {', '.join(served.presets)}", flush=True)
         print(f"  steer a request: {curl_example(served)}", flush=True)
         print("  Ctrl-C stops the server", flush=True)
 
     assert config is not None  # `--engine` is always vllm here
-    serve(config, vectors, args.host, args.port, ready)
+    serve(config, vectors, args.host, args.port, ready, presets)
     print("pvrs serve: server stopped", file=sys.stderr)
     return 130  # it runs until stopped: Ctrl-C or a signal
 
@@ -132,6 +166,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     vec.add_argument("--vector", action="append", type=parse_named_file, metavar="NAME=FILE",
                      help="register a vector file (.safetensors/.npy/.pt/.gguf) under NAME (repeatable)")
+    vec.add_argument(
+        "--capping", action="append", metavar="CONFIG.pt[:EXPERIMENT]",
+        help="an assistant-axis capping config: its caps' vectors, and the experiment as a preset a request names "
+        "instead of a spec (\"pvrs\": \"EXPERIMENT\"; the file's name without one) (repeatable)",
+    )
     vec.add_argument("--variant", default="templated", help="prompt variant of stored vectors (default %(default)s)")
     vec.add_argument("--mask-strategy", default="answer_mean", help="mask strategy of stored vectors (default %(default)s)")
     net = p.add_argument_group("server")

@@ -20,7 +20,7 @@ import os
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,16 +39,27 @@ Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
+
+
+@dataclass(frozen=True)
+class Steering:
+    """What a server steers with: the catalog specs are checked against, and named specs (a
+    capping experiment's caps) that a request may give by name instead of spelling them out."""
+
+    catalog: VectorCatalog
+    presets: Mapping[str, Any] = field(default_factory=dict)
+
+
 # What `SpecGuard` checks specs against: set by `serve` before vLLM builds its app (vLLM's
-# `--middleware` takes an import path, so the running server's catalog lives here).
-_catalog: VectorCatalog | None = None
+# `--middleware` takes an import path, so the running server's steering lives here).
+_steering: Steering | None = None
 
 
-def checked_body(path: str, body: bytes, catalog: VectorCatalog) -> bytes:
+def checked_body(path: str, body: bytes, steering: Steering) -> bytes:
     """`body` as vLLM should see it: unchanged without a pvrs spec (or when it is not a JSON
-    object: vLLM answers that itself); with one, the spec checked (`InvalidArgumentError`, one
-    line, otherwise) and replaced by its canonical JSON, and the request's `cache_salt` set to
-    one derived from it (and from the request's own salt, if it has one)."""
+    object: vLLM answers that itself); with one (or a preset's name), the spec checked
+    (`InvalidArgumentError`, one line, otherwise) and replaced by its canonical JSON, and the
+    request's `cache_salt` set to one derived from it (and from its own salt, if it has one)."""
     try:
         request = json.loads(body)
     except (ValueError, RecursionError):
@@ -58,7 +69,8 @@ def checked_body(path: str, body: bytes, catalog: VectorCatalog) -> bytes:
         return body
     if path not in STEERABLE_PATHS:
         raise InvalidArgumentError(f"steering works on {' and '.join(STEERABLE_PATHS)}, not {path}")
-    spec = parse_spec(xargs["pvrs"], catalog)
+    raw = xargs["pvrs"]
+    spec = parse_spec(steering.presets.get(raw, raw) if isinstance(raw, str) else raw, steering.catalog)
     if spec is None:  # "" or []: no steering
         del xargs["pvrs"]
         return json.dumps(request).encode()
@@ -99,11 +111,11 @@ class SpecGuard:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST" or _catalog is None:
+        if scope["type"] != "http" or scope["method"] != "POST" or _steering is None:
             await self.app(scope, receive, send)
             return
         try:
-            body = checked_body(scope["path"], await _read(receive), _catalog)
+            body = checked_body(scope["path"], await _read(receive), _steering)
         except InvalidArgumentError as exc:
             await _bad_request(send, str(exc))
             return
@@ -129,6 +141,7 @@ class Served:
     model: str
     catalog: VectorCatalog
     names: tuple[str, ...]
+    presets: tuple[str, ...] = ()
 
 
 def _server_args(config: VllmConfig, host: str, port: int) -> Any:
@@ -154,11 +167,12 @@ def _server_args(config: VllmConfig, host: str, port: int) -> Any:
 
 def serve(
     config: VllmConfig, vectors: Mapping[str, torch.Tensor], host: str, port: int,
-    on_ready: Callable[[Served], None],
+    on_ready: Callable[[Served], None], presets: Mapping[str, Any] | None = None,
 ) -> None:
     """Run the server until it stops (Ctrl-C or SIGTERM; or its engine died, which vLLM logs).
-    `vectors` are checked against the started model (one line if one does not fit) and
-    registered before the server accepts requests; `on_ready` is called then."""
+    `vectors` and `presets` (named specs) are checked against the started model (one line if
+    one does not fit) and the vectors registered before the server accepts requests;
+    `on_ready` is called then."""
     import_vllm("pvrs serve")
     import uvloop
 
@@ -166,11 +180,13 @@ def serve(
     # them once this process has exited and warns about each: lines after "server stopped".
     os.environ["PYTHONWARNINGS"] = ",".join(filter(None, (os.environ.get("PYTHONWARNINGS"), _QUIET_TRACKER)))
     args = _server_args(config, host, port)
-    uvloop.run(_run(args, vectors, on_ready))
+    uvloop.run(_run(args, vectors, presets or {}, on_ready))
 
 
-async def _run(args: Any, vectors: Mapping[str, torch.Tensor], on_ready: Callable[[Served], None]) -> None:
-    global _catalog
+async def _run(
+    args: Any, vectors: Mapping[str, torch.Tensor], presets: Mapping[str, Any], on_ready: Callable[[Served], None]
+) -> None:
+    global _steering
     from vllm.entrypoints.launchers.api_server.entry import build_and_serve
     from vllm.entrypoints.launchers.launcher import setup_server
 
@@ -183,17 +199,22 @@ async def _run(args: Any, vectors: Mapping[str, torch.Tensor], on_ready: Callabl
         async with _started(args, model) as client:
             num_layers, hidden = (await client.collective_rpc("pvrs_shape"))[0]
             catalog = VectorCatalog.of(vectors, num_layers, hidden)
+            for name, spec in presets.items():
+                try:
+                    parse_spec(spec, catalog)
+                except InvalidArgumentError as exc:
+                    raise InvalidArgumentError(f"preset {name!r}: {exc}") from None
             names: list[str] = []
             if vectors:
                 with tempfile.TemporaryDirectory(prefix="pvrs-serve-") as tmp:
                     path = str(save_vectors(vectors, Path(tmp)))
                     names = (await client.collective_rpc("pvrs_register", args=(path,)))[0]
-            _catalog = catalog
-            on_ready(Served(f"http://{args.host}:{args.port}", model, catalog, tuple(names)))
+            _steering = Steering(catalog, presets)
+            on_ready(Served(f"http://{args.host}:{args.port}", model, catalog, tuple(names), tuple(presets)))
             shutdown = await build_and_serve(client, listen, sock, args)  # returns once stopped
         await shutdown
     finally:
-        _catalog = None
+        _steering = None
         sock.close()
 
 
