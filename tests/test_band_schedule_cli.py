@@ -180,3 +180,14 @@ def test_steer_sweeps_a_band_by_norm_with_a_schedule_as_the_api_does(folder, loa
     code, _, err = _run([*argv, "--relative"], capsys)
     assert code == 2 and err.strip().splitlines() == [
         "pvrs steer: error: --relative already scales each layer by its residual norm; drop --band-scale norm"]
+
+
+def test_chat_measures_every_band_on_the_plain_model(folder, loaded, capsys, monkeypatch):
+    """A second --steer's norm band is not measured under the first one (as a calibrated cap)."""
+    model, tokenizer = loaded
+    v = str(folder / "vector.npy")
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))
+    code, _, err = _run(_chat(folder, "--steer", f"{v}:1:40", "--steer", f"{v}@1-3:2", "--band-scale", "norm"), capsys)
+    assert code == 0, err
+    shown = ", ".join(f"{a:g}" for a in band(model, tokenizer, [1, 2, 3], 2.0, "norm").values())
+    assert f"at layers 1-3, alpha {shown}" in " ".join(err.split())
