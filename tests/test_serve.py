@@ -224,6 +224,8 @@ def test_a_preset_name_stands_for_its_spec() -> None:
     body = json.loads(checked_body(CHAT, _body(vllm_xargs={"pvrs": "calm"}), STEERING))
     spec = parse_spec(STEERING.presets["calm"], CATALOG)
     assert spec is not None and body["vllm_xargs"]["pvrs"] == spec.dumps() and body["cache_salt"] == spec.cache_salt
+    with pytest.raises(InvalidArgumentError, match=r"'quiet' is neither a preset \(calm\) nor NAME@LAYER:ALPHA"):
+        checked_body(CHAT, _body(vllm_xargs={"pvrs": "quiet"}), STEERING)
 
 
 def test_the_curl_example_steers_a_chat_request() -> None:

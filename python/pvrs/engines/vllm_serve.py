@@ -40,7 +40,6 @@ Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 
-
 @dataclass(frozen=True)
 class Steering:
     """What a server steers with: the catalog specs are checked against, and named specs (a
@@ -70,7 +69,13 @@ def checked_body(path: str, body: bytes, steering: Steering) -> bytes:
     if path not in STEERABLE_PATHS:
         raise InvalidArgumentError(f"steering works on {' and '.join(STEERABLE_PATHS)}, not {path}")
     raw = xargs["pvrs"]
-    spec = parse_spec(steering.presets.get(raw, raw) if isinstance(raw, str) else raw, steering.catalog)
+    if isinstance(raw, str) and steering.presets and raw.strip()[:1] not in ("", "[", "{") and "@" not in raw:
+        if raw not in steering.presets:
+            raise InvalidArgumentError(
+                f"steering spec: {raw!r} is neither a preset ({', '.join(steering.presets)}) nor NAME@LAYER:ALPHA"
+            )
+        raw = steering.presets[raw]
+    spec = parse_spec(raw, steering.catalog)
     if spec is None:  # "" or []: no steering
         del xargs["pvrs"]
         return json.dumps(request).encode()
@@ -210,7 +215,8 @@ async def _run(
                     path = str(save_vectors(vectors, Path(tmp)))
                     names = (await client.collective_rpc("pvrs_register", args=(path,)))[0]
             _steering = Steering(catalog, presets)
-            on_ready(Served(f"http://{args.host}:{args.port}", model, catalog, tuple(names), tuple(presets)))
+            host = f"[{args.host}]" if ":" in args.host else args.host  # an IPv6 address
+            on_ready(Served(f"http://{host}:{args.port}", model, catalog, tuple(names), tuple(presets)))
             shutdown = await build_and_serve(client, listen, sock, args)  # returns once stopped
         await shutdown
     finally:
