@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from pvrs.cli import main
 from pvrs.extraction.generate import SamplingConfig, generate, prompt_messages
 from pvrs.steering.interventions import band, steer
@@ -191,3 +192,32 @@ def test_chat_measures_every_band_on_the_plain_model(folder, loaded, capsys, mon
     assert code == 0, err
     shown = ", ".join(f"{a:g}" for a in band(model, tokenizer, [1, 2, 3], 2.0, "norm").values())
     assert f"at layers 1-3, alpha {shown}" in " ".join(err.split())
+
+
+def test_bands_and_schedules_reach_the_vllm_specs(server, folder, loaded, tmp_path, monkeypatch):
+    """`--engine vllm` (faked: each batch recorded) sends a band cell as one add over its layers
+    with the per-layer alphas transformers adds, and the schedule; every spec passes the vLLM
+    worker's checks."""
+    from pvrs.engines.vllm_steering import VectorCatalog, parse_spec
+
+    from tests.test_vllm_commands import _fake_vllm
+
+    model, tokenizer = loaded
+    catalog = VectorCatalog.of({"direction": torch.from_numpy(np.load(folder / "vector.npy"))}, 4, 64)
+    batches = _fake_vllm(monkeypatch)
+    argv = _eval(server, folder, tmp_path / "out", "--band", "1-3", "--alpha", "2", "--band-scale", "norm",
+                 "--schedule", "first:2", "--engine", "vllm")
+    assert main([a if a != "cpu" else "auto" for a in argv]) == 0  # vLLM picks its devices
+    [(_, requests)] = batches
+    alphas = band(model, tokenizer, [1, 2, 3], 2.0, "norm")
+    add = [{"kind": "add", "vector": "direction", "layers": [1, 2, 3], "coef": list(alphas.values()),
+            "positions": "all", "schedule": "first:2"}]
+    assert [spec for _, _, spec in requests] == [None, None, add, add]
+    assert parse_spec(add, catalog) is not None
+
+    argv = ["steer", "--model", str(folder / "model"), "--vector", str(folder / "vector.npy"), "--layer", "1-3",
+            "--alpha", "2", "--band-scale", "norm", "--schedule", "linear:4", "--prompt", "Hi?", "--engine", "vllm",
+            "--json"]
+    assert main(argv) == 0
+    [spec] = [spec for _, _, spec in batches[1][1] if spec is not None]
+    assert spec == [{**add[0], "schedule": "linear:4"}] and parse_spec(spec, catalog) is not None
