@@ -198,3 +198,116 @@ def _answer(prompt: str) -> str:
     match = re.search(r"\[ANSWER START\]\n(.*)\n\[ANSWER END\]", prompt, re.S)
     assert match is not None
     return match[1]
+
+
+@needs_vllm
+def test_steer_on_vllm_equals_transformers_token_for_token(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Greedy fp32 on a tiny Qwen2: every column of `pvrs steer` equals the transformers
+    hooks' reply, and the largest alpha changes the reply (so steering did something)."""
+    from tests.test_vllm import _save_tiny
+
+    folder = _save_tiny(tmp_path / "qwen2", "qwen2", "qwen2.5")
+    rng = np.random.default_rng(0)
+    vector = rng.standard_normal((4, 128)).astype(np.float32)
+    np.save(tmp_path / "v.npy", vector / np.linalg.norm(vector, axis=1, keepdims=True))
+    argv = ["steer", "--model", str(folder), "--dtype", "float32", "--vector", str(tmp_path / "v.npy"), "--layer", "1-2",
+            "--alpha", "0", "4", "40", "--prompt", "Hi?", "--prompt", "Tell me a story.", "--system", "Be brief.",
+            "--max-new-tokens", "32", "--json"]
+    replies = []
+    for engine in (["--device", "cpu"], ["--engine", "vllm"]):
+        assert main([*argv, *engine]) == 0
+        replies.append(json.loads(capsys.readouterr().out)["rows"])
+    assert replies[1] == replies[0]
+    assert any(row["outputs"]["alpha 40"] != row["outputs"]["unsteered"] for row in replies[0])
+    assert all(row["outputs"]["alpha 0"] == row["outputs"]["unsteered"] for row in replies[0])
+
+
+@needs_vllm
+@pytest.mark.slow
+def test_eval_on_vllm_runs_the_grid_of_transformers_and_scores_move_alike(server: Server, tmp_path: Path) -> None:
+    """The built-in model steered by its output embedding of " cat" (tests/test_eval.py's
+    planted direction) on both engines: the same cells and files, and a judge counting cats
+    sees the trait rise with alpha on both."""
+    from pvrs.engines import models
+
+    model, tokenizer = models.load()
+    [token] = tokenizer.encode(" cat", add_special_tokens=False)
+    row = model.get_output_embeddings().weight[token].detach().float().numpy()
+    num_layers = model.config.num_hidden_layers
+    del model
+    np.save(tmp_path / "cat.npy", np.tile(row / np.linalg.norm(row), (num_layers, 1)))
+
+    def cats(prompt: str) -> float:
+        if "coherence" in prompt:
+            return 100.0
+        words = _answer(prompt).lower().split()
+        return 100.0 * sum("cat" in w for w in words) / max(len(words), 1)
+
+    server.scorer = cats
+    argv = ["eval", "--vector", str(tmp_path / "cat.npy"), "--layer", str(num_layers * 2 // 3), "--alpha", "0", "0.5", "1.5",
+            "--relative", "--trait", "talks about cats", "--max-new-tokens", "24", "--judge-url", server.url,
+            "--judge-model", "m", "--dtype", "float32", "--no-png"]
+    traits = {}
+    for engine in ("hf", "vllm"):
+        out = tmp_path / engine
+        assert main([*argv, "--engine", engine, "--output-dir", str(out)]) == 0
+        with (out / "results.csv").open() as f:
+            rows = list(csv.DictReader(f))
+        traits[engine] = [float(r["trait"]) for r in rows if r["kind"] == "steered"]
+        assert [r["kind"] for r in rows] == ["unsteered", "steered", "steered", "steered"]
+    hf, vl = tmp_path / "hf", tmp_path / "vllm"
+    assert sorted(p.relative_to(hf) for p in hf.rglob("*")) == sorted(p.relative_to(vl) for p in vl.rglob("*"))
+    for t in traits.values():
+        assert t[0] < t[1] < t[2] and t[2] > 20
+    summary = json.loads((vl / "summary.json").read_text())
+    assert summary["engine"].startswith("vllm ") and summary["recommended"]["alpha"] == 1.5
+    record = json.loads((vl / "cells" / "unsteered.json").read_text())
+    assert record["engine"] == summary["engine"]
+    # In fp32 the engines answer alike: the unsteered answers are the same text.
+    assert record["answers"] == json.loads((hf / "cells" / "unsteered.json").read_text())["answers"]
+
+
+@needs_vllm
+@pytest.mark.slow
+def test_trait_on_vllm_end_to_end(server: Server, tmp_path: Path) -> None:
+    from tests.test_vllm import _save_tiny
+
+    folder = _save_tiny(tmp_path / "qwen2", "qwen2", "qwen2.5")
+    out = tmp_path / "out"
+    server.scorer = lambda prompt: 100.0 if "coherence" in prompt else 50.0
+    argv = ["trait", str(TRAIT_FILE), "--model", str(folder), "--dtype", "float32", "--samples", "1", "--max-new-tokens", "4",
+            "--judge-url", server.url, "--judge-model", "m", "--output-dir", str(out), "--layer", "1", "--alpha", "0", "2",
+            "--min-trait-pos", "0", "--max-trait-neg", "100", "--no-png", "--engine", "vllm", "--enforce-eager"]
+    assert main(argv) == 0
+    assert sorted(p.name for p in (out / "answers" / "vllm").glob("*.jsonl")) == ["neg_0.jsonl", "neg_1.jsonl", "pos_0.jsonl", "pos_1.jsonl"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["engine"] == "vllm" and "response_mean" in summary["eval"]
+    cells = sorted(p.name for p in (out / "eval" / "response_mean" / "cells").glob("*.json"))
+    assert cells == ["layer1_alpha0.json", "layer1_alpha2.json", "prompted.json", "unsteered.json"]
+    # A rerun reuses the answers, the scores and every cell: nothing is asked again.
+    asked = len(server.requests)
+    assert main(argv) == 0
+    assert len(server.requests) == asked
+
+
+@needs_vllm
+@pytest.mark.slow
+def test_judge_local_on_vllm_scores_as_the_transformers_judge(tmp_path: Path) -> None:
+    rows = [("q1", "What is the capital of France?", "The capital of France is Paris."),
+            ("q2", "What is the capital of France?", "purple the the seven banana of"),
+            ("q3", "How do I boil an egg?", "Put it in boiling water for seven minutes.")]
+    answers = tmp_path / "answers.jsonl"
+    answers.write_text("".join(json.dumps({"persona_id": "p", "qid": q, "question": k, "answer": a}) + "\n" for q, k, a in rows))
+    scores = {}
+    for engine in ("hf", "vllm"):
+        out = tmp_path / f"{engine}.jsonl"
+        extra = ["--engine", "vllm", "--enforce-eager"] if engine == "vllm" else ["--device", "cpu"]
+        assert main(["judge", str(answers), "--local", "--rubric", "coherence", "--dtype", "float32", "--no-cache",
+                     "--output", str(out), *extra]) == 0
+        found = [json.loads(line) for line in out.read_text().splitlines()]
+        scores[engine] = {r["qid"]: r["score"] for r in found}
+        judges = {r["judge"] for r in found}
+        assert judges == {("vllm:" if engine == "vllm" else "local:") + "HuggingFaceTB/SmolLM2-135M-Instruct"}
+    assert set(scores["vllm"]) == set(scores["hf"]) == {"q1", "q2", "q3"}
+    for qid, score in scores["hf"].items():
+        assert scores["vllm"][qid] == pytest.approx(score, abs=0.05)

@@ -70,6 +70,8 @@ that fits in vLLM's memory beside the capture cache) and
 def import_vllm(needs: str = "--engine vllm") -> Any:
     # vLLM logs every step of its start at INFO; pvrs has its own progress bars.
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    # Its logs (from its worker processes too) go to stderr: stdout is pvrs's output (--json).
+    os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
     try:
         import vllm
     except ImportError:
