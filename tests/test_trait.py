@@ -267,9 +267,9 @@ def test_default_output_dir_stays_under_the_artifacts_folder(tmp_path: Path, mon
     monkeypatch.setenv("ARTIFACTS_DIR", str(tmp_path))
     args = argparse.Namespace(output_dir=None, model=str(tmp_path / "model"))
     for name in ("../../../escaped", "..", "a/../../b"):
-        out = _output_dir(args, load_trait_file(FIXTURE, name)).resolve()
+        out = _output_dir(args, load_trait_file(FIXTURE, name).name).resolve()
         assert out.is_relative_to((tmp_path / "traits").resolve()) and out.parent != (tmp_path / "traits").resolve(), out
-    assert _output_dir(args, load_trait_file(FIXTURE)).name == "pirate"
+    assert _output_dir(args, load_trait_file(FIXTURE).name).name == "pirate"
 
 
 def test_persona_vectors_preset_samples_as_its_pipeline_does(capsys: pytest.CaptureFixture[str]) -> None:
