@@ -10,8 +10,10 @@
 #      method (one sample per pass, output_hidden_states), with the device-to-host share of CUDA
 #      time: Qwen2.5-7B and Gemma-2-9B configs (benches/bench_extract.py);
 #   2. steering overhead during generation (benches/bench_steering.py, Qwen2.5-7B config);
-#   3. generation and capture on vLLM vs transformers (benches/bench_generate.py), only where
-#      `import vllm` works; otherwise the file says it was skipped.
+#   3. generation and capture on vLLM vs transformers (benches/bench_generate.py), and steered
+#      generation of `pvrs eval`'s grid, one vLLM batch vs transformers hooks cell by cell
+#      (benches/bench_steered_generate.py, Qwen2.5-7B config), only where `import vllm` works;
+#      otherwise the file says they were skipped.
 #
 # On the device machine (see /work/shared/gpu/prepare.sh, which fills .gpu/): carry ".gpu";
 # when pvrs does not import, this script installs .gpu/whl/*.whl into /tmp/site, and it
@@ -50,9 +52,11 @@ tok=()
 if ((dry)); then
     models=(tiny) steer_model=tiny device=cpu dtype=float32
     extract=(--questions 3 --batch-tokens 2048) steer=(--new-tokens 4 --repeats 1)
+    steered=(--model tiny --questions 1 --max-new-tokens 4 --rounds 1)
 else
     models=(qwen2.5-7b gemma-2-9b) steer_model=qwen2.5-7b device=cuda dtype=bfloat16
     extract=(--questions 64 --rounds 2) steer=(--new-tokens 64 --repeats 3)
+    steered=(--gpu --questions 8 --max-new-tokens 64 --rounds 1)
 fi
 
 cd "$root/benches"
@@ -73,8 +77,11 @@ section() { printf '\n## %s\n\n```\n$ %s\n' "$1" "${*:2}"; "${@:2}"; printf '```
         --device "$device" --dtype "$dtype" "${steer[@]}" "${tok[@]}"
     if "$py" -c "import vllm" 2>/dev/null; then
         section "generation and capture: vLLM vs transformers" "$py" bench_generate.py --dtype "$dtype" --rounds 1
+        section "steered generation: vLLM vs transformers (pvrs eval's grid)" "$py" bench_steered_generate.py \
+            "${steered[@]}" "${tok[@]}"
     else
         printf '\n## generation and capture: vLLM vs transformers\n\nskipped: vllm does not import here\n'
+        printf "\n## steered generation: vLLM vs transformers (pvrs eval's grid)\n\nskipped: vllm does not import here\n"
     fi
 } 2>&1 | tee "$out"
 echo "results: $out"

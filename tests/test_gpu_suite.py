@@ -37,6 +37,7 @@ def test_dry_run_writes_every_figure_into_one_file(tmp_path: Path) -> None:
         "## steering overhead during generation: tiny",
         "steer 2 layers",
         "## generation and capture: vLLM vs transformers",
+        "## steered generation: vLLM vs transformers (pvrs eval's grid)",
     ):
         assert figure in text, figure
 

@@ -81,15 +81,23 @@ def vllm_answerer(
     def answer(requests: Sequence[Request]) -> list[str]:
         from rich.console import Console
 
-        from pvrs.engines.vllm_answers import steerable, steered_answers
-        from pvrs.extraction.generate import prompt_messages, render
+        from pvrs.engines.vllm_answers import steerable
 
-        prompts = [render(tokenizer, prompt_messages(tokenizer, system, prompt)) for system, prompt, _ in requests]
-        with Console(stderr=True).status(f"{len(prompts)} answers on vLLM, one batch"), \
+        with Console(stderr=True).status(f"{len(requests)} answers on vLLM, one batch"), \
                 steerable(config, vectors, dtype) as llm:
-            return steered_answers(llm, tokenizer, prompts, [spec for _, _, spec in requests], sampling)
+            return answer_requests(llm, tokenizer, requests, sampling)
 
     return answer
+
+
+def answer_requests(llm: Any, tokenizer: Any, requests: Sequence[Request], sampling: Any) -> list[str]:
+    """The answers of a started steerable vLLM to `requests`, rendered as `generate` renders
+    a system prompt and a question, in one batch."""
+    from pvrs.engines.vllm_answers import steered_answers
+    from pvrs.extraction.generate import prompt_messages, render
+
+    prompts = [render(tokenizer, prompt_messages(tokenizer, system, prompt)) for system, prompt, _ in requests]
+    return steered_answers(llm, tokenizer, prompts, [spec for _, _, spec in requests], sampling)
 
 
 def read_prompts(args: argparse.Namespace, flag: str = "--prompts") -> list[str]:

@@ -21,9 +21,10 @@ if TYPE_CHECKING:
 
 
 @contextmanager
-def steerable(config: VllmConfig, vectors: Mapping[str, np.ndarray], dtype: str) -> Iterator[SteerableLLM]:
+def steerable(config: VllmConfig, vectors: Mapping[str, np.ndarray], dtype: str, **extra: Any) -> Iterator[SteerableLLM]:
     """A steerable `vllm.LLM` for `config` with `vectors` (name -> `(num_layers, hidden)`)
-    registered, the weights in `dtype`; shut down on leaving, so another engine can start."""
+    registered, the weights in `dtype` (`extra`: more `vllm.LLM` arguments); shut down on
+    leaving, so another engine can start."""
     import torch
 
     from pvrs.engines.vllm_engine import llm_kwargs
@@ -34,7 +35,7 @@ def steerable(config: VllmConfig, vectors: Mapping[str, np.ndarray], dtype: str)
     kwargs.pop("enforce_eager", None)
     kwargs.pop("compilation_config", None)
     llm = SteerableLLM(kwargs.pop("model"), {k: torch.from_numpy(np.asarray(v, np.float32)) for k, v in vectors.items()},
-                       **kwargs)
+                       **kwargs, **extra)
     try:
         yield llm
     finally:
