@@ -51,3 +51,16 @@ def test_own_answers_from_vllm_give_the_differences_of_transformers(tmp_path: Pa
             assert float(row[f"own_{layer}"]) == pytest.approx(given.own[n, j], abs=1e-5)
     means = list(csv.DictReader((out / "dataset.csv").read_text().splitlines()))
     np.testing.assert_allclose([float(r["difference"]) for r in means], given.dataset(), atol=1e-5, rtol=0)
+
+
+@needs_vllm
+def test_an_engine_that_only_answers_takes_any_architecture(tmp_path: Path) -> None:
+    from pvrs.engines.models import ModelSpec, skeleton
+    from pvrs.engines.vllm_engine import VllmConfig, VllmEngine
+    from pvrs.errors import ModelError
+
+    spec = ModelSpec(str(_save_tiny(tmp_path / "gemma2", "gemma2", "gemma2")), dtype="float32")
+    meta, tokenizer = skeleton(spec, on_gpu=False)
+    VllmEngine(VllmConfig(spec), meta, tokenizer, []).close()  # answers only: nothing to capture
+    with pytest.raises(ModelError, match="cannot capture the hidden states of Gemma2ForCausalLM"):
+        VllmEngine(VllmConfig(spec), meta, tokenizer, [0])

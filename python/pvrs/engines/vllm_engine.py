@@ -206,7 +206,8 @@ class VllmEngine:
 
     def __init__(self, config: VllmConfig, model: nn.Module, tokenizer: PreTrainedTokenizerBase, layers: Sequence[int]) -> None:
         self.version = version()
-        check_capture_support(getattr(model.config, "architectures", None) or [])
+        if layers:  # an engine given no layers only answers: any architecture vLLM runs
+            check_capture_support(getattr(model.config, "architectures", None) or [])
         self.config = config
         self.tokenizer = tokenizer
         self.layers = list(layers)
