@@ -153,11 +153,15 @@ def test_the_guard_hands_on_the_checked_body(monkeypatch: pytest.MonkeyPatch) ->
     assert seen == [checked_body(CHAT, body, STEERING)]
 
 
-@pytest.fixture
-def model_dir(tmp_path: Path) -> Path:
-    folder = tmp_path / "model"
-    folder.mkdir()
-    (folder / "config.json").write_text(json.dumps({"model_type": "llama", "num_hidden_layers": LAYERS}))
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Llama: 4 layers of 64."""
+    from tests.tiny import make_tokenizer
+    from tests.tiny_models import tiny_model
+
+    folder = tmp_path_factory.mktemp("model")
+    tiny_model("llama").save_pretrained(folder)
+    make_tokenizer("chatml").save_pretrained(folder)
     return folder
 
 
@@ -233,3 +237,38 @@ def test_the_curl_example_steers_a_chat_request() -> None:
     assert example.startswith("curl http://127.0.0.1:8000/v1/chat/completions ")
     body = json.loads(example.split(" -d ", 1)[1].strip("'"))
     assert body["model"] == "smollm2-135m" and body["vllm_xargs"] == {"pvrs": "pirate@2:4.0"}
+
+
+@pytest.fixture
+def vllm_stand_in(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`pvrs serve` up to the point where vLLM would start, which must not be reached."""
+    from pvrs.engines import vllm_engine
+
+    def start(*_args: Any, **_kwargs: Any) -> None:
+        raise AssertionError("vLLM was started")
+
+    monkeypatch.setattr(vllm_engine, "import_vllm", lambda needs="--engine vllm": None)
+    monkeypatch.setattr(vllm_serve, "serve", start)
+
+
+@pytest.mark.usefixtures("vllm_stand_in")
+def test_a_vector_that_does_not_fit_is_refused_before_vllm_starts(
+    model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    np.save(tmp_path / "narrow.npy", np.ones((LAYERS, HIDDEN), np.float32))
+    assert main(["serve", "--model", str(model_dir), "--vector", f"narrow={tmp_path / 'narrow.npy'}"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"pvrs serve: error: vector 'narrow' has shape ({LAYERS}, {HIDDEN}); this model needs ({LAYERS}, 64), "
+        "one row per decoder block"
+    )
+
+
+@pytest.mark.usefixtures("vllm_stand_in")
+def test_a_model_without_a_readable_config_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "config.json").write_text(json.dumps({"model_type": "no_such_architecture"}))
+    assert main(["serve", "--model", str(tmp_path / "bad")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"pvrs serve: error: cannot load the config of model '{tmp_path / 'bad'}': ")
+    assert "no_such_architecture" in err and "\n" not in err
+

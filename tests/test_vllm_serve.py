@@ -177,11 +177,10 @@ def test_startup_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixtu
         f"pvrs serve: error: model folder '{tmp_path / 'nothing'}' does not exist; pass a local folder with "
         "config.json, a Hugging Face id (ORG/NAME) or the built-in 'smollm2-135m'"
     )
-    (tmp_path / "bad").mkdir()
-    (tmp_path / "bad" / "config.json").write_text(json.dumps({"model_type": "no_such_architecture"}))
-    broken = subprocess.run([sys.executable, "-m", "pvrs", "serve", "--model", str(tmp_path / "bad"), "--port", str(_free_port())],
-                            capture_output=True, text=True, timeout=300)
-    assert broken.returncode == 2
-    last = broken.stderr.strip().splitlines()[-1]
-    assert last.startswith(f"pvrs serve: error: vLLM could not start model '{tmp_path / 'bad'}': ")
-    assert "no_such_architecture" in last
+    model = str(_save_tiny(tmp_path / "model", "qwen2", "qwen2.5"))  # 512 positions
+    too_long = subprocess.run([sys.executable, "-m", "pvrs", "serve", "--model", model, "--max-model-len", "100000",
+                               "--port", str(_free_port())], capture_output=True, text=True, timeout=300)
+    assert too_long.returncode == 2
+    last = too_long.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"pvrs serve: error: vLLM could not start model '{model}': ")
+    assert "100000" in last

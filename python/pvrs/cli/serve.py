@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
     import torch
 
+    from pvrs.engines.vllm_engine import VllmConfig
     from pvrs.engines.vllm_serve import Served
 
 DEFAULT_HOST = "127.0.0.1"
@@ -113,6 +114,18 @@ def _capping(text: str, num_layers: int | None, add: Callable[[str, object, str]
     return {experiment or path.stem: edits}
 
 
+def check_fits(config: VllmConfig, vectors: dict[str, torch.Tensor]) -> None:
+    """Refuse a model whose config cannot be read, or a vector that does not fit it, in one line
+    before vLLM spends a minute starting (the started server checks again, against vLLM's model)."""
+    from pvrs.engines.hooks import decoder_layers
+    from pvrs.engines.models import skeleton
+    from pvrs.engines.vllm_steering import VectorCatalog
+    from pvrs.steering.residuals import hidden_size
+
+    model, _ = skeleton(config.model, on_gpu=False)
+    VectorCatalog.of(vectors, len(decoder_layers(model)), hidden_size(model))
+
+
 def curl_example(served: Served) -> str:
     """A request to paste: a steered chat completion with the first vector at a middle layer."""
     name = served.names[0] if served.names else "NAME"
@@ -130,7 +143,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     import_vllm("pvrs serve")
     config = vllm_config(args)
+    assert config is not None  # `--engine` is always vllm here
     vectors, presets = load_vectors(args)
+    check_fits(config, vectors)
 
     def ready(served: Served) -> None:
         names = ", ".join(served.names) or "none (add --vectors or --vector)"
@@ -140,7 +155,6 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         print(f"  steer a request: {curl_example(served)}", flush=True)
         print("  Ctrl-C stops the server", flush=True)
 
-    assert config is not None  # `--engine` is always vllm here
     serve(config, vectors, args.host, args.port, ready, presets)
     print("pvrs serve: server stopped", file=sys.stderr)
     return 130  # it runs until stopped: Ctrl-C or a signal

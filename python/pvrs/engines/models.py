@@ -374,7 +374,8 @@ def skeleton(spec: ModelSpec, on_gpu: bool) -> tuple[nn.Module, Any]:
     try:
         config = AutoConfig.from_pretrained(path, revision=spec.revision, trust_remote_code=spec.trust_remote_code)
     except (OSError, ValueError) as exc:
-        raise ModelError(f"cannot load the config of model {spec.model!r}: {exc}") from exc
+        reason = " ".join(str(exc).split())  # transformers' reasons span lines
+        raise ModelError(f"cannot load the config of model {spec.model!r}: {reason}") from exc
     dtype = resolve_dtype(spec.dtype, "cuda" if on_gpu else "cpu")
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=spec.trust_remote_code)
