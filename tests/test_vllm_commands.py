@@ -158,13 +158,26 @@ def test_steer_on_vllm_sends_every_prompt_and_alpha_in_one_batch(
     batches = _fake_vllm(monkeypatch)
     assert main(["steer", "--model", str(tiny_folder), "--vector", str(tmp_path / "vector.npy"), "--layer", "1-2",
                  "--alpha", "2", "-3", "--prompt", "Hi?", "--prompt", "Who?", "--system", "Be brief.",
-                 "--positions", "generated", "--max-new-tokens", "3", "--engine", "vllm", "--json"]) == 0
+                 "--positions", "response", "--max-new-tokens", "3", "--engine", "vllm", "--json"]) == 0
     [(vectors, requests)] = batches
     assert np.array_equal(vectors["direction"], np.load(tmp_path / "vector.npy"))
-    add = [[{"kind": "add", "vector": "direction", "layers": [1, 2], "coef": [a, a], "positions": "generated"}] for a in (2.0, -3.0)]
+    add = [[{"kind": "add", "vector": "direction", "layers": [1, 2], "coef": [a, a], "positions": "response"}] for a in (2.0, -3.0)]
     assert requests == [("Be brief.", p, spec) for p in ("Hi?", "Who?") for spec in (None, *add)]
     shown = json.loads(capsys.readouterr().out)
     assert shown["rows"][1]["outputs"] == {"unsteered": "vllm says 3", "alpha 2": "vllm says 4", "alpha -3": "vllm says 5"}
+
+
+def test_steer_and_eval_take_the_response_positions(
+    server: Server, tiny_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]  # noqa: F811
+) -> None:
+    from tests.test_eval import _eval_argv
+
+    argv = ["steer", "--model", str(tiny_folder), "--device", "cpu", "--vector", str(tmp_path / "vector.npy"),
+            "--layer", "1", "--alpha", "0", "--prompt", "Hi?", "--max-new-tokens", "3", "--json"]
+    assert main([*argv, "--positions", "response"]) == 0
+    [row] = json.loads(capsys.readouterr().out)["rows"]
+    assert row["outputs"]["alpha 0"] == row["outputs"]["unsteered"]
+    assert main([*_eval_argv(server, tmp_path), "--positions", "response"]) == 0
 
 
 def test_eval_on_vllm_writes_the_files_of_eval_on_transformers(

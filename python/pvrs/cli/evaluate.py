@@ -235,8 +235,10 @@ def add_grid_args(p: argparse.ArgumentParser, min_coherence_help: str | None = N
         help="upper: projections above tau are cut to tau (limits the trait); lower: a floor at tau (default %(default)s)",
     )
     g.add_argument(
-        "--positions", choices=("all", "prompt", "generated"), default="all",
-        help="tokens steered or capped: all, the prompt's or the generated ones (default %(default)s)",
+        "--positions", choices=("all", "prompt", "generated", "response"), default="all",
+        help="tokens steered or capped: all, the prompt's, the generated ones, or response: the last position of "
+        "every forward (the last prompt token, so the first answer token is steered too, and every generated one) "
+        "(default %(default)s)",
     )
     add_band_schedule_args(g)
     g.add_argument(

@@ -74,9 +74,10 @@ def _add_steer(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--positions",
-        choices=("all", "prompt", "generated"),
+        choices=("all", "prompt", "generated", "response"),
         default="all",
-        help="tokens steered: all, the prompt's or the generated ones (default %(default)s)",
+        help="tokens steered: all, the prompt's, the generated ones, or response: the last prompt token and every "
+        "generated one (persona_vectors' positions='response') (default %(default)s)",
     )
     add_band_schedule_args(p)
     group = p.add_mutually_exclusive_group()
