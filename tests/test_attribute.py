@@ -227,6 +227,8 @@ def test_cli_builds_resumes_reports_and_refuses_bad_inputs(tiny_model_dir: Path,
         (["--attribute", "sex", "--reference", "sex"], "--reference 'sex': expected ATTRIBUTE=VALUE"),
         (["--attribute", "sex", "--mask-strategy", "everything"], "everything"),
         ([], "name an attribute"),
+        (["--attribute", "sex", "--layer", "4"], "--layer 4: "),
+        (["--attribute", "sex", "--layer", "1", "--no-report"], "--layer picks the report's layer"),
     ]  # fmt: skip
     for flags, message in bad:
         assert main([*base, *flags]) == 2, flags

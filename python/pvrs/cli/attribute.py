@@ -34,6 +34,7 @@ def _cmd_attribute(args: argparse.Namespace) -> int:
 
     from pvrs.analysis.attributes import write_attribute_report
     from pvrs.engines import models
+    from pvrs.engines.hooks import decoder_layers
     from pvrs.extraction import attributes as attr
     from pvrs.extraction.masks import parse_strategies
     from pvrs.paths import artifacts_dir
@@ -59,6 +60,9 @@ def _cmd_attribute(args: argparse.Namespace) -> int:
     keys = ", ".join(d.key for d in directions)
     console.print(f"[bold]pvrs attribute[/]: {keys} over {len(personas)} personas, model {model_name}")
     model, tokenizer, load = open_model(args, ray, vllm)
+    n_layers = len(decoder_layers(model))  # the skeleton knows them: a bad --layer costs no compute
+    if args.layer is not None and args.layer >= n_layers:
+        raise InputError(f"--layer {args.layer}: {model_name} has {n_layers} layers (0-{n_layers - 1})")
     result = attr.attribute_vectors(
         model, tokenizer, personas, template, qa, args.attribute or (),
         all_binary=args.all_binary, reference=_references(args.reference), mask_strategy=strategy.value,
@@ -79,8 +83,6 @@ def _cmd_attribute(args: argparse.Namespace) -> int:
         )
     print(f"saved: {store.variant_dir(attr.VARIANT)}")
     if not args.no_report:
-        if args.layer is not None and args.layer >= len(next(iter(result.vectors.values()))):
-            raise InputError(f"--layer {args.layer}: the model has {len(next(iter(result.vectors.values())))} layers")
         where = root / "reports" / "attributes" / models.model_dir_name(model_name) / strategy.value / "report.html"
         print(f"report: {write_attribute_report(store, where, focus=args.layer)}")
     return 0
