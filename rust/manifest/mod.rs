@@ -31,7 +31,7 @@ pub use model::persona_id_problem;
 pub use report::{Problem, Report, Severity};
 
 use report::error;
-use tensor::check_file;
+use tensor::check_files;
 use walk::{check_variant_dir, walk};
 
 pub const MANIFEST_FILENAME: &str = "manifest.json";
@@ -83,11 +83,14 @@ pub fn validate(path: &Path, deep: bool) -> Result<Report> {
         .map(|dir| {
             let (mut tasks, mut problems) = (Vec::new(), Vec::new());
             let personas = check_variant_dir(dir, &mut tasks, &mut problems);
-            // One read buffer per rayon job, reused across its files.
+            // Files two by two (a deep check hashes two at once), with two read buffers per
+            // rayon job, reused across its files.
             problems.par_extend(
                 tasks
-                    .par_iter()
-                    .map_init(Vec::new, |buf, task| check_file(task, &root, deep, buf))
+                    .par_chunks(2)
+                    .map_init(Default::default, |bufs, pair| {
+                        check_files(pair, &root, deep, bufs)
+                    })
                     .flatten_iter(),
             );
             (personas, tasks.len(), problems)

@@ -16,7 +16,7 @@ use super::TENSOR_KEY;
 use sha2::{Digest, Sha256};
 
 use crate::aggregate::Dtype;
-use crate::hashing::{to_hex, CHUNK};
+use crate::hashing::{sha256_bytes, sha256_pair, to_hex, CHUNK};
 use crate::header::{open_checked_regular, read_prefix, read_up_to, Header, HEADER_PROBE};
 
 /// What a tensor file must hold.
@@ -39,20 +39,58 @@ pub(super) struct FileTask {
     pub(super) kind: Option<FileType>,
 }
 
-/// Every problem of one tensor file; `buf` is a read buffer reused across files.
-pub(super) fn check_file(
-    task: &FileTask,
+/// Every problem of one or two tensor files, read into `bufs` (one per file, reused across
+/// calls). A deep check of two files that each came whole with the first read hashes both
+/// at once (`sha256_pair`), which costs little more than hashing one.
+pub(super) fn check_files(
+    tasks: &[FileTask],
     root: &Path,
     deep: bool,
-    buf: &mut Vec<u8>,
+    bufs: &mut [Vec<u8>; 2],
 ) -> Vec<Problem> {
     let mut out = Vec::new();
-    match open_tensor(task, root) {
-        Ok((mut file, file_len)) => check_open_file(task, &mut file, file_len, deep, buf, &mut out),
-        Err(problem) => out.push(problem),
+    // Deep checks of files read whole, by the buffer that holds them.
+    let mut whole = Vec::new();
+    for (i, (task, buf)) in tasks.iter().zip(bufs.iter_mut()).enumerate() {
+        let (mut file, file_len) = match open_tensor(task, root) {
+            Ok(opened) => opened,
+            Err(problem) => {
+                out.push(problem);
+                continue;
+            }
+        };
+        let Some(left) = check_open_file(task, &mut file, file_len, deep, buf, &mut out) else {
+            continue;
+        };
+        if left.prefix as u64 == file_len {
+            whole.push((i, left));
+        } else {
+            let hash = left.sha256.is_some();
+            let pass = hash_and_scan(&mut file, buf, left.prefix, file_len, hash, left.scan);
+            report_deep(&task.path, &left, pass, &mut out);
+        }
     }
-    // A hostile header may have grown the buffer to 100 MB: do not keep that per thread.
-    if buf.len() > CHUNK {
+    let bytes = |(i, left): &(usize, DeepCheck)| &bufs[*i][..left.prefix];
+    let digests: Vec<Option<String>> = match whole.as_slice() {
+        [a, b] if a.1.sha256.is_some() && b.1.sha256.is_some() => sha256_pair(bytes(a), bytes(b))
+            .iter()
+            .map(|d| Some(to_hex(d)))
+            .collect(),
+        held => held
+            .iter()
+            .map(|h| h.1.sha256.is_some().then(|| sha256_bytes(bytes(h))))
+            .collect(),
+    };
+    for (held, sha256) in whole.iter().zip(digests) {
+        let mut pass = DeepPass {
+            sha256,
+            ..DeepPass::default()
+        };
+        pass.scan(&held.1.scan.unwrap_or(NO_SPAN), 0, bytes(held));
+        report_deep(&tasks[held.0].path, &held.1, Ok(pass), &mut out);
+    }
+    // A hostile header may have grown a buffer to 100 MB: do not keep that per thread.
+    for buf in bufs.iter_mut().filter(|buf| buf.len() > CHUNK) {
         buf.truncate(CHUNK);
         buf.shrink_to_fit();
     }
@@ -120,15 +158,27 @@ fn open_tensor(task: &FileTask, root: &Path) -> Result<(File, u64), Problem> {
     Ok((file, meta.len()))
 }
 
-/// The checks of an opened tensor file: header, dtype, shape and (deep) sha256 and NaN/Inf.
-fn check_open_file(
-    task: &FileTask,
+/// What a deep check still has to do once the header checks have passed.
+struct DeepCheck<'a> {
+    /// The manifest's sha256 of the file, if it records one.
+    sha256: Option<&'a str>,
+    /// The tensor's bytes, when its shape is right (else there is nothing to scan).
+    scan: Option<Span>,
+    shape: Vec<u64>,
+    /// Bytes of the file already in the buffer.
+    prefix: usize,
+}
+
+/// The checks of an opened tensor file (header, dtype, shape); with `deep`, what is left to
+/// do (the sha256 and the NaN/Inf scan), unless the header failed.
+fn check_open_file<'a>(
+    task: &'a FileTask,
     file: &mut File,
     file_len: u64,
     deep: bool,
     buf: &mut Vec<u8>,
     out: &mut Vec<Problem>,
-) {
+) -> Option<DeepCheck<'a>> {
     let path = &task.path;
     // A deep check reads the whole file anyway: its first chunk brings the header.
     let first = if deep { CHUNK } else { HEADER_PROBE };
@@ -136,7 +186,7 @@ fn check_open_file(
         Ok(read) => read,
         Err(e) => {
             out.push(error(path, "bad_header", e.reason()));
-            return;
+            return None;
         }
     };
     let Some(info) = header.tensor(TENSOR_KEY) else {
@@ -151,7 +201,7 @@ fn check_open_file(
             "missing_activations",
             format!("no \"activations\" tensor (has {names:?}{more}); not a persona vector file"),
         ));
-        return;
+        return None;
     };
     for name in header.tensors.keys().filter(|n| n.as_str() != TENSOR_KEY) {
         out.push(warning(
@@ -169,7 +219,7 @@ fn check_open_file(
                 info.dtype
             ),
         ));
-        return;
+        return None;
     };
     // Readers upcast half precision exactly, so it is usable (persona-vectors 0.6.x saved
     // bf16), but pvrs writes F32 only: say so here, not only through a deep scan.
@@ -195,34 +245,46 @@ fn check_open_file(
         expected_shape,
         out,
     );
-    if deep {
-        let scan = shape_ok.then_some(Span {
+    deep.then(|| DeepCheck {
+        sha256,
+        scan: shape_ok.then_some(Span {
             begin: info.begin,
             end: info.end,
             dtype,
-        });
-        match hash_and_scan(file, buf, prefix, file_len, sha256.is_some(), scan) {
-            Ok(pass) => {
-                if let (Some(want), Some(got)) = (sha256, pass.sha256) {
-                    if got != want {
-                        out.push(error(
-                            path,
-                            "sha256_mismatch",
-                            format!("sha256 {got} differs from the manifest's {want}; the file changed after it was saved"),
-                        ));
-                    }
-                }
-                if pass.non_finite > 0 {
-                    out.push(non_finite(
+        }),
+        shape: info.shape.clone(),
+        prefix,
+    })
+}
+
+/// The problems a deep pass found (or the read error that stopped it).
+fn report_deep(
+    path: &Path,
+    check: &DeepCheck,
+    pass: std::io::Result<DeepPass>,
+    out: &mut Vec<Problem>,
+) {
+    match pass {
+        Ok(pass) => {
+            if let (Some(want), Some(got)) = (check.sha256, pass.sha256) {
+                if got != want {
+                    out.push(error(
                         path,
-                        &info.shape,
-                        pass.non_finite,
-                        pass.first_non_finite,
+                        "sha256_mismatch",
+                        format!("sha256 {got} differs from the manifest's {want}; the file changed after it was saved"),
                     ));
                 }
             }
-            Err(e) => out.push(error(path, "unreadable", format!("reading the file: {e}"))),
+            if pass.non_finite > 0 {
+                out.push(non_finite(
+                    path,
+                    &check.shape,
+                    pass.non_finite,
+                    pass.first_non_finite,
+                ));
+            }
         }
+        Err(e) => out.push(error(path, "unreadable", format!("reading the file: {e}"))),
     }
 }
 
@@ -306,6 +368,32 @@ struct DeepPass {
     first_non_finite: Option<u64>,
 }
 
+/// No bytes to scan.
+const NO_SPAN: Span = Span {
+    begin: 0,
+    end: 0,
+    dtype: Dtype::F32,
+};
+
+impl DeepPass {
+    /// Scan the part of `bytes` (the file's bytes from `pos`) inside `span` for NaN/Inf.
+    fn scan(&mut self, span: &Span, pos: u64, bytes: &[u8]) {
+        let (from, to) = (
+            pos.max(span.begin),
+            (pos + bytes.len() as u64).min(span.end),
+        );
+        if from < to {
+            let values = &bytes[(from - pos) as usize..(to - pos) as usize];
+            let (bad, first) = count_non_finite(span.dtype, values);
+            self.non_finite += bad;
+            if let (None, Some(i)) = (self.first_non_finite, first) {
+                let size = span.dtype.size() as u64;
+                self.first_non_finite = Some((from - span.begin) / size + i);
+            }
+        }
+    }
+}
+
 /// The rest of the one read of a file whose first `prefix` bytes are in `buf`: every byte
 /// feeds the sha256 (when `hash`) and, inside `scan`, the NaN/Inf scan, so each byte is
 /// read once. Without a hash only the tensor's bytes are read.
@@ -317,11 +405,7 @@ fn hash_and_scan(
     hash: bool,
     scan: Option<Span>,
 ) -> std::io::Result<DeepPass> {
-    let span = scan.unwrap_or(Span {
-        begin: 0,
-        end: 0,
-        dtype: Dtype::F32,
-    });
+    let span = scan.unwrap_or(NO_SPAN);
     let size = span.dtype.size() as u64;
     // Complete an element the prefix splits; later reads end on element boundaries.
     let at = prefix as u64;
@@ -338,18 +422,7 @@ fn hash_and_scan(
         if let Some(h) = hasher.as_mut() {
             h.update(bytes);
         }
-        let (from, to) = (
-            pos.max(span.begin),
-            (pos + bytes.len() as u64).min(span.end),
-        );
-        if from < to {
-            let values = &bytes[(from - pos) as usize..(to - pos) as usize];
-            let (bad, first) = count_non_finite(span.dtype, values);
-            pass.non_finite += bad;
-            if let (None, Some(i)) = (pass.first_non_finite, first) {
-                pass.first_non_finite = Some((from - span.begin) / size + i);
-            }
-        }
+        pass.scan(&span, pos, bytes);
     };
     feed(0, &buf[..prefix]);
     let mut pos = prefix as u64;
@@ -527,6 +600,53 @@ mod tests {
             "{}",
             nan.message
         );
+    }
+
+    #[test]
+    fn files_hashed_two_at_a_time_keep_their_own_problems() {
+        // Seven files, so pairs and one alone; f is too long for the first read (streamed).
+        // A changed byte and a NaN are reported on their own files whichever pairs form.
+        let (tmp, dir) = tree();
+        let mut personas = serde_json::Map::new();
+        let long = [CHUNK as u64 + 100];
+        for id in ["a", "b", "c", "d", "e", "f", "g"] {
+            let mut tensors = vec![(TENSOR_KEY, "F32", &[2u64, 3][..])];
+            if id == "f" {
+                tensors.push(("other", "U8", &long[..]));
+            }
+            let mut bytes = build(&tensors, &[]);
+            let n = bytes.len();
+            if id == "d" {
+                bytes[n - 4..].copy_from_slice(&f32::NAN.to_le_bytes());
+            }
+            personas.insert(
+                id.into(),
+                serde_json::json!({"name": id, "sample_ids": ["q"], "n_samples": 1,
+                                   "sha256": crate::hashing::sha256_bytes(&bytes)}),
+            );
+            if id == "c" || id == "f" {
+                bytes[n - 1] ^= 1; // changed after the manifest recorded its hash
+            }
+            fs::write(dir.join(format!("{id}.safetensors")), &bytes).unwrap();
+        }
+        let manifest = serde_json::json!({"num_layers": 2, "hidden_size": 3, "personas": personas,
+                                          "variant": "templated", "mask_strategy": "answer_mean"});
+        fs::write(dir.join(MANIFEST_FILENAME), manifest.to_string()).unwrap();
+        let report = validate(tmp.path(), true).unwrap();
+        let mut found: Vec<(String, &str)> = report
+            .problems
+            .iter()
+            .map(|p| (p.path.rsplit('/').next().unwrap().to_string(), p.kind))
+            .collect();
+        found.sort();
+        let want = [
+            ("c.safetensors", "sha256_mismatch"),
+            ("d.safetensors", "non_finite"),
+            ("f.safetensors", "extra_tensor"),
+            ("f.safetensors", "sha256_mismatch"),
+        ];
+        let want: Vec<(String, &str)> = want.iter().map(|(p, k)| (p.to_string(), *k)).collect();
+        assert_eq!(found, want);
     }
 
     #[test]
