@@ -114,6 +114,19 @@ fn locate(path: &Path, header: &Header, name: &str) -> Result<Located> {
     })
 }
 
+/// One little-endian f32.
+#[inline(always)]
+fn f32_at(c: &[u8]) -> f32 {
+    f32::from_le_bytes([c[0], c[1], c[2], c[3]])
+}
+
+/// One little-endian bf16, widened: bf16 is the top half of an f32, so this is a shift and
+/// loops over it vectorise.
+#[inline(always)]
+fn bf16_at(c: &[u8]) -> f32 {
+    f32::from_bits(u32::from(u16::from_le_bytes([c[0], c[1]])) << 16)
+}
+
 /// Decode little-endian `src` of `dtype` into `dst` (same element count). Always inlined, so
 /// it is compiled for the caller's instruction set (see `add_group`).
 #[inline(always)]
@@ -121,13 +134,12 @@ pub fn decode_into(dtype: Dtype, src: &[u8], dst: &mut [f32]) {
     match dtype {
         Dtype::F32 => {
             for (d, c) in dst.iter_mut().zip(src.chunks_exact(4)) {
-                *d = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+                *d = f32_at(c);
             }
         }
         Dtype::BF16 => {
-            // bf16 is the top half of an f32: widening is a shift, and the loop vectorises.
             for (d, c) in dst.iter_mut().zip(src.chunks_exact(2)) {
-                *d = f32::from_bits(u32::from(u16::from_le_bytes([c[0], c[1]])) << 16);
+                *d = bf16_at(c);
             }
         }
         Dtype::F16 => {
@@ -330,24 +342,36 @@ impl Moments {
         }
     }
 
-    /// Add one file's `values` at `offset`; `n` counts the files added so far, this one too.
+    /// Add one file's `len` values at `offset`; `n` counts the files added so far, this one
+    /// too. F32 and BF16 are widened as they are added (no pass through a decoded copy).
     #[inline(always)]
-    fn add(&mut self, values: &[f32], offset: usize, n: u64) {
+    fn add(&mut self, dtype: Dtype, bytes: &[u8], decoded: &mut [f32], offset: usize, n: u64) {
+        let len = bytes.len() / dtype.size();
+        match dtype {
+            Dtype::F32 => self.add_values(bytes.chunks_exact(4).map(f32_at), offset, len, n),
+            Dtype::BF16 => self.add_values(bytes.chunks_exact(2).map(bf16_at), offset, len, n),
+            Dtype::F16 => {
+                // The slice conversion is the fast one for F16 (F16C), so decode first.
+                decode_into(dtype, bytes, &mut decoded[..len]);
+                self.add_values(decoded[..len].iter().copied(), offset, len, n);
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn add_values(&mut self, values: impl Iterator<Item = f32>, offset: usize, len: usize, n: u64) {
         if self.track_variance {
             let n = n as f64;
-            let mean = &mut self.mean[offset..offset + values.len()];
-            let m2 = &mut self.m2[offset..offset + values.len()];
-            for ((m, s), &v) in mean.iter_mut().zip(m2.iter_mut()).zip(values) {
+            let mean = &mut self.mean[offset..offset + len];
+            let m2 = &mut self.m2[offset..offset + len];
+            for ((m, s), v) in mean.iter_mut().zip(m2.iter_mut()).zip(values) {
                 let x = f64::from(v);
                 let delta = x - *m;
                 *m += delta / n;
                 *s += delta * (x - *m);
             }
         } else {
-            for (acc, &v) in self.sum[offset..offset + values.len()]
-                .iter_mut()
-                .zip(values)
-            {
+            for (acc, v) in self.sum[offset..offset + len].iter_mut().zip(values) {
                 *acc += f64::from(v);
             }
         }
@@ -399,15 +423,13 @@ fn add_group_avx2(acc: &mut Moments, read: &[(Dtype, Range<usize>)], bufs: &[Vec
 
 #[inline(always)]
 fn add_group_body(acc: &mut Moments, read: &[(Dtype, Range<usize>)], bufs: &[Vec<u8>], len: usize) {
-    let mut values = [0f32; BLOCK];
+    let mut decoded = [0f32; BLOCK];
     for start in (0..len).step_by(BLOCK) {
         let end = (start + BLOCK).min(len);
-        let values = &mut values[..end - start];
         for (k, ((dtype, rows), buf)) in read.iter().zip(bufs).enumerate() {
             let size = dtype.size();
             let bytes = &buf[rows.start + start * size..rows.start + end * size];
-            decode_into(*dtype, bytes, values);
-            acc.add(values, start, acc.count + k as u64 + 1);
+            acc.add(*dtype, bytes, &mut decoded, start, acc.count + k as u64 + 1);
         }
     }
     acc.count += read.len() as u64;
@@ -820,6 +842,23 @@ mod tests {
                     bits(&wide),
                     "{dtype:?}, variance {track_variance}"
                 );
+                if !track_variance {
+                    // Values widened as they are added: the float64 sums of the decoded
+                    // values in file order, bit for bit.
+                    let mut want = vec![0f64; len];
+                    let mut values = vec![0f32; len];
+                    for _ in 0..2 {
+                        for buf in &bufs {
+                            decode_into(dtype, buf, &mut values);
+                            for (w, &v) in want.iter_mut().zip(&values) {
+                                *w += f64::from(v);
+                            }
+                        }
+                    }
+                    let got: Vec<u64> = plain.sum.iter().map(|x| x.to_bits()).collect();
+                    let want: Vec<u64> = want.iter().map(|x| x.to_bits()).collect();
+                    assert_eq!(got, want, "{dtype:?}");
+                }
                 assert_eq!(plain.count, 10);
             }
         }
