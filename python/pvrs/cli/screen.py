@@ -125,7 +125,8 @@ def _cmd_screen(args: argparse.Namespace) -> int:
         seconds = time.perf_counter() - started
     difference = None
     if args.projection_difference:
-        with console.status("the model's own answers to the same prompts"):
+        doing = "the model's own answers to the same prompts" if answers is None else "projecting vLLM's answers"
+        with console.status(doing):
             difference = projection_difference(model, tokenizer, result, vector, tokens=args.tokens,
                                                max_new_tokens=args.max_new_tokens, batch_tokens=args.batch_tokens,
                                                answers=answers)
