@@ -107,8 +107,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
             process.wait()
 
 
-def _complete(url: str, model: str, spec: Any = None) -> tuple[int, dict[str, Any]]:
-    body: dict[str, Any] = {"model": model, "prompt": PROMPT, "max_tokens": 16, "temperature": 0}
+def _complete(url: str, model: str, spec: Any = None, prompt: str = PROMPT, **extra: Any) -> tuple[int, dict[str, Any]]:
+    body: dict[str, Any] = {"model": model, "prompt": prompt, "max_tokens": 16, "temperature": 0, **extra}
     if spec is not None:
         body["vllm_xargs"] = {"pvrs": spec}
     return _post(f"{url}/v1/completions", body)
@@ -137,6 +137,24 @@ def test_steered_and_unsteered_requests_side_by_side(server: Server) -> None:
     status_steered, steered_chat = _post(f"{url}/v1/chat/completions", {**chat, "vllm_xargs": {"pvrs": "big@1:1.0"}})
     assert status == status_steered == 200
     assert plain_chat["choices"][0]["message"]["content"] != steered_chat["choices"][0]["message"]["content"]
+
+
+def test_steering_never_shares_cached_prompts(server: Server) -> None:
+    long = "The weather today is sunny and warm, the sea is calm. " * 4  # several cache blocks
+
+    def ask(spec: str | None = None, **extra: Any) -> tuple[str, np.ndarray]:
+        status, body = _complete(server.url, server.model, spec, prompt=long, logprobs=1, **extra)
+        assert status == 200, body
+        return body["choices"][0]["text"], np.array(body["choices"][0]["logprobs"]["token_logprobs"])
+
+    plain = ask()
+    steered = ask("big@1:1.0")  # the plain prompt is in the cache now: reusing it would be wrong
+    fresh = ask("big@1:1.0", cache_salt="anew")  # computed anew
+    assert steered[0] == fresh[0] != plain[0]
+    np.testing.assert_allclose(steered[1], fresh[1], atol=1e-4)
+    again = ask()  # nor does the steered prompt serve a plain one
+    assert again[0] == plain[0]
+    np.testing.assert_allclose(again[1], plain[1], atol=1e-4)
 
 
 @pytest.mark.parametrize(("spec", "says"), [
