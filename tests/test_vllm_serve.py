@@ -173,6 +173,16 @@ def test_bad_specs_are_400s_and_the_server_goes_on(server: Server, spec: str, sa
     assert _text(_complete(server.url, server.model, "pirate@2:2.0"))
 
 
+def test_a_port_in_use_is_one_line(server: Server) -> None:
+    port = server.url.rsplit(":", 1)[1]
+    run = subprocess.run([sys.executable, "-m", "pvrs", "serve", "--model", server.model, "--port", port],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 2
+    assert run.stderr.strip().splitlines()[-1] == (
+        f"pvrs serve: error: --host 127.0.0.1 --port {port}: Address already in use; choose another --port"
+    )
+
+
 def test_ctrl_c_stops_the_server_and_its_processes(server: Server) -> None:
     import psutil
 
