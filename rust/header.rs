@@ -312,27 +312,39 @@ pub fn read_prefix(
     buf: &mut Vec<u8>,
     first: usize,
 ) -> std::result::Result<(Header, usize), PrefixError> {
+    read_prefix_at(file, file_len, buf, 0, first)
+}
+
+/// `read_prefix` with the file's first byte at `buf[at]` (a caller may choose where the
+/// kernel's copy lands); the count returned is of the bytes from `at` on.
+pub fn read_prefix_at(
+    file: &mut File,
+    file_len: u64,
+    buf: &mut Vec<u8>,
+    at: usize,
+    first: usize,
+) -> std::result::Result<(Header, usize), PrefixError> {
     let want = usize::try_from(file_len).map_or(first, |len| len.min(first));
-    if buf.len() < want {
-        buf.resize(want, 0);
+    if buf.len() < at + want {
+        buf.resize(at + want, 0);
     }
-    let mut filled = read_up_to(file, &mut buf[..want]).map_err(PrefixError::Io)?;
-    let n = header_len(&buf[..filled], file_len).map_err(PrefixError::Invalid)?;
+    let mut filled = read_up_to(file, &mut buf[at..at + want]).map_err(PrefixError::Io)?;
+    let n = header_len(&buf[at..at + filled], file_len).map_err(PrefixError::Invalid)?;
     // n <= MAX_HEADER_BYTES and n <= file_len - 8, so this size is bounded.
     let end = usize::try_from(8 + n)
         .map_err(|_| PrefixError::Invalid("header too large for this platform".into()))?;
     if end > filled {
-        if buf.len() < end {
-            buf.resize(end, 0);
+        if buf.len() < at + end {
+            buf.resize(at + end, 0);
         }
-        filled += read_up_to(file, &mut buf[filled..end]).map_err(PrefixError::Io)?;
+        filled += read_up_to(file, &mut buf[at + filled..at + end]).map_err(PrefixError::Io)?;
         if filled < end {
             return Err(PrefixError::Invalid(
                 "truncated while reading the header".into(),
             ));
         }
     }
-    let header = parse_header(&buf[..filled], file_len).map_err(PrefixError::Invalid)?;
+    let header = parse_header(&buf[at..at + filled], file_len).map_err(PrefixError::Invalid)?;
     Ok((header, filled))
 }
 
