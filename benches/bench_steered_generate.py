@@ -117,7 +117,7 @@ def main() -> None:
 
     report: dict[str, Any] = {
         "model": name, "dtype": dtype, "device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
-        "vllm": version(), "grid": f"{len(layers)} layers x {len(ALPHAS)} alphas + unsteered, {len(questions)} questions",
+        "vllm_version": version(), "grid": f"{len(layers)} layers x {len(ALPHAS)} alphas + unsteered, {len(questions)} questions",
         "answers": n_answers, "max_new_tokens": args.max_new_tokens, "torch_threads": torch.get_num_threads(),
         "start_s": {"hf": round(hf_start, 2), "vllm": round(vllm_start, 2)},
         "same_answers": sum(a == b for a, b in zip(answers["hf"], answers["vllm"], strict=True)),
