@@ -52,7 +52,7 @@ tok=()
 if ((dry)); then
     models=(tiny) steer_model=tiny device=cpu dtype=float32
     extract=(--questions 3 --batch-tokens 2048) steer=(--new-tokens 4 --repeats 1)
-    steered=(--model tiny --questions 1 --max-new-tokens 4 --rounds 1)
+    steered=(--questions 1 --max-new-tokens 4 --rounds 1)  # the built-in model: vLLM's CPU kernels need 64-wide heads
 else
     models=(qwen2.5-7b gemma-2-9b) steer_model=qwen2.5-7b device=cuda dtype=bfloat16
     extract=(--questions 64 --rounds 2) steer=(--new-tokens 64 --repeats 3)
