@@ -79,12 +79,9 @@ def vllm_answerer(
     specs name them), started for the batch and shut down after it."""
 
     def answer(requests: Sequence[Request]) -> list[str]:
-        from rich.console import Console
-
         from pvrs.engines.vllm_answers import steerable
 
-        with Console(stderr=True).status(f"{len(requests)} answers on vLLM, one batch"), \
-                steerable(config, vectors, dtype) as llm:
+        with steerable(config, vectors, dtype) as llm:
             return answer_requests(llm, tokenizer, requests, sampling)
 
     return answer
@@ -188,8 +185,9 @@ def run_steer(args: argparse.Namespace) -> int:
                                           "coef": [a[i] for i in layers], "positions": args.positions,
                                           **({} if args.schedule == "constant" else {"schedule": args.schedule})}]
                  for _, a in columns]
-        answers = vllm_answerer(vllm, {"direction": vector}, tokenizer, config, dtype)(
-            [(args.system, prompt, spec) for prompt in prompts for spec in specs])
+        with Console(stderr=True).status(f"{len(prompts) * len(specs)} replies on vLLM, one batch"):
+            answers = vllm_answerer(vllm, {"direction": vector}, tokenizer, config, dtype)(
+                [(args.system, prompt, spec) for prompt in prompts for spec in specs])
         rows = [{"prompt": prompt, "outputs": {label: answers[p * len(columns) + c] for c, (label, _) in enumerate(columns)}}
                 for p, prompt in enumerate(prompts)]
     else:
