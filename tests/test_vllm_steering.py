@@ -48,8 +48,7 @@ def _hf_greedy(hf: Any, prompt: list[int], edits: list[dict[str, Any]]) -> list[
     """Transformers' greedy continuation under the hooks of `edits` (vLLM-spec dicts)."""
     from pvrs.steering.interventions import ablate, cap, mean_ablate, steer
 
-    config = copy.deepcopy(hf.generation_config)
-    config.eos_token_id = None  # vLLM side ignores EOS too: always NEW_TOKENS tokens
+    config = copy.deepcopy(hf.generation_config)  # without EOS (`_start`), as vLLM's ignore_eos
     config.max_new_tokens, config.do_sample = NEW_TOKENS, False
     ids = torch.tensor([prompt])
     with contextlib.ExitStack() as stack:
@@ -107,6 +106,9 @@ def _start(model_dir: str, hf: Any, layer: int, band: list[int], texts: list[str
     from pvrs.engines.vllm_steering import SteerableLLM
     from pvrs.steering.residuals import capture
 
+    # vLLM ignores EOS (ignore_eos), so transformers must too: always NEW_TOKENS tokens. Set on
+    # the model, since generate fills a config's unset EOS from the model's own.
+    hf.generation_config.eos_token_id = None
     prompts = [list(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
     num_layers, hidden = hf.config.num_hidden_layers, hf.config.hidden_size
     with torch.no_grad(), capture(hf, list(range(num_layers))) as acts:
