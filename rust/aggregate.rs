@@ -1,9 +1,10 @@
 //! Streamed aggregation over many safetensors files: sum, mean, variance (float64
 //! accumulation) and stacking, optionally restricted to a subset of layers.
 //!
-//! Reductions split the files into one fixed part per pool thread and time a few files on one
-//! thread and on all: the parts run on the pool only when that is clearly faster (on a busy
-//! box it is not), and either way each part sums its files in order, so the bits match.
+//! Reductions split the files into a few fixed parts per pool thread, which the pool's threads
+//! take as they come free (a thread the box keeps waiting leaves its next parts to the
+//! others), each summed in file order and merged in part order, so the bits do not depend
+//! on which thread added what.
 //! Workers (rayon, across files) read with plain reads into buffers they reuse, so each
 //! byte is read once and memory stays at a few buffers and accumulators plus the output,
 //! whatever the number of files (mapping the files cost more in page faults and unmaps than
@@ -447,21 +448,18 @@ fn add_group_body(acc: &mut Moments, read: &[(Dtype, Range<usize>)], bufs: &[Vec
     acc.count += read.len() as u64;
 }
 
-/// All threads are kept only when they add files this much faster than one thread does:
-/// on a busy box the extra threads fight other work and cost more than they bring.
-const CLEAR_GAIN: f64 = 1.25;
-
-/// Whether `all` seconds for `all_files` beat `one` seconds for `one_files` by `CLEAR_GAIN`.
-fn threads_pay(one: f64, one_files: usize, all: f64, all_files: usize) -> bool {
-    one_files > 0 && all_files > 0 && one / one_files as f64 > CLEAR_GAIN * all / all_files as f64
-}
+/// Parts per pool thread: enough that a thread the box keeps waiting holds up little.
+/// (Two threads sharing one core cost no more than one thread, measured: the pool never
+/// loses to one thread, so it is always used.)
+const PARTS_PER_THREAD: usize = 4;
+/// The most bytes of float64 accumulators the extra parts may take.
+const PARTS_BYTES: usize = 64 << 20;
 
 /// A fixed run of consecutive files summed into its own accumulator in file order, so the
 /// totals do not depend on which thread adds it, or when: every thread choice gives the
 /// same bits.
 struct Part<'a> {
     paths: &'a [PathBuf],
-    next: usize,
     acc: Moments,
 }
 
@@ -473,34 +471,17 @@ struct Job<'a> {
 }
 
 impl Part<'_> {
-    /// Add up to `files` more of this part's files, reading into `bufs` (`job.group` of them).
-    fn advance(&mut self, files: usize, job: &Job, bufs: &mut [Vec<u8>]) -> Result<()> {
-        let end = self.next.saturating_add(files).min(self.paths.len());
+    /// Add this part's files, reading into `bufs` (`job.group` of them).
+    fn add_files(&mut self, job: &Job, bufs: &mut [Vec<u8>]) -> Result<()> {
         let len = job.plan.len();
-        for group in self.paths[self.next..end].chunks(job.group) {
+        for group in self.paths.chunks(job.group) {
             let mut read = Vec::with_capacity(group.len());
             for (path, buf) in group.iter().zip(bufs.iter_mut()) {
                 read.push(read_rows(path, job.tensor, job.plan, buf)?);
             }
             add_group(&mut self.acc, &read, bufs, len);
         }
-        self.next = end;
         Ok(())
-    }
-}
-
-/// Add `files` more files of every part: on the rayon pool, or one part after another.
-fn advance_all(parts: &mut [Part], files: usize, job: &Job, parallel: bool) -> Result<()> {
-    if parallel {
-        parts.par_iter_mut().try_for_each_init(
-            || vec![Vec::new(); job.group],
-            |bufs, part| part.advance(files, job, bufs),
-        )
-    } else {
-        let mut bufs = vec![Vec::new(); job.group];
-        parts
-            .iter_mut()
-            .try_for_each(|part| part.advance(files, job, &mut bufs))
     }
 }
 
@@ -511,17 +492,16 @@ pub fn reduce(
     layers: Option<&[usize]>,
     reduction: Reduction,
 ) -> Result<(Vec<f32>, [usize; 2])> {
-    reduce_with(paths, tensor, layers, reduction, None)
+    reduce_with(paths, tensor, layers, reduction, true)
 }
 
-/// `reduce` with the parts on the pool (`Some(true)`), all on this thread (`Some(false)`), or
-/// (`None`) after timing a few files on one thread and on all: all kept only if clearly faster.
+/// `reduce` with the parts on the pool (`on_pool`) or one after another on this thread.
 fn reduce_with(
     paths: &[PathBuf],
     tensor: &str,
     layers: Option<&[usize]>,
     reduction: Reduction,
-    on_pool: Option<bool>,
+    on_pool: bool,
 ) -> Result<(Vec<f32>, [usize; 2])> {
     let plan = plan(paths, tensor, layers)?;
     if let Reduction::Variance { ddof } = reduction {
@@ -534,17 +514,19 @@ fn reduce_with(
     }
     let len = plan.len();
     let track_variance = matches!(reduction, Reduction::Variance { .. });
-    // One part per pool thread: memory stays at O(threads x len) however many files there
-    // are, and the parts (so the sums) are the same whichever threads end up adding them.
+    // A few parts per pool thread: memory stays at O(threads x len) however many files
+    // there are, and the parts (so the sums) are the same whichever threads add them.
+    let threads = rayon::current_num_threads().max(1);
+    let acc_bytes = len * 8 * if track_variance { 2 } else { 1 };
+    let most = (PARTS_BYTES / acc_bytes.max(1)).max(threads);
     let chunk = paths
         .len()
-        .div_ceil(rayon::current_num_threads().max(1))
+        .div_ceil((threads * PARTS_PER_THREAD).min(most))
         .max(1);
     let mut parts: Vec<Part> = paths
         .chunks(chunk)
         .map(|paths| Part {
             paths,
-            next: 0,
             acc: Moments::new(len, track_variance),
         })
         .collect();
@@ -555,27 +537,17 @@ fn reduce_with(
         plan: &plan,
         group,
     };
-    let parallel = match on_pool {
-        _ if parts.len() < 2 => false,
-        Some(chosen) => chosen,
-        None => {
-            // A couple of groups of the first part on this thread, then as many of every
-            // part on the pool: the rest goes the way that added files faster.
-            let probe = 2 * group;
-            let mut bufs = vec![Vec::new(); group];
-            let began = std::time::Instant::now();
-            parts[0].advance(probe, &job, &mut bufs)?;
-            let one = began.elapsed().as_secs_f64();
-            let one_files = parts[0].next;
-            let before: usize = parts.iter().map(|p| p.next).sum();
-            let began = std::time::Instant::now();
-            advance_all(&mut parts, probe, &job, true)?;
-            let all = began.elapsed().as_secs_f64();
-            let all_files = parts.iter().map(|p| p.next).sum::<usize>() - before;
-            threads_pay(one, one_files, all, all_files)
+    if on_pool {
+        parts.par_iter_mut().try_for_each_init(
+            || vec![Vec::new(); group],
+            |bufs, part| part.add_files(&job, bufs),
+        )?;
+    } else {
+        let mut bufs = vec![Vec::new(); group];
+        for part in &mut parts {
+            part.add_files(&job, &mut bufs)?;
         }
-    };
-    advance_all(&mut parts, usize::MAX, &job, parallel)?;
+    }
     let moments = parts
         .into_iter()
         .map(|p| p.acc)
@@ -807,19 +779,9 @@ mod tests {
                     .unwrap();
                 out.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
             };
-            let one = run(Some(false));
-            assert_eq!(one, run(Some(true)), "{reduction:?}");
-            assert_eq!(one, run(None), "{reduction:?}");
+            let one = run(false);
+            assert_eq!(one, run(true), "{reduction:?}");
         }
-    }
-
-    #[test]
-    fn the_pool_is_kept_only_when_clearly_faster() {
-        // One thread: 8 files in 8 ms. The pool: 16 files in 8 ms pays, in 14 ms does not.
-        assert!(threads_pay(0.008, 8, 0.008, 16));
-        assert!(!threads_pay(0.008, 8, 0.014, 16));
-        assert!(!threads_pay(0.008, 8, 0.008, 8));
-        assert!(!threads_pay(0.008, 0, 0.008, 16));
     }
 
     #[cfg(target_arch = "x86_64")]
