@@ -25,7 +25,7 @@ import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from pvrs.engines.models import model_dir_name
 from pvrs.errors import InvalidArgumentError
@@ -38,7 +38,6 @@ from pvrs.store.layout import (
 )
 from pvrs.store.queries import PersonaQueries
 from pvrs.store.traits import TraitVectorStore as _TraitStore
-from pvrs.store.traits import trait_vectors_dir
 
 __all__ = [
     "DEFAULT_MASK_STRATEGY",
@@ -79,8 +78,13 @@ def _shared_personas(
     return shared
 
 
-class PersonaVectorStore:
-    """`persona_vectors.artifacts.PersonaVectorStore`'s methods over pvrs stores."""
+S = TypeVar("S", _PvrsStore, _TraitStore)
+
+
+class _PerStrategy(Generic[S]):
+    """The reference's constructor over one pvrs store per mask strategy, opened on first use."""
+
+    _store_class: type[S]
 
     def __init__(
         self,
@@ -93,15 +97,21 @@ class PersonaVectorStore:
         self.mask_strategy = mask_strategy
         self.variants = tuple(variants)
         self._root = root_dir
-        self._stores: dict[str, _PvrsStore] = {}
+        self._stores: dict[str, S] = {}
         self.root_dir = self.store().root_dir
 
-    def store(self, mask_strategy: object | None = None) -> _PvrsStore:
+    def store(self, mask_strategy: object | None = None) -> S:
         """The pvrs store behind one mask strategy (default: this store's)."""
         name = normalize_mask_strategy(self.mask_strategy if mask_strategy is None else mask_strategy)
         if name not in self._stores:
-            self._stores[name] = _PvrsStore(self.model_name, self._root, name, self.variants)
+            self._stores[name] = self._store_class(self.model_name, self._root, name, self.variants)
         return self._stores[name]
+
+
+class PersonaVectorStore(_PerStrategy[_PvrsStore]):
+    """`persona_vectors.artifacts.PersonaVectorStore`'s methods over pvrs stores."""
+
+    _store_class = _PvrsStore
 
     def save(
         self,
@@ -241,7 +251,7 @@ class HFPersonaVectorStore:
         return self.store.list_layers(variants, persona_ids)
 
 
-class TraitVectorStore:
+class TraitVectorStore(_PerStrategy[_TraitStore]):
     """`persona_vectors.artifacts.TraitVectorStore` (persona-vectors main): one
     `(num_layers, hidden_size)` mean swap delta per attribute in
     `<root>/<model_dir>/<mask_strategy>/<variant>/<attribute>.safetensors`, and a manifest
@@ -249,25 +259,7 @@ class TraitVectorStore:
     reference's methods and torch tensors over pvrs's `pvrs.store.traits.TraitVectorStore`
     (its checks on reads, atomic writes). Default root: `$ARTIFACTS_DIR/trait_vectors`."""
 
-    def __init__(
-        self,
-        model_name: str,
-        root_dir: str | os.PathLike[str] | None = None,
-        mask_strategy: object | None = DEFAULT_MASK_STRATEGY,
-        variants: Sequence[str] = SUPPORTED_VARIANTS,
-    ) -> None:
-        self.model_name = model_name
-        self.mask_strategy = mask_strategy
-        self.variants = tuple(variants)
-        self.root_dir = Path(root_dir).expanduser() if root_dir is not None else trait_vectors_dir()
-        self._stores: dict[str, _TraitStore] = {}
-
-    def store(self, mask_strategy: object | None = None) -> _TraitStore:
-        """pvrs's trait store behind one mask strategy (default: this store's)."""
-        name = normalize_mask_strategy(self.mask_strategy if mask_strategy is None else mask_strategy)
-        if name not in self._stores:
-            self._stores[name] = _TraitStore(self.model_name, self.root_dir, name, self.variants)
-        return self._stores[name]
+    _store_class = _TraitStore
 
     def save(
         self,
