@@ -11,6 +11,7 @@ from pvrs.engines.schedule import Schedule
 from pvrs.errors import InvalidArgumentError
 from pvrs.steering.interventions import band, steer
 from pvrs.steering.residuals import residual_norms
+from tiny_models import manual_logits
 from transformers import LlamaConfig, LlamaForCausalLM
 
 NUM_LAYERS, HIDDEN, VOCAB = 4, 64, 97
@@ -32,18 +33,6 @@ def _tokens(shape: tuple[int, int], seed: int) -> torch.Tensor:
 
 def _vector(seed: int, scale: float = 1.0, shape: tuple[int, ...] = (HIDDEN,)) -> torch.Tensor:
     return torch.randn(shape, generator=torch.Generator().manual_seed(seed)) * scale
-
-
-def manual_logits(model: LlamaForCausalLM, ids: torch.Tensor, edit) -> torch.Tensor:
-    """Every block in turn on the whole sequence, `edit(h, layer)` applied to its output."""
-    inner = model.model
-    hidden = inner.embed_tokens(ids)
-    position_ids = torch.arange(ids.shape[1]).unsqueeze(0)
-    rotary = inner.rotary_emb(hidden, position_ids)
-    for i, block in enumerate(inner.layers):
-        out = block(hidden, attention_mask=None, position_ids=position_ids, position_embeddings=rotary)
-        hidden = edit(out[0] if isinstance(out, tuple) else out, i)
-    return model.lm_head(inner.norm(hidden))
 
 
 def factor(schedule: str, g: int) -> float:

@@ -9,7 +9,7 @@ import torch
 from pvrs.errors import InvalidArgumentError, NonFiniteError
 from pvrs.steering.interventions import ablate, cap, steer, suggested_alpha
 from pvrs.steering.residuals import calibrate_tau, capture, residual_norms
-from tiny_models import ARCHS, tiny_model
+from tiny_models import ARCHS, manual_logits, tiny_model
 from tiny_models import VOCAB as VOCAB_TINY
 from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -34,20 +34,6 @@ def model() -> LlamaForCausalLM:
 @pytest.fixture
 def ids() -> torch.Tensor:
     return torch.randint(0, VOCAB, (2, 9), generator=torch.Generator().manual_seed(1))
-
-
-def manual_logits(model: LlamaForCausalLM, ids: torch.Tensor, edit) -> torch.Tensor:
-    """Run the blocks one by one, applying `edit(h, layer)` after each (no hooks at all)."""
-    inner = model.model
-    hidden = inner.embed_tokens(ids)
-    position_ids = torch.arange(ids.shape[1]).unsqueeze(0)
-    rotary = inner.rotary_emb(hidden, position_ids)
-    for i, block in enumerate(inner.layers):
-        out = block(
-            hidden, attention_mask=None, position_ids=position_ids, position_embeddings=rotary
-        )
-        hidden = edit(out[0] if isinstance(out, tuple) else out, i)
-    return model.lm_head(inner.norm(hidden))
 
 
 def hook_count(model: torch.nn.Module) -> int:

@@ -76,3 +76,17 @@ def raw_final_block(model: torch.nn.Module) -> contextlib.AbstractContextManager
             setattr(owner, name, norm)
 
     return swapped()
+
+
+def manual_logits(model: torch.nn.Module, ids: torch.Tensor, edit) -> torch.Tensor:
+    """A Llama-family model's blocks run one by one on the whole sequence, `edit(h, layer)`
+    applied to each block's output (no hooks at all): the hand computation that the steering
+    hooks are checked against."""
+    inner = model.model
+    hidden = inner.embed_tokens(ids)
+    position_ids = torch.arange(ids.shape[1]).unsqueeze(0)
+    rotary = inner.rotary_emb(hidden, position_ids)
+    for i, block in enumerate(inner.layers):
+        out = block(hidden, attention_mask=None, position_ids=position_ids, position_embeddings=rotary)
+        hidden = edit(out[0] if isinstance(out, tuple) else out, i)
+    return model.lm_head(inner.norm(hidden))
