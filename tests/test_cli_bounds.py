@@ -18,6 +18,7 @@ import pytest
 import torch
 from pvrs.cli import main
 
+from tests.interrupts import takes_ctrl_c
 from tests.judge_server import Server, server_fixture  # noqa: F401 (the `server` fixture)
 
 
@@ -99,7 +100,8 @@ def test_ctrl_c_on_judge_exits_130_at_once_keeping_the_cache(server: Server, tmp
     cache = tmp_path / "cache.jsonl"
     argv = ["judge", str(_answers(tmp_path / "a.jsonl", "fast one", "fast two", "slow")), "-o", str(tmp_path / "s.jsonl"),
             "--cache", str(cache), "--judge-url", server.url, "--judge-model", "m", "--trait", "t", "--timeout", "120"]
-    proc = subprocess.Popen([sys.executable, "-m", "pvrs", *argv], stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-m", "pvrs", *argv], stderr=subprocess.PIPE, text=True,
+                            preexec_fn=takes_ctrl_c)
     try:
         deadline = time.monotonic() + 120  # generous: the subprocess imports pvrs on a loaded machine
         while not (len(server.requests) == 3 and cache.is_file() and len(cache.read_text().splitlines()) == 2):

@@ -29,6 +29,7 @@ import torch
 from pvrs.cli import main
 from pvrs.store import PersonaVectorStore
 
+from tests.interrupts import takes_ctrl_c
 from tests.test_vllm import _save_tiny, needs_vllm
 
 pytestmark = [needs_vllm, pytest.mark.slow]
@@ -96,7 +97,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
     with (tmp / "out").open("wb") as out, (tmp / "err").open("wb") as err:
         process = subprocess.Popen([sys.executable, "-m", "pvrs", "serve", *args], stdout=out, stderr=err,
-                                   env=env, start_new_session=True)
+                                   env=env, start_new_session=True, preexec_fn=takes_ctrl_c)
     running = Server(process, f"http://127.0.0.1:{port}", model, tmp / "out", tmp / "err")
     try:
         _wait_ready(running)
