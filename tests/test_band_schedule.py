@@ -8,6 +8,7 @@ import pvrs
 import pytest
 import torch
 from pvrs.engines.schedule import Schedule
+from pvrs.engines.transformers import cache_kwarg
 from pvrs.errors import InvalidArgumentError
 from pvrs.steering.interventions import band, steer
 from pvrs.steering.residuals import residual_norms
@@ -101,7 +102,7 @@ def test_schedule_scales_each_token_by_its_generation_step(model, schedule):
     expected = manual_logits(model, seq, scheduled_edit(alphas, v, schedule, 5, 9))
     with steer(model, v, [1, 3], alpha=alphas, schedule=schedule):
         first = model(seq[:, :5], use_cache=True)
-        rest = model(seq[:, 5:], cache=first.past_key_values, use_cache=True)
+        rest = model(seq[:, 5:], use_cache=True, **{cache_kwarg(model): first.past_key_values})
     torch.testing.assert_close(torch.cat([first.logits, rest.logits], dim=1), expected)
 
 
