@@ -22,6 +22,7 @@ from pvrs.extraction import attributes as attr
 from pvrs.store import PersonaVectorStore
 from pvrs.store.traits import TraitVectorStore
 
+from tests.test_extract import _snapshot, tiny_model_dir  # noqa: F401 (the `tiny_model_dir` fixture)
 from tests.tiny import make_tokenizer
 from tests.tiny_models import tiny_model
 
@@ -179,20 +180,7 @@ def test_an_attribute_vector_is_a_vector_source(tmp_path: Path, monkeypatch: pyt
     np.testing.assert_array_equal(from_spec("attribute:sex", open_store("org/m", None, "answer_last")), delta)
 
 
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("tiny-model")
-    tokenizer = make_tokenizer("chatml")
-    tiny_model("llama", vocab_size=len(tokenizer)).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
-
-
-def _tree(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file() and p.suffix != ".lock"}
-
-
-def test_cli_builds_resumes_reports_and_refuses_bad_inputs(tiny_model_dir: Path, tmp_path: Path, capsys) -> None:
+def test_cli_builds_resumes_reports_and_refuses_bad_inputs(tiny_model_dir: Path, tmp_path: Path, capsys) -> None:  # noqa: F811
     out = tmp_path / "art"
     base = ["attribute", "--model", str(tiny_model_dir), "--output-dir", str(out), "--n-train", "1"]
     assert main([*base, "--attribute", "sex"]) == 0  # the built-in attribute personas and template
@@ -204,12 +192,12 @@ def test_cli_builds_resumes_reports_and_refuses_bad_inputs(tiny_model_dir: Path,
     ]  # fmt: skip
     (report,) = [Path(line.split(": ", 1)[1]) for line in printed.splitlines() if line.startswith("report: ")]
     assert report.parents[2] == out / "reports" / "attributes" and "Cramér" in report.read_text()
-    saved = _tree(out / "trait_vectors")
-    views = _tree(out / attr.VIEWS_DIR)
+    saved = _snapshot(out / "trait_vectors")
+    views = _snapshot(out / attr.VIEWS_DIR)
 
     # A rerun reuses every view (resume) and writes the same vector.
     assert main([*base, "--attribute", "sex", "--no-report"]) == 0
-    assert _tree(out / attr.VIEWS_DIR) == views and _tree(out / "trait_vectors") == saved
+    assert _snapshot(out / attr.VIEWS_DIR) == views and _snapshot(out / "trait_vectors") == saved
 
     personas = _write_personas(tmp_path / "p.jsonl", [
         {"id": "a", "name": "A", "sex": "woman", "age_band": "young", "occupation": "x", "hometown": "L"},
@@ -234,7 +222,7 @@ def test_cli_builds_resumes_reports_and_refuses_bad_inputs(tiny_model_dir: Path,
         assert main([*base, *flags]) == 2, flags
         errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("pvrs attribute: error:")]
         assert len(errors) == 1 and message in errors[0], (flags, errors)
-    assert _tree(out / "trait_vectors") == saved and _tree(out / attr.VIEWS_DIR) == views  # nothing saved was touched
+    assert _snapshot(out / "trait_vectors") == saved and _snapshot(out / attr.VIEWS_DIR) == views  # nothing saved was touched
 
 
 def test_report_reads_a_reference_written_store(tmp_path: Path) -> None:
